@@ -1,0 +1,3 @@
+from reidcam.app.cli import main
+
+main()

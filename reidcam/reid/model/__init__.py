@@ -1,0 +1,1 @@
+"""reidcam.reid.model"""

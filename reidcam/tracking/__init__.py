@@ -1,0 +1,1 @@
+"""reidcam.tracking"""
