@@ -106,6 +106,40 @@ def evaluate(
     )
 
 
+@app.command(name="eval-mtmc")
+def eval_mtmc(
+    gt: Annotated[Path, typer.Option(help="Ground-truth folder: <camera>/gt.txt in MOTChallenge format (seqmap.txt optional).")],
+    db: Annotated[str, typer.Option(help="SQLAlchemy URL (or SQLite path) of a run, or a trajectories CSV.")],
+    run_id: Annotated[Optional[int], typer.Option(help="Only this run (default: the latest).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    iou: Annotated[float, typer.Option(help="IoU for a box to count as matched (CLEAR, Identity).")] = 0.5,
+) -> None:
+    """Multi-camera tracking metrics: per-camera HOTA, MOTA, IDF1; cross-camera IDF1, IDP, IDR."""
+    from reidcam.app.eval_mtmc import evaluate_mtmc_cli
+
+    evaluate_mtmc_cli(gt, db, run_id=run_id, as_json=json_output, iou_threshold=iou)
+
+
+@app.command()
+def mine(
+    sources: Annotated[Path, typer.Option(help="cams.yaml describing the cameras.")],
+    out: Annotated[Path, typer.Option(help="Folder for the Market-layout dataset.")],
+    max_frames: Annotated[Optional[int], typer.Option(help="Stop each camera after N frames.")] = None,
+    crops_per_tracklet: Annotated[int, typer.Option(help="Crops kept per tracklet, spread over its life.")] = 8,
+    min_height: Annotated[int, typer.Option(help="Drop crops shorter than this (pixels).")] = 64,
+    query_fraction: Annotated[float, typer.Option(help="Share of identities held out for query/gallery.")] = 0.2,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the train / test split.")] = 0,
+) -> None:
+    """Turn your own footage into a Market-1501-style ReID dataset (one pid per tracklet)."""
+    from reidcam.app.mine import mine_dataset_cli
+
+    mine_dataset_cli(
+        sources, out_dir=out, max_frames=max_frames, crops_per_tracklet=crops_per_tracklet,
+        min_height=min_height, query_fraction=query_fraction, device=device, seed=seed,
+    )
+
+
 def main() -> None:
     """Console entry point: one line and exit code 2 for bad input, never a traceback."""
     try:
@@ -113,6 +147,3 @@ def main() -> None:
     except ReidcamError as error:
         typer.echo(f"reidcam: error: {error}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("reidcam: interrupted", err=True)
-        sys.exit(130)

@@ -65,6 +65,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "demo": Preset(
         description="two cameras, left and right of the plaza, 20 s each, 2 s apart",
+        extra_config={"topology": [{"between": ["west", "east"], "min_transit_s": 0, "max_transit_s": 20}]},
         cameras=(
             VirtualCamera("west", (0, 60, 352, 480), start_frame=80, num_frames=200),
             VirtualCamera(

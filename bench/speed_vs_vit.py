@@ -1,0 +1,666 @@
+"""ReIDMamba-S against ViT-B/16 on one GPU (issue 6): correctness of the "triton" scan backend, then speed.
+
+    PYTHONPATH=. python bench/speed_vs_vit.py                 # everything (about 3-5 min on an H100)
+    PYTHONPATH=. python bench/speed_vs_vit.py --quick         # correctness + 256x128 s16 only
+    PYTHONPATH=. python bench/speed_vs_vit.py --sizes 256x128s16,384x128s12
+    PYTHONPATH=. python bench/speed_vs_vit.py --smoke         # CPU, TRITON_INTERPRET=1, tiny shapes
+
+1. Correctness of the mixer core at the small model's shapes (d_inner 768, d_state 16, dt_rank 24,
+   140 tokens): output and every gradient of the triton backend against the torch backend (and the
+   mamba-ssm "cuda" backend when it imports), fp32 and bf16, all measured against a float64 run.
+   A failure is printed at once; the timings still run, then the script exits non-zero.
+2. The mixer core alone, kernel by kernel, against the memory floor (forward at batch 256, forward +
+   backward at batch 64), and which tile configs the autotuner picked.
+3. The table of the issue: per input size, images/s of ViT-B/16 (timm, fused attention) and of
+   ReIDMamba-S per scan backend at batch 256 (bf16 autocast, eval), and train-step time and peak
+   memory at batch 64. Medians of CUDA-event timings after warm-up. The table is printed last and
+   written to $OUT/speed.md when $OUT is set.
+Needs torch (+ triton on CUDA); timm and mamba-ssm are optional (a built-in ViT-B/16 stands in for timm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+if "--smoke" in sys.argv:
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of triton kernels
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reidcam.reid.model import build_model
+from reidcam.reid.model.scan import DirectionParams, available_backends, bidirectional_mixer_core
+
+FIELDS = ("conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "A_log", "D")
+ALL_SIZES = ("256x128s16", "256x128s12", "384x128s12", "512x256s16", "768x384s16")
+HBM_BYTES_PER_S = 3.35e12  # H100 SXM HBM3 peak; the floors below use it
+
+
+@dataclass(frozen=True)
+class Size:
+    height: int
+    width: int
+    stride: int
+
+    @classmethod
+    def parse(cls, text: str) -> Size:
+        dims, stride = text.lower().split("s")
+        height, width = dims.split("x")
+        return cls(int(height), int(width), int(stride))
+
+    @property
+    def label(self) -> str:
+        return f"{self.height}x{self.width} s{self.stride}"
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.height - 16) // self.stride + 1, (self.width - 16) // self.stride + 1
+
+
+@dataclass
+class Settings:
+    device: torch.device
+    smoke: bool
+    infer_batch: int = 256
+    train_batch: int = 64
+    num_classes: int = 751
+    core_shape: tuple[int, int, int, int, int] = (4, 140, 768, 16, 24)  # batch, tokens, d_inner, d_state, rank
+    backends: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------
+# timing
+# ------------------------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn: Callable[[], object], settings: Settings, warmup: int = 2, min_reps: int = 3,
+              max_reps: int = 30, budget_s: float = 1.5) -> float:
+    """Median wall time of fn in ms (CUDA events on a GPU), repeated until budget_s or max_reps.
+
+    A smoke run only checks that everything runs: one warm-up, one timed call.
+    """
+    device = settings.device
+    if settings.smoke:
+        warmup, min_reps, max_reps = 1, 1, 1
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < min_reps or (len(times) < max_reps and time.perf_counter() - start_all < budget_s):
+        if device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. correctness of the mixer core
+# ------------------------------------------------------------------------------------------------
+
+
+def random_direction(dim: int, d_state: int, rank: int, gen: torch.Generator) -> DirectionParams:
+    """Parameters near Mamba's init (dt in [1e-3, 0.1], S4D-real A), slightly perturbed."""
+    dt = torch.exp(torch.rand(dim, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    return DirectionParams(
+        conv_weight=torch.randn(dim, 4, generator=gen) * 0.5,
+        conv_bias=torch.randn(dim, generator=gen) * 0.1,
+        x_proj_weight=torch.randn(rank + 2 * d_state, dim, generator=gen) / math.sqrt(dim),
+        dt_proj_weight=(torch.rand(dim, rank, generator=gen) * 2 - 1) / math.sqrt(rank),
+        dt_proj_bias=dt + torch.log(-torch.expm1(-dt)),
+        A_log=torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(dim, 1)
+        + 0.1 * torch.randn(dim, d_state, generator=gen),
+        D=torch.ones(dim) + 0.1 * torch.randn(dim, generator=gen),
+    )
+
+
+def core_outputs(backend: str, xz: torch.Tensor, fwd: DirectionParams, bwd: DirectionParams, grad_out: torch.Tensor,
+                 dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    """Output and gradients (w.r.t. xz and every parameter) of the mixer core, as float64 on the CPU.
+
+    Leaves are float64 for the exact run and fp32 otherwise; a bf16 run feeds bf16 x, z under autocast,
+    as the model does.
+    """
+    leaf_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    leaves = {"xz": xz.to(device, leaf_dtype).requires_grad_(True)}
+    params = []
+    for tag, p in (("fwd", fwd), ("bwd", bwd)):
+        values = {f: getattr(p, f).to(device, leaf_dtype).requires_grad_(True) for f in FIELDS}
+        leaves.update({f"{tag}.{f}": v for f, v in values.items()})
+        params.append(DirectionParams(**values))
+    x, z = leaves["xz"].to(dtype).chunk(2, dim=-1)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        out = bidirectional_mixer_core(x, z, params[0], params[1], backend=backend)
+    grads = torch.autograd.grad(out, list(leaves.values()), grad_out.to(device, out.dtype), allow_unused=True)
+    result = {"out": out.detach().double().cpu()}
+    for (name, leaf), g in zip(leaves.items(), grads):
+        result[name] = (torch.zeros_like(leaf) if g is None else g).double().cpu()
+    return result
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def check_core(settings: Settings) -> list[str]:
+    """Compares the triton backend with the references; returns the failures (empty when all pass)."""
+    device = settings.device
+    batch, length, dim, d_state, rank = settings.core_shape
+    gen = torch.Generator().manual_seed(0)
+    fwd, bwd = random_direction(dim, d_state, rank, gen), random_direction(dim, d_state, rank, gen)
+    xz = torch.randn(batch, length, 2 * dim, generator=gen)
+    grad_out = torch.randn(batch, length, dim, generator=gen)
+    exact = core_outputs("naive", xz.double(), _to64(fwd), _to64(bwd), grad_out.double(), torch.float64, device)
+    refs = [b for b in ("torch", "cuda") if b in settings.backends]
+    failures: list[str] = []
+    # bf16: as close to float64 as the references within a few roundings; the interpreter truncates
+    # fp32 -> bf16 instead of rounding to nearest, which about doubles its bf16 errors
+    bf16_factor = 5.0 if settings.smoke else 3.0
+    for dtype in (torch.float32, torch.bfloat16):
+        errors = {"triton": _errors(core_outputs("triton", xz, fwd, bwd, grad_out, dtype, device), exact)}
+        for ref in refs:
+            try:
+                errors[ref] = _errors(core_outputs(ref, xz, fwd, bwd, grad_out, dtype, device), exact)
+            except Exception:  # a broken reference is not a failure of the triton backend
+                traceback.print_exc()
+                print(f"  reference backend {ref!r} failed at {dtype}; left out of the comparison")
+        _print_errors(dtype, errors)
+        refs_ok = [b for b in refs if b in errors]
+        if not refs_ok:
+            failures.append(f"{dtype}: no reference backend ran")
+            continue
+        for name, err in errors["triton"].items():
+            ref_err = max(errors[b][name] for b in refs_ok)
+            if dtype == torch.float32:
+                # the issue's bound (1e-3), or as close to float64 as the references themselves
+                ok = err < 1e-3 or err <= 2.0 * ref_err
+            else:
+                ok = err <= bf16_factor * ref_err + 1e-3
+            if not ok:
+                failures.append(f"{dtype} {name}: triton err {err:.2e} vs reference err {ref_err:.2e}")
+    return failures
+
+
+def _to64(p: DirectionParams) -> DirectionParams:
+    return DirectionParams(**{f: getattr(p, f).double() for f in FIELDS})
+
+
+def _errors(got: dict[str, torch.Tensor], exact: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {name: rel_err(got[name], exact[name]) for name in exact}
+
+
+def _print_errors(dtype: torch.dtype, errors: dict[str, dict[str, float]]) -> None:
+    backends = list(errors)
+    print(f"\nmixer core, {dtype}: relative error against float64 (output, then gradients)")
+    print(f"  {'tensor':<22}" + "".join(f"{b:>12}" for b in backends))
+    for name in errors[backends[0]]:
+        print(f"  {name:<22}" + "".join(f"{errors[b][name]:>12.2e}" for b in backends))
+
+
+def run_checks(settings: Settings) -> list[str]:
+    """Correctness of the triton backend; returns the problems found (empty when all is well).
+
+    Should the default (tl.associative_scan(reverse=True)) fail, the flip fallback is tried and, if it
+    passes, kept for the rest of the run so the timings still mean something.
+    """
+    with _no_tf32():
+        problems = _check_or_error(settings)
+        if problems and not os.environ.get("REIDCAM_TRITON_FLIP_SCAN"):
+            print("\nFAILED with tl.associative_scan(reverse=True); retrying with REIDCAM_TRITON_FLIP_SCAN=1")
+            os.environ["REIDCAM_TRITON_FLIP_SCAN"] = "1"
+            if _check_or_error(settings):
+                del os.environ["REIDCAM_TRITON_FLIP_SCAN"]
+            else:
+                problems.append("the flip fallback passes: make REIDCAM_TRITON_FLIP_SCAN=1 the default"
+                                " (kept on for the timings below)")
+        if not problems:
+            print("\ncorrectness: triton backend OK (fp32 and bf16, forward and all gradients)")
+        problems += check_model(settings)
+    return problems
+
+
+def check_model(settings: Settings) -> list[str]:
+    """Embeddings of the whole network (fp32, eval): triton, and triton with the fused add+norm,
+    against the torch backend."""
+    size = Size(32, 16, 16) if settings.smoke else Size(256, 128, 16)
+    torch.manual_seed(0)
+    model = make_reidmamba(size, 0, settings.smoke).to(settings.device).eval()
+    images = torch.randn(2, 3, size.height, size.width, device=settings.device)
+    embeddings = {}
+    for variant in ("torch", "triton", "triton+fused-norm"):
+        model.set_scan_backend(variant.split("+")[0])
+        use_fused_add_norm(model, variant.endswith("fused-norm"))
+        with torch.no_grad():
+            embeddings[variant] = attempt(f"model embedding, {variant}", lambda: model(images).double(), [])
+    use_fused_add_norm(model, False)
+    problems = []
+    for variant in ("triton", "triton+fused-norm"):
+        got = embeddings[variant]
+        err = float("inf") if got is None else rel_err(got, embeddings["torch"])
+        print(f"model embeddings, fp32, {variant} vs torch backend: rel err {err:.2e}")
+        if not err < 1e-3:
+            problems.append(f"model embeddings with {variant} differ from the torch backend: {err:.2e}")
+    return problems
+
+
+def _check_or_error(settings: Settings) -> list[str]:
+    try:
+        return check_core(settings)
+    except Exception:  # a kernel that does not compile or run is a failed check, reported in full
+        traceback.print_exc()
+        return ["the triton backend raised (traceback above)"]
+
+
+def attempt(label: str, fn: Callable[[], object], problems: list[str]) -> object | None:
+    """fn(), or None after printing the traceback and noting the problem: one broken part of the
+    benchmark must not cost the measurements of the others."""
+    try:
+        return fn()
+    except Exception:
+        traceback.print_exc()
+        problems.append(f"{label} raised (traceback above)")
+        print(f"  {label}: FAILED", flush=True)
+        return None
+
+
+class _no_tf32:
+    """fp32 comparisons need true fp32 convolutions and matmuls."""
+
+    def __enter__(self) -> None:
+        self.saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc: object) -> None:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self.saved
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. the mixer core alone
+# ------------------------------------------------------------------------------------------------
+
+
+def core_microbench(settings: Settings) -> list[str]:
+    """Kernel-by-kernel times of the triton mixer core at 256x128 s16 shapes; returns report lines."""
+    from reidcam.reid.model.kernels import triton_conv, triton_scan
+
+    device = settings.device
+    length = 140 if not settings.smoke else 11
+    dim, d_state, rank = (768, 16, 24) if not settings.smoke else (16, 4, 2)
+    batch = settings.infer_batch
+    gen = torch.Generator().manual_seed(1)
+    fwd, bwd = (random_direction(dim, d_state, rank, gen) for _ in range(2))
+    fwd, bwd = (DirectionParams(**{f: getattr(p, f).to(device) for f in FIELDS}) for p in (fwd, bwd))
+    xz = torch.randn(batch, length, 2 * dim, device=device, dtype=torch.bfloat16)
+    x, z = xz.chunk(2, dim=-1)
+    elems = batch * length * dim
+    lines = [f"mixer core, bf16, batch {batch}, {length} tokens, d_inner {dim}, d_state {d_state}:"]
+
+    conv = [triton_conv.ConvParams(p.conv_weight, p.conv_bias) for p in (fwd, bwd)]
+    scan = [triton_scan.ScanParams(p.dt_proj_weight, p.dt_proj_bias, p.A_log, p.D) for p in (fwd, bwd)]
+    wx = torch.stack([fwd.x_proj_weight, bwd.x_proj_weight]).to(torch.bfloat16)
+    xc = triton_conv.biconv_forward(x, *conv)
+    dbl = torch.bmm(xc.view(2, -1, dim), wx.transpose(1, 2))
+    pieces = {
+        # name: (fn, minimum HBM bytes)
+        "biconv (x -> xc fwd+bwd)": (lambda: triton_conv.biconv_forward(x, *conv), 2 * elems * 3),
+        "x_proj bmm (both dirs)": (lambda: torch.bmm(xc.view(2, -1, dim), wx.transpose(1, 2)), 2 * elems * 2),
+        "fused bi-scan": (lambda: triton_scan.scan_forward(xc, z, dbl, *scan), 2 * elems * 4),
+    }
+    for name, (fn, floor_bytes) in pieces.items():
+        ms = median_ms(fn, settings)
+        lines.append(f"  {name:<28} {ms:8.3f} ms   floor {floor_bytes / HBM_BYTES_PER_S * 1e3:6.3f} ms"
+                     f"   ({floor_bytes / (ms * 1e-3) / 1e9:7.0f} GB/s)")
+    with torch.inference_mode():
+        for backend in [b for b in ("triton", "cuda") if b in settings.backends]:
+            ms = median_ms(lambda: bidirectional_mixer_core(x, z, fwd, bwd, backend=backend), settings)
+            lines.append(f"  whole core fwd, {backend:<14} {ms:8.3f} ms")
+    lines += _core_train_times(settings, fwd, bwd, length, dim)
+    lines.append(f"  autotuned scan configs: fwd {_best(triton_scan._scan_fwd_tuned)}  bwd {_best(triton_scan._scan_bwd_tuned)}")
+    return lines
+
+
+def _core_train_times(settings: Settings, fwd: DirectionParams, bwd: DirectionParams, length: int, dim: int) -> list[str]:
+    device = settings.device
+    xz = torch.randn(settings.train_batch, length, 2 * dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+    leaves = [getattr(p, f).detach().requires_grad_(True) for p in (fwd, bwd) for f in FIELDS]
+    pf = DirectionParams(**dict(zip(FIELDS, leaves[:7])))
+    pb = DirectionParams(**dict(zip(FIELDS, leaves[7:])))
+    grad_out = torch.randn(settings.train_batch, length, dim, device=device, dtype=torch.bfloat16)
+    lines = []
+    for backend in [b for b in ("triton", "cuda") if b in settings.backends]:
+        def step() -> None:
+            x, z = xz.chunk(2, dim=-1)
+            out = bidirectional_mixer_core(x, z, pf, pb, backend=backend)
+            torch.autograd.backward(out, grad_out)
+        ms = median_ms(step, settings)
+        lines.append(f"  core fwd+bwd batch {settings.train_batch}, {backend:<8} {ms:8.3f} ms")
+    return lines
+
+
+def _best(tuned: object) -> str:
+    cache = getattr(tuned, "cache", None) or {}
+    return "; ".join(f"{key[:3]} -> {cfg}" for key, cfg in cache.items()) or "(not tuned: interpreter)"
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. the models
+# ------------------------------------------------------------------------------------------------
+
+
+def make_reidmamba(size: Size, num_classes: int, smoke: bool) -> nn.Module:
+    tiny = dict(dim=16, depth=2, branch_depth=1, num_cls_tokens=4, d_state=2) if smoke else {}
+    return build_model("reidmamba_small", num_classes=num_classes, img_size=(size.height, size.width),
+                       stride=size.stride, **tiny)
+
+
+def make_vit(size: Size, num_classes: int, smoke: bool) -> nn.Module:
+    """ViT-B/16 (timm's vit_base_patch16_224 at this image size), patch stride set to size.stride."""
+    dims = dict(embed_dim=32, depth=2, num_heads=2) if smoke else dict(embed_dim=768, depth=12, num_heads=12)
+    try:
+        import timm
+    except ImportError:
+        return _VitB(size, num_classes, **dims)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=(size.height, size.width),
+                              num_classes=num_classes, **dims)
+    if size.stride != 16:
+        embed = model.patch_embed
+        embed.proj = nn.Conv2d(3, dims["embed_dim"], 16, stride=size.stride)
+        embed.grid_size = size.grid
+        embed.num_patches = size.grid[0] * size.grid[1]
+        prefix = getattr(model, "num_prefix_tokens", 1)
+        model.pos_embed = nn.Parameter(torch.zeros(1, prefix + embed.num_patches, dims["embed_dim"]))
+        nn.init.trunc_normal_(model.pos_embed, std=0.02)
+    return model
+
+
+class _VitB(nn.Module):
+    """A plain ViT (pre-norm blocks, scaled_dot_product_attention), used when timm is missing."""
+
+    def __init__(self, size: Size, num_classes: int, embed_dim: int, depth: int, num_heads: int) -> None:
+        super().__init__()
+        rows, cols = size.grid
+        self.patch = nn.Conv2d(3, embed_dim, 16, stride=size.stride)
+        self.cls = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos = nn.Parameter(torch.zeros(1, 1 + rows * cols, embed_dim))
+        self.blocks = nn.ModuleList(_VitBlock(embed_dim, num_heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(images).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1) + self.pos
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.head(self.norm(tokens)[:, 0])
+
+
+class _VitBlock(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(self.norm1(x)).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        x = x + self.proj(attn.transpose(1, 2).reshape(batch, tokens, dim))
+        return x + self.mlp(self.norm2(x))
+
+
+def use_fused_add_norm(model: nn.Module, fused: bool) -> None:
+    """Run every MambaBlock's "add + RMSNorm" through the fused Triton kernel (or back to the model's own).
+
+    A benchmark-side switch: the model code is unchanged, so this shows what adopting
+    reidcam.reid.model.kernels.add_rmsnorm in MambaBlock would give.
+    """
+    from reidcam.reid.model.kernels.add_rmsnorm import add_rms_norm
+    from reidcam.reid.model.layers import MambaBlock
+
+    def fused_forward(block: MambaBlock, hidden: torch.Tensor, residual: torch.Tensor | None):
+        scale = None
+        rate = block.drop_path.rate
+        if block.training and rate > 0 and residual is not None:
+            scale = hidden.new_empty(hidden.shape[0], dtype=torch.float32).bernoulli_(1 - rate) / (1 - rate)
+        normed, residual = add_rms_norm(hidden, residual, block.norm.weight, block.norm.eps, scale)
+        return block.mixer(normed), residual
+
+    for module in model.modules():
+        if isinstance(module, MambaBlock):
+            if fused:
+                module.forward = types.MethodType(fused_forward, module)
+            else:
+                module.__dict__.pop("forward", None)
+
+
+def images_per_s(model: nn.Module, size: Size, settings: Settings, graph: bool = False) -> float:
+    device = settings.device
+    model.eval()
+    images = torch.randn(settings.infer_batch, 3, size.height, size.width, device=device)
+
+    def forward() -> object:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+            return model(images)
+
+    if graph:
+        forward = _cuda_graph(forward, device)
+    return settings.infer_batch / (median_ms(forward, settings) / 1e3)
+
+
+def _cuda_graph(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def train_step(model: nn.Module, size: Size, settings: Settings) -> tuple[float, float]:
+    """(ms per SGD step, peak GiB) at settings.train_batch, bf16 autocast, CE on the logits."""
+    device = settings.device
+    model.train()
+    images = torch.randn(settings.train_batch, 3, size.height, size.width, device=device)
+    labels = torch.randint(0, settings.num_classes, (settings.train_batch,), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = model(images)
+            logits = out.logits if hasattr(out, "logits") else [out]
+            loss = sum(F.cross_entropy(lg.float(), labels) for lg in logits)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    ms = median_ms(step, settings, max_reps=10)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return ms, peak
+
+
+@dataclass
+class Row:
+    size: Size
+    tokens_mamba: int
+    tokens_vit: int
+    vit_ips: float
+    mamba_ips: dict[str, float]
+    vit_train: tuple[float, float]
+    mamba_train: dict[str, tuple[float, float]]
+
+
+def measure_size(size: Size, settings: Settings, graphs: bool, problems: list[str]) -> Row:
+    device = settings.device
+    nan2 = (float("nan"), float("nan"))
+    vit = make_vit(size, settings.num_classes, settings.smoke).to(device)
+    vit_ips = attempt(f"ViT-B {size.label} inference", lambda: images_per_s(vit, size, settings), problems)
+    vit_train = attempt(f"ViT-B {size.label} training", lambda: train_step(vit, size, settings), problems)
+    del vit
+    mamba = make_reidmamba(size, settings.num_classes, settings.smoke).to(device)
+    row = Row(size, mamba.interleave_index.numel(), 1 + size.grid[0] * size.grid[1],
+              vit_ips or float("nan"), {}, vit_train or nan2, {})
+    for variant in mamba_variants(settings):
+        backend, fused_norm = variant.split("+")[0], variant.endswith("+fused-norm")
+        mamba.set_scan_backend(backend)
+        use_fused_add_norm(mamba, fused_norm)
+        label = f"ReIDMamba-S {variant} {size.label}"
+        row.mamba_ips[variant] = attempt(f"{label} inference", lambda: images_per_s(mamba, size, settings),
+                                         problems) or float("nan")
+        if graphs and backend == "triton":
+            row.mamba_ips[f"{variant}+graph"] = attempt(
+                f"{label} CUDA graph", lambda: images_per_s(mamba, size, settings, graph=True), problems
+            ) or float("nan")
+        row.mamba_train[variant] = attempt(f"{label} training", lambda: train_step(mamba, size, settings),
+                                           problems) or nan2
+        print(f"  {size.label}: ViT-B {row.vit_ips:,.0f} img/s, ReIDMamba-S {variant} {row.mamba_ips[variant]:,.0f}"
+              f" img/s | train ms ViT-B {row.vit_train[0]:.1f}, ReIDMamba-S {row.mamba_train[variant][0]:.1f}",
+              flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def mamba_variants(settings: Settings) -> list[str]:
+    """Backends timed in the table: triton (as the model is, and with the fused add+norm), then the
+    stock kernels; the pure-PyTorch backend only in a smoke run (at batch 256 it needs tens of GB)."""
+    variants = []
+    if "triton" in settings.backends:
+        variants += ["triton", "triton+fused-norm"]
+    variants += [b for b in settings.backends if b == "cuda" or (b == "torch" and settings.smoke)]
+    return variants
+
+
+def markdown(rows: list[Row], settings: Settings, device_name: str) -> str:
+    """Two tables: images/s at the inference batch, then train-step ms and peak GiB at the train batch."""
+    variants = list(dict.fromkeys(v for r in rows for v in r.mamba_ips))
+    trained = list(dict.fromkeys(b for r in rows for b in r.mamba_train))
+    nan, nan2 = float("nan"), (float("nan"), float("nan"))
+    lines = [
+        f"ReIDMamba-S vs ViT-B/16 on {device_name}, bf16 autocast, medians of CUDA-event timings.",
+        "",
+        f"Inference, eval mode, batch {settings.infer_batch}, images/s:",
+        "",
+        _md_row(["input", "tokens Mamba / ViT", "ViT-B/16", *variants, "best triton / ViT"]),
+        _md_row(["---"] * (len(variants) + 4)),
+    ]
+    for r in rows:
+        best = max([v for k, v in r.mamba_ips.items() if k.startswith("triton") and v == v] or [nan])
+        lines.append(_md_row([r.size.label, f"{r.tokens_mamba} / {r.tokens_vit}", f"{r.vit_ips:,.0f}",
+                              *[f"{r.mamba_ips.get(v, nan):,.0f}" for v in variants], f"{best / r.vit_ips:.2f}x"]))
+    lines += [
+        "",
+        f"Training step (forward, backward, SGD step; CE on {settings.num_classes} classes), batch"
+        f" {settings.train_batch}: ms / peak GiB:",
+        "",
+        _md_row(["input", "ViT-B/16", *trained]),
+        _md_row(["---"] * (len(trained) + 2)),
+    ]
+    for r in rows:
+        cells = [f"{ms:.1f} / {gib:.2f}" for ms, gib in [r.vit_train, *[r.mamba_train.get(b, nan2) for b in trained]]]
+        lines.append(_md_row([r.size.label, *cells]))
+    return "\n".join(lines) + "\n"
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="correctness + 256x128 s16 only")
+    parser.add_argument("--sizes", default=",".join(ALL_SIZES), help="comma list like 256x128s16,384x128s12")
+    parser.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny shapes")
+    parser.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph row of the triton backend")
+    parser.add_argument("--skip-core", action="store_true", help="skip the mixer-core kernel timings")
+    return parser.parse_args(argv)
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    if args.smoke:
+        settings = Settings(torch.device("cpu"), smoke=True, infer_batch=2, train_batch=2, num_classes=5,
+                            core_shape=(1, 11, 16, 4, 2))
+        torch.set_num_threads(2)
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("needs a CUDA GPU (or --smoke for the CPU check of this script)")
+        settings = Settings(torch.device("cuda"), smoke=False)
+    import reidcam.reid.model.kernels  # noqa: F401  registers "triton"
+
+    settings.backends = [b for b in ("triton", "cuda", "torch") if b in available_backends()]
+    return settings
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    settings = settings_for(args)
+    device_name = torch.cuda.get_device_name() if settings.device.type == "cuda" else "CPU (smoke test)"
+    print(f"{device_name} | torch {torch.__version__} | backends {settings.backends} | timm "
+          f"{'yes' if _has('timm') else 'no (built-in ViT-B)'}", flush=True)
+    problems = run_checks(settings)
+    if not args.skip_core:
+        lines = attempt("mixer-core timings", lambda: core_microbench(settings), problems)
+        print("\n" + "\n".join(lines or []), flush=True)
+    sizes = [Size.parse(s) for s in (["256x128s16"] if args.quick else args.sizes.split(","))]
+    if args.smoke:
+        sizes = [Size(40, 16, 12)]  # overlapping patches: exercises the stride-12 ViT patch embedding
+    graphs = not args.no_graphs and settings.device.type == "cuda"
+    rows: list[Row] = []
+    for size in sizes:
+        rows.append(measure_size(size, settings, graphs, problems))
+        table = markdown(rows, settings, device_name)
+        if os.environ.get("OUT"):  # after every size, so a run cut short still leaves its rows
+            Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)
+            Path(os.environ["OUT"], "speed.md").write_text(table)
+    print("\n" + table)
+    if problems:
+        print("ERROR: " + "\n  ".join(["problems (see above):", *problems]), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,386 @@
+"""The stages of the main job, as small objects wired in a loop over steps.
+
+::
+
+    MultiCameraSource ─steps─► DetectTrack ─TrackedFrame lists─► EmbeddingStage ─► Associator ─► Store
+                                   │                                                  (and observers:
+                                   └─► tracked_frames(): detection + tracking only     progress, video)
+
+``DetectTrack`` is the reusable part: frames of all cameras are detected in one batch per step,
+then each camera's tracker runs on its own frame. ``tracked_frames`` exposes it as a generator of
+``TrackedFrame`` for other jobs (``reidcam mine``) that need per-camera tracks without ReID.
+``MultiCameraPipeline`` adds crop embedding (batched over all cameras), online association, the
+store and the observers, and finishes with the refinement pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import supervision as sv
+
+from reidcam.app.config import DEFAULT_REID_WEIGHTS, CamsConfig, ReidConfig
+from reidcam.app.sources import Frame, MultiCameraSource, open_cameras
+from reidcam.detection.base import Detector
+from reidcam.detection.geometry import CameraGeometry
+from reidcam.errors import ConfigError
+from reidcam.storage.repository import Store
+from reidcam.tracking.association import Associator, IdentityEvent, Topology
+from reidcam.tracking.gallery import Gallery
+from reidcam.tracking.tracker import CameraTracker, TrackerSpec
+from reidcam.tracking.tracklets import CropCandidate, KeptCrop, Tracklet, TrackletBook, select_crops
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrackedFrame:
+    """One frame of one camera after detection and tracking.
+
+    ``detections`` holds the confirmed tracks of the frame: xyxy, confidence and ``tracker_id``
+    (the camera's local track id, from 1).
+    """
+
+    camera_id: str
+    index: int
+    timestamp: float
+    image: np.ndarray
+    detections: sv.Detections
+
+    @property
+    def time(self) -> datetime:
+        return datetime.fromtimestamp(self.timestamp, tz=timezone.utc)
+
+
+@dataclass
+class StageTime:
+    """Wall seconds, process CPU seconds (all threads) and items handled by one stage."""
+
+    seconds: float = 0.0
+    items: int = 0
+    cpu_seconds: float = 0.0
+
+
+@dataclass
+class StageClock:
+    """Time and item counts per stage, for the run summary and the CPU benchmark.
+
+    CPU time beside wall time tells a slow stage from a busy machine.
+    """
+
+    stages: dict[str, StageTime] = field(default_factory=dict)
+
+    @contextmanager
+    def measure(self, stage: str, items: int = 1) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - wall, items, time.process_time() - cpu)
+
+    def add(self, stage: str, seconds: float, items: int, cpu_seconds: float | None = None) -> None:
+        entry = self.stages.setdefault(stage, StageTime())
+        entry.seconds += seconds
+        entry.items += items
+        entry.cpu_seconds += seconds if cpu_seconds is None else cpu_seconds
+
+
+class DetectTrack:
+    """Detection batched over the cameras of a step, then each camera's own tracker."""
+
+    def __init__(
+        self,
+        config: CamsConfig,
+        detector: Detector,
+        source: MultiCameraSource,
+        clock: StageClock | None = None,
+    ) -> None:
+        self.source = source
+        self.detector = detector
+        self.clock = clock or StageClock()
+        spec = TrackerSpec.from_config(config.tracker)
+        self.trackers = {cid: CameraTracker(spec, stream.fps) for cid, stream in source.streams.items()}
+        self.geometry = {camera.id: CameraGeometry.from_config(camera) for camera in config.cameras}
+
+    def steps(self) -> Iterator[list[TrackedFrame]]:
+        for frames in self.source.steps():
+            yield self.process(frames)
+
+    def frames(self) -> Iterator[TrackedFrame]:
+        for step in self.steps():
+            yield from step
+
+    def process(self, frames: Sequence[Frame]) -> list[TrackedFrame]:
+        with self.clock.measure("detect", len(frames)):
+            detections = self.detector.detect([frame.image for frame in frames])
+        tracked = []
+        with self.clock.measure("track", len(frames)):
+            for frame, found in zip(frames, detections):
+                found = self.geometry[frame.camera_id].inside_roi(found)
+                tracks = self.trackers[frame.camera_id].update(found, frame.image, frame.timestamp)
+                tracked.append(TrackedFrame(frame.camera_id, frame.index, frame.timestamp, frame.image, tracks))
+        return tracked
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` where a GPU is visible, else ``cpu``."""
+    if device != "auto":
+        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+            raise ConfigError(f"--device: unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_detector(config: CamsConfig, device: str) -> Detector:
+    from reidcam.detection.yolo import YoloDetector
+
+    return YoloDetector(config.detector, resolve_device(config.detector.device or device))
+
+
+def tracked_frames(
+    config: CamsConfig, device: str = "auto", max_frames: int | None = None, detector: Detector | None = None
+) -> Iterator[TrackedFrame]:
+    """Detection and tracking only: every camera's tracked frames, in clock order.
+
+    For jobs that need per-camera tracks but no identities (``reidcam mine``).
+    """
+    detector = detector or build_detector(config, device)
+    source = open_cameras(
+        config.cameras, config.streams, datetime.now(timezone.utc), max_frames, config.sync_tolerance_s
+    )
+    yield from DetectTrack(config, detector, source).frames()
+
+
+class Embedder(Protocol):
+    embed_dim: int
+
+    def embed(self, crops: Sequence[np.ndarray], camera_indices: Sequence[int] | None = None) -> np.ndarray: ...
+
+
+def create_embedder(config: ReidConfig, device: str) -> Embedder:
+    """The ReID model of cams.yaml: an .onnx file, or a ReIDMamba variant with its weights."""
+    device = resolve_device(config.device or device)
+    if config.is_onnx:
+        from reidcam.reid.onnx_embedder import OnnxEmbedder
+
+        return OnnxEmbedder(Path(config.model), device=device, batch_size=config.batch_size, img_size=config.img_size)
+    try:
+        from reidcam.reid.embedder import Embedder as ReidMambaEmbedder
+    except ImportError as error:
+        raise ConfigError(f"reid.model {config.model!r}: the ReIDMamba embedder cannot be loaded ({error})") from None
+    weights = _reid_weights(config)
+    return ReidMambaEmbedder.create(
+        weights,
+        model_name=config.model,
+        device=device,
+        img_size=config.img_size,
+        batch_size=config.batch_size,
+        flip=config.flip,
+    )
+
+
+def _reid_weights(config: ReidConfig) -> Path | None:
+    if config.weights is not None:
+        weights = Path(config.weights)
+        if not weights.is_file():
+            raise ConfigError(f"reid.weights: file not found: {weights}")
+        return weights
+    if DEFAULT_REID_WEIGHTS.is_file():
+        return DEFAULT_REID_WEIGHTS
+    return None  # the embedder warns that a random model carries little identity
+
+
+class EmbeddingStage:
+    """Crops of live tracks, every k frames, embedded in one batch over all cameras."""
+
+    def __init__(
+        self,
+        embedder: Embedder | None,
+        config: ReidConfig,
+        camera_indices: dict[str, int],
+        keep_crops: int,
+        clock: StageClock,
+    ) -> None:
+        self.embedder = embedder
+        self.config = config
+        self.camera_indices = camera_indices
+        self.keep_crops = keep_crops
+        self.clock = clock
+
+    @property
+    def active(self) -> bool:
+        return self.embedder is not None or self.keep_crops > 0
+
+    def process(self, tracked: Sequence[TrackedFrame], book: TrackletBook) -> int:
+        """Select, embed and add crops to their tracklets; returns the number embedded."""
+        if not self.active:
+            return 0
+        candidates: list[CropCandidate] = []
+        for frame in tracked:
+            candidates.extend(
+                select_crops(frame.camera_id, frame.index, frame.image, frame.detections, book, self.config)
+            )
+        if not candidates:
+            return 0
+        for candidate in candidates:
+            book.get(candidate.camera_id, candidate.local_id).keep_crop(
+                KeptCrop(candidate.quality, candidate.frame, candidate.crop), self.keep_crops
+            )
+        if self.embedder is None:
+            return 0
+        with self.clock.measure("reid", len(candidates)):
+            vectors = self.embedder.embed(
+                [c.crop for c in candidates], camera_indices=[self.camera_indices[c.camera_id] for c in candidates]
+            )
+        for candidate, vector in zip(candidates, vectors):
+            book.get(candidate.camera_id, candidate.local_id).add_embedding(vector, candidate.quality)
+        return len(candidates)
+
+
+class StepObserver(Protocol):
+    """Sees every step (progress display, annotated video) and the end of the run."""
+
+    def on_step(self, tracked: Sequence[TrackedFrame], book: TrackletBook, gallery: Gallery) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class RunSummary:
+    run_id: int
+    db_url: str
+    csv_path: Path | None
+    frames: dict[str, int]
+    tracklets: int
+    identities: int
+    events: dict[str, int]
+    wall_seconds: float
+    stages: dict[str, StageTime]
+
+    @property
+    def total_frames(self) -> int:
+        return sum(self.frames.values())
+
+
+class MultiCameraPipeline:
+    """The main job's loop: detect+track, embed, associate, store, observe; then refine and finish."""
+
+    def __init__(
+        self,
+        config: CamsConfig,
+        detect_track: DetectTrack,
+        embedding: EmbeddingStage,
+        store: Store,
+        observers: Sequence[StepObserver] = (),
+    ) -> None:
+        self.config = config
+        self.detect_track = detect_track
+        self.embedding = embedding
+        self.store = store
+        self.observers = list(observers)
+        self.clock = detect_track.clock
+        self.book = TrackletBook(config.association.tracklet_timeout_s)
+        self.associator = Associator(config.association, Topology(config.topology, config.association))
+        self.frames: dict[str, int] = {camera_id: 0 for camera_id in detect_track.source.streams}
+        self.event_counts: dict[str, int] = {}
+        self._closed_since_commit: list[Tracklet] = []
+
+    @property
+    def gallery(self) -> Gallery:
+        return self.associator.gallery
+
+    def run(self) -> None:
+        """Process every step until the cameras end; raises ``KeyboardInterrupt`` through if stopped."""
+        for tracked in self.detect_track.steps():
+            self.process_step(tracked)
+        self.finish()
+
+    def process_step(self, tracked: Sequence[TrackedFrame]) -> None:
+        with self.clock.measure("store", 0):
+            self._record(tracked)
+        self.embedding.process(tracked, self.book)
+        with self.clock.measure("associate", len(tracked)):
+            closed = self.book.close_quiet()
+            self._closed_since_commit.extend(closed)
+            events = self.associator.associate(self.book.open_tracklets() + closed)
+        with self.clock.measure("store", len(tracked)):
+            self._log_events(events)
+            if self.store.commit_due():
+                self._commit()
+        for observer in self.observers:
+            observer.on_step(tracked, self.book, self.gallery)
+
+    def finish(self) -> None:
+        """Close every tracklet, associate the last ones, refine, and commit the end state."""
+        with self.clock.measure("associate", 0):
+            closed = self.book.close_all()
+            self._closed_since_commit.extend(closed)
+            events = self.associator.associate(closed)
+            events += self.associator.refine()
+        with self.clock.measure("store", 0):
+            self._log_events(events)
+            self._commit()
+        for observer in self.observers:
+            observer.close()
+
+    def _record(self, tracked: Sequence[TrackedFrame]) -> None:
+        for frame in tracked:
+            self.frames[frame.camera_id] = frame.index
+            track_ids = [] if frame.detections.tracker_id is None else frame.detections.tracker_id.tolist()
+            started = self.book.observe(frame.camera_id, frame.index, frame.timestamp, track_ids)
+            self.store.add_tracklets(started)
+            self._add_sightings(frame)
+
+    def _add_sightings(self, frame: TrackedFrame) -> None:
+        detections = frame.detections
+        if len(detections) == 0:
+            return
+        feet = self.detect_track.geometry[frame.camera_id].ground_points(detections.xyxy)
+        confidences = detections.confidence if detections.confidence is not None else np.ones(len(detections))
+        tracklets, rows = [], []
+        for box, confidence, local_id, foot in zip(detections.xyxy, confidences, detections.tracker_id, feet):
+            tracklets.append(self.book.get(frame.camera_id, int(local_id)))
+            rows.append(_sighting_row(frame, box, float(confidence), int(local_id), foot))
+        self.store.add_sightings(tracklets, rows)
+
+    def _log_events(self, events: Sequence[IdentityEvent]) -> None:
+        if not events:
+            return
+        self.store.apply_events(events)
+        for item in events:
+            self.event_counts[item.kind] = self.event_counts.get(item.kind, 0) + 1
+
+    def _commit(self) -> None:
+        changed = self.book.open_tracklets() + self._closed_since_commit
+        self.store.update_tracklets(changed)
+        self.store.save_embeddings(self._closed_since_commit)
+        self.store.commit(self.frames)
+        self._closed_since_commit = []
+
+
+def _sighting_row(
+    frame: TrackedFrame, box: np.ndarray, confidence: float, local_id: int, foot: np.ndarray
+) -> dict[str, Any]:
+    return {
+        "camera_id": frame.camera_id,
+        "frame": frame.index,
+        "timestamp": frame.timestamp,
+        "x1": float(box[0]),
+        "y1": float(box[1]),
+        "x2": float(box[2]),
+        "y2": float(box[3]),
+        "confidence": confidence,
+        "local_track_id": local_id,
+        "foot_x": float(foot[0]),
+        "foot_y": float(foot[1]),
+    }

@@ -1,0 +1,145 @@
+"""Inference API of the ReID model: person crops in, L2-normalised embeddings out.
+
+Crops are BGR uint8 arrays (as OpenCV decodes frames) of any size. Each is resized to the
+model input with antialiased bicubic interpolation (what torchvision does for training),
+converted to RGB and normalised with the ImageNet mean and std.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from reidcam.errors import ConfigError, DataError
+from reidcam.reid.model import ReIDMamba, build_model
+from reidcam.reid.model.checkpoint import load_reid_checkpoint
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_INIT_SEED = 0
+
+
+class Embedder:
+    """Batched ReIDMamba inference on one device; build it with :meth:`create`."""
+
+    def __init__(self, model: ReIDMamba, device: torch.device, batch_size: int = 64, flip: bool = False) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model.to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        self.flip = flip
+        self._warned_unseen = False
+        self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
+
+    @classmethod
+    def create(
+        cls,
+        weights: Path | None,
+        model_name: str = "reidmamba_tiny",
+        device: str = "cpu",
+        img_size: tuple[int, int] | None = None,
+        batch_size: int = 64,
+        flip: bool = False,
+    ) -> Embedder:
+        """Loads ``weights`` (a reidcam ReID checkpoint), or builds a seeded random model if None."""
+        torch_device = resolve_device(device)
+        if weights is None:
+            model = _random_model(model_name, img_size)
+        else:
+            model, _ = load_reid_checkpoint(weights, map_location="cpu")
+            if img_size is not None and tuple(img_size) != model.config.img_size:
+                log.warning(
+                    "%s was trained at %s; using that instead of %s", weights, model.config.img_size, tuple(img_size)
+                )
+        return cls(model, torch_device, batch_size=batch_size, flip=flip)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.embed_dim
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self.model.config.img_size
+
+    def embed(self, crops: Sequence[np.ndarray], camera_indices: Sequence[int] | None = None) -> np.ndarray:
+        """(N, embed_dim) float32 unit-norm embeddings of N BGR uint8 crops.
+
+        ``camera_indices`` selects the model's camera embedding (SIE) per crop: an index into the
+        cameras the model was trained on; -1, an index beyond them, or None adds none.
+        """
+        if camera_indices is not None and len(camera_indices) != len(crops):
+            raise DataError(f"{len(camera_indices)} camera indices for {len(crops)} crops")
+        out = np.empty((len(crops), self.embed_dim), dtype=np.float32)
+        for start in range(0, len(crops), self.batch_size):
+            stop = min(start + self.batch_size, len(crops))
+            cams = None if camera_indices is None else self._camera_tensor(camera_indices[start:stop])
+            out[start:stop] = self._embed_batch(crops[start:stop], cams)
+        return out
+
+    def _embed_batch(self, crops: Sequence[np.ndarray], camids: Tensor | None) -> np.ndarray:
+        images = self._preprocess(crops)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        with torch.inference_mode(), autocast:
+            embedding = self.model.embed(images, camids, flip=self.flip)
+        return embedding.float().cpu().numpy()
+
+    def _preprocess(self, crops: Sequence[np.ndarray]) -> Tensor:
+        """Resizes each crop (bicubic, antialiased, rounded to uint8 levels), BGR->RGB, normalises."""
+        height, width = self.img_size
+        resized = [_resize_crop(crop, height, width) for crop in crops]
+        batch = torch.stack(resized).to(self.device, non_blocking=True)
+        return (batch - self._mean) / self._std
+
+    def _camera_tensor(self, indices: Sequence[int]) -> Tensor:
+        """Camera indices for the SIE; those outside the model's training cameras become -1 (unseen)."""
+        cams = torch.as_tensor(list(indices), dtype=torch.long)
+        known = self.model.config.num_cameras
+        unseen = cams >= known
+        if bool(unseen.any()) and known and not self._warned_unseen:
+            log.warning("camera indices >= %d are not training cameras of the model: no camera embedding", known)
+            self._warned_unseen = True
+        return cams.masked_fill(unseen, -1).to(self.device)
+
+
+def _resize_crop(crop: np.ndarray, height: int, width: int) -> Tensor:
+    if not isinstance(crop, np.ndarray) or crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3:
+        raise DataError("a crop must be a uint8 BGR array of shape (H, W, 3)")
+    if crop.shape[0] == 0 or crop.shape[1] == 0:
+        raise DataError(f"empty crop of shape {crop.shape}")
+    rgb = torch.from_numpy(np.ascontiguousarray(crop[:, :, ::-1])).permute(2, 0, 1)[None].float()
+    if rgb.shape[-2:] == (height, width):
+        return rgb[0]
+    resized = F.interpolate(rgb, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    return resized[0].round_().clamp_(0.0, 255.0)
+
+
+def _random_model(model_name: str, img_size: tuple[int, int] | None) -> ReIDMamba:
+    """A randomly initialised model, seeded so that every run gives the same embeddings."""
+    log.warning("no ReID weights given: using a randomly initialised %s (embeddings carry little identity)", model_name)
+    overrides = {} if img_size is None else {"img_size": tuple(img_size)}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return build_model(model_name, **overrides)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu; otherwise the named torch device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r}") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    return resolved

@@ -1,0 +1,74 @@
+"""RATR: ranking-aware triplet regularisation between the MGFE branches (method doc, section 2c).
+
+For every anchor, each branch ranks a set of items by cosine similarity: the anchor's other
+same-identity images (intra term) or the centres of the other identities in the batch (inter
+term). The soft Kendall tau between two branches' rankings,
+
+    tau(x, y) = 2 / (D (D - 1)) * sum_{p<q} tanh((x_p - x_q) / t) * tanh((y_p - y_q) / t),
+
+is averaged over anchors and branch pairs and *minimised*, which de-correlates the branches.
+
+The item sets are derived from the labels, so any batch works (P x K or not, identity-major or
+not); anchors with fewer than two items contribute nothing. With a P x K batch this is exactly
+the original (D = K - 1 positives, D = P - 1 centres).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import combinations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_kendall_tau(
+    scores_a: torch.Tensor, scores_b: torch.Tensor, item_mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Mean over anchors of the soft Kendall tau between two (N, M) score rows, over masked items."""
+    upper = torch.ones(item_mask.shape[1], item_mask.shape[1], dtype=torch.bool, device=item_mask.device).triu(1)
+    pair_mask = item_mask.unsqueeze(2) & item_mask.unsqueeze(1) & upper
+    sign_a = torch.tanh((scores_a.unsqueeze(2) - scores_a.unsqueeze(1)) / temperature)
+    sign_b = torch.tanh((scores_b.unsqueeze(2) - scores_b.unsqueeze(1)) / temperature)
+    concordance = (sign_a * sign_b * pair_mask).sum(dim=(1, 2))
+    pairs = pair_mask.sum(dim=(1, 2))
+    valid = pairs > 0
+    if not valid.any():
+        return scores_a.sum() * 0.0
+    return (concordance[valid] / pairs[valid]).mean()
+
+
+def _mean_over_branch_pairs(
+    scores: Sequence[torch.Tensor], item_mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    terms = [soft_kendall_tau(a, b, item_mask, temperature) for a, b in combinations(scores, 2)]
+    return torch.stack(terms).mean()
+
+
+def ratr_intra(features: Sequence[torch.Tensor], labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Rank correlation between branches of each anchor's similarities to its other positives."""
+    normalised = [F.normalize(f.float(), dim=1) for f in features]
+    same = labels.view(-1, 1) == labels.view(1, -1)
+    positives = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    scores = [f @ f.T for f in normalised]
+    return _mean_over_branch_pairs(scores, positives, temperature)
+
+
+def identity_centres(normalised: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L2-normalised mean feature of each identity in the batch, those identities' labels)."""
+    identities, inverse = torch.unique(labels, return_inverse=True)
+    sums = torch.zeros(len(identities), normalised.shape[1], dtype=normalised.dtype, device=normalised.device)
+    sums.index_add_(0, inverse, normalised)
+    return F.normalize(sums, dim=1), identities
+
+
+def ratr_inter(features: Sequence[torch.Tensor], labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Rank correlation between branches of each anchor's similarities to the other identities' centres."""
+    scores = []
+    identities = labels
+    for feature in features:
+        normalised = F.normalize(feature.float(), dim=1)
+        centres, identities = identity_centres(normalised, labels)
+        scores.append(normalised @ centres.T)
+    other_identities = labels.view(-1, 1) != identities.view(1, -1)
+    return _mean_over_branch_pairs(scores, other_identities, temperature)

@@ -1,0 +1,108 @@
+"""The "triton" backend of the bidirectional Mamba mixer core: an autograd Function over Triton kernels.
+
+Forward, for x, z (B, L, D) token-major:
+  1. biconv_forward: xc (2, B, L, D) = silu(causal conv(x)), silu(anti-causal conv(x)), x read once;
+  2. one batched matmul (cuBLAS) for both directions' x_proj: dbl (2, B*L, dt_rank + 2*d_state);
+  3. scan_forward: both directions' selective scans with dt_proj + softplus inside, gated by silu(z),
+     averaged, written once as (B, L, D).
+The kernels read each direction's parameters where they are (no stacked copies); only the x_proj
+weights are stacked and cast to the compute dtype for the batched matmul.
+Backward recomputes xc (cheaper in memory than keeping it), runs the scan backward kernel, does the
+x_proj / dt_proj weight and input gradients as batched matmuls, and finishes with biconv_backward.
+Only x, z, the small x_proj output (fp32) and the parameters are saved for backward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .triton_conv import D_CONV, ConvParams, biconv_backward, biconv_forward
+from .triton_scan import ScanParams, interpreting, scan_backward, scan_forward
+
+# order of one direction's tensors in the Function's arguments (DirectionParams field names)
+FIELDS = ("conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "A_log", "D")
+
+
+def _conv(p: tuple[torch.Tensor, ...]) -> ConvParams:
+    return ConvParams(weight=p[0], bias=p[1])
+
+
+def _scan(p: tuple[torch.Tensor, ...]) -> ScanParams:
+    return ScanParams(dt_proj_weight=p[3], dt_bias=p[4], a_log=p[5], d_skip=p[6])
+
+
+class _BiMambaCoreFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, z: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        pf, pb = params[:7], params[7:]
+        bsz, length, dim = x.shape
+        with torch.autocast(x.device.type, enabled=False):
+            xc = biconv_forward(x, _conv(pf), _conv(pb))
+            x_proj = torch.stack([pf[2], pb[2]]).to(x.dtype)
+            dbl = _x_proj_fp32(xc.view(2, bsz * length, dim), x_proj)
+            out = scan_forward(xc, z, dbl, _scan(pf), _scan(pb))
+        ctx.save_for_backward(x, z, dbl, x_proj, *params)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
+        x, z, dbl, x_proj, *params = ctx.saved_tensors
+        pf, pb = tuple(params[:7]), tuple(params[7:])
+        bsz, length, dim = x.shape
+        tokens = bsz * length
+        rank = pf[3].shape[-1]
+        with torch.autocast(x.device.type, enabled=False):
+            xc = biconv_forward(x, _conv(pf), _conv(pb))
+            grads = scan_backward(xc, z, dbl, _scan(pf), _scan(pb), grad_out.to(x.dtype))
+            ddt = grads.ddt.view(2, tokens, dim)
+            dt_proj = torch.stack([pf[3], pb[3]]).to(x.dtype)
+            d_dbl = torch.cat([torch.bmm(ddt, dt_proj), grads.dbc.to(x.dtype)], dim=-1)
+            d_dt_proj = torch.bmm(ddt.transpose(1, 2), dbl[..., :rank].to(x.dtype))
+            d_x_proj = torch.bmm(d_dbl.transpose(1, 2), xc.view(2, tokens, dim))
+            dxc = torch.baddbmm(grads.dxc.view(2, tokens, dim), d_dbl, x_proj)
+            dx, (dwf, dbf), (dwb, dbb) = biconv_backward(x, dxc.view(2, bsz, length, dim), _conv(pf), _conv(pb))
+        per_direction = [
+            [dwf, dbf, d_x_proj[0], d_dt_proj[0], grads.dt_bias[0], grads.da_log[0], grads.d_skip[0]],
+            [dwb, dbb, d_x_proj[1], d_dt_proj[1], grads.dt_bias[1], grads.da_log[1], grads.d_skip[1]],
+        ]
+        param_grads = [g.to(p.dtype) for g, p in zip(per_direction[0] + per_direction[1], params)]
+        return (dx, grads.dz, *param_grads)
+
+
+def _x_proj_fp32(xc: torch.Tensor, x_proj: torch.Tensor) -> torch.Tensor:
+    """(2, tokens, dt_rank + 2 d_state) fp32: the scan reads dt, B and C as fp32, which saves it a
+    conversion per (token, state) load; cuBLAS writes fp32 directly from bf16 inputs where it can."""
+    if xc.dtype != torch.float32 and xc.is_cuda:
+        try:
+            return torch.bmm(xc, x_proj.transpose(1, 2), out_dtype=torch.float32)
+        except (TypeError, RuntimeError):  # a torch without bmm(out_dtype=)
+            pass
+    return torch.bmm(xc, x_proj.transpose(1, 2)).float()
+
+
+def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The kernels take any (batch, token) strides but need a contiguous channel dimension."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def bidirectional_mixer_core_triton(x: torch.Tensor, z: torch.Tensor, fwd: Any, bwd: Any) -> torch.Tensor:
+    """(y_fwd + y_bwd) / 2 gated by silu(z), (B, L, d_inner), for DirectionParams fwd and bwd.
+
+    Same function as the reference backends. The compute dtype is x's dtype (bf16 under autocast):
+    xc, the x_proj output and the result are stored in it; the x_proj matmul runs in it with fp32
+    accumulation; every other parameter is read in fp32, and states and sums are fp32.
+    """
+    if not x.is_cuda and not interpreting():
+        raise RuntimeError("the triton scan backend needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU)")
+    dim = x.shape[-1]
+    if fwd.conv_weight.numel() != dim * D_CONV or bwd.conv_weight.numel() != dim * D_CONV:
+        raise ValueError(f"the triton backend needs a {D_CONV}-tap conv on {dim} channels")
+    params = []
+    for p in (fwd, bwd):
+        params += [getattr(p, f) for f in FIELDS]
+    params[0] = fwd.conv_weight.reshape(dim, D_CONV)
+    params[7] = bwd.conv_weight.reshape(dim, D_CONV)
+    params = [t.contiguous() for t in params]
+    return _BiMambaCoreFn.apply(_rows_contiguous(x), _rows_contiguous(z.to(x.dtype)), *params)

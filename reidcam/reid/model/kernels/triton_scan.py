@@ -1,0 +1,475 @@
+"""Fused bidirectional selective scan of the Mamba mixer core, as Triton kernels.
+
+One program owns (one sequence b, BLOCK_D channels) and runs both scan directions over the sequence in
+chunks of BLOCK_T tokens.
+
+Layout, the thing that decides speed here: tiles are 2D (BLOCK_T tokens, BLOCK_D channels), with the
+channels across lanes and warps and the tokens of a chunk inside each thread. The d_state = 16 states
+are unrolled (tl.static_range), so each state is its own 2D tile:
+* the recurrence over a chunk is an in-thread sequential scan (tl.associative_scan along the token
+  axis, which lives in one thread): no shuffles;
+* y = sum_n C_n h_n is a running sum over the unrolled states: no cross-lane reduction;
+* the state carried between chunks enters through the chunk's first row, so the prefix products of
+  the decays are never formed.
+A 3D (tokens, channels, states) tile, the obvious alternative, puts the states across lanes. The sums
+over states then cost about 4 shuffles per (token, channel, state), and that kernel was shuffle-bound
+(ptxas/SASS counts for sm_90: ~31 instructions per (token, channel, state); this layout: ~11).
+
+Forward (`scan_forward`): per chunk, tiles of xc and of the x_proj output (dt, B, C, fp32); delta =
+softplus(dt @ dt_proj^T + dt_bias) with one small tensor-core dot per chunk (never written to memory);
+then the 16 states. The backward direction walks the same memory from the end (tile row r is token
+L-1-r-c*BLOCK_T), so nothing is flipped. The forward direction stores y_fwd into the output; the
+backward direction adds y_bwd, applies the gate silu(z) and the 1/2, and overwrites it.
+
+Backward (`scan_backward`), per direction: pass 1 stores the state at every chunk boundary in a small
+per-program scratch; pass 2 walks the chunks in reverse, recomputes the states from it and runs the
+adjoint dh_t = C_t gy_t + exp(delta_{t+1} A) dh_{t+1} as a reverse scan (its carry also goes through
+the scratch). It writes dz, dxc (the scan's direct part) and the gradient of the dt pre-activation,
+adds dB/dC over channel blocks with fp32 atomics, and leaves per-sequence partial sums for dA, dD and
+the dt bias. The dt pre-activation is precomputed in fp32 for it, so its chunks need not match the
+tensor-core tile.
+
+All state and accumulation is fp32; xc, z and the output may be fp32 or bf16.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@dataclass(frozen=True)
+class ScanBlocks:
+    """Tile sizes of one scan kernel launch; channels per thread = block_d / (32 * num_warps)."""
+
+    block_t: int
+    block_d: int
+    num_warps: int
+
+
+# Used by the CPU interpreter (TRITON_INTERPRET=1), where tile size only changes test speed.
+INTERPRETER_BLOCKS = ScanBlocks(block_t=8, block_d=8, num_warps=1)
+# forward: BLOCK_T is the M of the dt_proj tensor-core dot, so at least 16
+_FWD_CONFIGS = [
+    ScanBlocks(16, 64, 1),
+    ScanBlocks(16, 128, 2),
+    ScanBlocks(16, 128, 4),
+    ScanBlocks(16, 256, 4),
+]
+_BWD_CONFIGS = [
+    ScanBlocks(8, 64, 1),
+    ScanBlocks(8, 128, 2),
+    ScanBlocks(16, 64, 2),
+]
+
+
+def interpreting() -> bool:
+    """True under Triton's CPU interpreter (TRITON_INTERPRET=1), which must be set before this import."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _affine_combine(a_first, b_first, a_second, b_second):
+    """Compose h -> a_first*h + b_first, then h -> a_second*h + b_second."""
+    return a_first * a_second, b_first * a_second + b_second
+
+
+@triton.jit
+def _adjoint_combine(f_later, p_later, s_later, f_earlier, p_earlier, s_earlier):
+    """Join two adjacent time segments of the adjoint recurrence dh_t = b_t + a_{t+1} dh_{t+1}.
+
+    A segment [t..e] is summarised by f = a_t, p = prod_{t<r<=e} a_r and s = its local dh_t
+    (sum over u in the segment of prod_{t<r<=u} a_r * b_u). In a reverse scan the first argument is
+    the later segment, as in tl.associative_scan(reverse=True) and in a forward scan of flipped rows.
+    """
+    bridge = p_earlier * f_later
+    return f_earlier, bridge * p_later, s_earlier + bridge * s_later
+
+
+@triton.jit
+def _second(first, second):
+    return second
+
+
+@triton.jit
+def _softplus(x):
+    """log(1 + exp(x)) in fp32, with torch's threshold of 20 and a series for tiny exp(x)."""
+    e = tl.exp(tl.minimum(x, 20.0))
+    series = e * (1.0 - e * (0.5 - e * (1.0 / 3.0)))
+    soft = tl.where(e < 1e-3, series, tl.log(1.0 + e))
+    return tl.where(x > 20.0, x, soft)
+
+
+@triton.jit
+def _chunk_rows(c, L, DIR: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Token index of each tile row of chunk c in direction DIR, and which rows are real tokens."""
+    rows = tl.arange(0, BLOCK_T)
+    if DIR == 0:
+        t = c * BLOCK_T + rows
+    else:
+        t = L - 1 - c * BLOCK_T - rows
+    return t, (t >= 0) & (t < L)
+
+
+@triton.jit
+def _row(tile, r: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Row r of a (BLOCK_T, BLOCK_D) tile. With the rows in one thread this folds to a register read
+    (-0.0 is the exact additive identity, so the sum of the other rows compiles away)."""
+    return tl.sum(tl.where(tl.arange(0, BLOCK_T)[:, None] == r, tile, -0.0), axis=0)
+
+
+@triton.jit
+def _state_row(tile, n: tl.constexpr, N: tl.constexpr):
+    """Row n of an (N, BLOCK_D) per-state tile (states held in each thread)."""
+    return tl.sum(tl.where(tl.arange(0, N)[:, None] == n, tile, -0.0), axis=0)
+
+
+@triton.jit
+def _chunk_states(decay, inp, h_in, BLOCK_T: tl.constexpr):
+    """States of one chunk for one state index: h_t = decay_t h_{t-1} + inp_t, h_{-1} = h_in.
+
+    h_in enters through the first row, so only the input half of the scan pairs is live and the
+    compiler drops the decay products.
+    """
+    first = tl.arange(0, BLOCK_T)[:, None] == 0
+    _, h = tl.associative_scan((decay, tl.where(first, inp + decay * h_in[None, :], inp)), 0, _affine_combine)
+    return h
+
+
+@triton.jit
+def _fwd_direction(
+    xc_ptr, z_ptr, dbl_ptr, out_ptr, wdt_ptr, bdt_ptr, a2_ptr, dskip_ptr,
+    b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl,
+    DIR: tl.constexpr, N: tl.constexpr, R_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    IS_FP32: tl.constexpr,
+):
+    E = R + 2 * N
+    offs_n = tl.arange(0, N)
+    offs_r = tl.arange(0, R_PAD)
+    # a2 is (2, N, D): row n holds A[:, n] * log2(e); loaded once, a state's row is a register read
+    a2_t = tl.load(a2_ptr + DIR * N * D + offs_n[:, None] * D + offs_d[None, :], mask=mask_d[None, :], other=0.0)
+    wdt_t = tl.load(wdt_ptr + offs_d[None, :] * R + offs_r[:, None],
+                    mask=(offs_r[:, None] < R) & mask_d[None, :], other=0.0).to(tl.float32)
+    dt_bias = tl.load(bdt_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    dskip = tl.load(dskip_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    seq_row = (DIR * Bsz + b).to(tl.int64) * L
+    dbl_seq = dbl_ptr + seq_row * E
+    carry = tl.zeros((N, BLOCK_D), tl.float32)
+    for c in range(0, tl.cdiv(L, BLOCK_T)):
+        t, mask_t = _chunk_rows(c, L, DIR, BLOCK_T)
+        mask_td = mask_t[:, None] & mask_d[None, :]
+        # rows past the sequence have delta = 0: their B and C never matter, so read a real row
+        # instead of masking (masked loads cost a zeroing move and a predicate per value)
+        dbl_rows = dbl_seq + tl.minimum(tl.maximum(t, 0), L - 1) * E
+        u = tl.load(xc_ptr + (seq_row + t[:, None]) * D + offs_d[None, :], mask=mask_td, other=0.0).to(tl.float32)
+        dt_low = tl.load(dbl_rows[:, None] + offs_r[None, :], mask=offs_r[None, :] < R, other=0.0)
+        # bf16-rounded operands are exact in tf32; fp32 ones take the exact path
+        if IS_FP32:
+            pre = tl.dot(dt_low.to(tl.float32), wdt_t, input_precision="ieee")
+        else:
+            pre = tl.dot(dt_low.to(tl.float32), wdt_t, input_precision="tf32")
+        delta = tl.where(mask_td, _softplus(pre + dt_bias[None, :]), 0.0)
+        # an identity scan moves delta out of the dot's layout once per chunk, not once per state
+        delta = tl.associative_scan(delta, 0, _second)
+        du = delta * u
+        y = dskip[None, :] * u
+        for n in tl.static_range(N):
+            b_n = tl.load(dbl_rows + R + n).to(tl.float32)
+            c_n = tl.load(dbl_rows + R + N + n).to(tl.float32)
+            decay = tl.exp2(delta * _state_row(a2_t, n, N)[None, :])
+            h = _chunk_states(decay, du * b_n[:, None], _state_row(carry, n, N), BLOCK_T)
+            y += c_n[:, None] * h
+            carry = tl.where(offs_n[:, None] == n, _row(h, BLOCK_T - 1, BLOCK_T)[None, :], carry)
+        out_ptrs = out_ptr + (b.to(tl.int64) * L + t[:, None]) * D + offs_d[None, :]
+        if DIR == 0:
+            tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask_td)
+        else:
+            y_fwd = tl.load(out_ptrs, mask=mask_td, other=0.0).to(tl.float32)
+            zz = tl.load(z_ptr + b.to(tl.int64) * stride_zb + t[:, None] * stride_zl + offs_d[None, :],
+                         mask=mask_td, other=0.0).to(tl.float32)
+            gated = (y_fwd + y) * 0.5 * (zz * tl.sigmoid(zz))
+            tl.store(out_ptrs, gated.to(out_ptr.dtype.element_ty), mask=mask_td)
+
+
+@triton.jit
+def _bimamba_scan_fwd_kernel(
+    xc_ptr, z_ptr, dbl_ptr, out_ptr, a2_ptr,
+    wdt_f_ptr, bdt_f_ptr, dskip_f_ptr, wdt_b_ptr, bdt_b_ptr, dskip_b_ptr,
+    Bsz, L, D, R, stride_zb, stride_zl,
+    N: tl.constexpr, R_PAD: tl.constexpr, IS_FP32: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    b = tl.program_id(1)
+    _fwd_direction(xc_ptr, z_ptr, dbl_ptr, out_ptr, wdt_f_ptr, bdt_f_ptr, a2_ptr, dskip_f_ptr,
+                   b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl,
+                   0, N, R_PAD, BLOCK_T, BLOCK_D, IS_FP32)
+    # the backward direction reads back y_fwd written above by other threads of this program
+    tl.debug_barrier()
+    _fwd_direction(xc_ptr, z_ptr, dbl_ptr, out_ptr, wdt_b_ptr, bdt_b_ptr, a2_ptr, dskip_b_ptr,
+                   b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl,
+                   1, N, R_PAD, BLOCK_T, BLOCK_D, IS_FP32)
+
+
+@triton.jit
+def _adjoint_scan(decay, rhs):
+    """dh_t = rhs_t + decay_{t+1} dh_{t+1} within a chunk (zero after its last row).
+
+    A forward scan of the flipped rows: with the rows inside one thread the flips are register
+    renames, whereas tl.associative_scan(reverse=True) reverses lanes with shuffles even then
+    (about 14 shuffles per (token, channel, state) in the sm_90 code).
+    """
+    ones = tl.full(decay.shape, 1.0, tl.float32)
+    _, _, s = tl.associative_scan((tl.flip(decay, 0), ones, tl.flip(rhs, 0)), 0, _adjoint_combine)
+    return tl.flip(s, 0)
+
+
+@triton.jit
+def _bwd_chunk_inputs(xc_ptr, pre_ptr, seq_row, t, mask_t, offs_d, mask_d, D):
+    """u = xc, the dt pre-activation and delta of one chunk, (BLOCK_T, BLOCK_D); delta = 0 off the sequence."""
+    mask_td = mask_t[:, None] & mask_d[None, :]
+    offs = (seq_row + t[:, None]) * D + offs_d[None, :]
+    u = tl.load(xc_ptr + offs, mask=mask_td, other=0.0).to(tl.float32)
+    pre = tl.load(pre_ptr + offs, mask=mask_td, other=0.0)
+    return u, pre, tl.where(mask_td, _softplus(pre), 0.0)
+
+
+@triton.jit
+def _bwd_direction(
+    xc_ptr, z_ptr, g_ptr, dbl_ptr, pre_ptr, a2_ptr, dskip_ptr,
+    dz_ptr, dxc_ptr, ddt_ptr, dbc_ptr, da_part_ptr, dd_part_ptr, dbias_part_ptr, state_ptr, dh_ptr,
+    b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl,
+    DIR: tl.constexpr, N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    E = R + 2 * N
+    rows = tl.arange(0, BLOCK_T)
+    n_chunks = tl.cdiv(L, BLOCK_T)
+    seq_row = (DIR * Bsz + b).to(tl.int64) * L
+    dbl_seq = dbl_ptr + seq_row * E
+    dskip = tl.load(dskip_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    a2_rows = a2_ptr + DIR * N * D + offs_d  # a2 is (2, N, D): row n holds A[:, n] * log2(e)
+    # scratch of this program: the state at each chunk boundary (chunk, n, d), then the adjoint carry (n, d)
+    state_rows = state_ptr + b.to(tl.int64) * (n_chunks + 1) * N * D + offs_d
+    dh_rows = dh_ptr + b.to(tl.int64) * N * D + offs_d
+    da_rows = da_part_ptr + (DIR * Bsz + b).to(tl.int64) * N * D + offs_d
+
+    # pass 1: the state before every chunk (the same threads store and later load each value)
+    for n in tl.static_range(N):
+        tl.store(state_rows + n * D, tl.zeros((BLOCK_D,), tl.float32), mask=mask_d)
+    for c in range(0, n_chunks):
+        t, mask_t = _chunk_rows(c, L, DIR, BLOCK_T)
+        dbl_rows = dbl_seq + tl.minimum(tl.maximum(t, 0), L - 1) * E
+        u, pre, delta = _bwd_chunk_inputs(xc_ptr, pre_ptr, seq_row, t, mask_t, offs_d, mask_d, D)
+        du = delta * u
+        for n in tl.static_range(N):
+            a2_n = tl.load(a2_rows + n * D, mask=mask_d, other=0.0)
+            h_in = tl.load(state_rows + (c * N + n) * D, mask=mask_d, other=0.0)
+            decay = tl.exp2(delta * a2_n[None, :])
+            h = _chunk_states(decay, du * tl.load(dbl_rows + R + n)[:, None], h_in, BLOCK_T)
+            tl.store(state_rows + ((c + 1) * N + n) * D, _row(h, BLOCK_T - 1, BLOCK_T), mask=mask_d)
+    tl.debug_barrier()
+
+    # pass 2: chunks in reverse order
+    d_skip = tl.zeros((BLOCK_D,), tl.float32)
+    d_bias = tl.zeros((BLOCK_D,), tl.float32)
+    for cc in range(0, n_chunks):
+        c = n_chunks - 1 - cc
+        t, mask_t = _chunk_rows(c, L, DIR, BLOCK_T)
+        mask_td = mask_t[:, None] & mask_d[None, :]
+        dbl_rows = dbl_seq + tl.minimum(tl.maximum(t, 0), L - 1) * E
+        u, pre, delta = _bwd_chunk_inputs(xc_ptr, pre_ptr, seq_row, t, mask_t, offs_d, mask_d, D)
+        du = delta * u
+        tok = (b.to(tl.int64) * L + t[:, None]) * D + offs_d[None, :]
+        zz = tl.load(z_ptr + b.to(tl.int64) * stride_zb + t[:, None] * stride_zl + offs_d[None, :],
+                     mask=mask_td, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + tok, mask=mask_td, other=0.0).to(tl.float32)
+        sig_z = tl.sigmoid(zz)
+        gy = g * zz * sig_z * 0.5
+        y = dskip[None, :] * u
+        ddelta = tl.zeros((BLOCK_T, BLOCK_D), tl.float32)
+        dh_b = tl.zeros((BLOCK_T, BLOCK_D), tl.float32)
+        for n in tl.static_range(N):
+            a2_n = tl.load(a2_rows + n * D, mask=mask_d, other=0.0)
+            b_n = tl.load(dbl_rows + R + n)
+            c_n = tl.load(dbl_rows + R + N + n)
+            decay = tl.exp2(delta * a2_n[None, :])
+            inp = du * b_n[:, None]
+            h = _chunk_states(decay, inp, tl.load(state_rows + (c * N + n) * D, mask=mask_d, other=0.0), BLOCK_T)
+            y += c_n[:, None] * h
+            # the carry from the later chunk enters through the last row
+            dh_in = tl.load(dh_rows + n * D, mask=mask_d & (cc > 0), other=0.0)
+            rhs = c_n[:, None] * gy
+            dh = _adjoint_scan(decay, tl.where(rows[:, None] == BLOCK_T - 1, rhs + dh_in[None, :], rhs))
+            tl.store(dh_rows + n * D, _row(decay * dh, 0, BLOCK_T), mask=mask_d)
+            q = dh * (h - inp)  # dh_t * exp(delta_t A) h_{t-1}
+            ddelta += q * (a2_n / LOG2E)[None, :]
+            dh_b += dh * b_n[:, None]
+            d_a = tl.sum(q * delta, axis=0) + tl.load(da_rows + n * D, mask=mask_d & (cc > 0), other=0.0)
+            tl.store(da_rows + n * D, d_a, mask=mask_d)
+            dbc_rows = dbc_ptr + (seq_row + t) * (2 * N)
+            tl.atomic_add(dbc_rows + n, tl.sum(dh * du, axis=1), mask=mask_t, sem="relaxed")
+            tl.atomic_add(dbc_rows + N + n, tl.sum(h * gy, axis=1), mask=mask_t, sem="relaxed")
+        dz = g * 0.5 * y * sig_z * (1.0 + zz * (1.0 - sig_z))
+        if DIR == 1:
+            # the forward direction stored its share of dz earlier in this program
+            dz += tl.load(dz_ptr + tok, mask=mask_td, other=0.0).to(tl.float32)
+        tl.store(dz_ptr + tok, dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
+        dxc = delta * dh_b + dskip[None, :] * gy
+        out_offs = (seq_row + t[:, None]) * D + offs_d[None, :]
+        tl.store(dxc_ptr + out_offs, dxc.to(dxc_ptr.dtype.element_ty), mask=mask_td)
+        ddt = tl.where(mask_td, (ddelta + u * dh_b) * tl.sigmoid(pre), 0.0)
+        tl.store(ddt_ptr + out_offs, ddt.to(ddt_ptr.dtype.element_ty), mask=mask_td)
+        d_skip += tl.sum(gy * u, axis=0)
+        d_bias += tl.sum(ddt, axis=0)
+    part = (DIR * Bsz + b).to(tl.int64) * D + offs_d
+    tl.store(dd_part_ptr + part, d_skip, mask=mask_d)
+    tl.store(dbias_part_ptr + part, d_bias, mask=mask_d)
+
+
+@triton.jit
+def _bimamba_scan_bwd_kernel(
+    xc_ptr, z_ptr, g_ptr, dbl_ptr, pre_ptr, a2_ptr, dskip_f_ptr, dskip_b_ptr,
+    dz_ptr, dxc_ptr, ddt_ptr, dbc_ptr, da_part_ptr, dd_part_ptr, dbias_part_ptr, state_ptr, dh_ptr,
+    Bsz, L, D, R, stride_zb, stride_zl,
+    N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    b = tl.program_id(1)
+    _bwd_direction(xc_ptr, z_ptr, g_ptr, dbl_ptr, pre_ptr, a2_ptr, dskip_f_ptr,
+                   dz_ptr, dxc_ptr, ddt_ptr, dbc_ptr, da_part_ptr, dd_part_ptr, dbias_part_ptr, state_ptr, dh_ptr,
+                   b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl,
+                   0, N, BLOCK_T, BLOCK_D)
+    # the backward direction reuses the scratch and adds to the dz written above
+    tl.debug_barrier()
+    _bwd_direction(xc_ptr, z_ptr, g_ptr, dbl_ptr, pre_ptr, a2_ptr, dskip_b_ptr,
+                   dz_ptr, dxc_ptr, ddt_ptr, dbc_ptr, da_part_ptr, dd_part_ptr, dbias_part_ptr, state_ptr, dh_ptr,
+                   b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl,
+                   1, N, BLOCK_T, BLOCK_D)
+
+
+def _as_triton_configs(blocks: list[ScanBlocks]) -> list[triton.Config]:
+    return [triton.Config({"BLOCK_T": cfg.block_t, "BLOCK_D": cfg.block_d}, num_warps=cfg.num_warps) for cfg in blocks]
+
+
+_scan_fwd_tuned = triton.autotune(configs=_as_triton_configs(_FWD_CONFIGS), key=["L", "D", "N"])(
+    _bimamba_scan_fwd_kernel
+)
+_scan_bwd_tuned = triton.autotune(
+    configs=_as_triton_configs(_BWD_CONFIGS), key=["L", "D", "N"], reset_to_zero=["dbc_ptr"]
+)(_bimamba_scan_bwd_kernel)
+
+
+def _launch(kernel, tuned, grid_fn, *args, **meta):
+    """Run the autotuned kernel on a GPU, or the plain one with small fixed tiles in the interpreter."""
+    if interpreting():
+        blocks = {"BLOCK_T": INTERPRETER_BLOCKS.block_t, "BLOCK_D": INTERPRETER_BLOCKS.block_d}
+        kernel[grid_fn(blocks)](*args, **meta, **blocks)
+    else:
+        tuned[grid_fn](*args, **meta)
+
+
+def _pad_rank(rank: int) -> int:
+    return max(16, 1 << math.ceil(math.log2(rank)))
+
+
+@dataclass(frozen=True)
+class ScanParams:
+    """One direction's scan parameters, contiguous; read in fp32 by the kernels whatever their dtype."""
+
+    dt_proj_weight: torch.Tensor  # (D, R)
+    dt_bias: torch.Tensor  # (D,)
+    a_log: torch.Tensor  # (D, N)
+    d_skip: torch.Tensor  # (D,)
+
+
+def _a_tables(fwd: ScanParams, bwd: ScanParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """A = -exp(A_log) (2, D, N) fp32, and A * log2(e) as (2, N, D) for the kernels' exp2 (one row of
+    channels per state, so a state's row is one coalesced load)."""
+    a = -torch.exp(torch.stack([fwd.a_log, bwd.a_log]).to(torch.float32))
+    return a, (a * math.log2(math.e)).transpose(1, 2).contiguous()
+
+
+def scan_forward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, fwd: ScanParams, bwd: ScanParams) -> torch.Tensor:
+    """Gated, averaged output (B, L, D) of both scan directions.
+
+    xc (2, B, L, D) contiguous; z (B, L, D) with a contiguous last dim; dbl (2, B*L, R + 2N) contiguous
+    fp32 (the x_proj output: dt, B, C per token).
+    """
+    _, bsz, length, dim = xc.shape
+    rank = fwd.dt_proj_weight.shape[-1]
+    d_state = fwd.a_log.shape[-1]
+    out = torch.empty((bsz, length, dim), device=xc.device, dtype=xc.dtype)
+    _, a2 = _a_tables(fwd, bwd)
+    _launch(
+        _bimamba_scan_fwd_kernel, _scan_fwd_tuned,
+        lambda meta: (triton.cdiv(dim, meta["BLOCK_D"]), bsz),
+        xc, z, dbl, out, a2,
+        fwd.dt_proj_weight, fwd.dt_bias, fwd.d_skip, bwd.dt_proj_weight, bwd.dt_bias, bwd.d_skip,
+        bsz, length, dim, rank, z.stride(0), z.stride(1),
+        N=d_state, R_PAD=_pad_rank(rank), IS_FP32=xc.dtype == torch.float32,
+    )
+    return out
+
+
+@dataclass(frozen=True)
+class ScanGrads:
+    dz: torch.Tensor  # (B, L, D)
+    dxc: torch.Tensor  # (2, B, L, D): the scan's own dependence on xc (not through x_proj)
+    ddt: torch.Tensor  # (2, B, L, D): gradient of the dt_proj output before softplus
+    dbc: torch.Tensor  # (2, B*L, 2N) fp32: gradients of B and C
+    da_log: torch.Tensor  # (2, D, N) fp32, forward direction first
+    d_skip: torch.Tensor  # (2, D) fp32
+    dt_bias: torch.Tensor  # (2, D) fp32
+
+
+def _dt_preactivation(dbl: torch.Tensor, fwd: ScanParams, bwd: ScanParams) -> torch.Tensor:
+    """dt @ dt_proj^T + dt_bias in fp32, (2, B*L, D): what the forward kernel computed in registers."""
+    rank = fwd.dt_proj_weight.shape[-1]
+    weight = torch.stack([fwd.dt_proj_weight, bwd.dt_proj_weight]).to(torch.float32)
+    bias = torch.stack([fwd.dt_bias, bwd.dt_bias]).to(torch.float32)[:, None, :]
+    return torch.baddbmm(bias, dbl[..., :rank], weight.transpose(1, 2))
+
+
+def scan_backward(
+    xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, fwd: ScanParams, bwd: ScanParams, grad_out: torch.Tensor
+) -> ScanGrads:
+    """Gradients of scan_forward's output with respect to its inputs, given grad_out (B, L, D)."""
+    _, bsz, length, dim = xc.shape
+    rank = fwd.dt_proj_weight.shape[-1]
+    d_state = fwd.a_log.shape[-1]
+    dev = xc.device
+    grad_out = grad_out.contiguous()
+    dz = torch.empty((bsz, length, dim), device=dev, dtype=z.dtype)
+    dxc = torch.empty_like(xc)
+    ddt = torch.empty_like(xc)
+    dbc = torch.zeros((2, bsz * length, 2 * d_state), device=dev, dtype=torch.float32)
+    da_part = torch.empty((2, bsz, d_state, dim), device=dev, dtype=torch.float32)
+    d_skip_part = torch.empty((2, bsz, dim), device=dev, dtype=torch.float32)
+    dt_bias_part = torch.empty((2, bsz, dim), device=dev, dtype=torch.float32)
+    smallest_t = min(c.block_t for c in [*_BWD_CONFIGS, INTERPRETER_BLOCKS])
+    states = torch.empty((bsz, triton.cdiv(length, smallest_t) + 1, d_state, dim), device=dev, dtype=torch.float32)
+    dh_carry = torch.empty((bsz, d_state, dim), device=dev, dtype=torch.float32)
+    pre = _dt_preactivation(dbl, fwd, bwd)
+    a, a2 = _a_tables(fwd, bwd)
+    _launch(
+        _bimamba_scan_bwd_kernel, _scan_bwd_tuned,
+        lambda meta: (triton.cdiv(dim, meta["BLOCK_D"]), bsz),
+        xc, z, grad_out, dbl, pre, a2, fwd.d_skip, bwd.d_skip,
+        dz, dxc, ddt, dbc, da_part, d_skip_part, dt_bias_part, states, dh_carry,
+        bsz, length, dim, rank, z.stride(0), z.stride(1),
+        N=d_state,
+    )
+    da = da_part.sum(1).transpose(1, 2)  # (2, D, N): dL/dA
+    return ScanGrads(
+        dz=dz, dxc=dxc, ddt=ddt, dbc=dbc,
+        da_log=da * a, d_skip=d_skip_part.sum(1), dt_bias=dt_bias_part.sum(1),
+    )

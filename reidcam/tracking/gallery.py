@@ -1,0 +1,75 @@
+"""The gallery of global identities: each one a set of tracklets, across cameras.
+
+An identity's appearance is the quality-weighted mean over all crops of all its tracklets, read
+from the tracklets every time, so it follows them as they grow. Global ids count from 1 within
+a run and are never reused; an identity absorbed by a merge keeps its id, marked ``merged_into``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from reidcam.tracking.tracklets import Tracklet, normalised
+
+
+@dataclass
+class Identity:
+    global_id: int
+    tracklets: list[Tracklet] = field(default_factory=list)
+    merged_into: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.merged_into is None
+
+    @property
+    def cameras(self) -> set[str]:
+        return {tracklet.camera_id for tracklet in self.tracklets}
+
+    def embedding(self, excluding: Tracklet | None = None) -> np.ndarray | None:
+        """The identity's appearance, optionally without one of its tracklets (to test that one against the rest)."""
+        sums = [t.embedding_sum for t in self.tracklets if t is not excluding and t.embedding_sum is not None]
+        return normalised(np.sum(sums, axis=0)) if sums else None
+
+    def last_seen(self) -> float:
+        return max(tracklet.last_time for tracklet in self.tracklets)
+
+
+class Gallery:
+    """All identities of a run."""
+
+    def __init__(self) -> None:
+        self.identities: dict[int, Identity] = {}
+        self._next_id = 1
+
+    def active(self) -> list[Identity]:
+        return [identity for identity in self.identities.values() if identity.active]
+
+    def create(self, tracklet: Tracklet) -> Identity:
+        identity = Identity(self._next_id)
+        self._next_id += 1
+        self.identities[identity.global_id] = identity
+        self.attach(tracklet, identity)
+        return identity
+
+    def attach(self, tracklet: Tracklet, identity: Identity) -> None:
+        identity.tracklets.append(tracklet)
+        tracklet.global_id = identity.global_id
+
+    def detach(self, tracklet: Tracklet) -> None:
+        identity = self.identities[tracklet.global_id]
+        identity.tracklets.remove(tracklet)
+        tracklet.global_id = None
+
+    def merge(self, keep: Identity, absorbed: Identity) -> None:
+        for tracklet in absorbed.tracklets:
+            self.attach(tracklet, keep)
+        absorbed.tracklets = []
+        absorbed.merged_into = keep.global_id
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """1 - cos between two L2-normalised vectors: 0 same direction, 2 opposite."""
+    return float(1.0 - np.dot(a, b))

@@ -1,0 +1,45 @@
+"""The recipe's train and test transforms."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+from reidcam.reid.data import IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform
+
+
+def test_train_transform_follows_the_recipe():
+    steps = build_train_transform((256, 128)).transforms
+    assert [type(s) for s in steps] == [T.Resize, T.Pad, T.RandomCrop, T.RandomHorizontalFlip,
+                                         T.ToTensor, T.Normalize, T.RandomErasing]
+    resize, pad, crop, flip, _, normalize, erasing = steps
+    assert resize.size == (256, 128) and resize.interpolation == T.InterpolationMode.BICUBIC
+    assert pad.padding == 10 and crop.size == (256, 128) and flip.p == 0.5
+    assert tuple(normalize.mean) == IMAGENET_MEAN and tuple(normalize.std) == IMAGENET_STD
+    assert (erasing.p, erasing.scale, erasing.ratio, erasing.value) == (0.5, (0.02, 0.4), (0.3, 3.33), "random")
+
+
+def test_test_transform_resizes_and_normalises():
+    image = Image.new("RGB", (40, 90), (255, 0, 128))
+    tensor = build_test_transform((64, 32))(image)
+    assert tensor.shape == (3, 64, 32)
+    expected = (torch.tensor([1.0, 0.0, 128 / 255]) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(tensor.mean(dim=(1, 2)), expected, atol=1e-3, rtol=0)
+
+
+def test_train_transform_without_randomness_equals_test_transform():
+    pixels = np.random.default_rng(0).integers(0, 256, (90, 40, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    quiet = build_train_transform((64, 32), pad=0, flip_p=0.0, erasing_p=0.0)
+    torch.testing.assert_close(quiet(image), build_test_transform((64, 32))(image))
+
+
+def test_train_transform_augments():
+    torch.manual_seed(0)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (128, 64, 3), dtype=np.uint8))
+    transform = build_train_transform((128, 64))
+    outputs = [transform(image) for _ in range(4)]
+    assert all(o.shape == (3, 128, 64) for o in outputs)
+    assert not torch.equal(outputs[0], outputs[1])

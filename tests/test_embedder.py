@@ -1,0 +1,88 @@
+"""The ReID embedder on real person crops (ultralytics' bundled bus.jpg)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from reidcam.errors import DataError
+from reidcam.reid.embedder import Embedder
+from reidcam.reid.model import build_model
+from reidcam.reid.model.checkpoint import save_reid_checkpoint
+
+SMALL_INPUT = (128, 64)
+PEOPLE_BOXES = [(50, 400, 250, 900), (220, 400, 350, 860), (670, 380, 810, 880)]  # x1, y1, x2, y2 in bus.jpg
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def crops() -> list[np.ndarray]:
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or spec.origin is None:
+        pytest.skip("ultralytics (and its bundled bus.jpg) is not installed")
+    image = cv2.imread(str(Path(spec.origin).parent / "assets" / "bus.jpg"))
+    assert image is not None
+    return [image[y1:y2, x1:x2] for x1, y1, x2, y2 in PEOPLE_BOXES]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder.create(None, model_name="reidmamba_tiny", img_size=SMALL_INPUT, batch_size=2)
+
+
+def test_embeddings_are_unit_norm_float32_rows(embedder, crops):
+    vectors = embedder.embed(crops)
+    assert vectors.shape == (3, embedder.embed_dim) and vectors.dtype == np.float32
+    assert embedder.embed_dim == 1728  # 3 branches x 12 tokens x 192 / 4
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(vectors[0], vectors[1])
+
+
+def test_identical_crops_give_identical_embeddings_wherever_they_sit_in_the_batches(embedder, crops):
+    alone = embedder.embed([crops[2]])
+    batched = embedder.embed([crops[0], crops[2], crops[1], crops[2].copy()])
+    np.testing.assert_allclose(batched[1], batched[3], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(batched[1], alone[0], rtol=0, atol=1e-5)
+
+
+def test_random_weights_are_seeded(embedder, crops):
+    again = Embedder.create(None, model_name="reidmamba_tiny", img_size=SMALL_INPUT)
+    np.testing.assert_array_equal(again.embed(crops[:1]), embedder.embed(crops[:1]))
+
+
+def test_empty_input_and_bad_crops(embedder):
+    assert embedder.embed([]).shape == (0, embedder.embed_dim)
+    with pytest.raises(DataError):
+        embedder.embed([np.zeros((0, 10, 3), dtype=np.uint8)])
+    with pytest.raises(DataError):
+        embedder.embed([np.zeros((20, 10), dtype=np.uint8)])
+    with pytest.raises(DataError):
+        embedder.embed([np.zeros((20, 10, 3), dtype=np.uint8)], camera_indices=[0, 1])
+
+
+def test_weights_file_with_cameras_and_flip(tmp_path, crops):
+    torch.manual_seed(1)
+    model = build_model("reidmamba_tiny", img_size=SMALL_INPUT, num_cameras=2, depth=4)
+    save_reid_checkpoint(tmp_path / "reid.pt", model)
+    embedder = Embedder.create(tmp_path / "reid.pt", flip=True)
+    assert embedder.img_size == SMALL_INPUT
+    no_camera = embedder.embed(crops[:2])
+    camera = embedder.embed(crops[:2], camera_indices=[1, 1])
+    unseen = embedder.embed(crops[:2], camera_indices=[-1, 5])  # not training cameras: no SIE
+    np.testing.assert_allclose(np.linalg.norm(camera, axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(camera, no_camera)
+    np.testing.assert_allclose(unseen, no_camera, rtol=0, atol=1e-6)
+    mirrored = embedder.embed([np.ascontiguousarray(c[:, ::-1]) for c in crops[:2]])
+    np.testing.assert_allclose(mirrored, no_camera, rtol=0, atol=1e-5)  # flip TTA is mirror-invariant

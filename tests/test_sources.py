@@ -1,0 +1,164 @@
+"""Camera sources: real decoding of files, image folders and an HTTP stream; clock-ordered steps."""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import socketserver
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import pytest
+
+from reidcam.app.config import CameraConfig, StreamConfig
+from reidcam.app.sources import open_cameras
+from reidcam.errors import DataError
+
+FAST_RETRY = StreamConfig(retries=1, backoff_initial_s=0.05, backoff_max_s=0.1, open_timeout_s=2, read_timeout_s=2)
+RUN_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def camera(clips, camera_id: str, **changes) -> CameraConfig:
+    return CameraConfig.model_validate({**clips.cameras[camera_id], **changes})
+
+
+def all_steps(cameras, max_frames=None, streams=FAST_RETRY):
+    source = open_cameras(cameras, streams, RUN_START, max_frames=max_frames)
+    return list(source.steps())
+
+
+def test_cameras_on_one_clock_share_steps(clips):
+    steps = all_steps([camera(clips, "west"), camera(clips, "east")], max_frames=5)
+    assert [[frame.camera_id for frame in step] for step in steps] == [["east", "west"]] * 5
+    for number, step in enumerate(steps, start=1):
+        assert {frame.index for frame in step} == {number}
+        assert len({frame.timestamp for frame in step}) == 1
+
+
+def test_cameras_on_different_clocks_are_replayed_in_time_order(clips):
+    west, replay = camera(clips, "west"), camera(clips, "replay")
+    steps = all_steps([replay, west], max_frames=6)
+    order = [(frame.camera_id, frame.index) for step in steps for frame in step]
+    assert order == [("west", i) for i in range(1, 7)] + [("replay", i) for i in range(1, 7)]
+    times = [frame.timestamp for step in steps for frame in step]
+    assert times == sorted(times)
+    first_replay = steps[6][0]
+    assert first_replay.time == replay.start_time
+    assert steps[2][0].timestamp == pytest.approx(west.start_time.timestamp() + 2 / 10.0)
+
+
+def test_frames_carry_images_of_the_clip(clips):
+    (step,) = all_steps([camera(clips, "east")], max_frames=1)
+    capture = cv2.VideoCapture(clips.cameras["east"]["source"])
+    expected = capture.read()[1]
+    capture.release()
+    assert (step[0].image == expected).all()
+
+
+def test_image_folder_in_name_order_skipping_unreadable_files(clips, tmp_path, caplog):
+    capture = cv2.VideoCapture(clips.cameras["west"]["source"])
+    for index in range(3):
+        cv2.imwrite(str(tmp_path / f"frame_{index:03d}.png"), capture.read()[1])
+    capture.release()
+    (tmp_path / "frame_001b.jpg").write_bytes(b"not an image")
+    folder_camera = CameraConfig(id="stills", source=str(tmp_path), fps=2.0, start_time=RUN_START)
+    with caplog.at_level(logging.WARNING):
+        steps = all_steps([folder_camera])
+    assert [step[0].index for step in steps] == [1, 2, 3]
+    assert [step[0].timestamp - RUN_START.timestamp() for step in steps] == [0.0, 0.5, 1.0]
+    assert "frame_001b.jpg" in caplog.text
+
+
+def test_missing_file_alone_is_an_error(tmp_path):
+    with pytest.raises(DataError, match=r"camera gone: source not found: .*gone\.mp4"):
+        open_cameras([CameraConfig(id="gone", source=str(tmp_path / "gone.mp4"))], FAST_RETRY, RUN_START)
+
+
+def test_unreadable_file_alone_is_an_error(tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("this is not a video")
+    with pytest.raises(DataError, match="camera broken: .*broken.mp4: cannot be opened"):
+        open_cameras([CameraConfig(id="broken", source=str(broken))], FAST_RETRY, RUN_START)
+
+
+def test_a_missing_camera_among_several_is_a_warning(clips, tmp_path, caplog):
+    gone = CameraConfig(id="gone", source=str(tmp_path / "gone.mp4"))
+    with caplog.at_level(logging.WARNING):
+        steps = all_steps([gone, camera(clips, "west")], max_frames=3)
+    assert {frame.camera_id for step in steps for frame in step} == {"west"}
+    assert "camera gone: source not found" in caplog.text and "going on without this camera" in caplog.text
+
+
+def test_unreachable_stream_is_retried_then_an_error(caplog):
+    stream = CameraConfig(id="door", source="rtsp://127.0.0.1:9/door")
+    with (
+        caplog.at_level(logging.INFO),
+        pytest.raises(DataError, match="camera door: stream unreachable after 2 attempts"),
+    ):
+        open_cameras([stream], FAST_RETRY, RUN_START)
+    assert "retry in" in caplog.text
+
+
+class FlakyVideoServer:
+    """Serves a video over HTTP: the first connection drops halfway, the second is whole, then 404."""
+
+    def __init__(self, video: bytes) -> None:
+        self.requests = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests += 1
+                if server.requests > 2:
+                    self.send_error(404)
+                    return
+                body = video[: len(video) // 2] if server.requests == 1 else video
+                self.send_response(200)
+                self.send_header("Content-Type", "video/x-msvideo")
+                self.send_header("Content-Length", str(len(video)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/cam.avi"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def mjpeg_clip(source: Path, path: Path, frames: int) -> bytes:
+    capture = cv2.VideoCapture(str(source))
+    first = capture.read()[1]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (first.shape[1], first.shape[0]))
+    writer.write(first)
+    for _ in range(frames - 1):
+        writer.write(capture.read()[1])
+    writer.release()
+    capture.release()
+    return path.read_bytes()
+
+
+def test_dropped_stream_reconnects_while_other_cameras_go_on(clips, tmp_path, caplog):
+    server = FlakyVideoServer(mjpeg_clip(Path(clips.cameras["east"]["source"]), tmp_path / "cam.avi", 20))
+    try:
+        stream = CameraConfig(id="door", source=server.url)
+        with caplog.at_level(logging.INFO):
+            steps = all_steps([stream, camera(clips, "west")])
+    finally:
+        server.close()
+    door = [frame for step in steps for frame in step if frame.camera_id == "door"]
+    west = [frame for step in steps for frame in step if frame.camera_id == "west"]
+    assert len(west) == 40
+    assert 20 < len(door) < 40  # half of the first connection, then all of the second
+    assert [frame.index for frame in door] == list(range(1, len(door) + 1))
+    assert "camera door: stream dropped, reconnecting" in caplog.text
+    assert "camera door: reconnected" in caplog.text
+    assert server.requests >= 3
