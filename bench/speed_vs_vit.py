@@ -1,6 +1,6 @@
 """ReIDMamba-S against ViT-B/16 on one GPU (issue 6): correctness of the "triton" scan backend, then speed.
 
-    PYTHONPATH=. python bench/speed_vs_vit.py                 # everything (about 3-5 min on an H100)
+    PYTHONPATH=. python bench/speed_vs_vit.py                 # everything (about 5-6 min on an H100)
     PYTHONPATH=. python bench/speed_vs_vit.py --quick         # correctness + 256x128 s16 only
     PYTHONPATH=. python bench/speed_vs_vit.py --sizes 256x128s16,384x128s12
     PYTHONPATH=. python bench/speed_vs_vit.py --smoke         # CPU, TRITON_INTERPRET=1, tiny shapes
@@ -14,7 +14,7 @@
 3. The table of the issue: per input size, images/s of ViT-B/16 (timm, fused attention) and of
    ReIDMamba-S per scan backend at batch 256 (bf16 autocast, eval), and train-step time and peak
    memory at batch 64. Medians of CUDA-event timings after warm-up. The table is printed last and
-   written to $OUT/speed.md when $OUT is set.
+   written to $OUT/speed.md when $OUT is set (rewritten after every size, so a run cut short keeps its rows).
 Needs torch (+ triton on CUDA); timm and mamba-ssm are optional (a built-in ViT-B/16 stands in for timm).
 """
 
@@ -45,6 +45,7 @@ from reidcam.reid.model.scan import DirectionParams, available_backends, bidirec
 FIELDS = ("conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "A_log", "D")
 ALL_SIZES = ("256x128s16", "256x128s12", "384x128s12", "512x256s16", "768x384s16")
 HBM_BYTES_PER_S = 3.35e12  # H100 SXM HBM3 peak; the floors below use it
+SFU_OPS_PER_S = 132 * 16 * 1.98e9  # H100 SXM: 16 MUFU results per clock per SM at the boost clock
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class Settings:
     num_classes: int = 751
     core_shape: tuple[int, int, int, int, int] = (4, 140, 768, 16, 24)  # batch, tokens, d_inner, d_state, rank
     backends: list[str] = field(default_factory=list)
+    timed: tuple[str, ...] = ("triton", "cuda")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,21 +224,9 @@ def _print_errors(dtype: torch.dtype, errors: dict[str, dict[str, float]]) -> No
 
 
 def run_checks(settings: Settings) -> list[str]:
-    """Correctness of the triton backend; returns the problems found (empty when all is well).
-
-    Should the default (tl.associative_scan(reverse=True)) fail, the flip fallback is tried and, if it
-    passes, kept for the rest of the run so the timings still mean something.
-    """
+    """Correctness of the triton backend; returns the problems found (empty when all is well)."""
     with _no_tf32():
         problems = _check_or_error(settings)
-        if problems and not os.environ.get("REIDCAM_TRITON_FLIP_SCAN"):
-            print("\nFAILED with tl.associative_scan(reverse=True); retrying with REIDCAM_TRITON_FLIP_SCAN=1")
-            os.environ["REIDCAM_TRITON_FLIP_SCAN"] = "1"
-            if _check_or_error(settings):
-                del os.environ["REIDCAM_TRITON_FLIP_SCAN"]
-            else:
-                problems.append("the flip fallback passes: make REIDCAM_TRITON_FLIP_SCAN=1 the default"
-                                " (kept on for the timings below)")
         if not problems:
             print("\ncorrectness: triton backend OK (fp32 and bf16, forward and all gradients)")
         problems += check_model(settings)
@@ -305,7 +295,7 @@ class _no_tf32:
 
 def core_microbench(settings: Settings) -> list[str]:
     """Kernel-by-kernel times of the triton mixer core at 256x128 s16 shapes; returns report lines."""
-    from reidcam.reid.model.kernels import triton_conv, triton_scan
+    from reidcam.reid.model.kernels import mixer_core, triton_conv, triton_scan
 
     device = settings.device
     length = 140 if not settings.smoke else 11
@@ -323,17 +313,20 @@ def core_microbench(settings: Settings) -> list[str]:
     scan = [triton_scan.ScanParams(p.dt_proj_weight, p.dt_proj_bias, p.A_log, p.D) for p in (fwd, bwd)]
     wx = torch.stack([fwd.x_proj_weight, bwd.x_proj_weight]).to(torch.bfloat16)
     xc = triton_conv.biconv_forward(x, *conv)
-    dbl = torch.bmm(xc.view(2, -1, dim), wx.transpose(1, 2))
+    dbl = mixer_core._x_proj_fp32(xc.view(2, -1, dim), wx)
+    exp_floor_ms = 2 * elems * d_state / SFU_OPS_PER_S * 1e3  # one exp2 per (token, channel, state, direction)
     pieces = {
         # name: (fn, minimum HBM bytes)
         "biconv (x -> xc fwd+bwd)": (lambda: triton_conv.biconv_forward(x, *conv), 2 * elems * 3),
-        "x_proj bmm (both dirs)": (lambda: torch.bmm(xc.view(2, -1, dim), wx.transpose(1, 2)), 2 * elems * 2),
+        "x_proj bmm (both dirs)": (lambda: mixer_core._x_proj_fp32(xc.view(2, -1, dim), wx), 2 * elems * 2),
         "fused bi-scan": (lambda: triton_scan.scan_forward(xc, z, dbl, *scan), 2 * elems * 4),
     }
     for name, (fn, floor_bytes) in pieces.items():
         ms = median_ms(fn, settings)
-        lines.append(f"  {name:<28} {ms:8.3f} ms   floor {floor_bytes / HBM_BYTES_PER_S * 1e3:6.3f} ms"
+        lines.append(f"  {name:<28} {ms:8.3f} ms   memory floor {floor_bytes / HBM_BYTES_PER_S * 1e3:6.3f} ms"
                      f"   ({floor_bytes / (ms * 1e-3) / 1e9:7.0f} GB/s)")
+    lines.append(f"  {'':<28} {'':>8}      exp floor of the scan {exp_floor_ms:6.3f} ms (MUFU)")
+    lines += _norm_times(settings, batch, length)
     with torch.inference_mode():
         for backend in [b for b in ("triton", "cuda") if b in settings.backends]:
             ms = median_ms(lambda: bidirectional_mixer_core(x, z, fwd, bwd, backend=backend), settings)
@@ -341,6 +334,30 @@ def core_microbench(settings: Settings) -> list[str]:
     lines += _core_train_times(settings, fwd, bwd, length, dim)
     lines.append(f"  autotuned scan configs: fwd {_best(triton_scan._scan_fwd_tuned)}  bwd {_best(triton_scan._scan_bwd_tuned)}")
     return lines
+
+
+def _norm_times(settings: Settings, batch: int, length: int) -> list[str]:
+    """The block's "add + RMSNorm": the model's RMSNorm module against the fused kernel."""
+    from reidcam.reid.model.kernels.add_rmsnorm import add_rms_norm
+    from reidcam.reid.model.layers import RMSNorm
+
+    device, dim = settings.device, 384 if not settings.smoke else 16
+    norm = RMSNorm(dim).to(device)
+    hidden = torch.randn(batch, length, dim, device=device, dtype=torch.bfloat16)
+    residual = torch.randn(batch, length, dim, device=device)
+
+    def unfused() -> object:
+        res = (residual + hidden).float()
+        return norm(res).to(torch.bfloat16), res
+
+    def fused() -> object:
+        return add_rms_norm(hidden, residual, norm.weight, norm.eps, out_dtype=torch.bfloat16)
+
+    with torch.inference_mode():
+        times = {name: median_ms(fn, settings) for name, fn in (("model", unfused), ("fused", fused))}
+    floor = batch * length * dim * (2 + 4 + 4 + 2) / HBM_BYTES_PER_S * 1e3
+    return [f"  add+RMSNorm ({batch}x{length}x{dim}): model's {times['model']:.3f} ms, fused {times['fused']:.3f} ms,"
+            f" memory floor {floor:.3f} ms"]
 
 
 def _core_train_times(settings: Settings, fwd: DirectionParams, bwd: DirectionParams, length: int, dim: int) -> list[str]:
@@ -556,11 +573,9 @@ def measure_size(size: Size, settings: Settings, graphs: bool, problems: list[st
 def mamba_variants(settings: Settings) -> list[str]:
     """Backends timed in the table: triton (as the model is, and with the fused add+norm), then the
     stock kernels; the pure-PyTorch backend only in a smoke run (at batch 256 it needs tens of GB)."""
-    variants = []
-    if "triton" in settings.backends:
-        variants += ["triton", "triton+fused-norm"]
-    variants += [b for b in settings.backends if b == "cuda" or (b == "torch" and settings.smoke)]
-    return variants
+    timed = [b for b in settings.backends if b in settings.timed]
+    variants = ["triton", "triton+fused-norm"] if "triton" in timed else []
+    return variants + [b for b in timed if b == "cuda" or (b == "torch" and settings.smoke)]
 
 
 def markdown(rows: list[Row], settings: Settings, device_name: str) -> str:
@@ -569,7 +584,8 @@ def markdown(rows: list[Row], settings: Settings, device_name: str) -> str:
     trained = list(dict.fromkeys(b for r in rows for b in r.mamba_train))
     nan, nan2 = float("nan"), (float("nan"), float("nan"))
     lines = [
-        f"ReIDMamba-S vs ViT-B/16 on {device_name}, bf16 autocast, medians of CUDA-event timings.",
+        f"ReIDMamba-S vs ViT-B/16 on {device_name}, bf16 autocast, medians of timed runs after warm-up"
+        f" (CUDA events on a GPU).",
         "",
         f"Inference, eval mode, batch {settings.infer_batch}, images/s:",
         "",
@@ -608,6 +624,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny shapes")
     parser.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph row of the triton backend")
     parser.add_argument("--skip-core", action="store_true", help="skip the mixer-core kernel timings")
+    parser.add_argument("--backends", default="triton,cuda",
+                        help="scan backends timed in the table (correctness always uses every one that imports)")
     return parser.parse_args(argv)
 
 
@@ -623,6 +641,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
     import reidcam.reid.model.kernels  # noqa: F401  registers "triton"
 
     settings.backends = [b for b in ("triton", "cuda", "torch") if b in available_backends()]
+    settings.timed = tuple(args.backends.split(",")) + (("torch",) if args.smoke else ())
     return settings
 
 

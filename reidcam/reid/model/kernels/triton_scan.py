@@ -21,10 +21,10 @@ then the 16 states. The backward direction walks the same memory from the end (t
 L-1-r-c*BLOCK_T), so nothing is flipped. The forward direction stores y_fwd into the output; the
 backward direction adds y_bwd, applies the gate silu(z) and the 1/2, and overwrites it.
 
-Backward (`scan_backward`), per direction: pass 1 stores the state at every chunk boundary in a small
-per-program scratch; pass 2 walks the chunks in reverse, recomputes the states from it and runs the
-adjoint dh_t = C_t gy_t + exp(delta_{t+1} A) dh_{t+1} as a reverse scan (its carry also goes through
-the scratch). It writes dz, dxc (the scan's direct part) and the gradient of the dt pre-activation,
+Backward (`scan_backward`), one program per (channel block, sequence, direction): pass 1 stores the
+state at every chunk boundary in a per-program scratch; pass 2 walks the chunks in reverse, recomputes
+the states from it and runs the adjoint dh_t = C_t gy_t + exp(delta_{t+1} A) dh_{t+1} as a forward scan
+of the flipped rows (its carry also goes through the scratch). It writes dz, dxc (the scan's direct part) and the gradient of the dt pre-activation,
 adds dB/dC over channel blocks with fp32 atomics, and leaves per-sequence partial sums for dA, dD and
 the dt bias. The dt pre-activation is precomputed in fp32 for it, so its chunks need not match the
 tensor-core tile.
@@ -63,10 +63,11 @@ _FWD_CONFIGS = [
     ScanBlocks(16, 128, 4),
     ScanBlocks(16, 256, 4),
 ]
+# backward: delta comes precomputed, so chunks can be short; 4-8 tokens keep it near the register limit
 _BWD_CONFIGS = [
+    ScanBlocks(4, 64, 1),
+    ScanBlocks(4, 128, 2),
     ScanBlocks(8, 64, 1),
-    ScanBlocks(8, 128, 2),
-    ScanBlocks(16, 64, 2),
 ]
 
 
@@ -115,6 +116,14 @@ def _chunk_rows(c, L, DIR: tl.constexpr, BLOCK_T: tl.constexpr):
         t = c * BLOCK_T + rows
     else:
         t = L - 1 - c * BLOCK_T - rows
+    return t, (t >= 0) & (t < L)
+
+
+@triton.jit
+def _chunk_rows_rt(c, L, direction, BLOCK_T: tl.constexpr):
+    """_chunk_rows for a direction known only at run time (0 forward, 1 backward)."""
+    sign = 1 - 2 * direction
+    t = direction * (L - 1) + sign * (c * BLOCK_T + tl.arange(0, BLOCK_T))
     return t, (t >= 0) & (t < L)
 
 
@@ -243,29 +252,36 @@ def _bwd_chunk_inputs(xc_ptr, pre_ptr, seq_row, t, mask_t, offs_d, mask_d, D):
 
 
 @triton.jit
-def _bwd_direction(
+def _bimamba_scan_bwd_kernel(
     xc_ptr, z_ptr, g_ptr, dbl_ptr, pre_ptr, a2_ptr, dskip_ptr,
     dz_ptr, dxc_ptr, ddt_ptr, dbc_ptr, da_part_ptr, dd_part_ptr, dbias_part_ptr, state_ptr, dh_ptr,
-    b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl,
-    DIR: tl.constexpr, N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    Bsz, L, D, R, stride_zb, stride_zl, n_state_chunks,
+    N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """One program per (channel block, sequence, direction); the directions are independent here
+    (each writes its own share of dz), which doubles the programs of a small training batch."""
+    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    b = tl.program_id(1)
+    direction = tl.program_id(2)
     E = R + 2 * N
     rows = tl.arange(0, BLOCK_T)
     n_chunks = tl.cdiv(L, BLOCK_T)
-    seq_row = (DIR * Bsz + b).to(tl.int64) * L
+    seq = direction * Bsz + b
+    seq_row = seq.to(tl.int64) * L
     dbl_seq = dbl_ptr + seq_row * E
-    dskip = tl.load(dskip_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    a2_rows = a2_ptr + DIR * N * D + offs_d  # a2 is (2, N, D): row n holds A[:, n] * log2(e)
+    dskip = tl.load(dskip_ptr + direction * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    a2_rows = a2_ptr + direction * N * D + offs_d  # a2 is (2, N, D): row n holds A[:, n] * log2(e)
     # scratch of this program: the state at each chunk boundary (chunk, n, d), then the adjoint carry (n, d)
-    state_rows = state_ptr + b.to(tl.int64) * (n_chunks + 1) * N * D + offs_d
-    dh_rows = dh_ptr + b.to(tl.int64) * N * D + offs_d
-    da_rows = da_part_ptr + (DIR * Bsz + b).to(tl.int64) * N * D + offs_d
+    state_rows = state_ptr + seq.to(tl.int64) * n_state_chunks * N * D + offs_d
+    dh_rows = dh_ptr + seq.to(tl.int64) * N * D + offs_d
+    da_rows = da_part_ptr + seq.to(tl.int64) * N * D + offs_d
 
     # pass 1: the state before every chunk (the same threads store and later load each value)
     for n in tl.static_range(N):
         tl.store(state_rows + n * D, tl.zeros((BLOCK_D,), tl.float32), mask=mask_d)
     for c in range(0, n_chunks):
-        t, mask_t = _chunk_rows(c, L, DIR, BLOCK_T)
+        t, mask_t = _chunk_rows_rt(c, L, direction, BLOCK_T)
         dbl_rows = dbl_seq + tl.minimum(tl.maximum(t, 0), L - 1) * E
         u, pre, delta = _bwd_chunk_inputs(xc_ptr, pre_ptr, seq_row, t, mask_t, offs_d, mask_d, D)
         du = delta * u
@@ -282,7 +298,7 @@ def _bwd_direction(
     d_bias = tl.zeros((BLOCK_D,), tl.float32)
     for cc in range(0, n_chunks):
         c = n_chunks - 1 - cc
-        t, mask_t = _chunk_rows(c, L, DIR, BLOCK_T)
+        t, mask_t = _chunk_rows_rt(c, L, direction, BLOCK_T)
         mask_td = mask_t[:, None] & mask_d[None, :]
         dbl_rows = dbl_seq + tl.minimum(tl.maximum(t, 0), L - 1) * E
         u, pre, delta = _bwd_chunk_inputs(xc_ptr, pre_ptr, seq_row, t, mask_t, offs_d, mask_d, D)
@@ -317,43 +333,18 @@ def _bwd_direction(
             dbc_rows = dbc_ptr + (seq_row + t) * (2 * N)
             tl.atomic_add(dbc_rows + n, tl.sum(dh * du, axis=1), mask=mask_t, sem="relaxed")
             tl.atomic_add(dbc_rows + N + n, tl.sum(h * gy, axis=1), mask=mask_t, sem="relaxed")
-        dz = g * 0.5 * y * sig_z * (1.0 + zz * (1.0 - sig_z))
-        if DIR == 1:
-            # the forward direction stored its share of dz earlier in this program
-            dz += tl.load(dz_ptr + tok, mask=mask_td, other=0.0).to(tl.float32)
-        tl.store(dz_ptr + tok, dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
-        dxc = delta * dh_b + dskip[None, :] * gy
         out_offs = (seq_row + t[:, None]) * D + offs_d[None, :]
+        dz = g * 0.5 * y * sig_z * (1.0 + zz * (1.0 - sig_z))
+        tl.store(dz_ptr + out_offs, dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
+        dxc = delta * dh_b + dskip[None, :] * gy
         tl.store(dxc_ptr + out_offs, dxc.to(dxc_ptr.dtype.element_ty), mask=mask_td)
         ddt = tl.where(mask_td, (ddelta + u * dh_b) * tl.sigmoid(pre), 0.0)
         tl.store(ddt_ptr + out_offs, ddt.to(ddt_ptr.dtype.element_ty), mask=mask_td)
         d_skip += tl.sum(gy * u, axis=0)
         d_bias += tl.sum(ddt, axis=0)
-    part = (DIR * Bsz + b).to(tl.int64) * D + offs_d
+    part = seq.to(tl.int64) * D + offs_d
     tl.store(dd_part_ptr + part, d_skip, mask=mask_d)
     tl.store(dbias_part_ptr + part, d_bias, mask=mask_d)
-
-
-@triton.jit
-def _bimamba_scan_bwd_kernel(
-    xc_ptr, z_ptr, g_ptr, dbl_ptr, pre_ptr, a2_ptr, dskip_f_ptr, dskip_b_ptr,
-    dz_ptr, dxc_ptr, ddt_ptr, dbc_ptr, da_part_ptr, dd_part_ptr, dbias_part_ptr, state_ptr, dh_ptr,
-    Bsz, L, D, R, stride_zb, stride_zl,
-    N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    b = tl.program_id(1)
-    _bwd_direction(xc_ptr, z_ptr, g_ptr, dbl_ptr, pre_ptr, a2_ptr, dskip_f_ptr,
-                   dz_ptr, dxc_ptr, ddt_ptr, dbc_ptr, da_part_ptr, dd_part_ptr, dbias_part_ptr, state_ptr, dh_ptr,
-                   b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl,
-                   0, N, BLOCK_T, BLOCK_D)
-    # the backward direction reuses the scratch and adds to the dz written above
-    tl.debug_barrier()
-    _bwd_direction(xc_ptr, z_ptr, g_ptr, dbl_ptr, pre_ptr, a2_ptr, dskip_b_ptr,
-                   dz_ptr, dxc_ptr, ddt_ptr, dbc_ptr, da_part_ptr, dd_part_ptr, dbias_part_ptr, state_ptr, dh_ptr,
-                   b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl,
-                   1, N, BLOCK_T, BLOCK_D)
 
 
 def _as_triton_configs(blocks: list[ScanBlocks]) -> list[triton.Config]:
@@ -422,7 +413,7 @@ def scan_forward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, fwd: Scan
 
 @dataclass(frozen=True)
 class ScanGrads:
-    dz: torch.Tensor  # (B, L, D)
+    dz: torch.Tensor  # (B, L, D), z's dtype
     dxc: torch.Tensor  # (2, B, L, D): the scan's own dependence on xc (not through x_proj)
     ddt: torch.Tensor  # (2, B, L, D): gradient of the dt_proj output before softplus
     dbc: torch.Tensor  # (2, B*L, 2N) fp32: gradients of B and C
@@ -448,7 +439,7 @@ def scan_backward(
     d_state = fwd.a_log.shape[-1]
     dev = xc.device
     grad_out = grad_out.contiguous()
-    dz = torch.empty((bsz, length, dim), device=dev, dtype=z.dtype)
+    dz = torch.empty_like(xc)  # one share per direction, summed below
     dxc = torch.empty_like(xc)
     ddt = torch.empty_like(xc)
     dbc = torch.zeros((2, bsz * length, 2 * d_state), device=dev, dtype=torch.float32)
@@ -456,20 +447,21 @@ def scan_backward(
     d_skip_part = torch.empty((2, bsz, dim), device=dev, dtype=torch.float32)
     dt_bias_part = torch.empty((2, bsz, dim), device=dev, dtype=torch.float32)
     smallest_t = min(c.block_t for c in [*_BWD_CONFIGS, INTERPRETER_BLOCKS])
-    states = torch.empty((bsz, triton.cdiv(length, smallest_t) + 1, d_state, dim), device=dev, dtype=torch.float32)
-    dh_carry = torch.empty((bsz, d_state, dim), device=dev, dtype=torch.float32)
+    n_state_chunks = triton.cdiv(length, smallest_t) + 1
+    states = torch.empty((2, bsz, n_state_chunks, d_state, dim), device=dev, dtype=torch.float32)
+    dh_carry = torch.empty((2, bsz, d_state, dim), device=dev, dtype=torch.float32)
     pre = _dt_preactivation(dbl, fwd, bwd)
     a, a2 = _a_tables(fwd, bwd)
     _launch(
         _bimamba_scan_bwd_kernel, _scan_bwd_tuned,
-        lambda meta: (triton.cdiv(dim, meta["BLOCK_D"]), bsz),
-        xc, z, grad_out, dbl, pre, a2, fwd.d_skip, bwd.d_skip,
+        lambda meta: (triton.cdiv(dim, meta["BLOCK_D"]), bsz, 2),
+        xc, z, grad_out, dbl, pre, a2, torch.stack([fwd.d_skip, bwd.d_skip]).contiguous(),
         dz, dxc, ddt, dbc, da_part, d_skip_part, dt_bias_part, states, dh_carry,
-        bsz, length, dim, rank, z.stride(0), z.stride(1),
+        bsz, length, dim, rank, z.stride(0), z.stride(1), n_state_chunks,
         N=d_state,
     )
     da = da_part.sum(1).transpose(1, 2)  # (2, D, N): dL/dA
     return ScanGrads(
-        dz=dz, dxc=dxc, ddt=ddt, dbc=dbc,
+        dz=(dz[0] + dz[1]).to(z.dtype), dxc=dxc, ddt=ddt, dbc=dbc,
         da_log=da * a, d_skip=d_skip_part.sum(1), dt_bias=dt_bias_part.sum(1),
     )
