@@ -15,4 +15,4 @@ demo:
 	$(BIN)/reidcam run --sources demo/cams.yaml --out demo/out
 
 test:
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2

@@ -151,3 +151,15 @@ def cli(capsys, monkeypatch):
         return CliResult(code, captured.out, captured.err)
 
     return invoke
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op torch thread per test: the test models are tiny, and on a shared 2-core machine
+    two threads contend and can be ten times slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

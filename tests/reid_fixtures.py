@@ -45,11 +45,3 @@ def run_subprocess(command: list[str], timeout: float = 300) -> subprocess.Compl
     env = {**os.environ, **SUBPROCESS_ENV}
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT)
 
-
-@pytest.fixture()
-def one_thread():
-    """One torch thread: the test models are tiny, and extra threads only contend on 2 cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

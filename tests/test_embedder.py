@@ -19,13 +19,6 @@ SMALL_INPUT = (128, 64)
 PEOPLE_BOXES = [(50, 400, 250, 900), (220, 400, 350, 860), (670, 380, 810, 880)]  # x1, y1, x2, y2 in bus.jpg
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def crops() -> list[np.ndarray]:

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from reid_fixtures import one_thread, synthetic_market  # noqa: F401
+from reid_fixtures import synthetic_market  # noqa: F401
 
 from reidcam.reid.data import load_dataset
 from reidcam.reid.engine.evaluate import camera_map_for, evaluate_checkpoint
@@ -36,7 +36,7 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     return caught.value.code, captured.out, captured.err
 
 
-def test_json_output(tiny_checkpoint, synthetic_market, monkeypatch, capsys, one_thread):
+def test_json_output(tiny_checkpoint, synthetic_market, monkeypatch, capsys):
     code, out, _ = run_main(monkeypatch, capsys, "eval", "--weights", str(tiny_checkpoint),
                             "--data-root", str(synthetic_market), "--json", "--device", "cpu")
     assert code == 0
@@ -46,14 +46,14 @@ def test_json_output(tiny_checkpoint, synthetic_market, monkeypatch, capsys, one
     assert result["rank1"] <= result["rank5"] <= result["rank10"]
 
 
-def test_table_output(tiny_checkpoint, synthetic_market, monkeypatch, capsys, one_thread):
+def test_table_output(tiny_checkpoint, synthetic_market, monkeypatch, capsys):
     code, out, _ = run_main(monkeypatch, capsys, "eval", "--weights", str(tiny_checkpoint),
                             "--data-root", str(synthetic_market), "--no-flip", "--rerank", "--device", "cpu")
     assert code == 0
     assert all(key in out for key in METRICS) and "re-ranked" in out
 
 
-def test_result_does_not_depend_on_batch_size(tiny_checkpoint, synthetic_market, one_thread):
+def test_result_does_not_depend_on_batch_size(tiny_checkpoint, synthetic_market):
     plain = evaluate_checkpoint(tiny_checkpoint, synthetic_market, flip=False, device="cpu", batch_size=7)
     flipped = evaluate_checkpoint(tiny_checkpoint, synthetic_market, flip=True, device="cpu")
     assert (plain["num_query"], plain["num_gallery"]) == (flipped["num_query"], flipped["num_gallery"]) == (6, 20)
@@ -103,7 +103,7 @@ def as_msmt17_release(market_root, target):
     return target
 
 
-def test_default_dataset_falls_back_to_the_checkpoints_layout(synthetic_market, tmp_path, one_thread):
+def test_default_dataset_falls_back_to_the_checkpoints_layout(synthetic_market, tmp_path):
     root = as_msmt17_release(synthetic_market, tmp_path / "MSMT17_V1")
     model = build_model("reidmamba_tiny", num_classes=8, num_cameras=3, img_size=(64, 32), dim=48, depth=3)
     checkpoint = tmp_path / "msmt.pt"

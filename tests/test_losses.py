@@ -8,7 +8,6 @@ from itertools import combinations
 import pytest
 import torch
 import torch.nn.functional as F
-from reid_fixtures import one_thread  # noqa: F401
 
 from reidcam.reid.losses import (
     BatchHardTripletLoss,
@@ -130,7 +129,7 @@ def test_ratr_masks_come_from_labels_not_batch_layout():
     assert ratr_inter(shuffled, labels[order]).item() == pytest.approx(inter, abs=1e-5)
 
 
-def test_ratr_is_high_for_identical_branches_and_minimising_it_decorrelates(one_thread):
+def test_ratr_is_high_for_identical_branches_and_minimising_it_decorrelates():
     torch.manual_seed(2)
     labels = torch.arange(4).repeat_interleave(4)
     base = torch.randn(16, 32)

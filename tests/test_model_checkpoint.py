@@ -18,13 +18,6 @@ from reidcam.reid.model.checkpoint import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def tiny(**overrides):
     options = dict(depth=4, img_size=(64, 32), num_cls_tokens=4)

@@ -14,14 +14,6 @@ from reidcam.reid.model import ReIDMambaConfig, ReIDOutput, build_model
 ANALYTIC_SMALL_PARAMS = 29.83e6  # method doc, table of 2g: ReIDMamba-S 256x128 s16, inference
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads can be ten times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def small_tiny(**overrides):
     """The tiny model on 64x32 crops with 4 class tokens and 4 blocks: runs in well under a second."""

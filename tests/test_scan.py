@@ -18,14 +18,6 @@ from reidcam.reid.model.scan import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads can be ten times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def scan_inputs(length: int, seed: int, batch: int = 2, channels: int = 6, d_state: int = 5, big_steps: bool = False):
     gen = torch.Generator().manual_seed(seed)

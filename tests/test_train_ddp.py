@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from reid_fixtures import FAST_OVERRIDES, SMOKE_RECIPE, one_thread, run_subprocess, synthetic_market  # noqa: F401
+from reid_fixtures import FAST_OVERRIDES, SMOKE_RECIPE, run_subprocess, synthetic_market  # noqa: F401
 
 from reidcam.reid.engine.train import train_from_recipe
 from reidcam.reid.model.checkpoint import load_reid_checkpoint
@@ -26,7 +26,7 @@ def torchrun(processes: int, *args: str) -> list[str]:
             "-m", "reidcam", *args]
 
 
-def test_one_process_torchrun_equals_plain_run(synthetic_market, tmp_path, one_thread):
+def test_one_process_torchrun_equals_plain_run(synthetic_market, tmp_path):
     train_from_recipe(SMOKE_RECIPE, synthetic_market, tmp_path / "plain", epochs=1, device="cpu",
                       overrides=[*FAST_OVERRIDES, "train.max_iters_per_epoch=3"])
     distributed = run_subprocess(torchrun(1, *train_args(synthetic_market, tmp_path / "ddp")))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from reid_fixtures import FAST_OVERRIDES, SMOKE_RECIPE, one_thread, synthetic_market  # noqa: F401
+from reid_fixtures import FAST_OVERRIDES, SMOKE_RECIPE, synthetic_market  # noqa: F401
 
 from reidcam.errors import DataError, ReidcamError
 from reidcam.reid.engine.train import initialise_from_checkpoint, train_from_recipe
@@ -18,7 +18,7 @@ def read_log(output):
     return [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
 
 
-def test_loss_falls_and_outputs_are_written(synthetic_market, tmp_path, one_thread):
+def test_loss_falls_and_outputs_are_written(synthetic_market, tmp_path):
     output = tmp_path / "run"
     metrics = train_from_recipe(
         SMOKE_RECIPE, synthetic_market, output, epochs=4, device="cpu",
@@ -44,7 +44,7 @@ def test_loss_falls_and_outputs_are_written(synthetic_market, tmp_path, one_thre
     assert model.config.num_classes == 8 and model.config.num_cameras == 3
 
 
-def test_resume_gives_the_same_weights_as_one_run(synthetic_market, tmp_path, one_thread):
+def test_resume_gives_the_same_weights_as_one_run(synthetic_market, tmp_path):
     overrides = [*FAST_OVERRIDES, "train.max_iters_per_epoch=2", "train.eval_every=0"]
     train_from_recipe(SMOKE_RECIPE, synthetic_market, tmp_path / "straight", epochs=2, device="cpu",
                       overrides=overrides)
