@@ -1,20 +1,26 @@
-"""ReIDMamba-S against ViT-B/16 on one GPU (issue 6): correctness of the "triton" scan backend, then speed.
+"""ReIDMamba-S against ViT-B/16 on one GPU (issue 6): speed first, then correctness of the "triton" backend.
 
-    PYTHONPATH=. python bench/speed_vs_vit.py                 # everything (about 5-6 min on an H100)
-    PYTHONPATH=. python bench/speed_vs_vit.py --quick         # correctness + 256x128 s16 only
-    PYTHONPATH=. python bench/speed_vs_vit.py --sizes 256x128s16,384x128s12
+    PYTHONPATH=. timeout 300 python bench/speed_vs_vit.py --timing-only --backends triton --no-autotune --quick
+    PYTHONPATH=. python bench/speed_vs_vit.py                 # everything
+    PYTHONPATH=. python bench/speed_vs_vit.py --quick         # 256x128 s16 only, then correctness
+    PYTHONPATH=. python bench/speed_vs_vit.py --checks-only   # correctness only
     PYTHONPATH=. python bench/speed_vs_vit.py --smoke         # CPU, TRITON_INTERPRET=1, tiny shapes
 
-1. Correctness of the mixer core at the small model's shapes (d_inner 768, d_state 16, dt_rank 24,
-   140 tokens): output and every gradient of the triton backend against the torch backend (and the
-   mamba-ssm "cuda" backend when it imports), fp32 and bf16, all measured against a float64 run.
-   A failure is printed at once; the timings still run, then the script exits non-zero.
+Every stage prints a line "[seconds since start] stage" at once, so a run cut short shows where it was
+(the first call of each triton kernel compiles it: tens of seconds with autotuning, which compiles and
+times every tile config; --no-autotune launches one fixed config per kernel).
+1. The table of the issue: per input size (256x128 s16 first), images/s of ViT-B/16 (timm, fused
+   attention), then of ReIDMamba-S per scan backend at batch 256 (bf16 autocast, eval), and train-step
+   time and peak memory at batch 64. Medians of CUDA-event timings after warm-up. Variant "triton" is
+   the model as it runs with that backend (fused add+RMSNorm on); "triton-plain-norm" forces the
+   unfused add + RMSNorm, to show what the fusion buys. Written to $OUT/speed.md when $OUT is set,
+   after every measurement, so a run cut short keeps what it measured.
 2. The mixer core alone, kernel by kernel, against the memory floor (forward at batch 256, forward +
-   backward at batch 64), and which tile configs the autotuner picked.
-3. The table of the issue: per input size, images/s of ViT-B/16 (timm, fused attention) and of
-   ReIDMamba-S per scan backend at batch 256 (bf16 autocast, eval), and train-step time and peak
-   memory at batch 64. Medians of CUDA-event timings after warm-up. The table is printed last and
-   written to $OUT/speed.md when $OUT is set (rewritten after every size, so a run cut short keeps its rows).
+   backward at batch 64), and which tile configs the autotuner picked (--skip-core skips it).
+3. Correctness (skipped with --timing-only) of the mixer core at the small model's shapes (d_inner 768,
+   d_state 16, dt_rank 24, 140 tokens): output and every gradient of the triton backend against the
+   torch backend (and the mamba-ssm "cuda" backend when it imports), fp32 and bf16, all measured against
+   a float64 run; then whole-model embeddings. Any failure ends the run with "ERROR: ..." and exit 1.
 Needs torch (+ triton on CUDA); timm and mamba-ssm are optional (a built-in ViT-B/16 stands in for timm).
 """
 
@@ -27,7 +33,6 @@ import statistics
 import sys
 import time
 import traceback
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -79,6 +84,12 @@ class Settings:
     core_shape: tuple[int, int, int, int, int] = (4, 140, 768, 16, 24)  # batch, tokens, d_inner, d_state, rank
     backends: list[str] = field(default_factory=list)
     timed: tuple[str, ...] = ("triton", "cuda")
+    plain_norm: bool = True  # also time triton with the unfused add + RMSNorm
+    started: float = field(default_factory=time.perf_counter)
+
+    def stage(self, text: str) -> None:
+        """One progress line, "[seconds since start] text", flushed at once."""
+        print(f"[{time.perf_counter() - self.started:7.1f} s] {text}", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,6 +236,7 @@ def _print_errors(dtype: torch.dtype, errors: dict[str, dict[str, float]]) -> No
 
 def run_checks(settings: Settings) -> list[str]:
     """Correctness of the triton backend; returns the problems found (empty when all is well)."""
+    settings.stage("correctness: mixer core fp32 and bf16 against float64 (compiles the fp32 kernels)")
     with _no_tf32():
         problems = _check_or_error(settings)
         if not problems:
@@ -234,21 +246,19 @@ def run_checks(settings: Settings) -> list[str]:
 
 
 def check_model(settings: Settings) -> list[str]:
-    """Embeddings of the whole network (fp32, eval): triton, and triton with the fused add+norm,
-    against the torch backend."""
+    """Embeddings of the whole network (fp32, eval): triton (with the fused add+norm), and triton with
+    the plain add + RMSNorm, against the torch backend."""
     size = Size(32, 16, 16) if settings.smoke else Size(256, 128, 16)
     torch.manual_seed(0)
     model = make_reidmamba(size, 0, settings.smoke).to(settings.device).eval()
     images = torch.randn(2, 3, size.height, size.width, device=settings.device)
     embeddings = {}
-    for variant in ("torch", "triton", "triton+fused-norm"):
-        model.set_scan_backend(variant.split("+")[0])
-        use_fused_add_norm(model, variant.endswith("fused-norm"))
+    for variant in ("torch", "triton", "triton-plain-norm"):
+        select_variant(model, variant, settings)
         with torch.no_grad():
             embeddings[variant] = attempt(f"model embedding, {variant}", lambda: model(images).double(), [])
-    use_fused_add_norm(model, False)
     problems = []
-    for variant in ("triton", "triton+fused-norm"):
+    for variant in ("triton", "triton-plain-norm"):
         got = embeddings[variant]
         err = float("inf") if got is None else rel_err(got, embeddings["torch"])
         print(f"model embeddings, fp32, {variant} vs torch backend: rel err {err:.2e}")
@@ -451,29 +461,16 @@ class _VitBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def use_fused_add_norm(model: nn.Module, fused: bool) -> None:
-    """Run every MambaBlock's "add + RMSNorm" through the fused Triton kernel (or back to the model's own).
-
-    A benchmark-side switch: the model code is unchanged, so this shows what adopting
-    reidcam.reid.model.kernels.add_rmsnorm in MambaBlock would give.
-    """
-    from reidcam.reid.model.kernels.add_rmsnorm import add_rms_norm
-    from reidcam.reid.model.layers import MambaBlock
-
-    def fused_forward(block: MambaBlock, hidden: torch.Tensor, residual: torch.Tensor | None):
-        scale = None
-        rate = block.drop_path.rate
-        if block.training and rate > 0 and residual is not None:
-            scale = hidden.new_empty(hidden.shape[0], dtype=torch.float32).bernoulli_(1 - rate) / (1 - rate)
-        normed, residual = add_rms_norm(hidden, residual, block.norm.weight, block.norm.eps, scale)
-        return block.mixer(normed), residual
-
-    for module in model.modules():
-        if isinstance(module, MambaBlock):
-            if fused:
-                module.forward = types.MethodType(fused_forward, module)
-            else:
-                module.__dict__.pop("forward", None)
+def select_variant(model: nn.Module, variant: str, settings: Settings) -> None:
+    """Scan backend and add+norm path of a table variant: "triton" is the model as it runs with that
+    backend (fused add+RMSNorm, automatic on CUDA; forced in a CPU smoke run so the path is exercised),
+    "triton-plain-norm" the unfused add + RMSNorm, any other name a backend with its own path."""
+    backend = variant.removesuffix("-plain-norm")
+    model.set_scan_backend(backend)
+    if variant == "triton-plain-norm":
+        model.set_fused_add_norm(False)
+    else:
+        model.set_fused_add_norm(True if backend == "triton" and settings.smoke else None)
 
 
 def images_per_s(model: nn.Module, size: Size, settings: Settings, graph: bool = False) -> float:
@@ -539,43 +536,62 @@ class Row:
     mamba_train: dict[str, tuple[float, float]]
 
 
-def measure_size(size: Size, settings: Settings, graphs: bool, problems: list[str]) -> Row:
+def measure_size(size: Size, settings: Settings, graphs: bool, problems: list[str],
+                 publish: Callable[[Row], None]) -> Row:
+    """ViT-B first, then each ReIDMamba-S variant; publish(row) after every measurement."""
     device = settings.device
     nan2 = (float("nan"), float("nan"))
+    settings.stage(f"ViT-B/16 {size.label}: building")
     vit = make_vit(size, settings.num_classes, settings.smoke).to(device)
+    settings.stage(f"ViT-B/16 {size.label}: inference, batch {settings.infer_batch}")
     vit_ips = attempt(f"ViT-B {size.label} inference", lambda: images_per_s(vit, size, settings), problems)
+    settings.stage(f"ViT-B/16 {size.label}: {vit_ips or float('nan'):,.0f} img/s; training step, batch {settings.train_batch}")
     vit_train = attempt(f"ViT-B {size.label} training", lambda: train_step(vit, size, settings), problems)
     del vit
     mamba = make_reidmamba(size, settings.num_classes, settings.smoke).to(device)
     row = Row(size, mamba.interleave_index.numel(), 1 + size.grid[0] * size.grid[1],
               vit_ips or float("nan"), {}, vit_train or nan2, {})
+    settings.stage(f"ViT-B/16 {size.label}: train step {row.vit_train[0]:.1f} ms, peak {row.vit_train[1]:.2f} GiB")
+    publish(row)
     for variant in mamba_variants(settings):
-        backend, fused_norm = variant.split("+")[0], variant.endswith("+fused-norm")
-        mamba.set_scan_backend(backend)
-        use_fused_add_norm(mamba, fused_norm)
-        label = f"ReIDMamba-S {variant} {size.label}"
-        row.mamba_ips[variant] = attempt(f"{label} inference", lambda: images_per_s(mamba, size, settings),
-                                         problems) or float("nan")
-        if graphs and backend == "triton":
-            row.mamba_ips[f"{variant}+graph"] = attempt(
-                f"{label} CUDA graph", lambda: images_per_s(mamba, size, settings, graph=True), problems
-            ) or float("nan")
-        row.mamba_train[variant] = attempt(f"{label} training", lambda: train_step(mamba, size, settings),
-                                           problems) or nan2
-        print(f"  {size.label}: ViT-B {row.vit_ips:,.0f} img/s, ReIDMamba-S {variant} {row.mamba_ips[variant]:,.0f}"
-              f" img/s | train ms ViT-B {row.vit_train[0]:.1f}, ReIDMamba-S {row.mamba_train[variant][0]:.1f}",
-              flush=True)
+        _measure_variant(mamba, variant, row, settings, graphs, problems)
+        publish(row)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return row
 
 
+def _measure_variant(mamba: nn.Module, variant: str, row: Row, settings: Settings, graphs: bool,
+                     problems: list[str]) -> None:
+    size, nan2 = row.size, (float("nan"), float("nan"))
+    select_variant(mamba, variant, settings)
+    label = f"ReIDMamba-S {variant} {size.label}"
+    compiles = " (the first call compiles the triton kernels)" if variant.startswith("triton") else ""
+    settings.stage(f"{label}: inference, batch {settings.infer_batch}{compiles}")
+    row.mamba_ips[variant] = attempt(f"{label} inference", lambda: images_per_s(mamba, size, settings),
+                                     problems) or float("nan")
+    settings.stage(f"{label}: {row.mamba_ips[variant]:,.0f} img/s (ViT-B {row.vit_ips:,.0f})")
+    if graphs and variant == "triton":
+        settings.stage(f"{label}: inference in a CUDA graph")
+        row.mamba_ips[f"{variant}+graph"] = attempt(
+            f"{label} CUDA graph", lambda: images_per_s(mamba, size, settings, graph=True), problems
+        ) or float("nan")
+        settings.stage(f"{label}: {row.mamba_ips[f'{variant}+graph']:,.0f} img/s in a CUDA graph")
+    settings.stage(f"{label}: training step, batch {settings.train_batch}{' (compiles the backward)' if compiles else ''}")
+    row.mamba_train[variant] = attempt(f"{label} training", lambda: train_step(mamba, size, settings),
+                                       problems) or nan2
+    ms, gib = row.mamba_train[variant]
+    settings.stage(f"{label}: train step {ms:.1f} ms, peak {gib:.2f} GiB (ViT-B {row.vit_train[0]:.1f} ms,"
+                   f" {row.vit_train[1]:.2f} GiB)")
+
+
 def mamba_variants(settings: Settings) -> list[str]:
-    """Backends timed in the table: triton (as the model is, and with the fused add+norm), then the
-    stock kernels; the pure-PyTorch backend only in a smoke run (at batch 256 it needs tens of GB)."""
+    """Variants timed in the table: triton (as the model runs it), the stock kernels, then triton with
+    the plain add + RMSNorm; the pure-PyTorch backend only in a smoke run (at batch 256 it needs tens of GB)."""
     timed = [b for b in settings.backends if b in settings.timed]
-    variants = ["triton", "triton+fused-norm"] if "triton" in timed else []
-    return variants + [b for b in timed if b == "cuda" or (b == "torch" and settings.smoke)]
+    variants = ["triton"] if "triton" in timed else []
+    variants += [b for b in timed if b == "cuda" or (b == "torch" and settings.smoke)]
+    return variants + (["triton-plain-norm"] if "triton" in timed and settings.plain_norm else [])
 
 
 def markdown(rows: list[Row], settings: Settings, device_name: str) -> str:
@@ -619,14 +635,22 @@ def _md_row(cells: list[str]) -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="correctness + 256x128 s16 only")
+    parser.add_argument("--quick", action="store_true", help="256x128 s16 only")
     parser.add_argument("--sizes", default=",".join(ALL_SIZES), help="comma list like 256x128s16,384x128s12")
     parser.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny shapes")
+    parser.add_argument("--timing-only", action="store_true", help="skip the correctness checks")
+    parser.add_argument("--checks-only", action="store_true", help="only the correctness checks")
+    parser.add_argument("--no-autotune", action="store_true",
+                        help="one tile config per autotuned scan kernel: far less compiling")
     parser.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph row of the triton backend")
+    parser.add_argument("--no-plain-norm", action="store_true", help="skip the triton-plain-norm variant")
     parser.add_argument("--skip-core", action="store_true", help="skip the mixer-core kernel timings")
     parser.add_argument("--backends", default="triton,cuda",
                         help="scan backends timed in the table (correctness always uses every one that imports)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.timing_only and args.checks_only:
+        parser.error("--timing-only and --checks-only exclude each other")
+    return args
 
 
 def settings_for(args: argparse.Namespace) -> Settings:
@@ -638,35 +662,68 @@ def settings_for(args: argparse.Namespace) -> Settings:
         if not torch.cuda.is_available():
             raise SystemExit("needs a CUDA GPU (or --smoke for the CPU check of this script)")
         settings = Settings(torch.device("cuda"), smoke=False)
+    settings.stage("importing the triton kernels")
     import reidcam.reid.model.kernels  # noqa: F401  registers "triton"
+
+    if args.no_autotune:
+        keep_one_scan_config()
 
     settings.backends = [b for b in ("triton", "cuda", "torch") if b in available_backends()]
     settings.timed = tuple(args.backends.split(",")) + (("torch",) if args.smoke else ())
+    settings.plain_norm = not args.no_plain_norm
     return settings
 
+
+def run_table(args: argparse.Namespace, settings: Settings, device_name: str, problems: list[str]) -> str:
+    """The speed table, size by size; $OUT/speed.md is rewritten after every measurement."""
+    sizes = [Size.parse(s) for s in (["256x128s16"] if args.quick else args.sizes.split(","))]
+    if args.smoke:
+        sizes = [Size(40, 16, 12)]  # overlapping patches: exercises the stride-12 ViT patch embedding
+    graphs = not args.no_graphs and settings.device.type == "cuda"
+    rows: list[Row] = []
+
+    def publish(row: Row) -> None:
+        if os.environ.get("OUT"):
+            Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)
+            Path(os.environ["OUT"], "speed.md").write_text(markdown([*rows, row], settings, device_name))
+
+    for size in sizes:
+        rows.append(measure_size(size, settings, graphs, problems, publish))
+    return markdown(rows, settings, device_name)
+
+
+
+def keep_one_scan_config() -> None:
+    """Leave each autotuned scan kernel one tile config (the lowest SASS instruction counts in
+    bench/NOTES-speed.md): Triton then compiles it once and runs no tuning benchmarks."""
+    from reidcam.reid.model.kernels import triton_scan
+
+    chosen = {"fwd": (16, 128, 2), "bwd": (4, 64, 1)}
+    for name, tuned in (("fwd", triton_scan._scan_fwd_tuned), ("bwd", triton_scan._scan_bwd_tuned)):
+        block_t, block_d, warps = chosen[name]
+        tuned.configs = [
+            c for c in tuned.configs
+            if c.kwargs.get("BLOCK_T") == block_t and c.kwargs.get("BLOCK_D") == block_d and c.num_warps == warps
+        ] or tuned.configs[:1]
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     settings = settings_for(args)
     device_name = torch.cuda.get_device_name() if settings.device.type == "cuda" else "CPU (smoke test)"
     print(f"{device_name} | torch {torch.__version__} | backends {settings.backends} | timm "
-          f"{'yes' if _has('timm') else 'no (built-in ViT-B)'}", flush=True)
-    problems = run_checks(settings)
-    if not args.skip_core:
-        lines = attempt("mixer-core timings", lambda: core_microbench(settings), problems)
-        print("\n" + "\n".join(lines or []), flush=True)
-    sizes = [Size.parse(s) for s in (["256x128s16"] if args.quick else args.sizes.split(","))]
-    if args.smoke:
-        sizes = [Size(40, 16, 12)]  # overlapping patches: exercises the stride-12 ViT patch embedding
-    graphs = not args.no_graphs and settings.device.type == "cuda"
-    rows: list[Row] = []
-    for size in sizes:
-        rows.append(measure_size(size, settings, graphs, problems))
-        table = markdown(rows, settings, device_name)
-        if os.environ.get("OUT"):  # after every size, so a run cut short still leaves its rows
-            Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)
-            Path(os.environ["OUT"], "speed.md").write_text(table)
-    print("\n" + table)
+          f"{'yes' if _has('timm') else 'no (built-in ViT-B)'} | autotune {'off' if args.no_autotune else 'on'}",
+          flush=True)
+    problems: list[str] = []
+    if not args.checks_only:
+        table = run_table(args, settings, device_name, problems)
+        print("\n" + table, flush=True)
+        if not args.skip_core:
+            settings.stage("mixer core alone, kernel by kernel")
+            lines = attempt("mixer-core timings", lambda: core_microbench(settings), problems)
+            print("\n".join(lines or []), flush=True)
+    if not args.timing_only:
+        problems += run_checks(settings)
+    settings.stage("done")
     if problems:
         print("ERROR: " + "\n  ".join(["problems (see above):", *problems]), file=sys.stderr)
         return 1

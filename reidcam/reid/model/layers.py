@@ -7,11 +7,12 @@ Module and parameter names follow Vim / Mamba(R) checkpoints (``mixer.in_proj``,
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import Tensor, nn
 
-from reidcam.reid.model.scan import DirectionParams, bidirectional_mixer_core
+from reidcam.reid.model.scan import SCAN_ENV, DirectionParams, bidirectional_mixer_core
 
 DT_MIN, DT_MAX, DT_INIT_FLOOR = 1e-3, 0.1, 1e-4
 
@@ -41,9 +42,19 @@ class DropPath(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.rate == 0.0 or not self.training:
             return x
-        keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        return x * self._keep_mask(x) / (1.0 - self.rate)
+
+    def sample_scale(self, x: Tensor) -> Tensor | None:
+        """The per-sample factor (batch,) fp32 that forward would multiply x by; None when inactive.
+
+        Draws the mask exactly as forward does, so the fused add+norm path sees the same random numbers.
+        """
+        if self.rate == 0.0 or not self.training:
+            return None
+        return self._keep_mask(x).reshape(-1).float() / (1.0 - self.rate)
+
+    def _keep_mask(self, x: Tensor) -> Tensor:
+        return x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.rate)
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:.3f}"
@@ -108,18 +119,46 @@ def _init_dt_proj(dt_proj: nn.Linear) -> None:
 
 
 class MambaBlock(nn.Module):
-    """Pre-norm "Add -> RMSNorm -> Mixer" block on a (hidden, residual) stream; residual in float32."""
+    """Pre-norm "Add -> RMSNorm -> Mixer" block on a (hidden, residual) stream; residual in float32.
+
+    ``fused_add_norm``: None (default) runs the add and the norm as one Triton kernel
+    (:mod:`reidcam.reid.model.kernels.add_rmsnorm`) exactly when the tensors are on CUDA and the scan
+    backend is "triton"; True / False force the fused / plain path (True on the CPU needs
+    ``TRITON_INTERPRET=1``). Both paths compute the same function.
+    """
 
     def __init__(self, dim: int, drop_path: float, num_layers: int, eps: float = 1e-5, **mixer_kw: int) -> None:
         super().__init__()
         self.norm = RMSNorm(dim, eps)
         self.mixer = BiMambaMixer(dim, num_layers=num_layers, **mixer_kw)
         self.drop_path = DropPath(drop_path)
+        self.fused_add_norm: bool | None = None
 
     def forward(self, hidden: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
+        if use_fused_add_norm(self.fused_add_norm, self.mixer.scan_backend, hidden):
+            normed, residual = fused_add_rms_norm(hidden, residual, self.drop_path, self.norm)
+            return self.mixer(normed), residual
         residual = hidden if residual is None else residual + self.drop_path(hidden)
         residual = residual.float()
         return self.mixer(self.norm(residual)), residual
+
+
+def use_fused_add_norm(choice: bool | None, scan_backend: str | None, x: Tensor) -> bool:
+    """The explicit choice, else: x on CUDA and the scan backend (argument, else env) is "triton"."""
+    if choice is not None:
+        return choice
+    return x.is_cuda and (scan_backend or os.environ.get(SCAN_ENV) or "").lower() == "triton"
+
+
+def fused_add_rms_norm(
+    hidden: Tensor, residual: Tensor | None, drop_path: DropPath, norm: RMSNorm, out_dtype: torch.dtype | None = None
+) -> tuple[Tensor, Tensor]:
+    """(norm(stream), stream), stream = residual + drop_path(hidden) in fp32 (hidden when residual is None),
+    in one Triton kernel. normed is in out_dtype (default: the autocast dtype, else fp32)."""
+    from reidcam.reid.model.kernels.add_rmsnorm import add_rms_norm  # imports triton: only on this path
+
+    scale = drop_path.sample_scale(hidden) if residual is not None else None
+    return add_rms_norm(hidden, residual, norm.weight, norm.eps, scale, out_dtype)
 
 
 def stochastic_depth_rates(depth: int, max_rate: float) -> list[float]:

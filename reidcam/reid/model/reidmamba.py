@@ -27,7 +27,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reidcam.errors import ConfigError
-from reidcam.reid.model.layers import DropPath, MambaBlock, RMSNorm, add_residual, stochastic_depth_rates
+from reidcam.reid.model.layers import (
+    DropPath,
+    MambaBlock,
+    RMSNorm,
+    add_residual,
+    fused_add_rms_norm,
+    stochastic_depth_rates,
+    use_fused_add_norm,
+)
 from reidcam.reid.model.tokens import TokenLayout, interleave_layout, patch_grid, regroup_index
 
 FUSIONS = ("max", "avg", "gem")
@@ -168,6 +176,7 @@ class Branch(nn.Module):
             MambaBlock(dim, rate, config.depth, config.norm_eps, **_mixer_kwargs(config)) for rate in drop_rates
         )
         self.norm_f = RMSNorm(dim, config.norm_eps)
+        self.fused_add_norm: bool | None = None  # as MambaBlock.fused_add_norm, for the final add + norm_f
         self.neck = nn.Linear(dim, dim // config.cls_reduce * group, bias=False)
         nn.init.trunc_normal_(self.neck.weight, std=0.02)
         self.feat_norm = RMSNorm(config.feature_dim, config.norm_eps)
@@ -185,11 +194,16 @@ class Branch(nn.Module):
         self.classifier = nn.Linear(feature_dim, num_classes, bias=False)
         nn.init.normal_(self.classifier.weight, std=0.001)
 
-    def forward(self, hidden: Tensor, residual: Tensor | None, final_drop: nn.Module, cls_index: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, residual: Tensor | None, final_drop: DropPath, cls_index: Tensor) -> Tensor:
         """Runs the blocks and the head; returns the branch feature f_b (B, feature_dim)."""
         for block in self.layers:
             hidden, residual = block(hidden, residual)
-        tokens = self.norm_f(add_residual(hidden, residual, final_drop))
+        scan_backend = self.layers[0].mixer.scan_backend if len(self.layers) else None
+        if use_fused_add_norm(self.fused_add_norm, scan_backend, hidden):
+            # fp32 out, as norm_f gives on the fp32 stream
+            tokens, _ = fused_add_rms_norm(hidden, residual, final_drop, self.norm_f, out_dtype=torch.float32)
+        else:
+            tokens = self.norm_f(add_residual(hidden, residual, final_drop))
         cls_tokens = tokens.index_select(1, cls_index)
         return self.feat_norm(self.neck(cls_tokens).flatten(1))
 
@@ -254,6 +268,12 @@ class ReIDMamba(nn.Module):
         for module in self.modules():
             if hasattr(module, "scan_backend"):
                 module.scan_backend = backend
+
+    def set_fused_add_norm(self, enabled: bool | None) -> None:
+        """Fused Triton add+RMSNorm in every block and branch: None = auto (CUDA + "triton" scan backend)."""
+        for module in self.modules():
+            if hasattr(module, "fused_add_norm"):
+                module.fused_add_norm = enabled
 
     def reset_classifier(self, num_classes: int) -> None:
         """New BNNeck classifiers for ``num_classes`` identities (0 removes them)."""
