@@ -9,7 +9,6 @@ repeats these checks on the GPU at the model's shapes.
 from __future__ import annotations
 
 import importlib
-import math
 import os
 import sys
 
@@ -20,6 +19,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from mixer_fixtures import random_direction  # noqa: E402
 from reidcam.reid.model.scan import DirectionParams, bidirectional_mixer_core  # noqa: E402
 
 KERNEL_MODULES = [
@@ -42,24 +42,6 @@ def interpreted_kernels():
             importlib.import_module(name)
     torch.set_num_threads(2)
     yield
-
-
-def make_direction(dim: int, d_state: int, rank: int, gen: torch.Generator) -> DirectionParams:
-    """Random parameters near Mamba's init, with some large steps so decays reach ~0 too."""
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen)
-
-    dt = torch.exp(torch.rand(dim, generator=gen) * (math.log(2.0) - math.log(1e-3)) + math.log(1e-3))
-    return DirectionParams(
-        conv_weight=randn(dim, 4) * 0.5,
-        conv_bias=randn(dim) * 0.1,
-        x_proj_weight=randn(rank + 2 * d_state, dim) / math.sqrt(dim),
-        dt_proj_weight=randn(dim, rank) / math.sqrt(rank),
-        dt_proj_bias=dt + torch.log(-torch.expm1(-dt)),
-        A_log=torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(dim, 1) + 0.3 * randn(dim, d_state),
-        D=randn(dim),
-    )
 
 
 def leaf_params(p: DirectionParams) -> DirectionParams:
@@ -85,8 +67,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def case(batch: int, length: int, dim: int, d_state: int, rank: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
-    fwd = make_direction(dim, d_state, rank, gen)
-    bwd = make_direction(dim, d_state, rank, gen)
+    fwd = random_direction(dim, d_state, rank, gen, dt_max=2.0, perturbed=True)
+    bwd = random_direction(dim, d_state, rank, gen, dt_max=2.0, perturbed=True)
     xz = torch.randn(batch, length, 2 * dim, generator=gen)
     grad_out = torch.randn(batch, length, dim, generator=gen)
     return xz, fwd, bwd, grad_out

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mixer_fixtures import random_direction
 from reidcam.reid.model.scan import (
     DirectionParams,
     bidirectional_mixer_core,
@@ -119,22 +119,6 @@ def test_output_keeps_the_input_dtype():
 # --------------------------------------------------------------------------------------------
 # bidirectional mixer core
 # --------------------------------------------------------------------------------------------
-
-
-def random_direction(dim: int, d_state: int, rank: int, gen: torch.Generator) -> DirectionParams:
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen)
-
-    dt = torch.exp(torch.rand(dim, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-    return DirectionParams(
-        conv_weight=randn(dim, 4) * 0.5,
-        conv_bias=randn(dim) * 0.1,
-        x_proj_weight=randn(rank + 2 * d_state, dim) / math.sqrt(dim),
-        dt_proj_weight=randn(dim, rank) / math.sqrt(rank),
-        dt_proj_bias=dt + torch.log(-torch.expm1(-dt)),
-        A_log=torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(dim, 1),
-        D=torch.ones(dim),
-    )
 
 
 def reference_direction(x: torch.Tensor, p: DirectionParams) -> torch.Tensor:
