@@ -90,7 +90,7 @@ def train(
 def evaluate(
     weights: Annotated[Path, typer.Option(help="Checkpoint written by reidcam train.")],
     data_root: Annotated[Path, typer.Option(help="The dataset's own folder.")],
-    dataset: Annotated[str, typer.Option(help="market1501, dukemtmc, msmt17, cuhk03, occluded_duke or market (any Market-layout folder).")] = "market",
+    dataset: Annotated[str, typer.Option(help="market1501, dukemtmc, occluded_duke, msmt17, cuhk03_labeled, cuhk03_detected, mined, or market (any Market-layout folder).")] = "market",
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     flip: Annotated[bool, typer.Option(help="Average with the flipped image's embedding.")] = True,
     rerank: Annotated[bool, typer.Option(help="k-reciprocal re-ranking.")] = False,
