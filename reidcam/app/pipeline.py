@@ -31,6 +31,7 @@ from reidcam.app.config import DEFAULT_REID_WEIGHTS, CamsConfig, ReidConfig
 from reidcam.app.sources import Frame, MultiCameraSource, open_cameras
 from reidcam.detection.base import Detector
 from reidcam.detection.geometry import CameraGeometry
+from reidcam.devices import resolve_device
 from reidcam.errors import ConfigError
 from reidcam.storage.repository import Store
 from reidcam.tracking.association import Associator, IdentityEvent, Topology
@@ -130,21 +131,10 @@ class DetectTrack:
         return tracked
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` becomes ``cuda`` where a GPU is visible, else ``cpu``."""
-    if device != "auto":
-        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-            raise ConfigError(f"--device: unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def build_detector(config: CamsConfig, device: str) -> Detector:
     from reidcam.detection.yolo import YoloDetector
 
-    return YoloDetector(config.detector, resolve_device(config.detector.device or device))
+    return YoloDetector(config.detector, str(resolve_device(config.detector.device or device)))
 
 
 def tracked_frames(
@@ -169,7 +159,7 @@ class Embedder(Protocol):
 
 def create_embedder(config: ReidConfig, device: str) -> Embedder:
     """The ReID model of cams.yaml: an .onnx file, or a ReIDMamba variant with its weights."""
-    device = resolve_device(config.device or device)
+    device = str(resolve_device(config.device or device))
     if config.is_onnx:
         from reidcam.reid.onnx_embedder import OnnxEmbedder
 

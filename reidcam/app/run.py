@@ -29,10 +29,10 @@ from reidcam.app.pipeline import (
     StepObserver,
     build_detector,
     create_embedder,
-    resolve_device,
 )
 from reidcam.app.progress import make_progress
 from reidcam.app.sources import MultiCameraSource, open_cameras
+from reidcam.devices import resolve_device
 from reidcam.storage.export import export_run_csv
 from reidcam.storage.repository import Store, database_url
 
@@ -57,7 +57,7 @@ def run_from_config(
     config = load_config(Path(sources))
     out = Path(out_dir) if out_dir is not None else Path(config.out) if config.out else DEFAULT_OUT
     url = database_url(db_url or config.storage.db or out / DB_NAME)
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     source = open_cameras(
         config.cameras, config.streams, datetime.now(timezone.utc), max_frames, config.sync_tolerance_s
     )

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from reidcam.devices import resolve_device
 from reidcam.errors import ConfigError, DataError
 from reidcam.reid.model import ReIDMamba, build_model
 from reidcam.reid.model.checkpoint import load_reid_checkpoint
@@ -130,16 +131,3 @@ def _random_model(model_name: str, img_size: tuple[int, int] | None) -> ReIDMamb
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         return build_model(model_name, **overrides)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; otherwise the named torch device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {device!r}") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    return resolved

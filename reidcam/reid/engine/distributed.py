@@ -10,7 +10,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from reidcam.errors import ReidcamError
+from reidcam.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +31,6 @@ class DistributedContext:
 
 def launched_by_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this process's GPU if there is one, else the CPU; ``cuda`` without a GPU is an error."""
-    requested = requested.strip().lower()
-    if requested not in ("auto", "cpu", "cuda") and not requested.startswith("cuda:"):
-        raise ReidcamError(f"unknown device {requested!r}; use auto, cpu or cuda")
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ReidcamError(f"device {requested!r} requested but no CUDA GPU is available")
-    if requested.startswith("cuda:"):
-        return torch.device(requested)
-    return torch.device("cuda", local_rank)
 
 
 def init_distributed(requested_device: str) -> tuple[DistributedContext, torch.device]:

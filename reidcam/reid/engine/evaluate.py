@@ -167,7 +167,7 @@ def evaluate_checkpoint(
     batch_size: int = 128,
 ) -> dict[str, float]:
     """Load a checkpoint written by ``reidcam train`` and score it on ``dataset`` at ``data_root``."""
-    from reidcam.reid.engine.distributed import resolve_device
+    from reidcam.devices import resolve_device
     from reidcam.reid.model.checkpoint import load_reid_checkpoint
 
     weights = Path(weights)
