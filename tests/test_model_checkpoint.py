@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from reidcam.errors import DataError
 from reidcam.reid.model import build_model
 from reidcam.reid.model.checkpoint import (
+    export_inference_checkpoint,
     load_pretrained_backbone,
     load_reid_checkpoint,
     resample_pos_embed,
@@ -46,6 +47,26 @@ def test_drop_classifier(tmp_path):
     loaded, extra = load_reid_checkpoint(tmp_path / "m.pt", drop_classifier=True)
     assert extra is None and loaded.config.num_classes == 0
     assert not any("classifier" in k or "bottleneck" in k for k in loaded.state_dict())
+
+
+def test_inference_export_is_half_the_size_without_classifiers_and_embeds_alike(tmp_path):
+    torch.manual_seed(0)
+    model = tiny(num_classes=50, num_cameras=2).eval()
+    source = tmp_path / "last.pt"
+    save_reid_checkpoint(source, model, extra={"epoch": 9})
+    shipped = export_inference_checkpoint(source, tmp_path / "ship" / "default.pt", extra={"data": "mined"})
+    assert shipped.stat().st_size < 0.55 * source.stat().st_size
+    stored = torch.load(shipped, weights_only=True)["state_dict"]
+    assert not any("classifier" in key for key in stored)
+    assert {str(v.dtype) for k, v in stored.items() if k.endswith(("A_log", ".D"))} == {"torch.float32"}
+    assert stored["patch_embed.proj.weight"].dtype == torch.float16
+    loaded, extra = load_reid_checkpoint(shipped)
+    assert extra == {"data": "mined"} and loaded.config.num_classes == 0
+    images, cams = torch.randn(3, 3, 64, 32), torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        reference, half = model(images, cams), loaded(images, cams)
+    cosine = F.cosine_similarity(reference, half, dim=1)
+    assert cosine.min() > 0.999
 
 
 def test_missing_corrupt_and_foreign_files_raise_data_error(tmp_path):

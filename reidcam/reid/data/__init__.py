@@ -10,7 +10,13 @@ from reidcam.reid.data.datasets import (
 )
 from reidcam.reid.data.image_dataset import ImageDataset
 from reidcam.reid.data.sampler import PKSampler
-from reidcam.reid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform
+from reidcam.reid.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CameraLook,
+    build_test_transform,
+    build_train_transform,
+)
 
 __all__ = [
     "DATASETS",
@@ -22,6 +28,7 @@ __all__ = [
     "ReIDSample",
     "build_test_transform",
     "build_train_transform",
+    "CameraLook",
     "canonical_dataset_name",
     "load_dataset",
     "load_market_layout",

@@ -39,6 +39,9 @@ class DataSection(StrictModel):
     pad: int = Field(10, ge=0)
     flip_p: float = Field(0.5, ge=0, le=1)
     erasing_p: float = Field(0.5, ge=0, le=1)
+    look_jitter: float = Field(0.0, ge=0, le=1, description="Colour jitter strength (camera look); 0 = off.")
+    look_blur_p: float = Field(0.0, ge=0, le=1, description="Chance of a Gaussian blur (camera look).")
+    look_lowres_p: float = Field(0.0, ge=0, le=1, description="Chance of a down-and-up-scale (camera look).")
     test_batch_size: int = Field(128, ge=1)
 
 

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from reidcam.errors import ConfigError, ReidcamError
-from reidcam.reid.data import ImageDataset, PKSampler, ReIDDataset, build_train_transform, load_dataset
+from reidcam.reid.data import CameraLook, ImageDataset, PKSampler, ReIDDataset, build_train_transform, load_dataset
 from reidcam.reid.engine.config import Recipe, load_recipe
 from reidcam.reid.engine.distributed import (
     DistributedContext,
@@ -169,8 +169,9 @@ class Trainer:
 
     def _train_loader(self) -> DataLoader:
         section = self.recipe.data
+        look = CameraLook(jitter=section.look_jitter, blur_p=section.look_blur_p, lowres_p=section.look_lowres_p)
         transform = build_train_transform(
-            self.recipe.model.img_size, pad=section.pad, flip_p=section.flip_p, erasing_p=section.erasing_p
+            self.recipe.model.img_size, pad=section.pad, flip_p=section.flip_p, erasing_p=section.erasing_p, look=look
         )
         return DataLoader(
             ImageDataset(self.dataset.train, transform),

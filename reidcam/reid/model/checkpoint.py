@@ -45,9 +45,7 @@ def save_reid_checkpoint(path: str | Path, model: ReIDMamba, extra: dict | None 
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra,
     }
-    partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    _atomic_save(payload, path)
 
 
 def load_reid_checkpoint(
@@ -77,6 +75,39 @@ def load_reid_checkpoint(
         raise DataError(f"ReID checkpoint {path} does not match its config: {first_line}") from exc
     model.to(map_location).eval()
     return model, payload.get("extra")
+
+
+# Kept in float32 when a checkpoint is stored in half precision: the SSM's decay rates and skip weights
+# are few, and the decays exp(-exp(A_log) * delta) are sensitive to their rounding.
+_KEEP_FP32_KEY = re.compile(r"(^|\.)(A_log|D)$")
+
+
+def export_inference_checkpoint(
+    source: str | Path, destination: str | Path, half: bool = True, extra: dict | None = None
+) -> Path:
+    """Writes the embedding network of a training checkpoint: no BNNeck classifiers, float16 if ``half``.
+
+    This is the file a pipeline ships (e.g. ``reidcam/weights/reidmamba_default.pt``): about half
+    the size in float16, read back by :func:`load_reid_checkpoint` into a float32 model. ``extra``
+    replaces the source's extra (keep it to plain numbers and strings).
+    """
+    model, source_extra = load_reid_checkpoint(source, drop_classifier=True)
+    destination = Path(destination)
+    save_reid_checkpoint(destination, model, extra=source_extra if extra is None else extra)
+    if half:
+        payload = torch.load(destination, map_location="cpu", weights_only=True)
+        payload["state_dict"] = {
+            key: value.half() if value.is_floating_point() and not _KEEP_FP32_KEY.search(key) else value
+            for key, value in payload["state_dict"].items()
+        }
+        _atomic_save(payload, destination)
+    return destination
+
+
+def _atomic_save(payload: Mapping[str, Any], path: Path) -> None:
+    partial = path.with_name(path.name + ".partial")
+    torch.save(dict(payload), partial)
+    os.replace(partial, path)
 
 
 def _read_torch_file(path: Path) -> Any:

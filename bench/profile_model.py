@@ -1,0 +1,85 @@
+"""Where ReIDMamba's GPU time goes: a torch.profiler table of the kernels of one forward and one training step.
+
+    PYTHONPATH=. REIDCAM_SCAN=triton python bench/profile_model.py --out "$OUT"
+
+ReIDMamba-S, 256x128 s16, bf16 autocast; inference at batch 256 and a training step (forward,
+cross-entropy on 751 classes, backward) at batch 64, each profiled after warm-up. Prints, per
+phase, the kernels sorted by GPU time (total, calls, mean) and the number of kernel launches,
+and writes the tables to OUT/profile.txt. The scan backend comes from REIDCAM_SCAN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from reidcam.reid.model import build_model
+
+
+def inference(model, images):
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        model(images)
+
+
+def train_step(model, images, labels, optimizer):
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        output = model(images)
+        loss = sum(F.cross_entropy(logits.float(), labels) for logits in output.logits)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def profile_phase(name: str, run, repeats: int, rows: int) -> str:
+    for _ in range(3):
+        run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            run()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    events.sort(key=lambda e: e.device_time_total, reverse=True)
+    total_us = sum(e.device_time_total for e in events)
+    launches = sum(e.count for e in events)
+    lines = [f"## {name}: {total_us / repeats / 1e3:.1f} ms of GPU time per run, "
+             f"{launches / repeats:.0f} kernels per run", "",
+             "| kernel | ms per run | share | calls per run | us per call |", "|---|---|---|---|---|"]
+    for event in events[:rows]:
+        per_run = event.device_time_total / repeats
+        lines.append(f"| {event.key[:90]} | {per_run / 1e3:.2f} | {event.device_time_total / total_us:.1%} "
+                     f"| {event.count / repeats:.0f} | {event.device_time_total / event.count:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
+    parser.add_argument("--model", default="reidmamba_small")
+    parser.add_argument("--rows", type=int, default=25)
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build_model(args.model, num_classes=751).to(device)
+    images = torch.randn(256, 3, 256, 128, device=device)
+    header = (f"# {args.model} on {torch.cuda.get_device_name()}, scan backend "
+              f"{os.environ.get('REIDCAM_SCAN', 'auto')}, torch {torch.__version__}\n\n")
+    model.eval()
+    report = header + profile_phase("inference, batch 256", lambda: inference(model, images), 3, args.rows)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    labels = torch.randint(0, 751, (64,), device=device)
+    report += "\n" + profile_phase("training step, batch 64", lambda: train_step(model, images[:64], labels, optimizer),
+                                   2, args.rows)
+    print(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "profile.txt").write_text(report)
+
+
+if __name__ == "__main__":
+    main()
