@@ -694,11 +694,12 @@ def run_table(args: argparse.Namespace, settings: Settings, device_name: str, pr
 
 
 def keep_one_scan_config() -> None:
-    """Leave each autotuned scan kernel one tile config (the lowest SASS instruction counts in
-    bench/NOTES-speed.md): Triton then compiles it once and runs no tuning benchmarks."""
+    """Leave each autotuned scan kernel one tile config: Triton then compiles it once and runs no
+    tuning benchmarks. Forward 16x128 in 4 warps, one channel per thread (the 2-channel tile timed
+    first spilled ~1 KB of registers per thread; bench/NOTES-speed.md, attempt 12)."""
     from reidcam.reid.model.kernels import triton_scan
 
-    chosen = {"fwd": (16, 128, 2), "bwd": (4, 64, 1)}
+    chosen = {"fwd": (16, 128, 4), "bwd": (4, 64, 1)}
     for name, tuned in (("fwd", triton_scan._scan_fwd_tuned), ("bwd", triton_scan._scan_bwd_tuned)):
         block_t, block_d, warps = chosen[name]
         tuned.configs = [

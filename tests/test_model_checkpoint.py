@@ -69,6 +69,17 @@ def test_inference_export_is_half_the_size_without_classifiers_and_embeds_alike(
     assert cosine.min() > 0.999
 
 
+def test_inference_export_drops_a_camera_embedding_that_was_switched_off(tmp_path):
+    torch.manual_seed(0)
+    model = tiny(num_classes=5, num_cameras=3, sie_lambda=0.0).eval()
+    save_reid_checkpoint(tmp_path / "last.pt", model)
+    loaded, _ = load_reid_checkpoint(export_inference_checkpoint(tmp_path / "last.pt", tmp_path / "ship.pt", half=False))
+    assert loaded.config.num_cameras == 0 and loaded.sie_embed is None
+    images = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), model(images, torch.tensor([0, 2])), rtol=0, atol=0)
+
+
 def test_missing_corrupt_and_foreign_files_raise_data_error(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_reid_checkpoint(tmp_path / "nothing.pt")

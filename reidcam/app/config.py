@@ -30,8 +30,10 @@ SHARED_DIR_VARIABLE = "REIDCAM_SHARED"
 DETECTOR_WEIGHTS_VARIABLE = "REIDCAM_DETECTOR_WEIGHTS"
 URL_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-# Trained ReIDMamba weights shipped with the package; used when reid.weights is not set and the file exists.
+# Trained ReIDMamba weights shipped with the package (model card: reidcam/weights/MODEL_CARD.md); used
+# when reid.weights is not set, reid.model is the shipped variant and the file exists.
 DEFAULT_REID_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "reidmamba_default.pt"
+DEFAULT_REID_MODEL = "reidmamba_tiny"
 
 
 class StrictModel(BaseModel):
@@ -108,7 +110,7 @@ class TrackerConfig(StrictModel):
 
 
 class ReidConfig(StrictModel):
-    model: str = Field(default="reidmamba_tiny", description="ReIDMamba variant name, or the path of an .onnx model")
+    model: str = Field(default=DEFAULT_REID_MODEL, description="ReIDMamba variant name, or the path of an .onnx model")
     weights: str | None = None
     img_size: tuple[int, int] | None = Field(default=None, description="(height, width) of the model's input")
     batch_size: int = Field(default=64, ge=1)

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import supervision as sv
 
-from reidcam.app.config import DEFAULT_REID_WEIGHTS, CamsConfig, ReidConfig
+from reidcam.app.config import DEFAULT_REID_MODEL, DEFAULT_REID_WEIGHTS, CamsConfig, ReidConfig
 from reidcam.app.sources import Frame, MultiCameraSource, open_cameras
 from reidcam.detection.base import Detector
 from reidcam.detection.geometry import CameraGeometry
@@ -185,7 +185,7 @@ def _reid_weights(config: ReidConfig) -> Path | None:
         if not weights.is_file():
             raise ConfigError(f"reid.weights: file not found: {weights}")
         return weights
-    if DEFAULT_REID_WEIGHTS.is_file():
+    if config.model == DEFAULT_REID_MODEL and DEFAULT_REID_WEIGHTS.is_file():
         return DEFAULT_REID_WEIGHTS
     return None  # the embedder warns that a random model carries little identity
 

@@ -92,6 +92,7 @@ def export_inference_checkpoint(
     replaces the source's extra (keep it to plain numbers and strings).
     """
     model, source_extra = load_reid_checkpoint(source, drop_classifier=True)
+    model = _without_unused_camera_embedding(model)
     destination = Path(destination)
     save_reid_checkpoint(destination, model, extra=source_extra if extra is None else extra)
     if half:
@@ -102,6 +103,16 @@ def export_inference_checkpoint(
         }
         _atomic_save(payload, destination)
     return destination
+
+
+def _without_unused_camera_embedding(model: ReIDMamba) -> ReIDMamba:
+    """A model trained with sie_lambda = 0 never used its camera embedding: drop it, so that the
+    embedder accepts any camera index without warning that it was not a training camera."""
+    if model.config.sie_lambda != 0 or model.config.num_cameras == 0:
+        return model
+    slim = ReIDMamba(replace(model.config, num_cameras=0))
+    slim.load_state_dict({k: v for k, v in model.state_dict().items() if k != "sie_embed"})
+    return slim.eval()
 
 
 def _atomic_save(payload: Mapping[str, Any], path: Path) -> None:

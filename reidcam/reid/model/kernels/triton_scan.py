@@ -56,18 +56,23 @@ class ScanBlocks:
 
 # Used by the CPU interpreter (TRITON_INTERPRET=1), where tile size only changes test speed.
 INTERPRETER_BLOCKS = ScanBlocks(block_t=8, block_d=8, num_warps=1)
+# Forward: one channel per thread; with two, ptxas spills ~1 KB per thread (sm_90, 255 registers),
+# which the first H100 timing paid for (bench/NOTES-speed.md, attempt 12). Backward: its sums over
+# channels (dB, dC) favour two channels per thread in one warp; no config there spills more than 12 B.
+# tests/test_kernels_sass.py compiles every config for sm_90 and bounds its spills.
 # forward: BLOCK_T is the M of the dt_proj tensor-core dot, so at least 16
 _FWD_CONFIGS = [
-    ScanBlocks(16, 64, 1),
-    ScanBlocks(16, 128, 2),
+    ScanBlocks(16, 32, 1),
+    ScanBlocks(16, 64, 2),
     ScanBlocks(16, 128, 4),
-    ScanBlocks(16, 256, 4),
+    ScanBlocks(16, 256, 8),
 ]
 # backward: delta comes precomputed, so chunks can be short; 4-8 tokens keep it near the register limit
 _BWD_CONFIGS = [
+    ScanBlocks(4, 32, 1),
     ScanBlocks(4, 64, 1),
+    ScanBlocks(4, 64, 2),
     ScanBlocks(4, 128, 2),
-    ScanBlocks(8, 64, 1),
 ]
 
 
@@ -351,9 +356,11 @@ def _as_triton_configs(blocks: list[ScanBlocks]) -> list[triton.Config]:
     return [triton.Config({"BLOCK_T": cfg.block_t, "BLOCK_D": cfg.block_d}, num_warps=cfg.num_warps) for cfg in blocks]
 
 
-_scan_fwd_tuned = triton.autotune(configs=_as_triton_configs(_FWD_CONFIGS), key=["L", "D", "N"])(
-    _bimamba_scan_fwd_kernel
-)
+# cache_results: the tuning outcome is kept in Triton's cache folder (TRITON_CACHE_DIR), so a machine
+# tunes each shape once, not in every process.
+_scan_fwd_tuned = triton.autotune(
+    configs=_as_triton_configs(_FWD_CONFIGS), key=["L", "D", "N"]
+)(_bimamba_scan_fwd_kernel)
 _scan_bwd_tuned = triton.autotune(
     configs=_as_triton_configs(_BWD_CONFIGS), key=["L", "D", "N"], reset_to_zero=["dbc_ptr"]
 )(_bimamba_scan_bwd_kernel)
