@@ -16,26 +16,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
-from reidcam.app.run import run_from_config
+from reidcam.app.bench import format_stage_table, time_pipeline
 from reidcam.app.virtual_cameras import DEFAULT_SOURCE, PRESETS, make_virtual_cameras
-
-STAGE_UNITS = {
-    "decode": "frames",
-    "detect": "frames",
-    "track": "frames",
-    "reid": "crops",
-    "associate": "frames",
-    "store": "frames",
-}
 
 
 def prepare_cameras(preset: str, folder: Path) -> Path:
@@ -61,30 +49,6 @@ def with_overrides(cams_yaml: Path, scratch: Path, reid_model: str | None, mode:
     return changed
 
 
-def rate(items: int, seconds: float) -> str:
-    return f"{items / seconds:10.1f}" if seconds > 0 else f"{'-':>10}"
-
-
-def print_table(summary, cpu_seconds: float) -> None:
-    """Wall and CPU columns: on a shared machine wall time also counts other processes' turns."""
-    print(f"{'stage':<10} {'wall s':>8} {'cpu s':>8} {'items':>7} {'unit':<7} {'/s wall':>10} {'/s cpu':>10}")
-    for stage in ("decode", "detect", "track", "reid", "associate", "store"):
-        entry = summary.stages.get(stage)
-        if entry is None:
-            continue
-        print(
-            f"{stage:<10} {entry.seconds:8.2f} {entry.cpu_seconds:8.2f} {entry.items:7d} {STAGE_UNITS[stage]:<7} "
-            f"{rate(entry.items, entry.seconds)} {rate(entry.items, entry.cpu_seconds)}"
-        )
-    frames = summary.total_frames
-    print(
-        f"{'end-to-end':<10} {summary.wall_seconds:8.2f} {cpu_seconds:8.2f} {frames:7d} {'frames':<7} "
-        f"{rate(frames, summary.wall_seconds)} {rate(frames, cpu_seconds)}"
-    )
-    per_camera = ", ".join(f"{camera} {count}" for camera, count in summary.frames.items())
-    print(f"cameras: {per_camera}; tracklets {summary.tracklets}; identities {summary.identities}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
@@ -104,16 +68,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.cameras or Path(scratch) / args.preset
         cams_yaml = with_overrides(prepare_cameras(args.preset, folder), Path(scratch), args.reid_model, args.mode)
-        cpu_started = time.process_time()
-        summary = run_from_config(
-            cams_yaml, out_dir=Path(scratch) / "out", device="cpu", max_frames=args.max_frames, show_progress=False
-        )
-        cpu_seconds = time.process_time() - cpu_started
-    print(
-        f"reidcam CPU pipeline, preset {args.preset}: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, python {sys.version.split()[0]}"
-    )
-    print_table(summary, cpu_seconds)
+        timing = time_pipeline(cams_yaml, device="cpu", max_frames=args.max_frames)
+    print(f"reidcam CPU pipeline, preset {args.preset}: {timing.machine}, python {sys.version.split()[0]}")
+    print(format_stage_table(timing.summary, timing.cpu_seconds))
 
 
 if __name__ == "__main__":

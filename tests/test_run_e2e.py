@@ -217,3 +217,18 @@ def _committed_frames(db: Path) -> int:
         return sum(count for (count,) in query(db, "SELECT frames FROM cameras"))
     except sqlite3.OperationalError:
         return 0
+
+
+def test_bench_command_times_every_stage_and_writes_nothing_beside_the_config(clips, fast_settings, tmp_path, cli):
+    folder = tmp_path / "bench"
+    settings = fast_settings(storage={"db": str(folder / "mine.db")})
+    cams_yaml = clips.write_config(folder / "cams.yaml", ["west", "east"], out=str(folder / "out"), **settings)
+    result = cli("bench", "--sources", cams_yaml, "--device", "cpu", "--max-frames", "12")
+    assert result.code == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
+    for stage in ("decode", "detect", "track", "end-to-end"):
+        assert stage in rows, result.stdout
+    assert rows["detect"][3] == "24" and rows["end-to-end"][3] == "24"  # 12 frames x 2 cameras
+    assert float(rows["detect"][1]) > 0
+    assert "cameras: west 12, east 12" in result.stdout
+    assert sorted(p.name for p in folder.iterdir()) == ["cams.yaml"]

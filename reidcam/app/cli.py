@@ -140,6 +140,18 @@ def mine(
     )
 
 
+@app.command()
+def bench(
+    sources: Annotated[Path, typer.Option(help="cams.yaml describing the cameras.")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    max_frames: Annotated[Optional[int], typer.Option(help="Stop each camera after N frames.")] = 200,
+) -> None:
+    """Time the main job on your cameras and machine, stage by stage (nothing of yours is written)."""
+    from reidcam.app.bench import bench_cli
+
+    typer.echo(bench_cli(sources, device=device, max_frames=max_frames))
+
+
 def main() -> None:
     """Console entry point: one line and exit code 2 for bad input, never a traceback."""
     try:
