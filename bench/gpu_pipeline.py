@@ -1,0 +1,98 @@
+"""Throughput of the whole main job against the number of cameras (issue 6): 1, 4 and 16 cameras of 1080p.
+
+    PYTHONPATH=. python bench/gpu_pipeline.py --device cuda --detector yolov8n.pt            # a GPU machine
+    PYTHONPATH=. python bench/gpu_pipeline.py --device cpu --cameras 1 --frames 10 --scale 0.5   # a quick CPU check
+
+Each camera is vtest.avi cut to 16:9 (768x432) and scaled (2.5: 1920x1080), starting at its own
+frame so that cameras show different moments; the clips are written once into ``--work``. Then
+``reidcam run`` runs in-process on all cameras (``reidcam.app.bench.time_pipeline``: scratch output,
+batched detection and ReID across cameras) and the script prints, per camera count, frames/s end to
+end and each stage's share of the wall time, and writes ``OUT/pipeline.md`` when $OUT is set.
+
+The detector is ``--detector`` (any weights Ultralytics loads; default: the INT8 TFLite model of
+../shared, which runs on the CPU whatever ``--device`` says); ReID is reidcam's default (the
+shipped ReIDMamba-T weights) on ``--device``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import yaml
+
+from reidcam.app.bench import STAGE_UNITS, time_pipeline
+from reidcam.app.virtual_cameras import DEFAULT_SOURCE, VirtualCamera, make_virtual_cameras
+
+SHARED = Path(os.environ.get("REIDCAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+DEFAULT_DETECTOR = SHARED / "models" / "yolov8n-coco-int8" / "yolov8n_int8.tflite"
+WINDOW_16_9 = (0, 72, 768, 504)
+SOURCE_FRAMES = 795
+
+
+def write_cameras(count: int, frames: int, scale: float, folder: Path, detector: str, stride: int = 47) -> Path:
+    """``count`` cameras of ``frames`` frames each, at staggered start frames; returns cams.yaml."""
+    cameras = [
+        VirtualCamera(f"cam{i:02d}", WINDOW_16_9, start_frame=(i * stride) % (SOURCE_FRAMES - frames),
+                      num_frames=frames, scale=scale)
+        for i in range(count)
+    ]
+    cams_yaml = make_virtual_cameras(DEFAULT_SOURCE, folder, cameras)
+    document = yaml.safe_load(cams_yaml.read_text())
+    document["detector"] = {**document.get("detector", {}), "weights": detector}
+    cams_yaml.write_text(yaml.safe_dump(document, sort_keys=False))
+    return cams_yaml
+
+
+def report_row(count: int, timing) -> str:
+    summary = timing.summary
+    wall = summary.wall_seconds
+    shares = " | ".join(
+        f"{100 * summary.stages[s].seconds / wall:.0f} %" if s in summary.stages and wall > 0 else "-"
+        for s in STAGE_UNITS
+    )
+    reid = summary.stages.get("reid")
+    crops = f"{reid.items / reid.seconds:.0f}" if reid and reid.seconds > 0 else "-"
+    rate = summary.total_frames / wall if wall > 0 else 0.0
+    return f"| {count} | {summary.total_frames} | {wall:.1f} | {rate:.1f} | {rate / count:.1f} | {crops} | {shares} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cameras", default="1,4,16", help="comma-separated camera counts")
+    parser.add_argument("--frames", type=int, default=200, help="frames per camera")
+    parser.add_argument("--scale", type=float, default=2.5, help="2.5 = 1920x1080")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--detector", default=str(DEFAULT_DETECTOR))
+    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "reidcam_gpu_pipeline")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    width, height = round(768 * args.scale), round(432 * args.scale)
+    header = [
+        f"reidcam run, {width}x{height} cameras of vtest.avi, {args.frames} frames each, detector "
+        f"{Path(args.detector).name}, device {args.device}",
+        "",
+        "| cameras | frames | wall s | frames/s | per camera | ReID crops/s | "
+        + " | ".join(STAGE_UNITS) + " |",
+        "|---" * (6 + len(STAGE_UNITS)) + "|",
+    ]
+    lines = list(header)
+    for count in (int(c) for c in args.cameras.split(",")):
+        folder = args.work / f"{count}cams_{args.frames}f_{width}"
+        cams_yaml = folder / "cams.yaml"
+        if not cams_yaml.is_file():
+            cams_yaml = write_cameras(count, args.frames, args.scale, folder, args.detector)
+        timing = time_pipeline(cams_yaml, device=args.device)
+        if len(lines) == len(header):
+            lines[0] += f"; {timing.machine}"
+        lines.append(report_row(count, timing))
+        print(lines[-1], flush=True)
+        if os.environ.get("OUT"):
+            Path(os.environ["OUT"], "pipeline.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
