@@ -73,8 +73,14 @@ def test_duplicate_camera_id(tmp_path):
     assert_one_line_error(reidcam("run", "--sources", cams, cwd=tmp_path), "duplicate camera id 'door'")
 
 
-def test_missing_config_file(tmp_path):
-    assert_one_line_error(reidcam("run", "--sources", tmp_path / "nope.yaml", cwd=tmp_path), "file not found")
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_missing_config_file(tmp_path, command):
+    assert_one_line_error(reidcam(command, "--sources", tmp_path / "nope.yaml", cwd=tmp_path), "file not found")
+
+
+def test_bench_of_a_missing_video_names_the_camera(tmp_path):
+    cams = write_yaml(tmp_path / "cams.yaml", {"cameras": [{"id": "door", "source": "videos/door.mp4"}]})
+    assert_one_line_error(reidcam("bench", "--sources", cams, cwd=tmp_path), "camera door: source not found")
 
 
 def test_unreachable_stream(tmp_path):
