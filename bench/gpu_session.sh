@@ -4,16 +4,21 @@
 #
 #   bash bench/gpu_session.sh speed-and-train   # GPU 0: ReIDMamba-S vs ViT-B table; GPU 1: shipped-weights runs
 #   bash bench/gpu_session.sh ddp               # torchrun on 1 and 2 GPUs, same global batch (issue 7)
+#   bash bench/gpu_session.sh profile           # GPU 0: kernel profile; GPU 1: the speed table, autotuned
 #
-# Everything that comes back is written under $OUT (logs, speed.md, train_*.json, weights).
+# Everything that comes back is written under $OUT (logs, speed.md, train_*.json, weights), and
+# Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
+# 2-4 minutes of first-use compilation (the cache is read from .gpu/triton_cache.tgz when present).
 set -u
-phase=${1:?usage: gpu_session.sh speed-and-train|ddp}
+phase=${1:?usage: gpu_session.sh speed-and-train|ddp|profile}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
   .whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl 2>&1 | tail -2
 export PYTHONPATH=.:/tmp/site
+export TRITON_CACHE_DIR=/tmp/tcache
+[ -f .gpu/triton_cache.tgz ] && tar xzf .gpu/triton_cache.tgz -C /tmp
 nvidia-smi -L
 
 # One shipped-weights candidate: ReIDMamba-T on a held-out-persons split, camera-look augmentation,
@@ -72,7 +77,7 @@ speed-and-train)
 ddp)
   # The three runs share one synthetic set (TMPDIR/reidcam_gpu_train/synthetic_market, written by the first).
   echo "== [$(elapsed) s] ReIDMamba-S, synthetic data: 1 GPU at global batch 64 (GPU 0); profile on GPU 1"
-  common=(--epochs 3 --ids 256 --images-per-id 16 --num-workers 6)
+  common=(--epochs 4 --ids 256 --images-per-id 16 --num-workers 6)
   export TMPDIR=/tmp/ddp REIDCAM_SCAN=triton
   mkdir -p "$TMPDIR"
   CUDA_VISIBLE_DEVICES=1 timeout 200 python3 bench/profile_model.py --out "$OUT" >"$OUT/profile.log" 2>&1 &
@@ -90,7 +95,15 @@ ddp)
   echo "== [$(elapsed) s] 2 GPUs, global batch 128 (64 per GPU)"
   ddp_run ddp2_b128 2 data.p=32
   ;;
+profile)
+  echo "== [$(elapsed) s] GPU 0: kernel profile; GPU 1: ReIDMamba-S vs ViT-B, autotuned scan configs"
+  CUDA_VISIBLE_DEVICES=0 REIDCAM_SCAN=triton timeout 300 python3 bench/profile_model.py --out "$OUT" >"$OUT/profile.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=1 timeout 540 python3 bench/speed_vs_vit.py --timing-only --backends triton \
+    --no-plain-norm >"$OUT/speed.log" 2>&1
+  wait
+  ;;
 esac
+tar czf "$OUT/triton_cache.tgz" -C /tmp tcache
 echo "== [$(elapsed) s] done"
 for f in "$OUT"/ddp*.json; do [ -f "$f" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1], {k: d.get(k) for k in ('world_size','images_per_s_steady','peak_memory_mib','final_metrics','wall_seconds')})" "$f"; done
 for f in "$OUT"/*.log; do echo "--- $f"; tail -5 "$f"; done

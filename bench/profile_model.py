@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -19,6 +21,8 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from reidcam.reid.model import build_model
+
+STARTED = time.perf_counter()
 
 
 def inference(model, images):
@@ -35,14 +39,22 @@ def train_step(model, images, labels, optimizer):
     optimizer.step()
 
 
+def stage(text: str) -> None:
+    """A timestamped line at once, so that a run cut short shows where it was."""
+    print(f"[{time.perf_counter() - STARTED:7.1f} s] {text}", file=sys.stderr, flush=True)
+
+
 def profile_phase(name: str, run, repeats: int, rows: int) -> str:
+    stage(f"{name}: warm-up (the first call compiles the Triton kernels)")
     for _ in range(3):
         run()
     torch.cuda.synchronize()
+    stage(f"{name}: profiling {repeats} runs")
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
         for _ in range(repeats):
             run()
         torch.cuda.synchronize()
+    stage(f"{name}: summarising")
     events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     events.sort(key=lambda e: e.device_time_total, reverse=True)
     total_us = sum(e.device_time_total for e in events)
