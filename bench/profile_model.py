@@ -26,12 +26,12 @@ STARTED = time.perf_counter()
 
 
 def inference(model, images):
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16):
         model(images)
 
 
 def train_step(model, images, labels, optimizer):
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.autocast(images.device.type, dtype=torch.bfloat16):
         output = model(images)
         loss = sum(F.cross_entropy(logits.float(), labels) for logits in output.logits)
     optimizer.zero_grad(set_to_none=True)
@@ -44,28 +44,34 @@ def stage(text: str) -> None:
     print(f"[{time.perf_counter() - STARTED:7.1f} s] {text}", file=sys.stderr, flush=True)
 
 
-def profile_phase(name: str, run, repeats: int, rows: int) -> str:
+def profile_phase(name: str, run, repeats: int, rows: int, device: torch.device) -> str:
     stage(f"{name}: warm-up (the first call compiles the Triton kernels)")
+    on_gpu = device.type == "cuda"
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     for _ in range(3):
         run()
-    torch.cuda.synchronize()
+    sync()
     stage(f"{name}: profiling {repeats} runs")
-    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU] if on_gpu else [ProfilerActivity.CPU]) as prof:
         for _ in range(repeats):
             run()
-        torch.cuda.synchronize()
+        sync()
     stage(f"{name}: summarising")
-    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
-    events.sort(key=lambda e: e.device_time_total, reverse=True)
-    total_us = sum(e.device_time_total for e in events)
+    wanted = torch.autograd.DeviceType.CUDA if on_gpu else torch.autograd.DeviceType.CPU
+
+    def spent(event) -> float:  # GPU time of a kernel, or own CPU time of an op on the CPU
+        return event.device_time_total if on_gpu else event.self_cpu_time_total
+
+    events = [e for e in prof.key_averages() if e.device_type == wanted]
+    events.sort(key=spent, reverse=True)
+    total_us = sum(spent(e) for e in events)
     launches = sum(e.count for e in events)
-    lines = [f"## {name}: {total_us / repeats / 1e3:.1f} ms of GPU time per run, "
-             f"{launches / repeats:.0f} kernels per run", "",
+    lines = [f"## {name}: {total_us / repeats / 1e3:.1f} ms of {'GPU' if on_gpu else 'CPU'} time per run, "
+             f"{launches / repeats:.0f} {'kernels' if on_gpu else 'ops'} per run", "",
              "| kernel | ms per run | share | calls per run | us per call |", "|---|---|---|---|---|"]
     for event in events[:rows]:
-        per_run = event.device_time_total / repeats
-        lines.append(f"| {event.key[:90]} | {per_run / 1e3:.2f} | {event.device_time_total / total_us:.1%} "
-                     f"| {event.count / repeats:.0f} | {event.device_time_total / event.count:.1f} |")
+        lines.append(f"| {event.key[:90]} | {spent(event) / repeats / 1e3:.2f} | {spent(event) / total_us:.1%} "
+                     f"| {event.count / repeats:.0f} | {spent(event) / event.count:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -74,20 +80,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     parser.add_argument("--model", default="reidmamba_small")
     parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes: checks the script, not the GPU")
     args = parser.parse_args()
-    device = torch.device("cuda")
+    device = torch.device("cpu" if args.smoke else "cuda")
     torch.manual_seed(0)
-    model = build_model(args.model, num_classes=751).to(device)
-    images = torch.randn(256, 3, 256, 128, device=device)
-    header = (f"# {args.model} on {torch.cuda.get_device_name()}, scan backend "
+    options = dict(depth=4, img_size=(64, 32)) if args.smoke else {}
+    model = build_model(args.model, num_classes=751, **options).to(device)
+    batch, train_batch = (4, 2) if args.smoke else (256, 64)
+    images = torch.randn(batch, 3, *model.config.img_size, device=device)
+    where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke)"
+    header = (f"# {args.model} on {where}, scan backend "
               f"{os.environ.get('REIDCAM_SCAN', 'auto')}, torch {torch.__version__}\n\n")
     model.eval()
-    report = header + profile_phase("inference, batch 256", lambda: inference(model, images), 3, args.rows)
+    report = header + profile_phase(f"inference, batch {batch}", lambda: inference(model, images), 3, args.rows,
+                                    device)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    labels = torch.randint(0, 751, (64,), device=device)
-    report += "\n" + profile_phase("training step, batch 64", lambda: train_step(model, images[:64], labels, optimizer),
-                                   2, args.rows)
+    labels = torch.randint(0, 751, (train_batch,), device=device)
+    report += "\n" + profile_phase(f"training step, batch {train_batch}",
+                                   lambda: train_step(model, images[:train_batch], labels, optimizer), 2, args.rows,
+                                   device)
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "profile.txt").write_text(report)
