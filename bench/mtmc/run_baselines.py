@@ -55,7 +55,12 @@ def baselines(reid_weights: Path | None, reid_model: str) -> dict[str, Baseline]
     combined_reid = {"model": reid_model}
     if reid_weights is not None:
         combined_reid["weights"] = str(reid_weights.resolve())
-    weights_note = f"weights {reid_weights.name}" if reid_weights else "random weights (no trained checkpoint)"
+    is_onnx = reid_model.lower().endswith(".onnx")
+    model_label = Path(reid_model).name if is_onnx else reid_model
+    if is_onnx:
+        weights_note = "ONNX"
+    else:
+        weights_note = f"weights {reid_weights.name}" if reid_weights else "random weights (no trained checkpoint)"
     return {
         "spacetime": Baseline("spacetime", "position and time only, no ReID", {"association": {"mode": "spacetime"}}),
         "appearance": Baseline(
@@ -63,7 +68,7 @@ def baselines(reid_weights: Path | None, reid_model: str) -> dict[str, Baseline]
             {"association": {"mode": "appearance"}, "reid": {"model": str(OSNET)}},
         ),
         "combined": Baseline(
-            "combined", f"reidcam full association, {reid_model}, {weights_note}",
+            "combined", f"reidcam full association, {model_label}, {weights_note}",
             {"association": {"mode": "combined"}, "reid": combined_reid},
         ),
     }
@@ -142,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-frames", type=int, default=None, help="only the first N frames of each camera")
     parser.add_argument("--only", default=",".join(BASELINES), help="comma-separated subset of " + ", ".join(BASELINES))
-    parser.add_argument("--reid-model", default="reidmamba_tiny", help="ReIDMamba variant of the combined baseline")
+    parser.add_argument("--reid-model", default="reidmamba_tiny",
+                        help="ReIDMamba variant, or an .onnx model, of the combined baseline")
     parser.add_argument("--reid-weights", type=Path, default=None, help="checkpoint for the combined baseline")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for results.md and results.json")
     parser.add_argument("--reuse-runs", action="store_true", help="score runs already in --work again, do not rerun")
