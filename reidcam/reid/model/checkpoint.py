@@ -35,17 +35,27 @@ _PRETRAINED_HEAD_KEY = re.compile(r"^(neck|norm_neck|head)\.")
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)$")
 
 
-def save_reid_checkpoint(path: str | Path, model: ReIDMamba, extra: dict | None = None) -> None:
-    """Writes the model's config and weights (and ``extra``) to ``path``, atomically."""
+# Kept in float32 when a checkpoint is stored in half precision: the SSM's decay rates and skip weights
+# are few, and the decays exp(-exp(A_log) * delta) are sensitive to their rounding.
+_KEEP_FP32_KEY = re.compile(r"(^|\.)(A_log|D)$")
+
+
+def save_reid_checkpoint(path: str | Path, model: ReIDMamba, extra: dict | None = None, half: bool = False) -> None:
+    """Writes the model's config and weights (and ``extra``) to ``path``, atomically.
+
+    ``half`` stores floating-point weights in float16 (but ``A_log`` and ``D``); loading gives a
+    float32 model either way.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FORMAT,
-        "config": asdict(model.config),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "extra": extra,
-    }
-    _atomic_save(payload, path)
+    state = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu()
+        state[key] = value.half() if half and value.is_floating_point() and not _KEEP_FP32_KEY.search(key) else value
+    payload = {"format": FORMAT, "config": asdict(model.config), "state_dict": state, "extra": extra}
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
 
 
 def load_reid_checkpoint(
@@ -77,11 +87,6 @@ def load_reid_checkpoint(
     return model, payload.get("extra")
 
 
-# Kept in float32 when a checkpoint is stored in half precision: the SSM's decay rates and skip weights
-# are few, and the decays exp(-exp(A_log) * delta) are sensitive to their rounding.
-_KEEP_FP32_KEY = re.compile(r"(^|\.)(A_log|D)$")
-
-
 def export_inference_checkpoint(
     source: str | Path, destination: str | Path, half: bool = True, extra: dict | None = None
 ) -> Path:
@@ -92,16 +97,9 @@ def export_inference_checkpoint(
     replaces the source's extra (keep it to plain numbers and strings).
     """
     model, source_extra = load_reid_checkpoint(source, drop_classifier=True)
-    model = _without_unused_camera_embedding(model)
     destination = Path(destination)
-    save_reid_checkpoint(destination, model, extra=source_extra if extra is None else extra)
-    if half:
-        payload = torch.load(destination, map_location="cpu", weights_only=True)
-        payload["state_dict"] = {
-            key: value.half() if value.is_floating_point() and not _KEEP_FP32_KEY.search(key) else value
-            for key, value in payload["state_dict"].items()
-        }
-        _atomic_save(payload, destination)
+    save_reid_checkpoint(destination, _without_unused_camera_embedding(model),
+                         extra=source_extra if extra is None else extra, half=half)
     return destination
 
 
@@ -113,12 +111,6 @@ def _without_unused_camera_embedding(model: ReIDMamba) -> ReIDMamba:
     slim = ReIDMamba(replace(model.config, num_cameras=0))
     slim.load_state_dict({k: v for k, v in model.state_dict().items() if k != "sie_embed"})
     return slim.eval()
-
-
-def _atomic_save(payload: Mapping[str, Any], path: Path) -> None:
-    partial = path.with_name(path.name + ".partial")
-    torch.save(dict(payload), partial)
-    os.replace(partial, path)
 
 
 def _read_torch_file(path: Path) -> Any:
