@@ -16,6 +16,7 @@ from reidcam.reid.losses import (
     ratr_inter,
     ratr_intra,
 )
+from reidcam.reid.losses.ratr import first_of_each_identity
 
 
 def test_label_smoothing_by_hand():
@@ -66,6 +67,19 @@ def test_triplet_gradient_is_finite_for_identical_features():
     loss.backward()
     assert loss.item() == pytest.approx(1.2, abs=1e-4)
     assert torch.isfinite(features.grad).all()
+
+
+def test_triplet_without_any_negative_is_zero_and_stays_in_the_graph():
+    features = torch.randn(4, 8, requires_grad=True)
+    loss = BatchHardTripletLoss(1.2)(features, torch.zeros(4, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.equal(features.grad, torch.zeros_like(features))
+
+
+def test_first_of_each_identity_marks_one_sample_per_identity():
+    labels = torch.tensor([3, 1, 3, 7, 1, 1])
+    assert first_of_each_identity(labels).tolist() == [True, True, False, True, False, False]
 
 
 def brute_force_tau(x: list[float], y: list[float], t: float) -> float:

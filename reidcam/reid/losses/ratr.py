@@ -33,9 +33,8 @@ def soft_kendall_tau(
     concordance = (sign_a * sign_b * pair_mask).sum(dim=(1, 2))
     pairs = pair_mask.sum(dim=(1, 2))
     valid = pairs > 0
-    if not valid.any():
-        return scores_a.sum() * 0.0
-    return (concordance[valid] / pairs[valid]).mean()
+    per_anchor = concordance / pairs.clamp(min=1)  # 0 where an anchor has no pair
+    return (per_anchor * valid).sum() / valid.sum().clamp(min=1)
 
 
 def _mean_over_branch_pairs(
@@ -54,21 +53,28 @@ def ratr_intra(features: Sequence[torch.Tensor], labels: torch.Tensor, temperatu
     return _mean_over_branch_pairs(scores, positives, temperature)
 
 
-def identity_centres(normalised: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L2-normalised mean feature of each identity in the batch, those identities' labels)."""
-    identities, inverse = torch.unique(labels, return_inverse=True)
-    sums = torch.zeros(len(identities), normalised.shape[1], dtype=normalised.dtype, device=normalised.device)
-    sums.index_add_(0, inverse, normalised)
-    return F.normalize(sums, dim=1), identities
+def identity_centres(normalised: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Row j: the L2-normalised mean feature of sample j's identity (the same row for each of its samples)."""
+    same = labels.view(-1, 1) == labels.view(1, -1)
+    return F.normalize(same.to(normalised.dtype) @ normalised, dim=1)
+
+
+def first_of_each_identity(labels: torch.Tensor) -> torch.Tensor:
+    """Mask of the first sample of each identity in the batch: one centre row per identity."""
+    index = torch.arange(len(labels), device=labels.device)
+    same = labels.view(-1, 1) == labels.view(1, -1)
+    return torch.where(same, index.view(1, -1), len(labels)).amin(dim=1) == index
 
 
 def ratr_inter(features: Sequence[torch.Tensor], labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """Rank correlation between branches of each anchor's similarities to the other identities' centres."""
+    """Rank correlation between branches of each anchor's similarities to the other identities' centres.
+
+    Centres are indexed by sample, one per identity kept by a mask: all sizes follow from the batch
+    size alone, so nothing here waits for the GPU (as ``torch.unique`` would).
+    """
     scores = []
-    identities = labels
     for feature in features:
         normalised = F.normalize(feature.float(), dim=1)
-        centres, identities = identity_centres(normalised, labels)
-        scores.append(normalised @ centres.T)
-    other_identities = labels.view(-1, 1) != identities.view(1, -1)
+        scores.append(normalised @ identity_centres(normalised, labels).T)
+    other_identities = (labels.view(-1, 1) != labels.view(1, -1)) & first_of_each_identity(labels).view(1, -1)
     return _mean_over_branch_pairs(scores, other_identities, temperature)
