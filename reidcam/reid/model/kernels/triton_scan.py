@@ -34,6 +34,7 @@ All state and accumulation is fp32; xc, z and the output may be fp32 or bf16.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -356,13 +357,17 @@ def _as_triton_configs(blocks: list[ScanBlocks]) -> list[triton.Config]:
     return [triton.Config({"BLOCK_T": cfg.block_t, "BLOCK_D": cfg.block_d}, num_warps=cfg.num_warps) for cfg in blocks]
 
 
-# cache_results: the tuning outcome is kept in Triton's cache folder (TRITON_CACHE_DIR), so a machine
-# tunes each shape once, not in every process.
+def _autotune_options() -> dict:
+    """Keep the tuning outcome in Triton's cache folder (TRITON_CACHE_DIR) where this Triton can
+    (``cache_results``, Triton 3.2+): a machine then tunes each shape once, not in every process."""
+    return {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+
+
 _scan_fwd_tuned = triton.autotune(
-    configs=_as_triton_configs(_FWD_CONFIGS), key=["L", "D", "N"]
+    configs=_as_triton_configs(_FWD_CONFIGS), key=["L", "D", "N"], **_autotune_options()
 )(_bimamba_scan_fwd_kernel)
 _scan_bwd_tuned = triton.autotune(
-    configs=_as_triton_configs(_BWD_CONFIGS), key=["L", "D", "N"], reset_to_zero=["dbc_ptr"]
+    configs=_as_triton_configs(_BWD_CONFIGS), key=["L", "D", "N"], reset_to_zero=["dbc_ptr"], **_autotune_options()
 )(_bimamba_scan_bwd_kernel)
 
 
