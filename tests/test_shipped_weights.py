@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from reidcam.app.config import DEFAULT_REID_MODEL, DEFAULT_REID_WEIGHTS, ReidConfig
+from reidcam.app.config import ReidConfig
 from reidcam.app.pipeline import create_embedder
 from reidcam.reid.engine.train import initialise_from_checkpoint
 from reidcam.reid.model import build_model
 from reidcam.reid.model.checkpoint import load_reid_checkpoint
+from reidcam.weights import DEFAULT_REID_MODEL, DEFAULT_REID_WEIGHTS
 
 
 def shipped():
@@ -46,3 +47,19 @@ def test_fine_tuning_starts_from_every_shipped_tensor():
     target = model.state_dict()
     for name, tensor in reference.state_dict().items():
         assert torch.equal(target[name], tensor), name
+
+
+def test_the_mined_recipe_fine_tunes_from_the_shipped_weights(tmp_path):
+    from pathlib import Path
+
+    from reidcam.reid.engine.config import load_recipe
+    from reidcam.reid.engine.train import build_training_model
+
+    recipe = load_recipe(Path(__file__).parents[1] / "configs" / "reid" / "mined.yaml")
+    assert recipe.model.init_from == "shipped"
+    model = build_training_model(recipe, num_classes=7, num_cameras=3)
+    reference, _ = shipped()
+    target = model.state_dict()
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(target[name], tensor), name
+    assert model.config.num_classes == 7 and model.config.num_cameras == 3

@@ -25,15 +25,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from reidcam.errors import ConfigError
+from reidcam.weights import DEFAULT_REID_MODEL
 
 SHARED_DIR_VARIABLE = "REIDCAM_SHARED"
 DETECTOR_WEIGHTS_VARIABLE = "REIDCAM_DETECTOR_WEIGHTS"
 URL_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-# Trained ReIDMamba weights shipped with the package (model card: reidcam/weights/MODEL_CARD.md); used
-# when reid.weights is not set, reid.model is the shipped variant and the file exists.
-DEFAULT_REID_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "reidmamba_default.pt"
-DEFAULT_REID_MODEL = "reidmamba_tiny"
 
 
 class StrictModel(BaseModel):

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import supervision as sv
 
-from reidcam.app.config import DEFAULT_REID_MODEL, DEFAULT_REID_WEIGHTS, CamsConfig, ReidConfig
+from reidcam.app.config import CamsConfig, ReidConfig
 from reidcam.app.sources import Frame, MultiCameraSource, open_cameras
 from reidcam.detection.base import Detector
 from reidcam.detection.geometry import CameraGeometry
@@ -38,6 +38,7 @@ from reidcam.tracking.association import Associator, IdentityEvent, Topology
 from reidcam.tracking.gallery import Gallery
 from reidcam.tracking.tracker import CameraTracker, TrackerSpec
 from reidcam.tracking.tracklets import CropCandidate, KeptCrop, Tracklet, TrackletBook, select_crops
+from reidcam.weights import DEFAULT_REID_MODEL, DEFAULT_REID_WEIGHTS
 
 logger = logging.getLogger(__name__)
 

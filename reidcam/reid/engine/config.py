@@ -27,7 +27,9 @@ class ModelSection(StrictModel):
     img_size: tuple[int, int] = (256, 128)
     stride: int = Field(16, ge=1)
     pretrained: str | None = Field(None, description="Mamba-R ImageNet checkpoint for the backbone, or none.")
-    init_from: str | None = Field(None, description="A reidcam checkpoint to start from (fine-tuning).")
+    init_from: str | None = Field(
+        None, description='A reidcam checkpoint to start from (fine-tuning), or "shipped" for the weights reidcam ships.'
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments of build_model.")
 
 

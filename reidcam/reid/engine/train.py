@@ -93,8 +93,15 @@ def build_training_model(recipe: Recipe, num_classes: int, num_cameras: int) -> 
             raise ConfigError(f"model.pretrained: {pretrained} does not exist")
         load_pretrained_backbone(model, pretrained)
     if section.init_from:
-        initialise_from_checkpoint(model, Path(section.init_from).expanduser())
+        initialise_from_checkpoint(model, init_checkpoint_path(section.init_from))
     return model
+
+
+def init_checkpoint_path(init_from: str) -> Path:
+    """``model.init_from`` as a path: "shipped" names the weights reidcam ships."""
+    from reidcam.weights import DEFAULT_REID_WEIGHTS, SHIPPED_WEIGHTS_ALIAS
+
+    return DEFAULT_REID_WEIGHTS if init_from == SHIPPED_WEIGHTS_ALIAS else Path(init_from).expanduser()
 
 
 def initialise_from_checkpoint(model: nn.Module, checkpoint: Path) -> list[str]:
