@@ -63,3 +63,17 @@ def test_the_mined_recipe_fine_tunes_from_the_shipped_weights(tmp_path):
     for name, tensor in reference.state_dict().items():
         assert torch.equal(target[name], tensor), name
     assert model.config.num_classes == 7 and model.config.num_cameras == 3
+
+
+def test_fine_tuning_starts_from_the_shipped_function_even_with_a_new_camera_embedding():
+    from reidcam.reid.engine.config import load_recipe
+    from reidcam.reid.engine.train import build_training_model
+
+    recipe = load_recipe(DEFAULT_REID_WEIGHTS.parents[2] / "configs" / "reid" / "mined.yaml")
+    assert recipe.model.options.get("sie_lambda", 3.0) > 0  # the camera embedding is on and will learn
+    model = build_training_model(recipe, num_classes=7, num_cameras=3).eval()
+    reference, _ = shipped()
+    torch.manual_seed(0)
+    images = torch.randn(3, 3, *reference.config.img_size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images, torch.tensor([0, 1, 2])), reference(images), rtol=0, atol=0)
