@@ -19,6 +19,7 @@ from reidcam.reid.data.transforms import (
 )
 
 __all__ = [
+    "CameraLook",
     "DATASETS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -28,7 +29,6 @@ __all__ = [
     "ReIDSample",
     "build_test_transform",
     "build_train_transform",
-    "CameraLook",
     "canonical_dataset_name",
     "load_dataset",
     "load_market_layout",
