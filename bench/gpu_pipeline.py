@@ -24,10 +24,10 @@ from pathlib import Path
 import yaml
 
 from reidcam.app.bench import STAGE_UNITS, time_pipeline
+from reidcam.app.config import shared_dir
 from reidcam.app.virtual_cameras import DEFAULT_SOURCE, VirtualCamera, make_virtual_cameras
 
-SHARED = Path(os.environ.get("REIDCAM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-DEFAULT_DETECTOR = SHARED / "models" / "yolov8n-coco-int8" / "yolov8n_int8.tflite"
+DEFAULT_DETECTOR = shared_dir() / "models" / "yolov8n-coco-int8" / "yolov8n_int8.tflite"
 WINDOW_16_9 = (0, 72, 768, 504)
 SOURCE_FRAMES = 795
 

@@ -5,6 +5,10 @@
 #   bash bench/gpu_session.sh speed-and-train   # GPU 0: ReIDMamba-S vs ViT-B table; GPU 1: shipped-weights runs
 #   bash bench/gpu_session.sh ddp               # torchrun on 1 and 2 GPUs, same global batch (issue 7)
 #   bash bench/gpu_session.sh profile           # GPU 0: kernel profile; GPU 1: the speed table, autotuned
+#   bash bench/gpu_session.sh pipeline          # reidcam run on 1, 4, 16 cameras of 1080p (bench/gpu_pipeline.py)
+#
+# The pipeline phase carries other things (64 MiB in all): .whl, .whl_pipeline (LiteRT for the INT8
+# detector) and .gpu/shared (copies of ../shared/data/vtest.avi and ../shared/models/yolov8n-coco-int8).
 #
 # Everything that comes back is written under $OUT (logs, speed.md, train_*.json, weights), and
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
@@ -14,8 +18,10 @@ phase=${1:?usage: gpu_session.sh speed-and-train|ddp|profile}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-  .whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl 2>&1 | tail -2
+if [ "$phase" = pipeline ]; then wheels=(.whl/*.whl .whl_pipeline/*.whl); else
+  wheels=(.whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl); fi
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  "${wheels[@]}" 2>&1 | tail -2
 export PYTHONPATH=.:/tmp/site
 export TRITON_CACHE_DIR=/tmp/tcache
 [ -f .gpu/triton_cache.tgz ] && tar xzf .gpu/triton_cache.tgz -C /tmp
@@ -101,6 +107,11 @@ profile)
   CUDA_VISIBLE_DEVICES=1 timeout 540 python3 bench/speed_vs_vit.py --timing-only --backends triton \
     --no-plain-norm >"$OUT/speed.log" 2>&1
   wait
+  ;;
+pipeline)
+  python3 -c "import scipy, requests, pandas" || echo "MISSING: carry wheels of the modules named above"
+  export REIDCAM_SHARED=.gpu/shared YOLO_OFFLINE=1 REIDCAM_SCAN=triton
+  timeout 540 python3 bench/gpu_pipeline.py --device cuda --cameras 1,4,16 --frames 100 >"$OUT/pipeline.log" 2>&1
   ;;
 esac
 tar czf "$OUT/triton_cache.tgz" -C /tmp tcache

@@ -33,12 +33,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build_benchmark  # noqa: E402
 
+from reidcam.app.config import shared_dir  # noqa: E402
 from reidcam.app.eval_mtmc import evaluate_run  # noqa: E402
 from reidcam.tracking.mtmc_metrics import MtmcReport  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SHARED = Path(os.environ.get("REIDCAM_SHARED", HERE.parents[2] / "shared"))
-OSNET = SHARED / "models" / "osnet-x0.25-msmt17" / "osnet_x0_25_msmt17.onnx"
+OSNET = shared_dir() / "models" / "osnet-x0.25-msmt17" / "osnet_x0_25_msmt17.onnx"
 BASELINES = ("spacetime", "appearance", "combined")
 
 logger = logging.getLogger("run_baselines")

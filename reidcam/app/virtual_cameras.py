@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -25,12 +24,12 @@ import cv2
 import numpy as np
 import yaml
 
+from reidcam.app.config import shared_dir
 from reidcam.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-SHARED_DIR = Path(os.environ.get("REIDCAM_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
-DEFAULT_SOURCE = SHARED_DIR / "data" / "vtest.avi"
+DEFAULT_SOURCE = shared_dir() / "data" / "vtest.avi"
 DEFAULT_EPOCH = datetime(2026, 1, 15, 9, 0, 0, tzinfo=timezone.utc)
 
 
