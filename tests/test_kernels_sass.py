@@ -9,6 +9,7 @@ compile into something slow (a layout that sends the 16 states across lanes cost
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import re
@@ -37,14 +38,20 @@ def compile_sm90(module: str, kernel: str, constexprs: dict, num_warps: int, fp3
     functions when ``triton.language`` is imported under TRITON_INTERPRET=1, as the test session does,
     and the code generator cannot call those.
     """
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     request = json.dumps({"module": module, "kernel": kernel, "constexprs": constexprs,
-                          "num_warps": num_warps, "fp32_args": list(fp32_args)})
+                          "num_warps": num_warps, "fp32_args": list(fp32_args)}, sort_keys=True)
+    result = _compile_in_child(request)
+    return result["spill"], result["sass"]
+
+
+@functools.lru_cache(maxsize=None)
+def _compile_in_child(request: str) -> dict:
+    """One compile per kernel and config in a test process (the per-config test meets the others' configs)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, str(Path(__file__).with_name("sass_compile.py")), request],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
-    return result["spill"], result["sass"]
+    return json.loads(done.stdout)
 
 
 def loop_opcodes(sass: list[str]) -> list[collections.Counter]:

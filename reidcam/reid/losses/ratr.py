@@ -53,17 +53,15 @@ def ratr_intra(features: Sequence[torch.Tensor], labels: torch.Tensor, temperatu
     return _mean_over_branch_pairs(scores, positives, temperature)
 
 
-def identity_centres(normalised: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Row j: the L2-normalised mean feature of sample j's identity (the same row for each of its samples)."""
-    same = labels.view(-1, 1) == labels.view(1, -1)
+def identity_centres(normalised: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """Row j: the L2-normalised mean feature of sample j's identity (``same``: the labels' equality matrix)."""
     return F.normalize(same.to(normalised.dtype) @ normalised, dim=1)
 
 
-def first_of_each_identity(labels: torch.Tensor) -> torch.Tensor:
-    """Mask of the first sample of each identity in the batch: one centre row per identity."""
-    index = torch.arange(len(labels), device=labels.device)
-    same = labels.view(-1, 1) == labels.view(1, -1)
-    return torch.where(same, index.view(1, -1), len(labels)).amin(dim=1) == index
+def first_of_each_identity(same: torch.Tensor) -> torch.Tensor:
+    """Mask of the first sample of each identity in the batch (``same``: the labels' equality matrix)."""
+    index = torch.arange(same.shape[0], device=same.device)
+    return torch.where(same, index.view(1, -1), same.shape[0]).amin(dim=1) == index
 
 
 def ratr_inter(features: Sequence[torch.Tensor], labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -72,9 +70,10 @@ def ratr_inter(features: Sequence[torch.Tensor], labels: torch.Tensor, temperatu
     Centres are indexed by sample, one per identity kept by a mask: all sizes follow from the batch
     size alone, so nothing here waits for the GPU (as ``torch.unique`` would).
     """
+    same = labels.view(-1, 1) == labels.view(1, -1)
     scores = []
     for feature in features:
         normalised = F.normalize(feature.float(), dim=1)
-        scores.append(normalised @ identity_centres(normalised, labels).T)
-    other_identities = (labels.view(-1, 1) != labels.view(1, -1)) & first_of_each_identity(labels).view(1, -1)
+        scores.append(normalised @ identity_centres(normalised, same).T)
+    other_identities = ~same & first_of_each_identity(same).view(1, -1)
     return _mean_over_branch_pairs(scores, other_identities, temperature)
