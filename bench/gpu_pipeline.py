@@ -4,10 +4,11 @@
     PYTHONPATH=. python bench/gpu_pipeline.py --device cpu --cameras 1 --frames 10 --scale 0.5   # a quick CPU check
 
 Each camera is vtest.avi cut to 16:9 (768x432) and scaled (2.5: 1920x1080), starting at its own
-frame so that cameras show different moments; the clips are written once into ``--work``. Then
-``reidcam run`` runs in-process on all cameras (``reidcam.app.bench.time_pipeline``: scratch output,
-batched detection and ReID across cameras) and the script prints, per camera count, frames/s end to
-end and each stage's share of the wall time, and writes ``OUT/pipeline.md`` when $OUT is set.
+frame so that cameras show different moments; the clips are written once into ``--work``. After an
+untimed warm-up run of one camera (first use compiles the GPU kernels), ``reidcam run`` runs
+in-process on all cameras (``reidcam.app.bench.time_pipeline``: scratch output, batched detection
+and ReID across cameras) and the script prints, per camera count, frames/s end to end and each
+stage's share of the wall time, and writes ``OUT/pipeline.md`` when $OUT is set.
 
 The detector is ``--detector`` (any weights Ultralytics loads; default: the INT8 TFLite model of
 ../shared, which runs on the CPU whatever ``--device`` says); ReID is reidcam's default (the
@@ -66,6 +67,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=2.5, help="2.5 = 1920x1080")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--detector", default=str(DEFAULT_DETECTOR))
+    parser.add_argument("--warmup-frames", type=int, default=30,
+                        help="frames of one camera run first, untimed (first use compiles the GPU kernels)")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "reidcam_gpu_pipeline")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -79,6 +82,9 @@ def main() -> None:
         "|---" * (6 + len(STAGE_UNITS)) + "|",
     ]
     lines = list(header)
+    if args.warmup_frames > 0:
+        warmup = write_cameras(1, args.warmup_frames, args.scale, args.work / "warmup", args.detector)
+        time_pipeline(warmup, device=args.device)
     for count in (int(c) for c in args.cameras.split(",")):
         folder = args.work / f"{count}cams_{args.frames}f_{width}"
         cams_yaml = folder / "cams.yaml"

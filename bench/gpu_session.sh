@@ -4,6 +4,7 @@
 #
 #   bash bench/gpu_session.sh speed-and-train   # GPU 0: ReIDMamba-S vs ViT-B table; GPU 1: shipped-weights runs
 #   bash bench/gpu_session.sh ddp               # torchrun on 1 and 2 GPUs, same global batch (issue 7)
+#   bash bench/gpu_session.sh one-gpu-and-profile  # GPU 0: the 1-GPU run of ddp, to the end; GPU 1: profile, speed row
 #   bash bench/gpu_session.sh profile           # GPU 0: kernel profile; GPU 1: the speed table, autotuned
 #   bash bench/gpu_session.sh pipeline          # reidcam run on 1, 4, 16 cameras of 1080p (bench/gpu_pipeline.py)
 #
@@ -14,7 +15,7 @@
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
 # 2-4 minutes of first-use compilation (the cache is read from .gpu/triton_cache.tgz when present).
 set -u
-phase=${1:?usage: gpu_session.sh speed-and-train|ddp|profile}
+phase=${1:?usage: gpu_session.sh speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -94,12 +95,27 @@ ddp)
     cp -f "/tmp/$name/gpu_train_summary.json" "$OUT/$name.json" 2>/dev/null
     grep -E "epoch [0-9]+:|evaluated|Error|error" "/tmp/$name.log" | tail -8 >>"$OUT/ddp.log"
   }
-  CUDA_VISIBLE_DEVICES=0 RUN_TIMEOUT=260 ddp_run ddp1_b64 1
+  CUDA_VISIBLE_DEVICES=0 RUN_TIMEOUT=320 ddp_run ddp1_b64 1
   wait
   echo "== [$(elapsed) s] 2 GPUs, global batch 64 (32 per GPU)"
-  ddp_run ddp2_b64 2
+  RUN_TIMEOUT=140 ddp_run ddp2_b64 2
   echo "== [$(elapsed) s] 2 GPUs, global batch 128 (64 per GPU)"
-  ddp_run ddp2_b128 2 data.p=32
+  RUN_TIMEOUT=100 ddp_run ddp2_b128 2 data.p=32
+  ;;
+one-gpu-and-profile)
+  # A fresh machine compiles the Triton kernels for ~3 minutes in the first epoch: the 1-GPU run gets room for it.
+  echo "== [$(elapsed) s] GPU 0: 1 GPU at global batch 64 to the end; GPU 1: kernel profile, then the 256x128 s16 speed row"
+  common=(--epochs 4 --ids 256 --images-per-id 16 --num-workers 6)
+  export TMPDIR=/tmp/ddp REIDCAM_SCAN=triton
+  mkdir -p "$TMPDIR"
+  (CUDA_VISIBLE_DEVICES=1 timeout 250 python3 bench/profile_model.py --out "$OUT" >"$OUT/profile.log" 2>&1
+   CUDA_VISIBLE_DEVICES=1 timeout 280 python3 bench/speed_vs_vit.py --timing-only --backends triton --quick \
+     --no-plain-norm --skip-core >"$OUT/speed.log" 2>&1) &
+  CUDA_VISIBLE_DEVICES=0 timeout 450 torchrun --standalone --nproc_per_node 1 bench/gpu_train.py \
+    --out /tmp/ddp1_b64 "${common[@]}" >/tmp/ddp1_b64.log 2>&1
+  cp -f /tmp/ddp1_b64/gpu_train_summary.json "$OUT/ddp1_b64.json"
+  grep -E "epoch [0-9]+:|evaluated|Error|error" /tmp/ddp1_b64.log | tail -8 >"$OUT/ddp.log"
+  wait
   ;;
 profile)
   echo "== [$(elapsed) s] GPU 0: kernel profile; GPU 1: ReIDMamba-S vs ViT-B, autotuned scan configs"
@@ -114,7 +130,8 @@ pipeline)
   timeout 540 python3 bench/gpu_pipeline.py --device cuda --cameras 1,4,16 --frames 100 >"$OUT/pipeline.log" 2>&1
   ;;
 esac
-tar czf "$OUT/triton_cache.tgz" -C /tmp tcache
+tar czf /tmp/triton_cache.tgz -C /tmp tcache && ls -la /tmp/triton_cache.tgz
+[ "$(stat -c %s /tmp/triton_cache.tgz)" -lt 16000000 ] && cp /tmp/triton_cache.tgz "$OUT/"
 echo "== [$(elapsed) s] done"
 for f in "$OUT"/ddp*.json; do [ -f "$f" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1], {k: d.get(k) for k in ('world_size','images_per_s_steady','peak_memory_mib','final_metrics','wall_seconds')})" "$f"; done
 for f in "$OUT"/*.log; do echo "--- $f"; tail -5 "$f"; done

@@ -2,8 +2,9 @@
 
     PYTHONPATH=. REIDCAM_SCAN=triton python bench/profile_model.py --out "$OUT"
 
-ReIDMamba-S, 256x128 s16, bf16 autocast; inference at batch 256 and a training step (forward,
-cross-entropy on 751 classes, backward) at batch 64, each profiled after warm-up. Prints, per
+ReIDMamba-S, 256x128 s16, bf16 autocast; inference at batch 256, a bare training step (forward,
+cross-entropy on 751 classes, backward) and the trainer's step (camera embedding, the ReIDMamba loss,
+gradient clipping) at batch 64, each profiled after warm-up. Prints, per
 phase, the kernels sorted by GPU time (total, calls, mean) and the number of kernel launches,
 and writes the tables to OUT/profile.txt. The scan backend comes from REIDCAM_SCAN.
 """
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+from reidcam.reid.losses.reidmamba_loss import ReIDMambaLoss
 from reidcam.reid.model import build_model
 
 STARTED = time.perf_counter()
@@ -39,6 +41,18 @@ def train_step(model, images, labels, optimizer):
     optimizer.step()
 
 
+def trainer_step(model, images, labels, camids, optimizer, criterion):
+    """The step of reidcam's trainer (engine/train.py) at bf16: camera embedding, the ReIDMamba loss
+    (triplet, ID, RATR over the branches) and gradient clipping on top of the bare step."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16):
+        output = model(images, camids)
+    losses = criterion(output.features, output.logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+    optimizer.step()
+
+
 def stage(text: str) -> None:
     """A timestamped line at once, so that a run cut short shows where it was."""
     print(f"[{time.perf_counter() - STARTED:7.1f} s] {text}", file=sys.stderr, flush=True)
@@ -52,6 +66,11 @@ def profile_phase(name: str, run, repeats: int, rows: int, device: torch.device)
         run()
     sync()
     stage(f"{name}: profiling {repeats} runs")
+    started = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    sync()
+    wall_ms = (time.perf_counter() - started) / repeats * 1e3
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU] if on_gpu else [ProfilerActivity.CPU]) as prof:
         for _ in range(repeats):
             run()
@@ -66,8 +85,9 @@ def profile_phase(name: str, run, repeats: int, rows: int, device: torch.device)
     events.sort(key=spent, reverse=True)
     total_us = sum(spent(e) for e in events)
     launches = sum(e.count for e in events)
-    lines = [f"## {name}: {total_us / repeats / 1e3:.1f} ms of {'GPU' if on_gpu else 'CPU'} time per run, "
-             f"{launches / repeats:.0f} {'kernels' if on_gpu else 'ops'} per run", "",
+    lines = [f"## {name}: {wall_ms:.1f} ms wall per run unprofiled, {total_us / repeats / 1e3:.1f} ms of "
+             f"{'GPU' if on_gpu else 'CPU'} time per run, {launches / repeats:.0f} {'kernels' if on_gpu else 'ops'} per run",
+             "",
              "| kernel | ms per run | share | calls per run | us per call |", "|---|---|---|---|---|"]
     for event in events[:rows]:
         lines.append(f"| {event.key[:90]} | {spent(event) / repeats / 1e3:.2f} | {spent(event) / total_us:.1%} "
@@ -91,19 +111,30 @@ def main() -> None:
     where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke)"
     header = (f"# {args.model} on {where}, scan backend "
               f"{os.environ.get('REIDCAM_SCAN', 'auto')}, torch {torch.__version__}\n\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = header
+
+    def add_phase(name: str, run, repeats: int) -> None:
+        """Profile one phase and rewrite OUT/profile.txt, so a run cut short keeps the phases done."""
+        nonlocal report
+        report += profile_phase(name, run, repeats, args.rows, device) + "\n"
+        (args.out / "profile.txt").write_text(report)
+
     model.eval()
-    report = header + profile_phase(f"inference, batch {batch}", lambda: inference(model, images), 3, args.rows,
-                                    device)
+    add_phase(f"inference, batch {batch}", lambda: inference(model, images), 3)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     labels = torch.randint(0, 751, (train_batch,), device=device)
-    report += "\n" + profile_phase(f"training step, batch {train_batch}",
-                                   lambda: train_step(model, images[:train_batch], labels, optimizer), 2, args.rows,
-                                   device)
+    add_phase(f"training step, batch {train_batch}", lambda: train_step(model, images[:train_batch], labels, optimizer), 2)
+    # P x K labels as the trainer's sampler draws them (16 identities x 4 images)
+    pk_labels = torch.arange(train_batch, device=device) // 4
+    camids = torch.arange(train_batch, device=device) % 6
+    camera_model = build_model(args.model, num_classes=751, num_cameras=6, **options).to(device).train()
+    camera_optimizer = torch.optim.SGD(camera_model.parameters(), lr=1e-3, momentum=0.9)
+    criterion = ReIDMambaLoss()
+    add_phase(f"trainer's step (camera embedding, ReIDMamba loss, clipping), batch {train_batch}",
+              lambda: trainer_step(camera_model, images[:train_batch], pk_labels, camids, camera_optimizer, criterion), 2)
     print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "profile.txt").write_text(report)
-
 
 if __name__ == "__main__":
     main()
