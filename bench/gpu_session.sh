@@ -6,10 +6,10 @@
 #   bash bench/gpu_session.sh ddp               # torchrun on 1 and 2 GPUs, same global batch (issue 7)
 #   bash bench/gpu_session.sh one-gpu-and-profile  # GPU 0: the 1-GPU run of ddp, to the end; GPU 1: profile, speed row
 #   bash bench/gpu_session.sh profile           # GPU 0: kernel profile; GPU 1: the speed table, autotuned
-#   bash bench/gpu_session.sh pipeline          # reidcam run on 1, 4, 16 cameras of 1080p (bench/gpu_pipeline.py)
+#   bash bench/gpu_session.sh pipeline          # GPU 0: reidcam run on 1, 4, 16 cameras of 1080p; GPU 1: profile
 #
-# The pipeline phase carries other things (64 MiB in all): .whl, .whl_pipeline (LiteRT for the INT8
-# detector) and .gpu/shared (copies of ../shared/data/vtest.avi and ../shared/models/yolov8n-coco-int8).
+# The pipeline phase carries .whl and .gpu/shared: a copy of ../shared/data/vtest.avi and
+# models/yolov8n-from-tflite.pt (made here by bench/detector_from_tflite.py: the device has no LiteRT).
 #
 # Everything that comes back is written under $OUT (logs, speed.md, train_*.json, weights), and
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
@@ -19,7 +19,7 @@ phase=${1:?usage: gpu_session.sh speed-and-train|ddp|one-gpu-and-profile|profile
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if [ "$phase" = pipeline ]; then wheels=(.whl/*.whl .whl_pipeline/*.whl); else
+if [ "$phase" = pipeline ]; then wheels=(.whl/*.whl); else
   wheels=(.whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl); fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
   "${wheels[@]}" 2>&1 | tail -2
@@ -125,9 +125,14 @@ profile)
   wait
   ;;
 pipeline)
+  # GPU 0: the main job with the detector on the GPU (the float YOLOv8n made from the INT8 TFLite model by
+  # bench/detector_from_tflite.py); GPU 1 meanwhile: the kernel profile.
   python3 -c "import scipy, requests, pandas" || echo "MISSING: carry wheels of the modules named above"
   export REIDCAM_SHARED=.gpu/shared YOLO_OFFLINE=1 REIDCAM_SCAN=triton
-  timeout 540 python3 bench/gpu_pipeline.py --device cuda --cameras 1,4,16 --frames 100 >"$OUT/pipeline.log" 2>&1
+  [ -n "${SKIP_PROFILE:-}" ] || CUDA_VISIBLE_DEVICES=1 timeout 400 python3 bench/profile_model.py --out "$OUT" >"$OUT/profile.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=0 timeout 500 python3 bench/gpu_pipeline.py --device cuda --cameras 1,4,16 --frames 100 \
+    --detector "$PWD/.gpu/shared/models/yolov8n-from-tflite.pt" >"$OUT/pipeline.log" 2>&1
+  wait
   ;;
 esac
 tar czf /tmp/triton_cache.tgz -C /tmp tcache && ls -la /tmp/triton_cache.tgz

@@ -53,6 +53,22 @@ def trainer_step(model, images, labels, camids, optimizer, criterion):
     optimizer.step()
 
 
+def autotuning_report() -> str:
+    """What the scan autotuner measured for each tile config (ms), and what it chose, this process."""
+    if not torch.cuda.is_available():
+        return ""
+    from reidcam.reid.model.kernels import triton_scan
+
+    lines = ["## scan autotuning (ms per call of each tile config: BLOCK_T, BLOCK_D, warps)", ""]
+    for name, tuner in (("forward", triton_scan._scan_fwd_tuned), ("backward", triton_scan._scan_bwd_tuned)):
+        timings = getattr(tuner, "configs_timings", None) or {}
+        for config, ms in timings.items():
+            blocks = (config.kwargs.get("BLOCK_T"), config.kwargs.get("BLOCK_D"), config.num_warps)
+            chosen = " (chosen)" if config in tuner.cache.values() else ""
+            lines.append(f"- {name} {blocks}: {ms}{chosen}")
+    return "\n".join(lines) + "\n"
+
+
 def stage(text: str) -> None:
     """A timestamped line at once, so that a run cut short shows where it was."""
     print(f"[{time.perf_counter() - STARTED:7.1f} s] {text}", file=sys.stderr, flush=True)
@@ -134,7 +150,10 @@ def main() -> None:
     criterion = ReIDMambaLoss()
     add_phase(f"trainer's step (camera embedding, ReIDMamba loss, clipping), batch {train_batch}",
               lambda: trainer_step(camera_model, images[:train_batch], pk_labels, camids, camera_optimizer, criterion), 2)
+    report += autotuning_report()
+    (args.out / "profile.txt").write_text(report)
     print(report)
+
 
 if __name__ == "__main__":
     main()

@@ -695,11 +695,11 @@ def run_table(args: argparse.Namespace, settings: Settings, device_name: str, pr
 
 def keep_one_scan_config() -> None:
     """Leave each autotuned scan kernel one tile config: Triton then compiles it once and runs no
-    tuning benchmarks. Forward 16x128 in 4 warps, one channel per thread (the 2-channel tile timed
-    first spilled ~1 KB of registers per thread; bench/NOTES-speed.md, attempt 12)."""
+    tuning benchmarks: the autotuner's H100 picks, forward 16x32 and backward 4x32 in one warp
+    (bench/NOTES-speed.md, attempt 14)."""
     from reidcam.reid.model.kernels import triton_scan
 
-    chosen = {"fwd": (16, 128, 4), "bwd": (4, 64, 1)}
+    chosen = {"fwd": (16, 32, 1), "bwd": (4, 32, 1)}
     for name, tuned in (("fwd", triton_scan._scan_fwd_tuned), ("bwd", triton_scan._scan_bwd_tuned)):
         block_t, block_d, warps = chosen[name]
         tuned.configs = [

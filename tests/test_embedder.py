@@ -50,6 +50,14 @@ def test_identical_crops_give_identical_embeddings_wherever_they_sit_in_the_batc
     np.testing.assert_allclose(batched[1], alone[0], rtol=0, atol=1e-5)
 
 
+def test_padding_batches_to_fixed_shapes_changes_no_embedding(embedder, crops):
+    padded = Embedder(embedder.model, embedder.device, batch_size=2, pad_to=4)
+    assert padded.batch_shapes() == [4]
+    cameras = [0, -1, 3]
+    np.testing.assert_allclose(padded.embed(crops, cameras), embedder.embed(crops, cameras), rtol=0, atol=1e-5)
+    assert Embedder(embedder.model, embedder.device, batch_size=40, pad_to=16).batch_shapes() == [16, 32, 48]
+
+
 def test_random_weights_are_seeded(embedder, crops):
     again = Embedder.create(None, model_name="reidmamba_tiny", img_size=SMALL_INPUT)
     np.testing.assert_array_equal(again.embed(crops[:1]), embedder.embed(crops[:1]))

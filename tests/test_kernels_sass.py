@@ -21,7 +21,7 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
-from reidcam.reid.model.kernels.triton_scan import ScanBlocks  # noqa: E402
+from reidcam.reid.model.kernels.triton_scan import _BWD_CONFIGS, _FWD_CONFIGS  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 pytestmark = [
@@ -73,7 +73,7 @@ def loop_opcodes(sass: list[str]) -> list[collections.Counter]:
 
 
 def test_forward_scan_loops_need_no_shuffles_and_barely_spill():
-    cfg = ScanBlocks(16, 128, 4)
+    cfg = _FWD_CONFIGS[0]  # the H100 autotuning pick
     spill, sass = compile_sm90(
         "triton_scan", "_bimamba_scan_fwd_kernel",
         {"N": 16, "R_PAD": 32, "IS_FP32": False, "BLOCK_T": cfg.block_t, "BLOCK_D": cfg.block_d},
@@ -89,7 +89,7 @@ def test_forward_scan_loops_need_no_shuffles_and_barely_spill():
 
 
 def test_backward_scan_adjoint_loop_stays_lean():
-    cfg = ScanBlocks(4, 64, 1)
+    cfg = _BWD_CONFIGS[1]  # 4 x 64 in one warp: two channels per thread, the shuffle budget below
     spill, sass = compile_sm90(
         "triton_scan", "_bimamba_scan_bwd_kernel", {"N": 16, "BLOCK_T": cfg.block_t, "BLOCK_D": cfg.block_d}, cfg.num_warps,
         fp32_args=("dbl", "pre", "a2", "dskip", "dbc", "da_", "dd_", "dbias", "state", "dh_"),

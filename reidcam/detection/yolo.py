@@ -78,6 +78,7 @@ class YoloDetector:
                 iou=self.config.iou,
                 classes=[self.person_class],
                 device=self.device,
+                half=self.device != "cpu",
                 verbose=False,
             )
             detections.extend(_to_detections(result) for result in results)

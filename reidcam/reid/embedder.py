@@ -3,6 +3,12 @@
 Crops are BGR uint8 arrays (as OpenCV decodes frames) of any size. Each is resized to the
 model input with antialiased bicubic interpolation (what torchvision does for training),
 converted to RGB and normalised with the ImageNet mean and std.
+
+On a GPU, batches are padded to a multiple of ``pad_to`` crops (16 by default) and the model runs
+once per padded size when the embedder is made: the Triton kernels are compiled for, and picked
+by, the integer arguments they see, so a stream of ever-changing batch sizes would otherwise keep
+compiling in the middle of a run. In eval mode every crop's embedding is independent of the others
+in its batch, so the padding changes no result.
 """
 
 from __future__ import annotations
@@ -26,18 +32,24 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_INIT_SEED = 0
+GPU_BATCH_MULTIPLE = 16
 
 
 class Embedder:
     """Batched ReIDMamba inference on one device; build it with :meth:`create`."""
 
-    def __init__(self, model: ReIDMamba, device: torch.device, batch_size: int = 64, flip: bool = False) -> None:
+    def __init__(
+        self, model: ReIDMamba, device: torch.device, batch_size: int = 64, flip: bool = False, pad_to: int | None = None
+    ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.to(device).eval()
         self.device = device
         self.batch_size = batch_size
         self.flip = flip
+        self.pad_to = pad_to if pad_to is not None else (GPU_BATCH_MULTIPLE if device.type == "cuda" else 1)
+        if self.pad_to < 1:
+            raise ConfigError(f"pad_to must be >= 1, got {self.pad_to}")
         self._warned_unseen = False
         self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
@@ -62,7 +74,25 @@ class Embedder:
                 log.warning(
                     "%s was trained at %s; using that instead of %s", weights, model.config.img_size, tuple(img_size)
                 )
-        return cls(model, torch_device, batch_size=batch_size, flip=flip)
+        embedder = cls(model, torch_device, batch_size=batch_size, flip=flip)
+        if torch_device.type == "cuda":
+            embedder.warm_up()
+        return embedder
+
+    def batch_shapes(self) -> list[int]:
+        """The batch sizes the model ever sees: multiples of ``pad_to`` up to the padded ``batch_size``."""
+        largest = _round_up(self.batch_size, self.pad_to)
+        return list(range(self.pad_to, largest + 1, self.pad_to))
+
+    def warm_up(self) -> None:
+        """One forward at every batch shape, so that first-use kernel compilation happens now."""
+        log.info("preparing the ReID model's GPU kernels (the first run on a machine compiles them: minutes)")
+        height, width = self.img_size
+        with torch.inference_mode(), self._autocast():
+            for size in self.batch_shapes():
+                self.model.embed(torch.zeros(size, 3, height, width, device=self.device), None, flip=self.flip)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     @property
     def embed_dim(self) -> int:
@@ -87,12 +117,19 @@ class Embedder:
             out[start:stop] = self._embed_batch(crops[start:stop], cams)
         return out
 
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
     def _embed_batch(self, crops: Sequence[np.ndarray], camids: Tensor | None) -> np.ndarray:
         images = self._preprocess(crops)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        with torch.inference_mode(), autocast:
+        count = images.shape[0]
+        padding = _round_up(count, self.pad_to) - count
+        if padding:
+            images = F.pad(images, (0, 0, 0, 0, 0, 0, 0, padding))
+            camids = None if camids is None else F.pad(camids, (0, padding), value=-1)
+        with torch.inference_mode(), self._autocast():
             embedding = self.model.embed(images, camids, flip=self.flip)
-        return embedding.float().cpu().numpy()
+        return embedding[:count].float().cpu().numpy()
 
     def _preprocess(self, crops: Sequence[np.ndarray]) -> Tensor:
         """Resizes each crop (bicubic, antialiased, rounded to uint8 levels), BGR->RGB, normalises."""
@@ -110,6 +147,10 @@ class Embedder:
             log.warning("camera indices >= %d are not training cameras of the model: no camera embedding", known)
             self._warned_unseen = True
         return cams.masked_fill(unseen, -1).to(self.device)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 def _resize_crop(crop: np.ndarray, height: int, width: int) -> Tensor:

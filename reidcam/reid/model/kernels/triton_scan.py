@@ -57,23 +57,22 @@ class ScanBlocks:
 
 # Used by the CPU interpreter (TRITON_INTERPRET=1), where tile size only changes test speed.
 INTERPRETER_BLOCKS = ScanBlocks(block_t=8, block_d=8, num_warps=1)
-# Forward: one channel per thread; with two, ptxas spills ~1 KB per thread (sm_90, 255 registers),
-# which the first H100 timing paid for (bench/NOTES-speed.md, attempt 12). Backward: its sums over
-# channels (dB, dC) favour two channels per thread in one warp; no config there spills more than 12 B.
-# tests/test_kernels_sass.py compiles every config for sm_90 and bounds its spills.
+# One channel per thread in the forward: with two, ptxas spills ~1 KB per thread (sm_90, 255
+# registers; bench/NOTES-speed.md, attempt 12). Each list keeps the two configs that won the H100
+# autotuning of ReIDMamba-S (attempt 14): time grew with the channels per program (forward at batch
+# 256: 3.4 / 4.1 / 6.3 / 10.7 ms for 32 / 64 / 128 / 256 channels), and every config more costs each
+# new machine a compilation at first use. tests/test_kernels_sass.py compiles every config for
+# sm_90 and bounds its spills.
 # forward: BLOCK_T is the M of the dt_proj tensor-core dot, so at least 16
 _FWD_CONFIGS = [
     ScanBlocks(16, 32, 1),
     ScanBlocks(16, 64, 2),
-    ScanBlocks(16, 128, 4),
-    ScanBlocks(16, 256, 8),
 ]
-# backward: delta comes precomputed, so chunks can be short; 4-8 tokens keep it near the register limit
+# backward: delta comes precomputed, so chunks can be short (2.4 / 3.2 / 5.3 / 9.1 ms at batch 64
+# for 32 / 64 (1 warp) / 64 (2 warps) / 128 channels)
 _BWD_CONFIGS = [
     ScanBlocks(4, 32, 1),
     ScanBlocks(4, 64, 1),
-    ScanBlocks(4, 64, 2),
-    ScanBlocks(4, 128, 2),
 ]
 
 

@@ -1,0 +1,81 @@
+"""Per-call time of the ReID embedder on the GPU against the batch size, padded to fixed shapes or not.
+
+    PYTHONPATH=. REIDCAM_SCAN=triton python bench/gpu_embedder.py          # a GPU machine
+    PYTHONPATH=. python bench/gpu_embedder.py --device cpu --sizes 1,3    # a quick CPU check
+
+The main job embeds a different number of crops at every step. This times ``Embedder.embed`` on
+the shipped ReIDMamba-T for a sequence of batch sizes, twice each (the first call at a new size
+pays any kernel compilation, the second is the steady cost), with batches padded to multiples of 16
+(the default on a GPU) and unpadded, plus the CPU preprocessing alone. Rows go to stdout and to
+``OUT/embedder.md`` as they come.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reidcam.reid.embedder import Embedder
+from reidcam.weights import DEFAULT_REID_MODEL, DEFAULT_REID_WEIGHTS
+
+
+def person_like_crops(count: int, seed: int = 0) -> list[np.ndarray]:
+    """Random BGR crops of the sizes a 1080p camera gives (about 250-400 x 100-160 pixels)."""
+    rng = np.random.default_rng(seed)
+    return [
+        rng.integers(0, 256, (int(rng.integers(250, 400)), int(rng.integers(100, 160)), 3), dtype=np.uint8)
+        for _ in range(count)
+    ]
+
+
+def timed(run, device: torch.device) -> float:
+    """Milliseconds of one call, the device drained before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--sizes", default="1,3,7,12,16,23,31,40,64,5,9,17")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    crops = person_like_crops(max(sizes))
+    lines: list[str] = []
+
+    def emit(line: str) -> None:
+        lines.append(line)
+        print(line, flush=True)
+        if os.environ.get("OUT"):
+            Path(os.environ["OUT"], "embedder.md").write_text("\n".join(lines) + "\n")
+
+    started = time.perf_counter()
+    padded = Embedder.create(DEFAULT_REID_WEIGHTS, DEFAULT_REID_MODEL, device=args.device, batch_size=64)
+    emit(f"Embedder.create on {args.device} (loads, warms up every padded shape): "
+         f"{time.perf_counter() - started:.1f} s; torch {torch.__version__}")
+    emit("")
+    emit("| pad to | crops | first call ms | second call ms | per crop ms | preprocessing ms |")
+    emit("|---|---|---|---|---|---|")
+    device = padded.device
+    for pad_to in (padded.pad_to, 1):
+        embedder = Embedder(padded.model, device, batch_size=64, pad_to=pad_to)
+        for size in sizes:
+            batch = crops[:size]
+            first = timed(lambda: embedder.embed(batch), device)
+            second = timed(lambda: embedder.embed(batch), device)
+            preprocessing = timed(lambda: embedder._preprocess(batch), device)
+            emit(f"| {pad_to} | {size} | {first:.1f} | {second:.1f} | {second / size:.2f} | {preprocessing:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
