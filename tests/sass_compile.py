@@ -1,4 +1,5 @@
-"""Compiles one reidcam Triton kernel for sm_90 and prints {"spill": bytes, "sass": [lines]} as JSON.
+"""Compiles one reidcam Triton kernel for sm_90 and prints {"spill": bytes, "registers": per thread, "sass": [lines]}
+as JSON.
 
 Run by tests/test_kernels_sass.py in a child process without TRITON_INTERPRET:
     python tests/sass_compile.py '{"module": "triton_scan", "kernel": "...", "constexprs": {...},
@@ -47,7 +48,8 @@ def compile_sm90(fn, constexprs: dict, num_warps: int, fp32_args: tuple[str, ...
                                 capture_output=True, text=True, check=True).stderr
         sass = subprocess.run([BIN / "nvdisasm", "-c", cubin], capture_output=True, text=True, check=True).stdout
     spill = sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", report))
-    return {"spill": spill, "sass": sass.splitlines()}
+    registers = max((int(v) for v in re.findall(r"Used (\d+) registers", report)), default=0)
+    return {"spill": spill, "registers": registers, "sass": sass.splitlines()}
 
 
 def main() -> None:

@@ -15,11 +15,14 @@ A 3D (tokens, channels, states) tile, the obvious alternative, puts the states a
 over states then cost about 4 shuffles per (token, channel, state), and that kernel was shuffle-bound
 (ptxas/SASS counts for sm_90: ~31 instructions per (token, channel, state); this layout: ~11).
 
-Forward (`scan_forward`): per chunk, tiles of xc and of the x_proj output (dt, B, C, fp32); delta =
-softplus(dt @ dt_proj^T + dt_bias) with one small tensor-core dot per chunk (never written to memory);
-then the 16 states. The backward direction walks the same memory from the end (tile row r is token
-L-1-r-c*BLOCK_T), so nothing is flipped. The forward direction stores y_fwd into the output; the
-backward direction adds y_bwd, applies the gate silu(z) and the 1/2, and overwrites it.
+Forward (`scan_forward`): delta's pre-activation dt @ dt_proj^T + dt_bias is one fp32 GEMM before the
+kernel (the backward's too); per chunk the kernel reads tiles of xc and of it, delta = softplus(pre),
+and the x_proj output's B and C (fp32); then the 16 states. Computing the pre-activation inside, as
+a tensor-core dot per chunk, forced 16-token chunks and held dt_proj in registers: 255 registers per
+thread, 8 warps per SM, and a latency-bound scan (bench/NOTES-speed.md, attempts 14-15). The backward
+direction walks the same memory from the end (tile row r is token L-1-r-c*BLOCK_T), so nothing is
+flipped. The forward direction stores y_fwd into the output; the backward direction adds y_bwd,
+applies the gate silu(z) and the 1/2, and overwrites it.
 
 Backward (`scan_backward`), one program per (channel block, sequence, direction): pass 1 stores the
 state at every chunk boundary in a per-program scratch; pass 2 walks the chunks in reverse, recomputes
@@ -58,15 +61,15 @@ class ScanBlocks:
 # Used by the CPU interpreter (TRITON_INTERPRET=1), where tile size only changes test speed.
 INTERPRETER_BLOCKS = ScanBlocks(block_t=8, block_d=8, num_warps=1)
 # One channel per thread in the forward: with two, ptxas spills ~1 KB per thread (sm_90, 255
-# registers; bench/NOTES-speed.md, attempt 12). Each list keeps the two configs that won the H100
-# autotuning of ReIDMamba-S (attempt 14): time grew with the channels per program (forward at batch
-# 256: 3.4 / 4.1 / 6.3 / 10.7 ms for 32 / 64 / 128 / 256 channels), and every config more costs each
-# new machine a compilation at first use. tests/test_kernels_sass.py compiles every config for
-# sm_90 and bounds its spills.
-# forward: BLOCK_T is the M of the dt_proj tensor-core dot, so at least 16
+# registers; bench/NOTES-speed.md, attempt 12). The H100 autotuning of ReIDMamba-S (attempt 14) found
+# the forward scan bound by latency, not arithmetic: 255 registers per thread left 8 warps per SM.
+# With delta's pre-activation computed outside the kernel (attempt 15: no tensor-core dot, so no
+# 16-token minimum and no dt_proj weights in registers), ptxas gives 80 registers at 4 tokens per
+# chunk (24 warps per SM) and 151 at 8, with the same instructions per (token, channel, state).
+# tests/test_kernels_sass.py compiles every config for sm_90 and bounds its spills.
 _FWD_CONFIGS = [
-    ScanBlocks(16, 32, 1),
-    ScanBlocks(16, 64, 2),
+    ScanBlocks(4, 32, 1),
+    ScanBlocks(8, 32, 1),
 ]
 # backward: delta comes precomputed, so chunks can be short (2.4 / 3.2 / 5.3 / 9.1 ms at batch 64
 # for 32 / 64 (1 warp) / 64 (2 warps) / 128 channels)
@@ -97,11 +100,6 @@ def _adjoint_combine(f_later, p_later, s_later, f_earlier, p_earlier, s_earlier)
     """
     bridge = p_earlier * f_later
     return f_earlier, bridge * p_later, s_earlier + bridge * s_later
-
-
-@triton.jit
-def _second(first, second):
-    return second
 
 
 @triton.jit
@@ -159,19 +157,14 @@ def _chunk_states(decay, inp, h_in, BLOCK_T: tl.constexpr):
 
 @triton.jit
 def _fwd_direction(
-    xc_ptr, z_ptr, dbl_ptr, out_ptr, wdt_ptr, bdt_ptr, a2_ptr, dskip_ptr,
+    xc_ptr, z_ptr, dbl_ptr, pre_ptr, out_ptr, a2_ptr, dskip_ptr,
     b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl,
-    DIR: tl.constexpr, N: tl.constexpr, R_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-    IS_FP32: tl.constexpr,
+    DIR: tl.constexpr, N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     E = R + 2 * N
     offs_n = tl.arange(0, N)
-    offs_r = tl.arange(0, R_PAD)
     # a2 is (2, N, D): row n holds A[:, n] * log2(e); loaded once, a state's row is a register read
     a2_t = tl.load(a2_ptr + DIR * N * D + offs_n[:, None] * D + offs_d[None, :], mask=mask_d[None, :], other=0.0)
-    wdt_t = tl.load(wdt_ptr + offs_d[None, :] * R + offs_r[:, None],
-                    mask=(offs_r[:, None] < R) & mask_d[None, :], other=0.0).to(tl.float32)
-    dt_bias = tl.load(bdt_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     dskip = tl.load(dskip_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     seq_row = (DIR * Bsz + b).to(tl.int64) * L
     dbl_seq = dbl_ptr + seq_row * E
@@ -182,16 +175,10 @@ def _fwd_direction(
         # rows past the sequence have delta = 0: their B and C never matter, so read a real row
         # instead of masking (masked loads cost a zeroing move and a predicate per value)
         dbl_rows = dbl_seq + tl.minimum(tl.maximum(t, 0), L - 1) * E
-        u = tl.load(xc_ptr + (seq_row + t[:, None]) * D + offs_d[None, :], mask=mask_td, other=0.0).to(tl.float32)
-        dt_low = tl.load(dbl_rows[:, None] + offs_r[None, :], mask=offs_r[None, :] < R, other=0.0)
-        # bf16-rounded operands are exact in tf32; fp32 ones take the exact path
-        if IS_FP32:
-            pre = tl.dot(dt_low.to(tl.float32), wdt_t, input_precision="ieee")
-        else:
-            pre = tl.dot(dt_low.to(tl.float32), wdt_t, input_precision="tf32")
-        delta = tl.where(mask_td, _softplus(pre + dt_bias[None, :]), 0.0)
-        # an identity scan moves delta out of the dot's layout once per chunk, not once per state
-        delta = tl.associative_scan(delta, 0, _second)
+        tile = (seq_row + t[:, None]) * D + offs_d[None, :]
+        u = tl.load(xc_ptr + tile, mask=mask_td, other=0.0).to(tl.float32)
+        pre = tl.load(pre_ptr + tile, mask=mask_td, other=0.0)
+        delta = tl.where(mask_td, _softplus(pre), 0.0)
         du = delta * u
         y = dskip[None, :] * u
         for n in tl.static_range(N):
@@ -214,23 +201,19 @@ def _fwd_direction(
 
 @triton.jit
 def _bimamba_scan_fwd_kernel(
-    xc_ptr, z_ptr, dbl_ptr, out_ptr, a2_ptr,
-    wdt_f_ptr, bdt_f_ptr, dskip_f_ptr, wdt_b_ptr, bdt_b_ptr, dskip_b_ptr,
+    xc_ptr, z_ptr, dbl_ptr, pre_ptr, out_ptr, a2_ptr, dskip_f_ptr, dskip_b_ptr,
     Bsz, L, D, R, stride_zb, stride_zl,
-    N: tl.constexpr, R_PAD: tl.constexpr, IS_FP32: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     b = tl.program_id(1)
-    _fwd_direction(xc_ptr, z_ptr, dbl_ptr, out_ptr, wdt_f_ptr, bdt_f_ptr, a2_ptr, dskip_f_ptr,
-                   b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl,
-                   0, N, R_PAD, BLOCK_T, BLOCK_D, IS_FP32)
+    _fwd_direction(xc_ptr, z_ptr, dbl_ptr, pre_ptr, out_ptr, a2_ptr, dskip_f_ptr,
+                   b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl, 0, N, BLOCK_T, BLOCK_D)
     # the backward direction reads back y_fwd written above by other threads of this program
     tl.debug_barrier()
-    _fwd_direction(xc_ptr, z_ptr, dbl_ptr, out_ptr, wdt_b_ptr, bdt_b_ptr, a2_ptr, dskip_b_ptr,
-                   b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl,
-                   1, N, R_PAD, BLOCK_T, BLOCK_D, IS_FP32)
+    _fwd_direction(xc_ptr, z_ptr, dbl_ptr, pre_ptr, out_ptr, a2_ptr, dskip_b_ptr,
+                   b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl, 1, N, BLOCK_T, BLOCK_D)
 
 
 @triton.jit
@@ -379,10 +362,6 @@ def _launch(kernel, tuned, grid_fn, *args, **meta):
         tuned[grid_fn](*args, **meta)
 
 
-def _pad_rank(rank: int) -> int:
-    return max(16, 1 << math.ceil(math.log2(rank)))
-
-
 @dataclass(frozen=True)
 class ScanParams:
     """One direction's scan parameters, contiguous; read in fp32 by the kernels whatever their dtype."""
@@ -411,13 +390,13 @@ def scan_forward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, fwd: Scan
     d_state = fwd.a_log.shape[-1]
     out = torch.empty((bsz, length, dim), device=xc.device, dtype=xc.dtype)
     _, a2 = _a_tables(fwd, bwd)
+    pre = _dt_preactivation(dbl, fwd, bwd)
     _launch(
         _bimamba_scan_fwd_kernel, _scan_fwd_tuned,
         lambda meta: (triton.cdiv(dim, meta["BLOCK_D"]), bsz),
-        xc, z, dbl, out, a2,
-        fwd.dt_proj_weight, fwd.dt_bias, fwd.d_skip, bwd.dt_proj_weight, bwd.dt_bias, bwd.d_skip,
+        xc, z, dbl, pre, out, a2, fwd.d_skip, bwd.d_skip,
         bsz, length, dim, rank, z.stride(0), z.stride(1),
-        N=d_state, R_PAD=_pad_rank(rank), IS_FP32=xc.dtype == torch.float32,
+        N=d_state,
     )
     return out
 
@@ -434,7 +413,7 @@ class ScanGrads:
 
 
 def _dt_preactivation(dbl: torch.Tensor, fwd: ScanParams, bwd: ScanParams) -> torch.Tensor:
-    """dt @ dt_proj^T + dt_bias in fp32, (2, B*L, D): what the forward kernel computed in registers."""
+    """dt @ dt_proj^T + dt_bias in fp32, (2, B*L, D): the pre-activation of delta that both scan kernels read."""
     rank = fwd.dt_proj_weight.shape[-1]
     weight = torch.stack([fwd.dt_proj_weight, bwd.dt_proj_weight]).to(torch.float32)
     bias = torch.stack([fwd.dt_bias, bwd.dt_bias]).to(torch.float32)[:, None, :]
