@@ -694,18 +694,13 @@ def run_table(args: argparse.Namespace, settings: Settings, device_name: str, pr
 
 
 def keep_one_scan_config() -> None:
-    """Leave each autotuned scan kernel one tile config: Triton then compiles it once and runs no
-    tuning benchmarks: the autotuner's H100 picks, forward 16x32 and backward 4x32 in one warp
-    (bench/NOTES-speed.md, attempt 14)."""
+    """Leave each autotuned scan kernel its first tile config, so that Triton compiles it once and
+    runs no tuning benchmarks (forward 4x32, backward 4x32, one warp; bench/NOTES-speed.md, attempts 14-16)."""
     from reidcam.reid.model.kernels import triton_scan
 
-    chosen = {"fwd": (16, 32, 1), "bwd": (4, 32, 1)}
-    for name, tuned in (("fwd", triton_scan._scan_fwd_tuned), ("bwd", triton_scan._scan_bwd_tuned)):
-        block_t, block_d, warps = chosen[name]
-        tuned.configs = [
-            c for c in tuned.configs
-            if c.kwargs.get("BLOCK_T") == block_t and c.kwargs.get("BLOCK_D") == block_d and c.num_warps == warps
-        ] or tuned.configs[:1]
+    for tuned in (triton_scan._scan_fwd_tuned, triton_scan._scan_bwd_tuned):
+        tuned.configs = tuned.configs[:1]
+
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)

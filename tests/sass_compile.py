@@ -3,7 +3,7 @@ as JSON.
 
 Run by tests/test_kernels_sass.py in a child process without TRITON_INTERPRET:
     python tests/sass_compile.py '{"module": "triton_scan", "kernel": "...", "constexprs": {...},
-                                   "num_warps": 4, "fp32_args": ["dbl", ...]}'
+                                   "num_warps": 4, "fp32_args": ["dbl", ...], "maxnreg": null}'
 Pointer arguments are bf16 unless their name starts with one of fp32_args; eps is fp32, other scalars i32.
 """
 
@@ -37,9 +37,10 @@ def signature_of(fn, constexprs: dict, fp32_args: tuple[str, ...]) -> dict[str, 
     return signature
 
 
-def compile_sm90(fn, constexprs: dict, num_warps: int, fp32_args: tuple[str, ...]) -> dict:
+def compile_sm90(fn, constexprs: dict, num_warps: int, fp32_args: tuple[str, ...], maxnreg: int | None) -> dict:
     source = ASTSource(fn, signature_of(fn, constexprs, fp32_args), constexprs)
-    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    options = {"num_warps": num_warps} if maxnreg is None else {"num_warps": num_warps, "maxnreg": maxnreg}
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     with tempfile.TemporaryDirectory() as tmp:
         ptx, cubin = Path(tmp, "k.ptx"), Path(tmp, "k.cubin")
         ptx.write_text(kernel.asm["ptx"])
@@ -58,7 +59,8 @@ def main() -> None:
     request = json.loads(sys.argv[1])
     module = importlib.import_module(f"reidcam.reid.model.kernels.{request['module']}")
     fn = getattr(module, request["kernel"])
-    print(json.dumps(compile_sm90(fn, request["constexprs"], request["num_warps"], tuple(request["fp32_args"]))))
+    print(json.dumps(compile_sm90(fn, request["constexprs"], request["num_warps"], tuple(request["fp32_args"]),
+                                  request.get("maxnreg"))))
 
 
 if __name__ == "__main__":

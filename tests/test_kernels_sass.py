@@ -31,25 +31,27 @@ pytestmark = [
 ]
 
 
-def compile_sm90(module: str, kernel: str, constexprs: dict, num_warps: int, fp32_args: tuple[str, ...] = ()):
+def compile_sm90(module: str, kernel: str, constexprs: dict, num_warps: int, fp32_args: tuple[str, ...] = (),
+                 maxnreg: int | None = None):
     """(ptxas spill bytes, SASS lines) of ``module.kernel`` compiled for sm_90.
 
     Compiled in a child process: Triton's own jit helpers (``tl.cdiv`` ...) become interpreter
     functions when ``triton.language`` is imported under TRITON_INTERPRET=1, as the test session does,
     and the code generator cannot call those.
     """
-    result = _compiled(module, kernel, constexprs, num_warps, fp32_args)
+    result = _compiled(module, kernel, constexprs, num_warps, fp32_args, maxnreg)
     return result["spill"], result["sass"]
 
 
 def registers_sm90(module: str, kernel: str, constexprs: dict, num_warps: int, fp32_args: tuple[str, ...] = ()) -> int:
     """Registers per thread ptxas gives ``module.kernel`` for sm_90 (the same compile as compile_sm90)."""
-    return _compiled(module, kernel, constexprs, num_warps, fp32_args)["registers"]
+    return _compiled(module, kernel, constexprs, num_warps, fp32_args, None)["registers"]
 
 
-def _compiled(module: str, kernel: str, constexprs: dict, num_warps: int, fp32_args: tuple[str, ...]) -> dict:
+def _compiled(module: str, kernel: str, constexprs: dict, num_warps: int, fp32_args: tuple[str, ...],
+              maxnreg: int | None) -> dict:
     request = json.dumps({"module": module, "kernel": kernel, "constexprs": constexprs,
-                          "num_warps": num_warps, "fp32_args": list(fp32_args)}, sort_keys=True)
+                          "num_warps": num_warps, "fp32_args": list(fp32_args), "maxnreg": maxnreg}, sort_keys=True)
     return _compile_in_child(request)
 
 
@@ -98,16 +100,17 @@ def test_forward_scan_loops_need_no_shuffles_and_barely_spill():
 
 
 def test_backward_scan_adjoint_loop_stays_lean():
-    cfg = _BWD_CONFIGS[1]  # 4 x 64 in one warp: two channels per thread, the shuffle budget below
+    cfg = _BWD_CONFIGS[0]  # 4 x 32 in one warp: one channel per thread
     spill, sass = compile_sm90(
         "triton_scan", "_bimamba_scan_bwd_kernel", {"N": 16, "BLOCK_T": cfg.block_t, "BLOCK_D": cfg.block_d}, cfg.num_warps,
         fp32_args=("dbl", "pre", "a2", "dskip", "dbc", "da_", "dd_", "dbias", "state", "dh_"),
     )
     per_thread_cells = cfg.block_t * cfg.block_d // (32 * cfg.num_warps) * 16
     adjoint = max((c for c in loop_opcodes(sass) if c["MUFU"] >= 16), key=lambda c: sum(c.values()))
-    # the only shuffles left are the sums over channels for dB and dC (2 x 5 rounds / 2 channels)
-    assert adjoint["SHFL"] / per_thread_cells <= 5.5, adjoint
-    assert sum(adjoint.values()) / per_thread_cells < 45, adjoint
+    # the only shuffles left are the sums over the warp's channels for dB and dC (2 x 5 rounds)
+    channels_per_thread = cfg.block_d // (32 * cfg.num_warps)
+    assert adjoint["SHFL"] / per_thread_cells <= 10 / channels_per_thread + 0.5, adjoint
+    assert sum(adjoint.values()) / per_thread_cells < 56, adjoint
     assert spill <= 256
 
 
@@ -148,7 +151,7 @@ def test_every_autotuned_scan_config_barely_spills(direction):
     for cfg in configs:
         assert direction == "bwd" or cfg.block_d == 32 * cfg.num_warps, f"{cfg}: one channel per thread"
         spill, _ = compile_sm90("triton_scan", kernel, {**fixed, "BLOCK_T": cfg.block_t, "BLOCK_D": cfg.block_d},
-                                cfg.num_warps, fp32_args)
+                                cfg.num_warps, fp32_args, cfg.max_registers)
         assert spill <= 256, (cfg, spill)
 
 

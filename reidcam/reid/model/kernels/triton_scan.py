@@ -51,11 +51,13 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 @dataclass(frozen=True)
 class ScanBlocks:
-    """Tile sizes of one scan kernel launch; channels per thread = block_d / (32 * num_warps)."""
+    """Tile sizes of one scan kernel launch; channels per thread = block_d / (32 * num_warps).
+    ``max_registers`` caps registers per thread (more warps per SM, at the price of some spilling)."""
 
     block_t: int
     block_d: int
     num_warps: int
+    max_registers: int | None = None
 
 
 # Used by the CPU interpreter (TRITON_INTERPRET=1), where tile size only changes test speed.
@@ -71,11 +73,13 @@ _FWD_CONFIGS = [
     ScanBlocks(4, 32, 1),
     ScanBlocks(8, 32, 1),
 ]
-# backward: delta comes precomputed, so chunks can be short (2.4 / 3.2 / 5.3 / 9.1 ms at batch 64
-# for 32 / 64 (1 warp) / 64 (2 warps) / 128 channels)
+# backward: delta comes precomputed, so chunks can be short. H100 autotuning (attempt 14): 2.4 / 3.2 /
+# 5.3 / 9.1 ms at batch 64 for 32 / 64 (1 warp) / 64 (2 warps) / 128 channels, all at 255 registers
+# (8 warps per SM). The second config caps the winner at 168 registers (12 warps per SM; ptxas spills
+# 120 B): whether occupancy beats the spill is the autotuner's call on the GPU (attempt 16).
 _BWD_CONFIGS = [
     ScanBlocks(4, 32, 1),
-    ScanBlocks(4, 64, 1),
+    ScanBlocks(4, 32, 1, max_registers=168),
 ]
 
 
@@ -336,7 +340,10 @@ def _bimamba_scan_bwd_kernel(
 
 
 def _as_triton_configs(blocks: list[ScanBlocks]) -> list[triton.Config]:
-    return [triton.Config({"BLOCK_T": cfg.block_t, "BLOCK_D": cfg.block_d}, num_warps=cfg.num_warps) for cfg in blocks]
+    return [
+        triton.Config({"BLOCK_T": cfg.block_t, "BLOCK_D": cfg.block_d}, num_warps=cfg.num_warps, maxnreg=cfg.max_registers)
+        for cfg in blocks
+    ]
 
 
 def _autotune_options() -> dict:
