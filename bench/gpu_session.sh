@@ -7,19 +7,20 @@
 #   bash bench/gpu_session.sh one-gpu-and-profile  # GPU 0: the 1-GPU run of ddp, to the end; GPU 1: profile, speed row
 #   bash bench/gpu_session.sh profile           # GPU 0: kernel profile; GPU 1: the speed table, autotuned
 #   bash bench/gpu_session.sh pipeline          # GPU 0: reidcam run on 1, 4, 16 cameras of 1080p; GPU 1: profile
+#   bash bench/gpu_session.sh measure-all       # GPU 0: speed table; GPU 1: profile, embedder, pipeline
 #
-# The pipeline phase carries .whl and .gpu/shared: a copy of ../shared/data/vtest.avi and
+# The pipeline and measure-all phases carry .whl and .gpu/shared: a copy of ../shared/data/vtest.avi and
 # models/yolov8n-from-tflite.pt (made here by bench/detector_from_tflite.py: the device has no LiteRT).
 #
 # Everything that comes back is written under $OUT (logs, speed.md, train_*.json, weights), and
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
 # 2-4 minutes of first-use compilation (the cache is read from .gpu/triton_cache.tgz when present).
 set -u
-phase=${1:?usage: gpu_session.sh speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
+phase=${1:?usage: gpu_session.sh measure-all|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if [ "$phase" = pipeline ]; then wheels=(.whl/*.whl); else
+if [ "$phase" = pipeline ] || [ "$phase" = measure-all ]; then wheels=(.whl/*.whl); else
   wheels=(.whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl); fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
   "${wheels[@]}" 2>&1 | tail -2
@@ -67,6 +68,20 @@ PY
 }
 
 case $phase in
+measure-all)
+  # Everything issue 6 measures, in one call: GPU 0 the speed table (autotuned, every size);
+  # GPU 1 the kernel profile, the embedder per batch size, then the pipeline on 1, 4, 16 cameras.
+  python3 -c "import scipy, requests, pandas" || echo "MISSING: carry wheels of the modules named above"
+  export REIDCAM_SCAN=triton
+  CUDA_VISIBLE_DEVICES=0 timeout 540 python3 bench/speed_vs_vit.py --timing-only --backends triton \
+    --no-plain-norm >"$OUT/speed.log" 2>&1 &
+  (export CUDA_VISIBLE_DEVICES=1
+   timeout 260 python3 bench/profile_model.py --out "$OUT" >"$OUT/profile.log" 2>&1
+   timeout 60 python3 bench/gpu_embedder.py >"$OUT/side.log" 2>&1
+   REIDCAM_SHARED=.gpu/shared YOLO_OFFLINE=1 timeout 200 python3 bench/gpu_pipeline.py --device cuda \
+     --cameras 1,4,16 --frames 100 --detector "$PWD/.gpu/shared/models/yolov8n-from-tflite.pt" >>"$OUT/side.log" 2>&1)
+  wait
+  ;;
 speed-and-train)
   echo "== [$(elapsed) s] GPU 0: speed vs ViT-B (all sizes), GPU 1: shipped-weights candidates"
   CUDA_VISIBLE_DEVICES=0 timeout 530 python3 bench/speed_vs_vit.py --timing-only --backends triton \
