@@ -37,8 +37,18 @@ def signature_of(fn, constexprs: dict, fp32_args: tuple[str, ...]) -> dict[str, 
     return signature
 
 
+def specialisations(fn, constexprs: dict) -> dict:
+    """What Triton's launcher tells the compiler at run time for the shapes reidcam runs: tensors are
+    16-byte aligned, and integer arguments (dims like 768, strides) are multiples of 16, except those
+    the kernel lists in ``do_not_specialize``. Compiling without these hints gives other layouts than
+    the GPU runs: tokens kept inside a thread here can be spread over lanes there, with shuffles."""
+    unspecialised = {fn.arg_names[a] if isinstance(a, int) else a for a in (fn.do_not_specialize or ())}
+    hinted = [arg for arg in fn.arg_names if arg not in constexprs and arg not in unspecialised and arg != "eps"]
+    return {(fn.arg_names.index(arg),): [["tt.divisibility", 16]] for arg in hinted}
+
+
 def compile_sm90(fn, constexprs: dict, num_warps: int, fp32_args: tuple[str, ...], maxnreg: int | None) -> dict:
-    source = ASTSource(fn, signature_of(fn, constexprs, fp32_args), constexprs)
+    source = ASTSource(fn, signature_of(fn, constexprs, fp32_args), constexprs, specialisations(fn, constexprs))
     options = {"num_warps": num_warps} if maxnreg is None else {"num_warps": num_warps, "maxnreg": maxnreg}
     kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     with tempfile.TemporaryDirectory() as tmp:
