@@ -47,6 +47,12 @@ def write_cameras(count: int, frames: int, scale: float, folder: Path, detector:
     return cams_yaml
 
 
+def cameras_once(count: int, frames: int, scale: float, folder: Path, detector: str) -> Path:
+    """cams.yaml of ``write_cameras`` in ``folder``, written only if that folder has none yet."""
+    cams_yaml = folder / "cams.yaml"
+    return cams_yaml if cams_yaml.is_file() else write_cameras(count, frames, scale, folder, detector)
+
+
 def report_row(count: int, timing) -> str:
     summary = timing.summary
     wall = summary.wall_seconds
@@ -83,13 +89,11 @@ def main() -> None:
     ]
     lines = list(header)
     if args.warmup_frames > 0:
-        warmup = write_cameras(1, args.warmup_frames, args.scale, args.work / "warmup", args.detector)
-        time_pipeline(warmup, device=args.device)
+        warmup = args.work / f"warmup_{args.warmup_frames}f_{width}"
+        time_pipeline(cameras_once(1, args.warmup_frames, args.scale, warmup, args.detector), device=args.device)
     for count in (int(c) for c in args.cameras.split(",")):
         folder = args.work / f"{count}cams_{args.frames}f_{width}"
-        cams_yaml = folder / "cams.yaml"
-        if not cams_yaml.is_file():
-            cams_yaml = write_cameras(count, args.frames, args.scale, folder, args.detector)
+        cams_yaml = cameras_once(count, args.frames, args.scale, folder, args.detector)
         timing = time_pipeline(cams_yaml, device=args.device)
         if len(lines) == len(header):
             lines[0] += f"; {timing.machine}"

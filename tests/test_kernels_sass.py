@@ -23,6 +23,9 @@ triton = pytest.importorskip("triton")
 
 from reidcam.reid.model.kernels.triton_scan import _BWD_CONFIGS, _FWD_CONFIGS  # noqa: E402
 
+# pointer arguments read as fp32 (name prefixes); the others are bf16
+FWD_FP32_ARGS = ("dbl", "pre", "a2", "dskip")
+BWD_FP32_ARGS = ("dbl", "pre", "a2", "dskip", "dbc", "da_", "dd_", "dbias", "state", "dh_")
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 pytestmark = [
     pytest.mark.slow,
@@ -88,7 +91,7 @@ def test_forward_scan_loops_need_no_shuffles_and_barely_spill():
     spill, sass = compile_sm90(
         "triton_scan", "_bimamba_scan_fwd_kernel",
         {"N": 16, "BLOCK_T": cfg.block_t, "BLOCK_D": cfg.block_d},
-        cfg.num_warps, fp32_args=("dbl", "pre", "a2", "dskip"),
+        cfg.num_warps, fp32_args=FWD_FP32_ARGS,
     )
     chunk_loops = [c for c in loop_opcodes(sass) if c["MUFU"] >= 16]  # one per direction
     assert len(chunk_loops) == 2
@@ -103,7 +106,7 @@ def test_backward_scan_adjoint_loop_stays_lean():
     cfg = _BWD_CONFIGS[0]  # 4 x 32 in one warp: one channel per thread
     spill, sass = compile_sm90(
         "triton_scan", "_bimamba_scan_bwd_kernel", {"N": 16, "BLOCK_T": cfg.block_t, "BLOCK_D": cfg.block_d}, cfg.num_warps,
-        fp32_args=("dbl", "pre", "a2", "dskip", "dbc", "da_", "dd_", "dbias", "state", "dh_"),
+        fp32_args=BWD_FP32_ARGS,
     )
     per_thread_cells = cfg.block_t * cfg.block_d // (32 * cfg.num_warps) * 16
     adjoint = max((c for c in loop_opcodes(sass) if c["MUFU"] >= 16), key=lambda c: sum(c.values()))
@@ -139,29 +142,21 @@ def test_conv_and_norm_kernels_compile_without_spills():
 @pytest.mark.parametrize("direction", ["fwd", "bwd"])
 def test_every_autotuned_scan_config_barely_spills(direction):
     """A config that spills ~1 KB of registers per thread runs several times slower; keep none in the lists."""
-    from reidcam.reid.model.kernels import triton_scan as scan
-
     if direction == "fwd":
-        configs, kernel = scan._FWD_CONFIGS, "_bimamba_scan_fwd_kernel"
-        fixed, fp32_args = {"N": 16}, ("dbl", "pre", "a2", "dskip")
+        configs, kernel, fp32_args = _FWD_CONFIGS, "_bimamba_scan_fwd_kernel", FWD_FP32_ARGS
     else:
-        configs, kernel = scan._BWD_CONFIGS, "_bimamba_scan_bwd_kernel"
-        fixed = {"N": 16}
-        fp32_args = ("dbl", "pre", "a2", "dskip", "dbc", "da_", "dd_", "dbias", "state", "dh_")
+        configs, kernel, fp32_args = _BWD_CONFIGS, "_bimamba_scan_bwd_kernel", BWD_FP32_ARGS
     for cfg in configs:
         assert direction == "bwd" or cfg.block_d == 32 * cfg.num_warps, f"{cfg}: one channel per thread"
-        spill, _ = compile_sm90("triton_scan", kernel, {**fixed, "BLOCK_T": cfg.block_t, "BLOCK_D": cfg.block_d},
+        spill, _ = compile_sm90("triton_scan", kernel, {"N": 16, "BLOCK_T": cfg.block_t, "BLOCK_D": cfg.block_d},
                                 cfg.num_warps, fp32_args, cfg.max_registers)
         assert spill <= 256, (cfg, spill)
 
 
-def test_forward_scan_configs_leave_room_for_16_warps_per_sm():
+def test_first_forward_scan_config_leaves_room_for_16_warps_per_sm():
     """The forward scan is latency-bound: at 255 registers per thread an SM holds 8 warps, too few to
     hide its load and exp2 latencies (bench/NOTES-speed.md, attempts 14-15); at <= 128, 16."""
-    from reidcam.reid.model.kernels import triton_scan as scan
-
-    for cfg in scan._FWD_CONFIGS[:1]:
-        registers = registers_sm90("triton_scan", "_bimamba_scan_fwd_kernel",
-                                   {"N": 16, "BLOCK_T": cfg.block_t, "BLOCK_D": cfg.block_d}, cfg.num_warps,
-                                   ("dbl", "pre", "a2", "dskip"))
-        assert registers <= 128, (cfg, registers)
+    cfg = _FWD_CONFIGS[0]
+    registers = registers_sm90("triton_scan", "_bimamba_scan_fwd_kernel",
+                               {"N": 16, "BLOCK_T": cfg.block_t, "BLOCK_D": cfg.block_d}, cfg.num_warps, FWD_FP32_ARGS)
+    assert registers <= 128, (cfg, registers)
