@@ -31,6 +31,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import supervision as sv
 import torch
 import yaml
 from ai_edge_litert.interpreter import Interpreter
@@ -297,20 +298,12 @@ def detect(model, frames: list[np.ndarray], **kwargs) -> tuple[list, float, floa
     return results, 1000 * (time.perf_counter() - wall) / count, 1000 * (time.process_time() - cpu) / count
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(bottom_right - top_left, 0, None).prod(-1)
-    area_a, area_b = (a[:, 2:] - a[:, :2]).prod(-1), (b[:, 2:] - b[:, :2]).prod(-1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
-
-
 def match_frame(reference: tuple, other: tuple) -> list[tuple[float, float]]:
     """Greedy one-to-one matching by IoU >= MATCH_IOU: (IoU, |score difference|) per matched reference box."""
     (boxes_a, scores_a), (boxes_b, scores_b) = reference, other
     if len(boxes_a) == 0 or len(boxes_b) == 0:
         return []
-    iou = iou_matrix(boxes_a, boxes_b)
+    iou = sv.box_iou_batch(boxes_a, boxes_b)
     matches, used_a, used_b = [], set(), set()
     for flat in np.argsort(-iou, axis=None):
         i, j = np.unravel_index(flat, iou.shape)
