@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reidcam.reid.embedder import Embedder
+from reidcam.reid.embedder import Embedder, _resize_crop
 from reidcam.weights import DEFAULT_REID_MODEL, DEFAULT_REID_WEIGHTS
 
 
@@ -63,6 +63,11 @@ def main() -> None:
     padded = Embedder.create(DEFAULT_REID_WEIGHTS, DEFAULT_REID_MODEL, device=args.device, batch_size=64)
     emit(f"Embedder.create on {args.device} (loads, warms up every padded shape): "
          f"{time.perf_counter() - started:.1f} s; torch {torch.__version__}")
+    height, width = padded.img_size
+    levels = [(_resize_crop(c, height, width, padded.device).cpu() - _resize_crop(c, height, width, torch.device("cpu")))
+              .abs() for c in crops]
+    emit(f"crops resized on {args.device} vs the CPU: max {max(float(d.max()) for d in levels):.0f} levels apart, "
+         f"{sum(int((d > 0).sum()) for d in levels) / sum(d.numel() for d in levels):.2%} of values differ")
     emit("")
     emit("| pad to | crops | first call ms | second call ms | per crop ms | preprocessing ms |")
     emit("|---|---|---|---|---|---|")

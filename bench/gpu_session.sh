@@ -73,8 +73,9 @@ measure-all)
   # GPU 1 the kernel profile, the embedder per batch size, then the pipeline on 1, 4, 16 cameras.
   python3 -c "import scipy, requests, pandas" || echo "MISSING: carry wheels of the modules named above"
   export REIDCAM_SCAN=triton
-  CUDA_VISIBLE_DEVICES=0 timeout 540 python3 bench/speed_vs_vit.py --timing-only --backends triton \
-    --no-plain-norm >"$OUT/speed.log" 2>&1 &
+  (export CUDA_VISIBLE_DEVICES=0
+   timeout 100 python3 bench/speed_vs_vit.py --checks-only --backends triton --no-plain-norm >"$OUT/checks.log" 2>&1
+   timeout 450 python3 bench/speed_vs_vit.py --timing-only --backends triton --no-plain-norm >"$OUT/speed.log" 2>&1) &
   (export CUDA_VISIBLE_DEVICES=1
    timeout 260 python3 bench/profile_model.py --out "$OUT" >"$OUT/profile.log" 2>&1
    timeout 60 python3 bench/gpu_embedder.py >"$OUT/side.log" 2>&1

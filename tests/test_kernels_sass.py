@@ -24,8 +24,8 @@ triton = pytest.importorskip("triton")
 from reidcam.reid.model.kernels.triton_scan import _BWD_CONFIGS, _FWD_CONFIGS  # noqa: E402
 
 # pointer arguments read as fp32 (name prefixes); the others are bf16
-FWD_FP32_ARGS = ("dbl", "pre", "a2", "dskip")
-BWD_FP32_ARGS = ("dbl", "pre", "a2", "dskip", "dbc", "da_", "dd_", "dbias", "state", "dh_")
+FWD_FP32_ARGS = ("dbl", "dt_bias", "a2", "dskip")
+BWD_FP32_ARGS = ("dbl", "dt_bias", "a2", "dskip", "dbc", "da_", "dd_", "dbias", "state", "dh_")
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 pytestmark = [
     pytest.mark.slow,
@@ -147,7 +147,6 @@ def test_every_autotuned_scan_config_barely_spills(direction):
     else:
         configs, kernel, fp32_args = _BWD_CONFIGS, "_bimamba_scan_bwd_kernel", BWD_FP32_ARGS
     for cfg in configs:
-        assert direction == "bwd" or cfg.block_d == 32 * cfg.num_warps, f"{cfg}: one channel per thread"
         spill, _ = compile_sm90("triton_scan", kernel, {"N": 16, "BLOCK_T": cfg.block_t, "BLOCK_D": cfg.block_d},
                                 cfg.num_warps, fp32_args, cfg.max_registers)
         assert spill <= 256, (cfg, spill)

@@ -1,8 +1,8 @@
 """Inference API of the ReID model: person crops in, L2-normalised embeddings out.
 
-Crops are BGR uint8 arrays (as OpenCV decodes frames) of any size. Each is resized to the
-model input with antialiased bicubic interpolation (what torchvision does for training),
-converted to RGB and normalised with the ImageNet mean and std.
+Crops are BGR uint8 arrays (as OpenCV decodes frames) of any size. Each is moved to the model's
+device as uint8, resized there to the model input with antialiased bicubic interpolation (what
+torchvision does for training), converted to RGB and normalised with the ImageNet mean and std.
 
 On a GPU, batches are padded to a multiple of ``pad_to`` crops (16 by default) and the model runs
 once per padded size when the embedder is made: the Triton kernels are compiled for, and picked
@@ -134,8 +134,7 @@ class Embedder:
     def _preprocess(self, crops: Sequence[np.ndarray]) -> Tensor:
         """Resizes each crop (bicubic, antialiased, rounded to uint8 levels), BGR->RGB, normalises."""
         height, width = self.img_size
-        resized = [_resize_crop(crop, height, width) for crop in crops]
-        batch = torch.stack(resized).to(self.device, non_blocking=True)
+        batch = torch.stack([_resize_crop(crop, height, width, self.device) for crop in crops])
         return (batch - self._mean) / self._std
 
     def _camera_tensor(self, indices: Sequence[int]) -> Tensor:
@@ -153,12 +152,19 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def _resize_crop(crop: np.ndarray, height: int, width: int) -> Tensor:
+def _resize_crop(crop: np.ndarray, height: int, width: int, device: torch.device) -> Tensor:
+    """(3, height, width) float RGB levels of one BGR crop, resized on ``device``.
+
+    The crop travels as uint8 and is resized where the model runs: on a GPU host the CPU's many
+    threads are busy decoding and tracking, and there a crop's bicubic resize took 20-25 ms on the
+    CPU against well under a millisecond on the GPU (BENCHMARKS.md, session 4).
+    """
     if not isinstance(crop, np.ndarray) or crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3:
         raise DataError("a crop must be a uint8 BGR array of shape (H, W, 3)")
     if crop.shape[0] == 0 or crop.shape[1] == 0:
         raise DataError(f"empty crop of shape {crop.shape}")
-    rgb = torch.from_numpy(np.ascontiguousarray(crop[:, :, ::-1])).permute(2, 0, 1)[None].float()
+    bgr = torch.from_numpy(np.ascontiguousarray(crop)).to(device)
+    rgb = bgr.permute(2, 0, 1).flip(0)[None].float()
     if rgb.shape[-2:] == (height, width):
         return rgb[0]
     resized = F.interpolate(rgb, size=(height, width), mode="bicubic", antialias=True, align_corners=False)

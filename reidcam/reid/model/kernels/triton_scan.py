@@ -15,9 +15,9 @@ A 3D (tokens, channels, states) tile, the obvious alternative, puts the states a
 over states then cost about 4 shuffles per (token, channel, state), and that kernel was shuffle-bound
 (ptxas/SASS counts for sm_90: ~31 instructions per (token, channel, state); this layout: ~11).
 
-Forward (`scan_forward`): delta's pre-activation dt @ dt_proj^T + dt_bias is one fp32 GEMM before the
-kernel (the backward's too); per chunk the kernel reads tiles of xc and of it, delta = softplus(pre),
-and the x_proj output's B and C (fp32); then the 16 states. Computing the pre-activation inside, as
+Forward (`scan_forward`): dt @ dt_proj^T is one batched GEMM in the compute dtype before the kernel
+(the backward's too); per chunk the kernel reads tiles of xc and of it, adds the dt bias,
+delta = softplus(pre) in fp32, and the x_proj output's B and C (fp32); then the 16 states. Computing the pre-activation inside, as
 a tensor-core dot per chunk, forced 16-token chunks and held dt_proj in registers: 255 registers per
 thread, 8 warps per SM, and a latency-bound scan (bench/NOTES-speed.md, attempts 14-15). The backward
 direction walks the same memory from the end (tile row r is token L-1-r-c*BLOCK_T), so nothing is
@@ -29,8 +29,8 @@ state at every chunk boundary in a per-program scratch; pass 2 walks the chunks 
 the states from it and runs the adjoint dh_t = C_t gy_t + exp(delta_{t+1} A) dh_{t+1} as a forward scan
 of the flipped rows (its carry also goes through the scratch). It writes dz, dxc (the scan's direct part) and the gradient of the dt pre-activation,
 adds dB/dC over channel blocks with fp32 atomics, and leaves per-sequence partial sums for dA, dD and
-the dt bias. The dt pre-activation is precomputed in fp32 for it, so its chunks need not match the
-tensor-core tile.
+the dt bias. The dt projection is precomputed for it, so its chunks need not match the tensor-core
+tile.
 
 All state and accumulation is fp32; xc, z and the output may be fp32 or bf16.
 """
@@ -69,9 +69,15 @@ INTERPRETER_BLOCKS = ScanBlocks(block_t=8, block_d=8, num_warps=1)
 # 16-token minimum and no dt_proj weights in registers), ptxas gives 80 registers at 4 tokens per
 # chunk (24 warps per SM) and 151 at 8, with the same instructions per (token, channel, state).
 # tests/test_kernels_sass.py compiles every config for sm_90 and bounds its spills.
+# Session 4 (bias added in the kernel): 4x32 96 registers, 2.1 loads per cell (B and C are
+# broadcast loads, one per token and state per thread); 2x32 64 registers (the 32-programs-per-SM
+# cap, not registers, then bounds occupancy); two channels per thread halve the loads per cell
+# (2x64: 128 registers, 4x64: 148), all spill-free. Which wins is a latency question for the GPU.
 _FWD_CONFIGS = [
     ScanBlocks(4, 32, 1),
-    ScanBlocks(8, 32, 1),
+    ScanBlocks(2, 32, 1),
+    ScanBlocks(2, 64, 1),
+    ScanBlocks(4, 64, 1),
 ]
 # backward: delta comes precomputed, so chunks can be short. H100 autotuning (attempt 14): 2.4 / 3.2 /
 # 5.3 / 9.1 ms at batch 64 for 32 / 64 (1 warp) / 64 (2 warps) / 128 channels, all at 255 registers
@@ -161,7 +167,7 @@ def _chunk_states(decay, inp, h_in, BLOCK_T: tl.constexpr):
 
 @triton.jit
 def _fwd_direction(
-    xc_ptr, z_ptr, dbl_ptr, pre_ptr, out_ptr, a2_ptr, dskip_ptr,
+    xc_ptr, z_ptr, dbl_ptr, pre_ptr, dt_bias_ptr, out_ptr, a2_ptr, dskip_ptr,
     b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl,
     DIR: tl.constexpr, N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -170,6 +176,7 @@ def _fwd_direction(
     # a2 is (2, N, D): row n holds A[:, n] * log2(e); loaded once, a state's row is a register read
     a2_t = tl.load(a2_ptr + DIR * N * D + offs_n[:, None] * D + offs_d[None, :], mask=mask_d[None, :], other=0.0)
     dskip = tl.load(dskip_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    dt_bias = tl.load(dt_bias_ptr + DIR * D + offs_d, mask=mask_d, other=0.0)
     seq_row = (DIR * Bsz + b).to(tl.int64) * L
     dbl_seq = dbl_ptr + seq_row * E
     carry = tl.zeros((N, BLOCK_D), tl.float32)
@@ -181,7 +188,7 @@ def _fwd_direction(
         dbl_rows = dbl_seq + tl.minimum(tl.maximum(t, 0), L - 1) * E
         tile = (seq_row + t[:, None]) * D + offs_d[None, :]
         u = tl.load(xc_ptr + tile, mask=mask_td, other=0.0).to(tl.float32)
-        pre = tl.load(pre_ptr + tile, mask=mask_td, other=0.0)
+        pre = tl.load(pre_ptr + tile, mask=mask_td, other=0.0).to(tl.float32) + dt_bias[None, :]
         delta = tl.where(mask_td, _softplus(pre), 0.0)
         du = delta * u
         y = dskip[None, :] * u
@@ -213,18 +220,18 @@ _UNSPECIALISED_BWD = [*_UNSPECIALISED_FWD, "n_state_chunks"]
 
 @triton.jit(do_not_specialize=_UNSPECIALISED_FWD)
 def _bimamba_scan_fwd_kernel(
-    xc_ptr, z_ptr, dbl_ptr, pre_ptr, out_ptr, a2_ptr, dskip_f_ptr, dskip_b_ptr,
+    xc_ptr, z_ptr, dbl_ptr, pre_ptr, dt_bias_ptr, out_ptr, a2_ptr, dskip_f_ptr, dskip_b_ptr,
     Bsz, L, D, R, stride_zb, stride_zl,
     N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     b = tl.program_id(1)
-    _fwd_direction(xc_ptr, z_ptr, dbl_ptr, pre_ptr, out_ptr, a2_ptr, dskip_f_ptr,
+    _fwd_direction(xc_ptr, z_ptr, dbl_ptr, pre_ptr, dt_bias_ptr, out_ptr, a2_ptr, dskip_f_ptr,
                    b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl, 0, N, BLOCK_T, BLOCK_D)
     # the backward direction reads back y_fwd written above by other threads of this program
     tl.debug_barrier()
-    _fwd_direction(xc_ptr, z_ptr, dbl_ptr, pre_ptr, out_ptr, a2_ptr, dskip_b_ptr,
+    _fwd_direction(xc_ptr, z_ptr, dbl_ptr, pre_ptr, dt_bias_ptr, out_ptr, a2_ptr, dskip_b_ptr,
                    b, offs_d, mask_d, Bsz, L, D, R, stride_zb, stride_zl, 1, N, BLOCK_T, BLOCK_D)
 
 
@@ -242,18 +249,18 @@ def _adjoint_scan(decay, rhs):
 
 
 @triton.jit
-def _bwd_chunk_inputs(xc_ptr, pre_ptr, seq_row, t, mask_t, offs_d, mask_d, D):
+def _bwd_chunk_inputs(xc_ptr, pre_ptr, dt_bias, seq_row, t, mask_t, offs_d, mask_d, D):
     """u = xc, the dt pre-activation and delta of one chunk, (BLOCK_T, BLOCK_D); delta = 0 off the sequence."""
     mask_td = mask_t[:, None] & mask_d[None, :]
     offs = (seq_row + t[:, None]) * D + offs_d[None, :]
     u = tl.load(xc_ptr + offs, mask=mask_td, other=0.0).to(tl.float32)
-    pre = tl.load(pre_ptr + offs, mask=mask_td, other=0.0)
+    pre = tl.load(pre_ptr + offs, mask=mask_td, other=0.0).to(tl.float32) + dt_bias[None, :]
     return u, pre, tl.where(mask_td, _softplus(pre), 0.0)
 
 
 @triton.jit(do_not_specialize=_UNSPECIALISED_BWD)
 def _bimamba_scan_bwd_kernel(
-    xc_ptr, z_ptr, g_ptr, dbl_ptr, pre_ptr, a2_ptr, dskip_ptr,
+    xc_ptr, z_ptr, g_ptr, dbl_ptr, pre_ptr, dt_bias_ptr, a2_ptr, dskip_ptr,
     dz_ptr, dxc_ptr, ddt_ptr, dbc_ptr, da_part_ptr, dd_part_ptr, dbias_part_ptr, state_ptr, dh_ptr,
     Bsz, L, D, R, stride_zb, stride_zl, n_state_chunks,
     N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -271,6 +278,7 @@ def _bimamba_scan_bwd_kernel(
     seq_row = seq.to(tl.int64) * L
     dbl_seq = dbl_ptr + seq_row * E
     dskip = tl.load(dskip_ptr + direction * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    dt_bias = tl.load(dt_bias_ptr + direction * D + offs_d, mask=mask_d, other=0.0)
     a2_rows = a2_ptr + direction * N * D + offs_d  # a2 is (2, N, D): row n holds A[:, n] * log2(e)
     # scratch of this program: the state at each chunk boundary (chunk, n, d), then the adjoint carry (n, d)
     state_rows = state_ptr + seq.to(tl.int64) * n_state_chunks * N * D + offs_d
@@ -283,7 +291,7 @@ def _bimamba_scan_bwd_kernel(
     for c in range(0, n_chunks):
         t, mask_t = _chunk_rows_rt(c, L, direction, BLOCK_T)
         dbl_rows = dbl_seq + tl.minimum(tl.maximum(t, 0), L - 1) * E
-        u, pre, delta = _bwd_chunk_inputs(xc_ptr, pre_ptr, seq_row, t, mask_t, offs_d, mask_d, D)
+        u, pre, delta = _bwd_chunk_inputs(xc_ptr, pre_ptr, dt_bias, seq_row, t, mask_t, offs_d, mask_d, D)
         du = delta * u
         for n in tl.static_range(N):
             a2_n = tl.load(a2_rows + n * D, mask=mask_d, other=0.0)
@@ -301,7 +309,7 @@ def _bimamba_scan_bwd_kernel(
         t, mask_t = _chunk_rows_rt(c, L, direction, BLOCK_T)
         mask_td = mask_t[:, None] & mask_d[None, :]
         dbl_rows = dbl_seq + tl.minimum(tl.maximum(t, 0), L - 1) * E
-        u, pre, delta = _bwd_chunk_inputs(xc_ptr, pre_ptr, seq_row, t, mask_t, offs_d, mask_d, D)
+        u, pre, delta = _bwd_chunk_inputs(xc_ptr, pre_ptr, dt_bias, seq_row, t, mask_t, offs_d, mask_d, D)
         du = delta * u
         tok = (b.to(tl.int64) * L + t[:, None]) * D + offs_d[None, :]
         zz = tl.load(z_ptr + b.to(tl.int64) * stride_zb + t[:, None] * stride_zl + offs_d[None, :],
@@ -405,11 +413,11 @@ def scan_forward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, fwd: Scan
     d_state = fwd.a_log.shape[-1]
     out = torch.empty((bsz, length, dim), device=xc.device, dtype=xc.dtype)
     _, a2 = _a_tables(fwd, bwd)
-    pre = _dt_preactivation(dbl, fwd, bwd)
+    pre = _dt_projection(dbl, fwd, bwd, xc.dtype)
     _launch(
         _bimamba_scan_fwd_kernel, _scan_fwd_tuned,
         lambda meta: (triton.cdiv(dim, meta["BLOCK_D"]), bsz),
-        xc, z, dbl, pre, out, a2, fwd.d_skip, bwd.d_skip,
+        xc, z, dbl, pre, _dt_biases(fwd, bwd), out, a2, fwd.d_skip, bwd.d_skip,
         bsz, length, dim, rank, z.stride(0), z.stride(1),
         N=d_state,
     )
@@ -427,12 +435,19 @@ class ScanGrads:
     dt_bias: torch.Tensor  # (2, D) fp32
 
 
-def _dt_preactivation(dbl: torch.Tensor, fwd: ScanParams, bwd: ScanParams) -> torch.Tensor:
-    """dt @ dt_proj^T + dt_bias in fp32, (2, B*L, D): the pre-activation of delta that both scan kernels read."""
+def _dt_projection(dbl: torch.Tensor, fwd: ScanParams, bwd: ScanParams, dtype: torch.dtype) -> torch.Tensor:
+    """dt @ dt_proj^T, (2, B*L, D) in the compute dtype: delta's pre-activation less the bias, which the
+    kernels add in fp32 (as mamba-ssm does). In bf16 this is a tensor-core GEMM writing half the bytes
+    of an fp32 one; the fp32 version ran on FMA units at 0.21 ms per block, 17 % of inference
+    (BENCHMARKS.md, session 4)."""
     rank = fwd.dt_proj_weight.shape[-1]
-    weight = torch.stack([fwd.dt_proj_weight, bwd.dt_proj_weight]).to(torch.float32)
-    bias = torch.stack([fwd.dt_bias, bwd.dt_bias]).to(torch.float32)[:, None, :]
-    return torch.baddbmm(bias, dbl[..., :rank], weight.transpose(1, 2))
+    weight = torch.stack([fwd.dt_proj_weight, bwd.dt_proj_weight]).to(dtype)
+    return torch.bmm(dbl[..., :rank].to(dtype), weight.transpose(1, 2))
+
+
+def _dt_biases(fwd: ScanParams, bwd: ScanParams) -> torch.Tensor:
+    """(2, D) fp32: both directions' dt biases."""
+    return torch.stack([fwd.dt_bias, bwd.dt_bias]).to(torch.float32)
 
 
 def scan_backward(
@@ -455,12 +470,12 @@ def scan_backward(
     n_state_chunks = triton.cdiv(length, smallest_t) + 1
     states = torch.empty((2, bsz, n_state_chunks, d_state, dim), device=dev, dtype=torch.float32)
     dh_carry = torch.empty((2, bsz, d_state, dim), device=dev, dtype=torch.float32)
-    pre = _dt_preactivation(dbl, fwd, bwd)
+    pre = _dt_projection(dbl, fwd, bwd, xc.dtype)
     a, a2 = _a_tables(fwd, bwd)
     _launch(
         _bimamba_scan_bwd_kernel, _scan_bwd_tuned,
         lambda meta: (triton.cdiv(dim, meta["BLOCK_D"]), bsz, 2),
-        xc, z, grad_out, dbl, pre, a2, torch.stack([fwd.d_skip, bwd.d_skip]).contiguous(),
+        xc, z, grad_out, dbl, pre, _dt_biases(fwd, bwd), a2, torch.stack([fwd.d_skip, bwd.d_skip]).contiguous(),
         dz, dxc, ddt, dbc, da_part, d_skip_part, dt_bias_part, states, dh_carry,
         bsz, length, dim, rank, z.stride(0), z.stride(1), n_state_chunks,
         N=d_state,
