@@ -5,8 +5,9 @@
 
 The main job embeds a different number of crops at every step. This times ``Embedder.embed`` on
 the shipped ReIDMamba-T for a sequence of batch sizes, twice each (the first call at a new size
-pays any kernel compilation, the second is the steady cost), with batches padded to multiples of 16
-(the default on a GPU) and unpadded, plus the CPU preprocessing alone. Rows go to stdout and to
+pays any kernel compilation, the second is the steady cost): padded to multiples of 16 and replayed
+as CUDA graphs (the default on a GPU), padded and launched eagerly, and unpadded; plus the
+preprocessing alone, and how far graphed embeddings are from eager ones. Rows go to stdout and to
 ``OUT/embedder.md`` as they come.
 """
 
@@ -68,19 +69,26 @@ def main() -> None:
               .abs() for c in crops]
     emit(f"crops resized on {args.device} vs the CPU: max {max(float(d.max()) for d in levels):.0f} levels apart, "
          f"{sum(int((d > 0).sum()) for d in levels) / sum(d.numel() for d in levels):.2%} of values differ")
-    emit("")
-    emit("| pad to | crops | first call ms | second call ms | per crop ms | preprocessing ms |")
-    emit("|---|---|---|---|---|---|")
     device = padded.device
-    for pad_to in (padded.pad_to, 1):
-        embedder = Embedder(padded.model, device, batch_size=64, pad_to=pad_to)
+    eager = Embedder(padded.model, device, batch_size=64, cuda_graphs=False)
+    cameras = [i % 3 for i in range(len(crops))]
+    apart = np.abs(padded.embed(crops, cameras) - eager.embed(crops, cameras)).max()
+    emit(f"CUDA graphs ({len(padded._graphs)} captured) vs eager, {len(crops)} crops: max {apart:.2e} apart")
+    emit("")
+    emit("| variant | crops | first call ms | second call ms | per crop ms | preprocessing ms |")
+    emit("|---|---|---|---|---|---|")
+    variants = {
+        "padded, CUDA graphs": padded,
+        "padded, eager": eager,
+        "unpadded, eager": Embedder(padded.model, device, batch_size=64, pad_to=1, cuda_graphs=False),
+    }
+    for name, embedder in variants.items():
         for size in sizes:
             batch = crops[:size]
             first = timed(lambda: embedder.embed(batch), device)
             second = timed(lambda: embedder.embed(batch), device)
             preprocessing = timed(lambda: embedder._preprocess(batch), device)
-            emit(f"| {pad_to} | {size} | {first:.1f} | {second:.1f} | {second / size:.2f} | {preprocessing:.1f} |")
-
+            emit(f"| {name} | {size} | {first:.1f} | {second:.1f} | {second / size:.2f} | {preprocessing:.1f} |")
 
 if __name__ == "__main__":
     main()

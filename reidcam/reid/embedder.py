@@ -9,12 +9,18 @@ once per padded size when the embedder is made: the Triton kernels are compiled 
 by, the integer arguments they see, so a stream of ever-changing batch sizes would otherwise keep
 compiling in the middle of a run. In eval mode every crop's embedding is independent of the others
 in its batch, so the padding changes no result.
+
+Each padded size is then captured as a CUDA graph: the model launches ~700 kernels per forward,
+and launching them from Python cost ~20 ms per call whatever the batch (session 4), far more than
+the GPU work of a few dozen crops. A replay launches them all at once. Camera indices travel in
+the graph's own buffer, with -1 (no camera embedding) where none are given.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +45,13 @@ class Embedder:
     """Batched ReIDMamba inference on one device; build it with :meth:`create`."""
 
     def __init__(
-        self, model: ReIDMamba, device: torch.device, batch_size: int = 64, flip: bool = False, pad_to: int | None = None
+        self,
+        model: ReIDMamba,
+        device: torch.device,
+        batch_size: int = 64,
+        flip: bool = False,
+        pad_to: int | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -50,6 +62,8 @@ class Embedder:
         self.pad_to = pad_to if pad_to is not None else (GPU_BATCH_MULTIPLE if device.type == "cuda" else 1)
         if self.pad_to < 1:
             raise ConfigError(f"pad_to must be >= 1, got {self.pad_to}")
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        self._graphs: dict[int, _GraphedEmbed] = {}
         self._warned_unseen = False
         self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
@@ -85,7 +99,8 @@ class Embedder:
         return list(range(self.pad_to, largest + 1, self.pad_to))
 
     def warm_up(self) -> None:
-        """One forward at every batch shape, so that first-use kernel compilation happens now."""
+        """One forward at every batch shape, so that first-use kernel compilation happens now; then,
+        with ``cuda_graphs``, one CUDA graph per shape (largest first, all in one memory pool)."""
         log.info("preparing the ReID model's GPU kernels (the first run on a machine compiles them: minutes)")
         height, width = self.img_size
         with torch.inference_mode(), self._autocast():
@@ -93,6 +108,19 @@ class Embedder:
                 self.model.embed(torch.zeros(size, 3, height, width, device=self.device), None, flip=self.flip)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        if self.cuda_graphs:
+            pool = torch.cuda.graph_pool_handle()
+            for size in reversed(self.batch_shapes()):
+                self._graphs[size] = self._capture(size, pool)
+
+    def _capture(self, size: int, pool) -> _GraphedEmbed:
+        height, width = self.img_size
+        images = torch.zeros(size, 3, height, width, device=self.device)
+        camids = torch.full((size,), -1, dtype=torch.long, device=self.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), self._autocast(), torch.cuda.graph(graph, pool=pool):
+            output = self.model.embed(images, camids, flip=self.flip)
+        return _GraphedEmbed(images, camids, output, graph)
 
     @property
     def embed_dim(self) -> int:
@@ -127,8 +155,12 @@ class Embedder:
         if padding:
             images = F.pad(images, (0, 0, 0, 0, 0, 0, 0, padding))
             camids = None if camids is None else F.pad(camids, (0, padding), value=-1)
-        with torch.inference_mode(), self._autocast():
-            embedding = self.model.embed(images, camids, flip=self.flip)
+        graphed = self._graphs.get(images.shape[0])
+        if graphed is not None:
+            embedding = graphed.run(images, camids)
+        else:
+            with torch.inference_mode(), self._autocast():
+                embedding = self.model.embed(images, camids, flip=self.flip)
         return embedding[:count].float().cpu().numpy()
 
     def _preprocess(self, crops: Sequence[np.ndarray]) -> Tensor:
@@ -146,6 +178,27 @@ class Embedder:
             log.warning("camera indices >= %d are not training cameras of the model: no camera embedding", known)
             self._warned_unseen = True
         return cams.masked_fill(unseen, -1).to(self.device)
+
+
+@dataclass(frozen=True)
+class _GraphedEmbed:
+    """A captured ``model.embed`` at one batch size: inputs are copied into its buffers, then replayed."""
+
+    images: Tensor
+    camids: Tensor
+    output: Tensor
+    graph: torch.cuda.CUDAGraph
+
+    def run(self, images: Tensor, camids: Tensor | None) -> Tensor:
+        """The embeddings of ``images`` (this graph's batch size); valid until the next run."""
+        with torch.inference_mode():
+            self.images.copy_(images)
+            if camids is None:
+                self.camids.fill_(-1)
+            else:
+                self.camids.copy_(camids)
+        self.graph.replay()
+        return self.output
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -336,7 +336,9 @@ class ReIDMamba(nn.Module):
 
     def _camera_embedding(self, camids: Tensor) -> Tensor:
         camids = camids.to(self.sie_embed.device, torch.long)
-        if (camids >= self.sie_embed.shape[0]).any():
+        # the check reads the indices on the host, which a CUDA graph capture cannot do (the
+        # embedder, the one capturer, maps unknown cameras to -1 beforehand)
+        if not _capturing(camids) and (camids >= self.sie_embed.shape[0]).any():
             raise ValueError(f"camera index >= num_cameras={self.sie_embed.shape[0]}")
         known = (camids >= 0).to(self.sie_embed.dtype)[:, None, None]
         return self.sie_embed[camids.clamp(min=0)] * known
@@ -351,6 +353,11 @@ class ReIDMamba(nn.Module):
 def _embedding(features: list[Tensor]) -> Tensor:
     parts = [F.normalize(f.float(), dim=1) for f in features]
     return F.normalize(torch.cat(parts, dim=1), dim=1)
+
+
+def _capturing(tensor: Tensor) -> bool:
+    """True while a CUDA graph is being captured on the tensor's device."""
+    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def _long(values) -> Tensor:
