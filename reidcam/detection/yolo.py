@@ -1,5 +1,10 @@
 """Person detection with Ultralytics YOLO: any format it loads (.pt, .onnx, .tflite, OpenVINO).
 
+A PyTorch model on CUDA takes the *tensor path*: frames go to the GPU as uint8 and are letterboxed,
+batched, run and suppressed there, with Ultralytics' own network, NMS and box scaling. ``predict``
+spends most of its time on the CPU (cv2 letterbox per frame, stacking, Results objects) while the
+network itself is a fraction of it. Every other model and device goes through ``predict``.
+
 Weights come from, in order: the ``detector.weights`` key of cams.yaml, the
 ``REIDCAM_DETECTOR_WEIGHTS`` variable, the INT8 TFLite model in ``../shared`` when the checkout
 has one beside it (the offline demo default), and finally Ultralytics' own ``yolov8n.pt``, which
@@ -13,9 +18,12 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import supervision as sv
+import torch
+import torch.nn.functional as F
 
 from reidcam.app.config import DETECTOR_WEIGHTS_VARIABLE, DetectorConfig, shared_dir
 from reidcam.errors import ConfigError
@@ -28,6 +36,17 @@ ULTRALYTICS_DEFAULT_WEIGHTS = "yolov8n.pt"
 SHARED_DETECTOR = Path("models") / "yolov8n-coco-int8" / "yolov8n_int8.tflite"
 FIXED_BATCH_SUFFIXES = (".tflite",)
 PERSON = "person"
+PADDING_VALUE = 114.0  # Ultralytics' LetterBox fill
+
+
+class Letterbox(NamedTuple):
+    """Where a frame lands in the network input: resized to ``resized`` and placed at (``top``, ``left``)
+    in a ``shape`` canvas, all (height, width)."""
+
+    shape: tuple[int, int]
+    resized: tuple[int, int]
+    top: int
+    left: int
 
 
 def resolve_detector_weights(configured: str | None) -> str:
@@ -51,23 +70,88 @@ def ultralytics_device(device: str) -> str | int:
     return device
 
 
+def letterbox_geometry(height: int, width: int, imgsz: Sequence[int], stride: int) -> Letterbox:
+    """Ultralytics' LetterBox geometry in ``predict`` for a PyTorch model: ``auto=True`` (the smallest
+    stride-multiple canvas), ``scaleup=True``, centred with its ``round(d - 0.1)`` / ``round(d + 0.1)`` split."""
+    scale = min(imgsz[0] / height, imgsz[1] / width)
+    resized = max(round(height * scale), 1), max(round(width * scale), 1)
+    pad_h, pad_w = (imgsz[0] - resized[0]) % stride, (imgsz[1] - resized[1]) % stride
+    shape = resized[0] + pad_h, resized[1] + pad_w
+    return Letterbox(shape, resized, round(pad_h / 2 - 0.1), round(pad_w / 2 - 0.1))
+
+
+def letterbox_on_device(
+    frame: np.ndarray, placement: Letterbox, device: torch.device | str, dtype: torch.dtype
+) -> torch.Tensor:
+    """A BGR uint8 frame (H, W, 3) as the network's (3, h, w) RGB input in [0, 1], letterboxed on ``device``.
+
+    Only the uint8 frame crosses to the device. Bilinear without antialiasing and with half-pixel centres is
+    cv2's INTER_LINEAR; the result differs from Ultralytics' by cv2's rounding to uint8 after resizing.
+    """
+    image = torch.from_numpy(frame).to(device).permute(2, 0, 1).unsqueeze(0).float()
+    if placement.resized != frame.shape[:2]:
+        image = F.interpolate(image, size=placement.resized, mode="bilinear", align_corners=False, antialias=False)
+    bottom = placement.shape[0] - placement.resized[0] - placement.top
+    right = placement.shape[1] - placement.resized[1] - placement.left
+    image = F.pad(image, (placement.left, right, placement.top, bottom), value=PADDING_VALUE)
+    return image[0].flip(0).div_(255).to(dtype)
+
+
+def uses_tensor_path(model_format: str, device: torch.device) -> bool:
+    """The tensor path serves PyTorch models on CUDA; other formats and the CPU keep ``predict``."""
+    return model_format == "pt" and device.type == "cuda"
+
+
+def batches_by_shape(placements: Sequence[Letterbox], max_batch: int) -> list[list[int]]:
+    """Indices of frames that share a network input shape, at most ``max_batch`` a batch, in first-seen order."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, placement in enumerate(placements):
+        groups.setdefault(placement.shape, []).append(index)
+    return [group[start : start + max_batch] for group in groups.values() for start in range(0, len(group), max_batch)]
+
+
 class YoloDetector:
     """Person boxes from an Ultralytics model, batched over the frames of all cameras.
 
     Models exported with a fixed batch of one (TFLite) are run frame by frame inside
     ``detect``; callers always hand over the whole batch.
+
+    ``tensor_path`` chooses how frames reach the network: None picks the tensor path for a PyTorch
+    model on CUDA, True forces it (a PyTorch model on any device, as the CPU tests do), False keeps
+    ``predict``.
     """
 
-    def __init__(self, config: DetectorConfig, device: str) -> None:
+    def __init__(self, config: DetectorConfig, device: str, tensor_path: bool | None = None) -> None:
         self.weights = resolve_detector_weights(config.weights)
         self.config = config
         self.device = ultralytics_device(device)
-        self.model = _load_model(self.weights, config.imgsz, self.device)
+        self.model = _load_model(self.weights, config.imgsz, self.device, half=self._half)
         self.person_class = _person_class(self.model.names, self.weights)
         fixed_batch = Path(self.weights).suffix.lower() in FIXED_BATCH_SUFFIXES
         self.max_batch = 1 if fixed_batch else config.batch_size
+        predictor = self.model.predictor
+        self._network = predictor.model  # the AutoBackend that predict runs, with predict's precision
+        self._imgsz: tuple[int, int] = tuple(predictor.imgsz)
+        self._max_det: int = predictor.args.max_det
+        self._tensor_path = self._choose_tensor_path(tensor_path)
+
+    @property
+    def _half(self) -> bool:
+        return self.device != "cpu"
+
+    def _choose_tensor_path(self, requested: bool | None) -> bool:
+        if requested is None:
+            return uses_tensor_path(self._network.format, self._network.device)
+        if requested and self._network.format != "pt":
+            raise ConfigError(f"the tensor path needs a PyTorch model; {self.weights!r} is {self._network.format}")
+        return requested
 
     def detect(self, images: Sequence[np.ndarray]) -> list[sv.Detections]:
+        if self._tensor_path:
+            return self._detect_on_device(images)
+        return self._detect_with_predict(images)
+
+    def _detect_with_predict(self, images: Sequence[np.ndarray]) -> list[sv.Detections]:
         detections: list[sv.Detections] = []
         for start in range(0, len(images), self.max_batch):
             chunk = list(images[start : start + self.max_batch])
@@ -78,11 +162,57 @@ class YoloDetector:
                 iou=self.config.iou,
                 classes=[self.person_class],
                 device=self.device,
-                half=self.device != "cpu",
+                half=self._half,
                 verbose=False,
             )
             detections.extend(_to_detections(result) for result in results)
         return detections
+
+    def _detect_on_device(self, images: Sequence[np.ndarray]) -> list[sv.Detections]:
+        """The tensor path: frames grouped by input shape, each group one forward pass; output in input order."""
+        stride = int(self._network.stride)
+        placements = [letterbox_geometry(*image.shape[:2], self._imgsz, stride) for image in images]
+        detections: list[sv.Detections | None] = [None] * len(images)
+        for indices in batches_by_shape(placements, self.max_batch):
+            found = self._run_batch([images[i] for i in indices], [placements[i] for i in indices])
+            for index, boxes in zip(indices, found):
+                detections[index] = boxes
+        return detections
+
+    def _run_batch(self, images: Sequence[np.ndarray], placements: Sequence[Letterbox]) -> list[sv.Detections]:
+        """One forward pass, then Ultralytics' NMS and box scaling, as its DetectionPredictor.postprocess does."""
+        from ultralytics.utils.nms import non_max_suppression
+        from ultralytics.utils.ops import scale_boxes
+
+        network = self._network
+        dtype = torch.half if network.fp16 else torch.float
+        with torch.inference_mode():
+            frames = [letterbox_on_device(image, at, network.device, dtype) for image, at in zip(images, placements)]
+            batch = torch.stack(frames)
+            kept = non_max_suppression(
+                network(batch),
+                self.config.confidence,
+                self.config.iou,
+                classes=[self.person_class],
+                max_det=self._max_det,
+                end2end=getattr(network, "end2end", False),
+            )
+            found = []
+            for image, boxes in zip(images, kept):
+                boxes = boxes.float()
+                boxes[:, :4] = scale_boxes(batch.shape[2:], boxes[:, :4], image.shape)
+                found.append(self._detections(boxes.cpu().numpy()))
+        return found
+
+    def _detections(self, boxes: np.ndarray) -> sv.Detections:
+        """Rows (x1, y1, x2, y2, confidence, class) as ``sv.Detections.from_ultralytics`` gives them."""
+        class_id = boxes[:, 5].astype(int)
+        return sv.Detections(
+            xyxy=boxes[:, :4].astype(np.float32),
+            confidence=boxes[:, 4].astype(np.float32),
+            class_id=class_id,
+            data={"class_name": np.array([self.model.names[i] for i in class_id])},
+        )
 
 
 def _to_detections(result) -> sv.Detections:
@@ -91,11 +221,12 @@ def _to_detections(result) -> sv.Detections:
     return detections
 
 
-def _load_model(weights: str, imgsz: int = 640, device: str | int = "cpu"):
+def _load_model(weights: str, imgsz: int = 640, device: str | int = "cpu", half: bool = False):
     """The model, with its backend built by one prediction on a blank image.
 
     Ultralytics opens some formats (TFLite, ONNX) only at the first prediction; doing that here
-    turns a broken file into a one-line error now rather than a traceback mid-run.
+    turns a broken file into a one-line error now rather than a traceback mid-run. The prediction
+    uses ``detect``'s device and precision, so its predictor (and network) is the one ``detect`` runs.
     """
     from ultralytics import YOLO
 
@@ -108,7 +239,8 @@ def _load_model(weights: str, imgsz: int = 640, device: str | int = "cpu"):
         raise ConfigError(f"detector weights not found: {weights}; {how_to}")
     try:
         model = YOLO(weights, task="detect")
-        model.predict(np.zeros((imgsz, imgsz, 3), dtype=np.uint8), imgsz=imgsz, device=device, verbose=False)
+        blank = np.zeros((imgsz, imgsz, 3), dtype=np.uint8)
+        model.predict(blank, imgsz=imgsz, device=device, half=half, verbose=False)
         return model
     except ConnectionError:
         raise ConfigError(

@@ -7,7 +7,7 @@ in the original token order. So no flips or copies are needed: one kernel reads 
 xc[0] (forward) and xc[1] (backward), both token-major, stacked as (2, B, L, D).
 
 The backward kernel recomputes the pre-activations instead of storing them and produces dx for both
-directions at once, plus per-batch partial sums of the weight and bias gradients.
+directions at once, plus per-(sequence, chunk) partial sums of the weight and bias gradients.
 """
 
 from __future__ import annotations
@@ -30,9 +30,16 @@ class ConvParams:
 
 _FWD_BLOCK_T = 16
 _FWD_BLOCK_D = 64
-_BWD_BLOCK_T = 16
-_BWD_BLOCK_D = 64
-_BWD_WARPS = 8  # 4 warps at these tiles needs ~250 registers (ptxas, sm_90)
+# The backward keeps a chunk's tokens inside each thread (one channel per lane, one warp, integer
+# arguments unspecialised so that Triton does not vectorise along the channels): its sums over
+# tokens for dw and db are then in-thread adds. A 16x64 tile in 8 warps, with the tokens across
+# warps, paid ~160 shuffles and 40 barriers per chunk and walked the whole sequence in each of only
+# B * D / 64 programs: 0.48 ms per call against the forward's 0.025 (bench/NOTES-speed.md, attempt 22).
+# 4 tokens: 72 registers (sm_90), no shuffles; 8 tokens need 144, 16 spill.
+_BWD_BLOCK_T = 4
+_BWD_BLOCK_D = 32
+_BWD_WARPS = 1
+_UNSPECIALISED_BWD = ["Bsz", "L", "D", "stride_xb", "stride_xl"]
 
 
 @triton.jit
@@ -106,7 +113,7 @@ def _dpre(dxc_ptr, row_base, s, shift, offs_d, mask_d, L, D, bias, w0, w1, w2, w
     return _shifted(dxc_ptr, row_base, s, shift, offs_d, mask_d, L, D) * _dsilu(pre)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_UNSPECIALISED_BWD)
 def _biconv_bwd_kernel(
     x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, dxc_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
     Bsz, L, D, stride_xb, stride_xl,
@@ -114,11 +121,13 @@ def _biconv_bwd_kernel(
 ):
     """dx[s] = sum_k wf[k] g_f[s+3-k] + sum_k wb[k] g_b[s-3+k], g = dxc * silu'(pre), plus dw, db partials.
 
-    x rows s-3..s+3 are loaded once per chunk as seven 2D tiles; the eight pre-activations that touch
-    x[s] (four per direction) are rebuilt from them.
+    One program per (channel block, sequence, chunk of tokens). x rows s-3..s+3 are loaded as seven
+    2D tiles; the eight pre-activations that touch x[s] (four per direction) are rebuilt from them.
     """
     pid_d = tl.program_id(0)
-    b = tl.program_id(1)
+    n_tchunks = tl.cdiv(L, BLOCK_T)
+    b = tl.program_id(1) // n_tchunks
+    c = tl.program_id(1) % n_tchunks
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     wf0 = tl.load(wf_ptr + offs_d * 4 + 0, mask=mask_d, other=0.0).to(tl.float32)
@@ -134,58 +143,49 @@ def _biconv_bwd_kernel(
     x_row = b.to(tl.int64) * stride_xb
     row_f = b.to(tl.int64) * L * D
     row_b = (Bsz + b).to(tl.int64) * L * D
-    dwf0 = tl.zeros((BLOCK_D,), tl.float32)
-    dwf1 = tl.zeros((BLOCK_D,), tl.float32)
-    dwf2 = tl.zeros((BLOCK_D,), tl.float32)
-    dwf3 = tl.zeros((BLOCK_D,), tl.float32)
-    dwb0 = tl.zeros((BLOCK_D,), tl.float32)
-    dwb1 = tl.zeros((BLOCK_D,), tl.float32)
-    dwb2 = tl.zeros((BLOCK_D,), tl.float32)
-    dwb3 = tl.zeros((BLOCK_D,), tl.float32)
-    dbf = tl.zeros((BLOCK_D,), tl.float32)
-    dbb = tl.zeros((BLOCK_D,), tl.float32)
-    for c in range(0, tl.cdiv(L, BLOCK_T)):
-        s = c * BLOCK_T + tl.arange(0, BLOCK_T)
-        xm3 = _shifted(x_ptr, x_row, s, -3, offs_d, mask_d, L, stride_xl)
-        xm2 = _shifted(x_ptr, x_row, s, -2, offs_d, mask_d, L, stride_xl)
-        xm1 = _shifted(x_ptr, x_row, s, -1, offs_d, mask_d, L, stride_xl)
-        x00 = _shifted(x_ptr, x_row, s, 0, offs_d, mask_d, L, stride_xl)
-        xp1 = _shifted(x_ptr, x_row, s, 1, offs_d, mask_d, L, stride_xl)
-        xp2 = _shifted(x_ptr, x_row, s, 2, offs_d, mask_d, L, stride_xl)
-        xp3 = _shifted(x_ptr, x_row, s, 3, offs_d, mask_d, L, stride_xl)
-        # forward (causal) direction: output row s+j reads x[s] through tap 3-j
-        g = _dpre(dxc_ptr, row_f, s, 0, offs_d, mask_d, L, D, bias_f, wf0, wf1, wf2, wf3, xm3, xm2, xm1, x00)
-        dx = wf3[None, :] * g
-        dwf0 += tl.sum(g * xm3, axis=0)
-        dwf1 += tl.sum(g * xm2, axis=0)
-        dwf2 += tl.sum(g * xm1, axis=0)
-        dwf3 += tl.sum(g * x00, axis=0)
-        dbf += tl.sum(g, axis=0)
-        g = _dpre(dxc_ptr, row_f, s, 1, offs_d, mask_d, L, D, bias_f, wf0, wf1, wf2, wf3, xm2, xm1, x00, xp1)
-        dx += wf2[None, :] * g
-        g = _dpre(dxc_ptr, row_f, s, 2, offs_d, mask_d, L, D, bias_f, wf0, wf1, wf2, wf3, xm1, x00, xp1, xp2)
-        dx += wf1[None, :] * g
-        g = _dpre(dxc_ptr, row_f, s, 3, offs_d, mask_d, L, D, bias_f, wf0, wf1, wf2, wf3, x00, xp1, xp2, xp3)
-        dx += wf0[None, :] * g
-        # backward (anti-causal) direction: output row s-j reads x[s] through tap 3-j
-        g = _dpre(dxc_ptr, row_b, s, 0, offs_d, mask_d, L, D, bias_b, wb0, wb1, wb2, wb3, xp3, xp2, xp1, x00)
-        dx += wb3[None, :] * g
-        dwb0 += tl.sum(g * xp3, axis=0)
-        dwb1 += tl.sum(g * xp2, axis=0)
-        dwb2 += tl.sum(g * xp1, axis=0)
-        dwb3 += tl.sum(g * x00, axis=0)
-        dbb += tl.sum(g, axis=0)
-        g = _dpre(dxc_ptr, row_b, s, -1, offs_d, mask_d, L, D, bias_b, wb0, wb1, wb2, wb3, xp2, xp1, x00, xm1)
-        dx += wb2[None, :] * g
-        g = _dpre(dxc_ptr, row_b, s, -2, offs_d, mask_d, L, D, bias_b, wb0, wb1, wb2, wb3, xp1, x00, xm1, xm2)
-        dx += wb1[None, :] * g
-        g = _dpre(dxc_ptr, row_b, s, -3, offs_d, mask_d, L, D, bias_b, wb0, wb1, wb2, wb3, x00, xm1, xm2, xm3)
-        dx += wb0[None, :] * g
-        m_out = (s < L)[:, None] & mask_d[None, :]
-        tl.store(dx_ptr + b.to(tl.int64) * L * D + s[:, None] * D + offs_d[None, :],
-                 dx.to(dx_ptr.dtype.element_ty), mask=m_out)
-    part_f = (b.to(tl.int64) * D + offs_d) * 4
-    part_b = ((Bsz + b).to(tl.int64) * D + offs_d) * 4
+    s = c * BLOCK_T + tl.arange(0, BLOCK_T)
+    xm3 = _shifted(x_ptr, x_row, s, -3, offs_d, mask_d, L, stride_xl)
+    xm2 = _shifted(x_ptr, x_row, s, -2, offs_d, mask_d, L, stride_xl)
+    xm1 = _shifted(x_ptr, x_row, s, -1, offs_d, mask_d, L, stride_xl)
+    x00 = _shifted(x_ptr, x_row, s, 0, offs_d, mask_d, L, stride_xl)
+    xp1 = _shifted(x_ptr, x_row, s, 1, offs_d, mask_d, L, stride_xl)
+    xp2 = _shifted(x_ptr, x_row, s, 2, offs_d, mask_d, L, stride_xl)
+    xp3 = _shifted(x_ptr, x_row, s, 3, offs_d, mask_d, L, stride_xl)
+    # forward (causal) direction: output row s+j reads x[s] through tap 3-j
+    g = _dpre(dxc_ptr, row_f, s, 0, offs_d, mask_d, L, D, bias_f, wf0, wf1, wf2, wf3, xm3, xm2, xm1, x00)
+    dx = wf3[None, :] * g
+    dwf0 = tl.sum(g * xm3, axis=0)
+    dwf1 = tl.sum(g * xm2, axis=0)
+    dwf2 = tl.sum(g * xm1, axis=0)
+    dwf3 = tl.sum(g * x00, axis=0)
+    dbf = tl.sum(g, axis=0)
+    g = _dpre(dxc_ptr, row_f, s, 1, offs_d, mask_d, L, D, bias_f, wf0, wf1, wf2, wf3, xm2, xm1, x00, xp1)
+    dx += wf2[None, :] * g
+    g = _dpre(dxc_ptr, row_f, s, 2, offs_d, mask_d, L, D, bias_f, wf0, wf1, wf2, wf3, xm1, x00, xp1, xp2)
+    dx += wf1[None, :] * g
+    g = _dpre(dxc_ptr, row_f, s, 3, offs_d, mask_d, L, D, bias_f, wf0, wf1, wf2, wf3, x00, xp1, xp2, xp3)
+    dx += wf0[None, :] * g
+    # backward (anti-causal) direction: output row s-j reads x[s] through tap 3-j
+    g = _dpre(dxc_ptr, row_b, s, 0, offs_d, mask_d, L, D, bias_b, wb0, wb1, wb2, wb3, xp3, xp2, xp1, x00)
+    dx += wb3[None, :] * g
+    dwb0 = tl.sum(g * xp3, axis=0)
+    dwb1 = tl.sum(g * xp2, axis=0)
+    dwb2 = tl.sum(g * xp1, axis=0)
+    dwb3 = tl.sum(g * x00, axis=0)
+    dbb = tl.sum(g, axis=0)
+    g = _dpre(dxc_ptr, row_b, s, -1, offs_d, mask_d, L, D, bias_b, wb0, wb1, wb2, wb3, xp2, xp1, x00, xm1)
+    dx += wb2[None, :] * g
+    g = _dpre(dxc_ptr, row_b, s, -2, offs_d, mask_d, L, D, bias_b, wb0, wb1, wb2, wb3, xp1, x00, xm1, xm2)
+    dx += wb1[None, :] * g
+    g = _dpre(dxc_ptr, row_b, s, -3, offs_d, mask_d, L, D, bias_b, wb0, wb1, wb2, wb3, x00, xm1, xm2, xm3)
+    dx += wb0[None, :] * g
+    m_out = (s < L)[:, None] & mask_d[None, :]
+    tl.store(dx_ptr + b.to(tl.int64) * L * D + s[:, None] * D + offs_d[None, :],
+             dx.to(dx_ptr.dtype.element_ty), mask=m_out)
+    part = tl.program_id(1).to(tl.int64)  # (sequence, chunk)
+    n_parts = Bsz * n_tchunks
+    part_f = (part * D + offs_d) * 4
+    part_b = ((n_parts + part) * D + offs_d) * 4
     tl.store(dw_part_ptr + part_f + 0, dwf0, mask=mask_d)
     tl.store(dw_part_ptr + part_f + 1, dwf1, mask=mask_d)
     tl.store(dw_part_ptr + part_f + 2, dwf2, mask=mask_d)
@@ -194,8 +194,8 @@ def _biconv_bwd_kernel(
     tl.store(dw_part_ptr + part_b + 1, dwb1, mask=mask_d)
     tl.store(dw_part_ptr + part_b + 2, dwb2, mask=mask_d)
     tl.store(dw_part_ptr + part_b + 3, dwb3, mask=mask_d)
-    tl.store(db_part_ptr + b.to(tl.int64) * D + offs_d, dbf, mask=mask_d)
-    tl.store(db_part_ptr + (Bsz + b).to(tl.int64) * D + offs_d, dbb, mask=mask_d)
+    tl.store(db_part_ptr + part * D + offs_d, dbf, mask=mask_d)
+    tl.store(db_part_ptr + (n_parts + part) * D + offs_d, dbb, mask=mask_d)
 
 
 def biconv_forward(x: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams) -> torch.Tensor:
@@ -222,9 +222,10 @@ def biconv_backward(
     """
     bsz, length, dim = x.shape
     dx = torch.empty((bsz, length, dim), device=x.device, dtype=x.dtype)
-    dw_part = torch.empty((2, bsz, dim, D_CONV), device=x.device, dtype=torch.float32)
-    db_part = torch.empty((2, bsz, dim), device=x.device, dtype=torch.float32)
-    grid = (triton.cdiv(dim, _BWD_BLOCK_D), bsz)
+    parts = bsz * triton.cdiv(length, _BWD_BLOCK_T)
+    dw_part = torch.empty((2, parts, dim, D_CONV), device=x.device, dtype=torch.float32)
+    db_part = torch.empty((2, parts, dim), device=x.device, dtype=torch.float32)
+    grid = (triton.cdiv(dim, _BWD_BLOCK_D), parts)
     _biconv_bwd_kernel[grid](
         x, conv_f.weight, conv_f.bias, conv_b.weight, conv_b.bias, dxc, dx, dw_part, db_part,
         bsz, length, dim, x.stride(0), x.stride(1),
