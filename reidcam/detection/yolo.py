@@ -77,24 +77,24 @@ def letterbox_geometry(height: int, width: int, imgsz: Sequence[int], stride: in
     resized = max(round(height * scale), 1), max(round(width * scale), 1)
     pad_h, pad_w = (imgsz[0] - resized[0]) % stride, (imgsz[1] - resized[1]) % stride
     shape = resized[0] + pad_h, resized[1] + pad_w
-    return Letterbox(shape, resized, round(pad_h / 2 - 0.1), round(pad_w / 2 - 0.1))
+    return Letterbox(shape, resized, round(pad_h / 2 + 0.1), round(pad_w / 2 - 0.1))
 
 
 def letterbox_on_device(
-    frame: np.ndarray, placement: Letterbox, device: torch.device | str, dtype: torch.dtype
+    frame: np.ndarray, geometry: Letterbox, device: torch.device | str, dtype: torch.dtype
 ) -> torch.Tensor:
     """A BGR uint8 frame (H, W, 3) as the network's (3, h, w) RGB input in [0, 1], letterboxed on ``device``.
 
     Only the uint8 frame crosses to the device. Bilinear without antialiasing and with half-pixel centres is
     cv2's INTER_LINEAR; the result differs from Ultralytics' by cv2's rounding to uint8 after resizing.
     """
-    image = torch.from_numpy(frame).to(device).permute(2, 0, 1).unsqueeze(0).float()
-    if placement.resized != frame.shape[:2]:
-        image = F.interpolate(image, size=placement.resized, mode="bilinear", align_corners=False, antialias=False)
-    bottom = placement.shape[0] - placement.resized[0] - placement.top
-    right = placement.shape[1] - placement.resized[1] - placement.left
-    image = F.pad(image, (placement.left, right, placement.top, bottom), value=PADDING_VALUE)
-    return image[0].flip(0).div_(255).to(dtype)
+    image = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1).unsqueeze(0).float()
+    if geometry.resized != frame.shape[:2]:
+        image = F.interpolate(image, size=geometry.resized, mode="bilinear", align_corners=False, antialias=False)
+    bottom = geometry.shape[0] - geometry.resized[0] - geometry.top
+    right = geometry.shape[1] - geometry.resized[1] - geometry.left
+    image = F.pad(image, (geometry.left, right, geometry.top, bottom), value=PADDING_VALUE)
+    return image[0].flip(0).to(dtype).div_(255)
 
 
 def uses_tensor_path(model_format: str, device: torch.device) -> bool:
@@ -102,11 +102,11 @@ def uses_tensor_path(model_format: str, device: torch.device) -> bool:
     return model_format == "pt" and device.type == "cuda"
 
 
-def batches_by_shape(placements: Sequence[Letterbox], max_batch: int) -> list[list[int]]:
+def batches_by_shape(geometries: Sequence[Letterbox], max_batch: int) -> list[list[int]]:
     """Indices of frames that share a network input shape, at most ``max_batch`` a batch, in first-seen order."""
     groups: dict[tuple[int, int], list[int]] = {}
-    for index, placement in enumerate(placements):
-        groups.setdefault(placement.shape, []).append(index)
+    for index, geometry in enumerate(geometries):
+        groups.setdefault(geometry.shape, []).append(index)
     return [group[start : start + max_batch] for group in groups.values() for start in range(0, len(group), max_batch)]
 
 
@@ -134,10 +134,15 @@ class YoloDetector:
         self._imgsz: tuple[int, int] = tuple(predictor.imgsz)
         self._max_det: int = predictor.args.max_det
         self._tensor_path = self._choose_tensor_path(tensor_path)
+        logger.info("detector %s on %s: %s", self.weights, self._network.device, self._path_name)
 
     @property
     def _half(self) -> bool:
         return self.device != "cpu"
+
+    @property
+    def _path_name(self) -> str:
+        return "tensor path" if self._tensor_path else "Ultralytics predict"
 
     def _choose_tensor_path(self, requested: bool | None) -> bool:
         if requested is None:
@@ -169,26 +174,30 @@ class YoloDetector:
         return detections
 
     def _detect_on_device(self, images: Sequence[np.ndarray]) -> list[sv.Detections]:
-        """The tensor path: frames grouped by input shape, each group one forward pass; output in input order."""
+        """The tensor path: frames grouped by input shape, each group one forward pass; output in input order.
+
+        Every frame gets its own smallest canvas, which is what ``predict`` gives a chunk of frames of one
+        shape (a chunk of mixed shapes it pads to the full ``imgsz`` square instead).
+        """
         stride = int(self._network.stride)
-        placements = [letterbox_geometry(*image.shape[:2], self._imgsz, stride) for image in images]
+        geometries = [letterbox_geometry(*image.shape[:2], self._imgsz, stride) for image in images]
         detections: list[sv.Detections | None] = [None] * len(images)
-        for indices in batches_by_shape(placements, self.max_batch):
-            found = self._run_batch([images[i] for i in indices], [placements[i] for i in indices])
+        for indices in batches_by_shape(geometries, self.max_batch):
+            found = self._run_batch([images[i] for i in indices], [geometries[i] for i in indices])
             for index, boxes in zip(indices, found):
                 detections[index] = boxes
         return detections
 
-    def _run_batch(self, images: Sequence[np.ndarray], placements: Sequence[Letterbox]) -> list[sv.Detections]:
-        """One forward pass, then Ultralytics' NMS and box scaling, as its DetectionPredictor.postprocess does."""
+    def _run_batch(self, images: Sequence[np.ndarray], geometries: Sequence[Letterbox]) -> list[sv.Detections]:
+        """One forward pass, then Ultralytics' NMS as its DetectionPredictor.postprocess runs it."""
         from ultralytics.utils.nms import non_max_suppression
-        from ultralytics.utils.ops import scale_boxes
 
         network = self._network
         dtype = torch.half if network.fp16 else torch.float
         with torch.inference_mode():
-            frames = [letterbox_on_device(image, at, network.device, dtype) for image, at in zip(images, placements)]
-            batch = torch.stack(frames)
+            batch = torch.stack(
+                [letterbox_on_device(image, at, network.device, dtype) for image, at in zip(images, geometries)]
+            )
             kept = non_max_suppression(
                 network(batch),
                 self.config.confidence,
@@ -197,19 +206,23 @@ class YoloDetector:
                 max_det=self._max_det,
                 end2end=getattr(network, "end2end", False),
             )
-            found = []
-            for image, boxes in zip(images, kept):
-                boxes = boxes.float()
-                boxes[:, :4] = scale_boxes(batch.shape[2:], boxes[:, :4], image.shape)
-                found.append(self._detections(boxes.cpu().numpy()))
-        return found
+            return [self._detections(rows, batch.shape[2:], image.shape) for image, rows in zip(images, kept)]
 
-    def _detections(self, boxes: np.ndarray) -> sv.Detections:
-        """Rows (x1, y1, x2, y2, confidence, class) as ``sv.Detections.from_ultralytics`` gives them."""
-        class_id = boxes[:, 5].astype(int)
+    def _detections(self, rows: torch.Tensor, input_shape: torch.Size, frame_shape: tuple[int, ...]) -> sv.Detections:
+        """NMS rows (x1, y1, x2, y2, confidence, class) in network input pixels as the frame's ``sv.Detections``,
+        with the fields ``sv.Detections.from_ultralytics`` gives.
+
+        Boxes are scaled in float32: half precision has one-pixel steps past 1024.
+        """
+        from ultralytics.utils.ops import scale_boxes
+
+        rows = rows.float()
+        rows[:, :4] = scale_boxes(input_shape, rows[:, :4], frame_shape)
+        rows = rows.cpu().numpy()
+        class_id = rows[:, 5].astype(int)
         return sv.Detections(
-            xyxy=boxes[:, :4].astype(np.float32),
-            confidence=boxes[:, 4].astype(np.float32),
+            xyxy=np.ascontiguousarray(rows[:, :4]),
+            confidence=np.ascontiguousarray(rows[:, 4]),
             class_id=class_id,
             data={"class_name": np.array([self.model.names[i] for i in class_id])},
         )

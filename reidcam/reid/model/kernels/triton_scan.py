@@ -72,9 +72,13 @@ INTERPRETER_BLOCKS = ScanBlocks(block_t=8, block_d=8, num_warps=1)
 # Session 4 (bias added in the kernel): 4x32 96 registers, 2.1 loads per cell (B and C are
 # broadcast loads, one per token and state per thread); 2x32 64 registers; two channels per thread
 # halve the loads (2x64: 128 registers, 4x64: 148). H200 autotuning: 0.61 / 0.66 / 0.70 / 0.83 ms
-# per call at batch 256 (attempt 21): the list keeps the best two.
+# per call at batch 256 (attempt 21). A program walks its whole sequence, so the last wave of
+# programs decides much: at batch 256 (6,144 one-warp programs) 96 registers fit 21 warps per SM,
+# 2.2 waves, the third 22 % full; capped at 80 (12 B of spill) 25 warps fit, 1.9 waves (attempt 25).
+# The batch is part of the tuning key for that reason.
 _FWD_CONFIGS = [
     ScanBlocks(4, 32, 1),
+    ScanBlocks(4, 32, 1, max_registers=80),
     ScanBlocks(2, 32, 1),
 ]
 # backward: delta comes precomputed, so chunks can be short. H100 autotuning (attempt 14): 2.4 / 3.2 /
@@ -367,7 +371,7 @@ def _autotune_options() -> dict:
 
 
 _scan_fwd_tuned = triton.autotune(
-    configs=_as_triton_configs(_FWD_CONFIGS), key=["L", "D", "N"], **_autotune_options()
+    configs=_as_triton_configs(_FWD_CONFIGS), key=["Bsz", "L", "D", "N"], **_autotune_options()
 )(_bimamba_scan_fwd_kernel)
 _scan_bwd_tuned = triton.autotune(
     configs=_as_triton_configs(_BWD_CONFIGS), key=["L", "D", "N"], reset_to_zero=["dbc_ptr"], **_autotune_options()
