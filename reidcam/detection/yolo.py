@@ -77,7 +77,7 @@ def letterbox_geometry(height: int, width: int, imgsz: Sequence[int], stride: in
     resized = max(round(height * scale), 1), max(round(width * scale), 1)
     pad_h, pad_w = (imgsz[0] - resized[0]) % stride, (imgsz[1] - resized[1]) % stride
     shape = resized[0] + pad_h, resized[1] + pad_w
-    return Letterbox(shape, resized, round(pad_h / 2 + 0.1), round(pad_w / 2 - 0.1))
+    return Letterbox(shape, resized, round(pad_h / 2 - 0.1), round(pad_w / 2 - 0.1))
 
 
 def letterbox_on_device(
