@@ -8,6 +8,7 @@
 #   bash bench/gpu_session.sh profile           # GPU 0: kernel profile; GPU 1: the speed table, autotuned
 #   bash bench/gpu_session.sh pipeline          # GPU 0: reidcam run on 1, 4, 16 cameras of 1080p; GPU 1: profile
 #   bash bench/gpu_session.sh measure-all       # GPU 0: speed table; GPU 1: profile, embedder, pipeline
+#   bash bench/gpu_session.sh detector-and-pipeline  # GPU 0: the detector's parts, then the pipeline
 #
 # The pipeline and measure-all phases carry .whl and .gpu/shared: a copy of ../shared/data/vtest.avi and
 # models/yolov8n-from-tflite.pt (made here by bench/detector_from_tflite.py: the device has no LiteRT).
@@ -16,11 +17,12 @@
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
 # 2-4 minutes of first-use compilation (the cache is read from .gpu/triton_cache.tgz when present).
 set -u
-phase=${1:?usage: gpu_session.sh measure-all|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
+phase=${1:?usage: gpu_session.sh measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if [ "$phase" = pipeline ] || [ "$phase" = measure-all ]; then wheels=(.whl/*.whl); else
+if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ]; then
+  wheels=(.whl/*.whl); else
   wheels=(.whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl); fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
   "${wheels[@]}" 2>&1 | tail -2
@@ -82,6 +84,14 @@ measure-all)
    REIDCAM_SHARED=.gpu/shared YOLO_OFFLINE=1 timeout 200 python3 bench/gpu_pipeline.py --device cuda \
      --cameras 1,4,16 --frames 100 --detector "$PWD/.gpu/shared/models/yolov8n-from-tflite.pt" >>"$OUT/side.log" 2>&1)
   wait
+  ;;
+detector-and-pipeline)
+  # The detector's parts per 1080p frame (tensor path vs predict), then the pipeline on 1, 4, 16 cameras.
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 YOLO_OFFLINE=1
+  detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
+  timeout 120 python3 bench/gpu_detector.py --detector "$detector" >"$OUT/side.log" 2>&1
+  REIDCAM_SHARED=.gpu/shared timeout 300 python3 bench/gpu_pipeline.py --device cuda --cameras 1,4,16 \
+    --frames 100 --detector "$detector" >>"$OUT/side.log" 2>&1
   ;;
 speed-and-train)
   echo "== [$(elapsed) s] GPU 0: speed vs ViT-B (all sizes), GPU 1: shipped-weights candidates"

@@ -206,19 +206,14 @@ class YoloDetector:
                 max_det=self._max_det,
                 end2end=getattr(network, "end2end", False),
             )
-            return [self._detections(rows, batch.shape[2:], image.shape) for image, rows in zip(images, kept)]
+            boxes = [_scaled_rows(rows, batch.shape[2:], image.shape) for image, rows in zip(images, kept)]
+            on_host = torch.cat(boxes).cpu().numpy()  # one device-to-host copy for the whole batch
+        counts = np.cumsum([len(rows) for rows in boxes])[:-1]
+        return [self._detections(rows) for rows in np.split(on_host, counts)]
 
-    def _detections(self, rows: torch.Tensor, input_shape: torch.Size, frame_shape: tuple[int, ...]) -> sv.Detections:
-        """NMS rows (x1, y1, x2, y2, confidence, class) in network input pixels as the frame's ``sv.Detections``,
-        with the fields ``sv.Detections.from_ultralytics`` gives.
-
-        Boxes are scaled in float32: half precision has one-pixel steps past 1024.
-        """
-        from ultralytics.utils.ops import scale_boxes
-
-        rows = rows.float()
-        rows[:, :4] = scale_boxes(input_shape, rows[:, :4], frame_shape)
-        rows = rows.cpu().numpy()
+    def _detections(self, rows: np.ndarray) -> sv.Detections:
+        """Rows (x1, y1, x2, y2, confidence, class) in frame pixels as ``sv.Detections``, with the fields
+        ``sv.Detections.from_ultralytics`` gives."""
         class_id = rows[:, 5].astype(int)
         return sv.Detections(
             xyxy=np.ascontiguousarray(rows[:, :4]),
@@ -226,6 +221,16 @@ class YoloDetector:
             class_id=class_id,
             data={"class_name": np.array([self.model.names[i] for i in class_id])},
         )
+
+
+def _scaled_rows(rows: torch.Tensor, input_shape: torch.Size, frame_shape: tuple[int, ...]) -> torch.Tensor:
+    """NMS rows with their boxes mapped from network input pixels back to the frame's, in float32
+    (half precision has one-pixel steps past 1024)."""
+    from ultralytics.utils.ops import scale_boxes
+
+    rows = rows.float()
+    rows[:, :4] = scale_boxes(input_shape, rows[:, :4], frame_shape)
+    return rows
 
 
 def _to_detections(result) -> sv.Detections:
