@@ -53,6 +53,17 @@ def cameras_once(count: int, frames: int, scale: float, folder: Path, detector: 
     return cams_yaml if cams_yaml.is_file() else write_cameras(count, frames, scale, folder, detector)
 
 
+def with_decoder_threads(cams_yaml: Path, threads: int | None) -> Path:
+    """cams.yaml with ``streams.decoder_threads`` set to ``threads`` (removed for None: reidcam's default)."""
+    document = yaml.safe_load(cams_yaml.read_text())
+    streams = document.setdefault("streams", {})
+    streams.pop("decoder_threads", None)
+    if threads:
+        streams["decoder_threads"] = threads
+    cams_yaml.write_text(yaml.safe_dump(document, sort_keys=False))
+    return cams_yaml
+
+
 def report_row(count: int, timing) -> str:
     summary = timing.summary
     wall = summary.wall_seconds
@@ -75,13 +86,16 @@ def main() -> None:
     parser.add_argument("--detector", default=str(DEFAULT_DETECTOR))
     parser.add_argument("--warmup-frames", type=int, default=30,
                         help="frames of one camera run first, untimed (first use compiles the GPU kernels)")
+    parser.add_argument("--decoder-threads", type=int, default=None,
+                        help="FFmpeg threads per camera (streams.decoder_threads; default: cores / cameras)")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "reidcam_gpu_pipeline")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     width, height = round(768 * args.scale), round(432 * args.scale)
     header = [
         f"reidcam run, {width}x{height} cameras of vtest.avi, {args.frames} frames each, detector "
-        f"{Path(args.detector).name}, device {args.device}",
+        f"{Path(args.detector).name}, device {args.device}, decoder threads per camera "
+        f"{args.decoder_threads or 'cores / cameras'}",
         "",
         "| cameras | frames | wall s | frames/s | per camera | ReID crops/s | "
         + " | ".join(STAGE_UNITS) + " |",
@@ -93,7 +107,8 @@ def main() -> None:
         time_pipeline(cameras_once(1, args.warmup_frames, args.scale, warmup, args.detector), device=args.device)
     for count in (int(c) for c in args.cameras.split(",")):
         folder = args.work / f"{count}cams_{args.frames}f_{width}"
-        cams_yaml = cameras_once(count, args.frames, args.scale, folder, args.detector)
+        cams_yaml = with_decoder_threads(cameras_once(count, args.frames, args.scale, folder, args.detector),
+                                         args.decoder_threads)
         timing = time_pipeline(cams_yaml, device=args.device)
         if len(lines) == len(header):
             lines[0] += f"; {timing.machine}"

@@ -13,7 +13,7 @@ import cv2
 import pytest
 
 from reidcam.app.config import CameraConfig, StreamConfig
-from reidcam.app.sources import open_cameras
+from reidcam.app.sources import open_cameras, with_decoder_threads
 from reidcam.errors import DataError
 
 FAST_RETRY = StreamConfig(retries=1, backoff_initial_s=0.05, backoff_max_s=0.1, open_timeout_s=2, read_timeout_s=2)
@@ -55,6 +55,19 @@ def test_frames_carry_images_of_the_clip(clips):
     expected = capture.read()[1]
     capture.release()
     assert (step[0].image == expected).all()
+
+
+def test_decoder_threads_share_the_cores_unless_configured(clips, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 32)
+    assert with_decoder_threads(FAST_RETRY, 16).decoder_threads == 2
+    assert with_decoder_threads(FAST_RETRY, 1).decoder_threads == 32
+    assert with_decoder_threads(FAST_RETRY, 64).decoder_threads == 1
+    assert with_decoder_threads(FAST_RETRY.model_copy(update={"decoder_threads": 3}), 16).decoder_threads == 3
+    one_thread = FAST_RETRY.model_copy(update={"decoder_threads": 1})
+    (step,) = all_steps([camera(clips, "east")], max_frames=1, streams=one_thread)
+    capture = cv2.VideoCapture(clips.cameras["east"]["source"])
+    assert (step[0].image == capture.read()[1]).all()
+    capture.release()
 
 
 def test_image_folder_in_name_order_skipping_unreadable_files(clips, tmp_path, caplog):

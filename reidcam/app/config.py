@@ -149,13 +149,16 @@ class StorageConfig(StrictModel):
 
 
 class StreamConfig(StrictModel):
-    """How a live source that cannot be opened, or drops, is retried."""
+    """How sources are decoded, and how a live source that cannot be opened, or drops, is retried."""
 
     retries: int = Field(default=5, ge=0)
     backoff_initial_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
     open_timeout_s: float = Field(default=10.0, gt=0)
     read_timeout_s: float = Field(default=10.0, gt=0)
+    # FFmpeg decoding threads per camera; None shares the machine's cores among the cameras (FFmpeg's
+    # own default gives every decoder all of them, and 16 cameras then run hundreds of threads)
+    decoder_threads: int | None = Field(default=None, ge=1)
 
 
 class CamsConfig(StrictModel):

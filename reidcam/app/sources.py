@@ -98,6 +98,8 @@ class VideoReader(FrameReader):
                 cv2.CAP_PROP_READ_TIMEOUT_MSEC,
                 int(streams.read_timeout_s * 1000),
             ]
+            if streams.decoder_threads:
+                params += [cv2.CAP_PROP_N_THREADS, streams.decoder_threads]
             self._capture = cv2.VideoCapture(source, cv2.CAP_ANY, params)
         if not self._capture.isOpened():
             raise DataError("cannot be opened")
@@ -374,6 +376,7 @@ def open_cameras(
     """
     results: dict[str, FrameReader | DataError] = {}
     stop = threading.Event()
+    streams = with_decoder_threads(streams, len(cameras))
 
     def attempt(camera: CameraConfig) -> None:
         try:
@@ -399,6 +402,13 @@ def open_cameras(
         if not isinstance(results[camera.id], DataError)
     ]
     return MultiCameraSource(camera_streams, sync_tolerance_s)
+
+
+def with_decoder_threads(streams: StreamConfig, cameras: int) -> StreamConfig:
+    """``streams`` with its decoder threads set: as configured, else the CPU cores shared among the cameras."""
+    if streams.decoder_threads:
+        return streams
+    return streams.model_copy(update={"decoder_threads": max(1, (os.cpu_count() or 1) // max(cameras, 1))})
 
 
 def _camera_stream(
