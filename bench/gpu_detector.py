@@ -59,27 +59,22 @@ def median_ms(run: Callable[[], object], device: torch.device, repeats: int = 7)
 
 
 def stage_times(detector: YoloDetector, frames: list[np.ndarray]) -> dict[str, float]:
-    """Milliseconds of each part of the tensor path for one batch of ``frames``."""
-    from ultralytics.utils.nms import non_max_suppression
-
+    """Milliseconds of each part of the tensor path for one batch of ``frames`` (of one size)."""
     network = detector._network
     device = network.device
     dtype = torch.half if network.fp16 else torch.float
-    at = [letterbox_geometry(*f.shape[:2], detector._imgsz, int(network.stride)) for f in frames]
+    at = letterbox_geometry(*frames[0].shape[:2], detector._imgsz, int(network.stride))
     with torch.inference_mode():
-        batch = torch.stack([letterbox_on_device(f, g, device, dtype) for f, g in zip(frames, at)])
+        batch = torch.stack([letterbox_on_device(f, at, device, dtype) for f in frames])
         raw = network(batch)
-        kept = non_max_suppression(raw, detector.config.confidence, detector.config.iou,
-                                   classes=[detector.person_class], max_det=detector._max_det)
+        rows, _ = detector._suppress(raw)
         return {
             "upload": median_ms(lambda: [torch.from_numpy(f).to(device) for f in frames], device),
             "upload + letterbox": median_ms(
-                lambda: torch.stack([letterbox_on_device(f, g, device, dtype) for f, g in zip(frames, at)]), device),
+                lambda: torch.stack([letterbox_on_device(f, at, device, dtype) for f in frames]), device),
             "network": median_ms(lambda: network(batch), device),
-            "NMS": median_ms(lambda: non_max_suppression(raw, detector.config.confidence, detector.config.iou,
-                                                         classes=[detector.person_class],
-                                                         max_det=detector._max_det), device),
-            "boxes to host": median_ms(lambda: torch.cat([k.float() for k in kept]).cpu(), device),
+            "NMS": median_ms(lambda: detector._suppress(raw), device),
+            "boxes to host": median_ms(lambda: rows.cpu(), device),
         }
 
 

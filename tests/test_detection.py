@@ -16,6 +16,7 @@ from reidcam.detection.yolo import (
     ULTRALYTICS_DEFAULT_WEIGHTS,
     YoloDetector,
     batches_by_shape,
+    person_nms,
     letterbox_geometry,
     letterbox_on_device,
     resolve_detector_weights,
@@ -262,9 +263,8 @@ def test_letterbox_on_device_is_ultralytics_preprocessing(predict_yolo, street_f
         assert difference.mean() < 0.3 and difference.max() < 1.0
 
 
-def test_batches_group_frames_of_one_input_shape_in_first_seen_order():
-    wide = letterbox_geometry(1080, 1920, (640, 640), stride=32)
-    tall = letterbox_geometry(1920, 1080, (640, 640), stride=32)
+def test_batches_group_frames_of_one_size_in_first_seen_order():
+    wide, tall = (1080, 1920, 3), (1920, 1080, 3)
     assert batches_by_shape([wide, tall, wide, wide, tall, wide], max_batch=2) == [[0, 2], [3, 5], [1, 4]]
 
 
@@ -296,6 +296,30 @@ def test_tensor_path_agrees_with_predict_on_camera_frames(predict_yolo, tensor_y
         best_ious.extend(sv.box_iou_batch(reference.xyxy, mine.xyxy).max(axis=1))
     assert np.median(best_ious) > 0.95
     assert np.mean(np.array(best_ious) > 0.9) > 0.7
+
+
+@pytest.mark.parametrize("max_det", [1000, 5])
+def test_person_nms_is_ultralytics_nms_over_a_batch(max_det):
+    """Crowded, overlapping boxes over 3 images (one with no person above the threshold), anchors whose best
+    class is not the person although its score passes: the same rows as Ultralytics, image by image."""
+    import torch
+    from ultralytics.utils.nms import non_max_suppression
+
+    generator = torch.Generator().manual_seed(0)
+    batch, classes, anchors, person = 3, 80, 2000, 0
+    centres = torch.rand(batch, 2, anchors, generator=generator) * 300
+    sizes = 20 + torch.rand(batch, 2, anchors, generator=generator) * 80
+    scores = torch.rand(batch, classes, anchors, generator=generator) * 0.35
+    scores[:, person] = torch.rand(batch, anchors, generator=generator)
+    scores[2, person] *= 0.2
+    prediction = torch.cat([centres, sizes, scores], dim=1)
+    expected = non_max_suppression(prediction, 0.3, 0.5, classes=[person], max_det=max_det)
+    rows, image = person_nms(prediction, 0.3, 0.5, person, max_det)
+    counts = [len(reference) for reference in expected]
+    assert counts[2] == 0 and (counts[:2] == [5, 5] if max_det == 5 else 300 < min(counts[:2]) < max_det)
+    assert (rows[:, 5] == person).all() and len(rows) == sum(counts)
+    for index, reference in enumerate(expected):
+        torch.testing.assert_close(rows[image == index], reference, rtol=0, atol=1e-5)
 
 
 def test_tensor_path_needs_a_pytorch_model(detector_weights):

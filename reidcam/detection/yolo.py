@@ -102,12 +102,40 @@ def uses_tensor_path(model_format: str, device: torch.device) -> bool:
     return model_format == "pt" and device.type == "cuda"
 
 
-def batches_by_shape(geometries: Sequence[Letterbox], max_batch: int) -> list[list[int]]:
-    """Indices of frames that share a network input shape, at most ``max_batch`` a batch, in first-seen order."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for index, geometry in enumerate(geometries):
-        groups.setdefault(geometry.shape, []).append(index)
+def batches_by_shape(frame_shapes: Sequence[tuple[int, ...]], max_batch: int) -> list[list[int]]:
+    """Indices of frames of one size, at most ``max_batch`` a batch, in first-seen order. Frames of one size
+    share a network input and the mapping of boxes back to the frame, so a batch maps them in one go."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, shape in enumerate(frame_shapes):
+        groups.setdefault(tuple(shape[:2]), []).append(index)
     return [group[start : start + max_batch] for group in groups.values() for start in range(0, len(group), max_batch)]
+
+
+def person_nms(
+    prediction: torch.Tensor, confidence: float, iou: float, person: int, max_det: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ultralytics' ``non_max_suppression`` for one class over a whole batch at once: one torchvision
+    ``batched_nms`` call where Ultralytics loops over the images in Python.
+
+    ``prediction`` is the network's (batch, 4 + classes, anchors) output. As in Ultralytics, an anchor is
+    a person when its best class is the person class with a score above ``confidence``. Returns the kept
+    rows (x1, y1, x2, y2, confidence, class) in float32, grouped by image and best first within one, and
+    the image of each row.
+    """
+    from torchvision.ops import batched_nms
+    from ultralytics.utils.ops import xywh2xyxy
+
+    scores, best = prediction[:, 4:].max(1)
+    image, anchor = torch.nonzero((scores > confidence) & (best == person), as_tuple=True)
+    boxes = xywh2xyxy(prediction[image, :4, anchor].float())
+    scores = scores[image, anchor].float()
+    kept = batched_nms(boxes, scores, image, iou)
+    kept = kept[torch.sort(image[kept], stable=True).indices]  # by image, best first within each
+    kept_image = image[kept]
+    first_of_image = torch.searchsorted(kept_image, kept_image, right=False)
+    kept = kept[torch.arange(len(kept), device=kept.device) - first_of_image < max_det]
+    rows = torch.cat([boxes[kept], scores[kept, None], torch.full_like(scores[kept, None], person)], dim=1)
+    return rows, image[kept]
 
 
 class YoloDetector:
@@ -179,37 +207,41 @@ class YoloDetector:
         Every frame gets its own smallest canvas, which is what ``predict`` gives a chunk of frames of one
         shape (a chunk of mixed shapes it pads to the full ``imgsz`` square instead).
         """
-        stride = int(self._network.stride)
-        geometries = [letterbox_geometry(*image.shape[:2], self._imgsz, stride) for image in images]
         detections: list[sv.Detections | None] = [None] * len(images)
-        for indices in batches_by_shape(geometries, self.max_batch):
-            found = self._run_batch([images[i] for i in indices], [geometries[i] for i in indices])
+        for indices in batches_by_shape([image.shape for image in images], self.max_batch):
+            found = self._run_batch([images[i] for i in indices])
             for index, boxes in zip(indices, found):
                 detections[index] = boxes
         return detections
 
-    def _run_batch(self, images: Sequence[np.ndarray], geometries: Sequence[Letterbox]) -> list[sv.Detections]:
-        """One forward pass, then Ultralytics' NMS as its DetectionPredictor.postprocess runs it."""
-        from ultralytics.utils.nms import non_max_suppression
+    def _run_batch(self, images: Sequence[np.ndarray]) -> list[sv.Detections]:
+        """One forward pass over frames of one size, the batch's NMS, and one copy of the boxes to the host."""
+        from ultralytics.utils.ops import scale_boxes
 
         network = self._network
         dtype = torch.half if network.fp16 else torch.float
+        geometry = letterbox_geometry(*images[0].shape[:2], self._imgsz, int(network.stride))
         with torch.inference_mode():
-            batch = torch.stack(
-                [letterbox_on_device(image, at, network.device, dtype) for image, at in zip(images, geometries)]
-            )
-            kept = non_max_suppression(
-                network(batch),
-                self.config.confidence,
-                self.config.iou,
-                classes=[self.person_class],
-                max_det=self._max_det,
-                end2end=getattr(network, "end2end", False),
-            )
-            boxes = [_scaled_rows(rows, batch.shape[2:], image.shape) for image, rows in zip(images, kept)]
-            on_host = torch.cat(boxes).cpu().numpy()  # one device-to-host copy for the whole batch
-        counts = np.cumsum([len(rows) for rows in boxes])[:-1]
-        return [self._detections(rows) for rows in np.split(on_host, counts)]
+            batch = torch.stack([letterbox_on_device(image, geometry, network.device, dtype) for image in images])
+            rows, image_of_row = self._suppress(network(batch))
+            rows[:, :4] = scale_boxes(batch.shape[2:], rows[:, :4], images[0].shape)
+            on_host = torch.cat([rows, image_of_row[:, None].float()], dim=1).cpu().numpy()
+        bounds = np.searchsorted(on_host[:, 6], np.arange(1, len(images)))
+        return [self._detections(found[:, :6]) for found in np.split(on_host, bounds)]
+
+    def _suppress(self, prediction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kept rows and the image of each: ``person_nms``, or Ultralytics' own for an end-to-end model
+        (whose output needs no NMS, only its filters)."""
+        if isinstance(prediction, (list, tuple)):  # some heads also return their feature maps
+            prediction = prediction[0]
+        if not getattr(self._network, "end2end", False):
+            return person_nms(prediction, self.config.confidence, self.config.iou, self.person_class, self._max_det)
+        from ultralytics.utils.nms import non_max_suppression
+
+        kept = non_max_suppression(prediction, self.config.confidence, self.config.iou, classes=[self.person_class],
+                                   max_det=self._max_det, end2end=True)
+        images = [torch.full((len(rows),), index, device=prediction.device) for index, rows in enumerate(kept)]
+        return torch.cat(kept).float(), torch.cat(images)
 
     def _detections(self, rows: np.ndarray) -> sv.Detections:
         """Rows (x1, y1, x2, y2, confidence, class) in frame pixels as ``sv.Detections``, with the fields
@@ -221,16 +253,6 @@ class YoloDetector:
             class_id=class_id,
             data={"class_name": np.array([self.model.names[i] for i in class_id])},
         )
-
-
-def _scaled_rows(rows: torch.Tensor, input_shape: torch.Size, frame_shape: tuple[int, ...]) -> torch.Tensor:
-    """NMS rows with their boxes mapped from network input pixels back to the frame's, in float32
-    (half precision has one-pixel steps past 1024)."""
-    from ultralytics.utils.ops import scale_boxes
-
-    rows = rows.float()
-    rows[:, :4] = scale_boxes(input_shape, rows[:, :4], frame_shape)
-    return rows
 
 
 def _to_detections(result) -> sv.Detections:
