@@ -324,12 +324,13 @@ def core_microbench(settings: Settings) -> list[str]:
     wx = torch.stack([fwd.x_proj_weight, bwd.x_proj_weight]).to(torch.bfloat16)
     xc = triton_conv.biconv_forward(x, *conv)
     dbl = mixer_core._x_proj_fp32(xc.view(2, -1, dim), wx)
+    tables = triton_scan.scan_tables(dbl, *scan, torch.bfloat16)
     exp_floor_ms = 2 * elems * d_state / SFU_OPS_PER_S * 1e3  # one exp2 per (token, channel, state, direction)
     pieces = {
         # name: (fn, minimum HBM bytes)
         "biconv (x -> xc fwd+bwd)": (lambda: triton_conv.biconv_forward(x, *conv), 2 * elems * 3),
         "x_proj bmm (both dirs)": (lambda: mixer_core._x_proj_fp32(xc.view(2, -1, dim), wx), 2 * elems * 2),
-        "fused bi-scan": (lambda: triton_scan.scan_forward(xc, z, dbl, *scan), 2 * elems * 4),
+        "fused bi-scan": (lambda: triton_scan.scan_forward(xc, z, dbl, tables), 2 * elems * 4),
     }
     for name, (fn, floor_bytes) in pieces.items():
         ms = median_ms(fn, settings)

@@ -3,13 +3,15 @@
 Forward, for x, z (B, L, D) token-major:
   1. biconv_forward: xc (2, B, L, D) = silu(causal conv(x)), silu(anti-causal conv(x)), x read once;
   2. one batched matmul (cuBLAS) for both directions' x_proj: dbl (2, B*L, dt_rank + 2*d_state);
-  3. scan_forward: both directions' selective scans with dt_proj + softplus inside, gated by silu(z),
-     averaged, written once as (B, L, D).
-The kernels read each direction's parameters where they are (no stacked copies); only the x_proj
-weights are stacked and cast to the compute dtype for the batched matmul.
+  3. scan_tables: the two directions' scan parameters stacked, and dt cast, once per forward (kept for
+     the backward);
+  4. scan_forward: dt @ dt_proj^T as one batched GEMM, then both directions' selective scans (bias and
+     softplus inside), gated by silu(z), averaged, written once as (B, L, D).
+The conv kernels read each direction's parameters where they are; the x_proj weights and the scan
+tables are stacked (small copies) for the batched matmuls and the scan kernels.
 Backward recomputes xc (cheaper in memory than keeping it), runs the scan backward kernel, does the
 x_proj / dt_proj weight and input gradients as batched matmuls, and finishes with biconv_backward.
-Only x, z, the small x_proj output (fp32) and the parameters are saved for backward.
+Only x, z, the small x_proj output (fp32), the scan tables and the parameters are kept for backward.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 
 from .triton_conv import D_CONV, ConvParams, biconv_backward, biconv_forward
-from .triton_scan import ScanParams, interpreting, scan_backward, scan_forward
+from .triton_scan import ScanParams, interpreting, scan_backward, scan_forward, scan_tables
 
 # order of one direction's tensors in the Function's arguments (DirectionParams field names)
 FIELDS = ("conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "A_log", "D")
@@ -42,8 +44,10 @@ class _BiMambaCoreFn(torch.autograd.Function):
             xc = biconv_forward(x, _conv(pf), _conv(pb))
             x_proj = torch.stack([pf[2], pb[2]]).to(x.dtype)
             dbl = _x_proj_fp32(xc.view(2, bsz * length, dim), x_proj)
-            out = scan_forward(xc, z, dbl, _scan(pf), _scan(pb))
+            tables = scan_tables(dbl, _scan(pf), _scan(pb), x.dtype)
+            out = scan_forward(xc, z, dbl, tables)
         ctx.save_for_backward(x, z, dbl, x_proj, *params)
+        ctx.tables = tables  # derived from the saved tensors; kept to spare the backward its launches
         return out
 
     @staticmethod
@@ -52,14 +56,13 @@ class _BiMambaCoreFn(torch.autograd.Function):
         pf, pb = tuple(params[:7]), tuple(params[7:])
         bsz, length, dim = x.shape
         tokens = bsz * length
-        rank = pf[3].shape[-1]
+        tables = ctx.tables
         with torch.autocast(x.device.type, enabled=False):
             xc = biconv_forward(x, _conv(pf), _conv(pb))
-            grads = scan_backward(xc, z, dbl, _scan(pf), _scan(pb), grad_out.to(x.dtype))
+            grads = scan_backward(xc, z, dbl, tables, grad_out.to(x.dtype))
             ddt = grads.ddt.view(2, tokens, dim)
-            dt_proj = torch.stack([pf[3], pb[3]]).to(x.dtype)
-            d_dbl = torch.cat([torch.bmm(ddt, dt_proj), grads.dbc.to(x.dtype)], dim=-1)
-            d_dt_proj = torch.bmm(ddt.transpose(1, 2), dbl[..., :rank].to(x.dtype))
+            d_dbl = torch.cat([torch.bmm(ddt, tables.dt_weight), grads.dbc.to(x.dtype)], dim=-1)
+            d_dt_proj = torch.bmm(ddt.transpose(1, 2), tables.dt)
             d_x_proj = torch.bmm(d_dbl.transpose(1, 2), xc.view(2, tokens, dim))
             dxc = torch.baddbmm(grads.dxc.view(2, tokens, dim), d_dbl, x_proj)
             dx, (dwf, dbf), (dwb, dbb) = biconv_backward(x, dxc.view(2, bsz, length, dim), _conv(pf), _conv(pb))

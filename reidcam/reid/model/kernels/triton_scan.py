@@ -397,29 +397,54 @@ class ScanParams:
     d_skip: torch.Tensor  # (D,)
 
 
-def _a_tables(fwd: ScanParams, bwd: ScanParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """A = -exp(A_log) (2, D, N) fp32, and A * log2(e) as (2, N, D) for the kernels' exp2 (one row of
-    channels per state, so a state's row is one coalesced load)."""
+@dataclass(frozen=True)
+class ScanTables:
+    """What the scan kernels read of both directions' parameters and of dt, derived once per forward
+    pass and kept for the backward (each derivation is a small kernel launch, and a training step
+    launched ~2,400 of them: BENCHMARKS.md, session 4)."""
+
+    dt: torch.Tensor  # (2, B*L, R), compute dtype: the x_proj output's dt part
+    dt_weight: torch.Tensor  # (2, D, R), compute dtype
+    dt_bias: torch.Tensor  # (2, D) fp32
+    a: torch.Tensor  # (2, D, N) fp32: A = -exp(A_log)
+    a2: torch.Tensor  # (2, N, D) fp32: A * log2(e), one row of channels per state (a coalesced load)
+    d_skip: torch.Tensor  # (2, D)
+
+    def dt_projection(self) -> torch.Tensor:
+        """dt @ dt_proj^T, (2, B*L, D) in the compute dtype: delta's pre-activation less the bias, which the
+        kernels add in fp32 (as mamba-ssm does). In bf16 a tensor-core GEMM writing half the bytes of an
+        fp32 one; the fp32 version ran on FMA units at 0.21 ms per block, 17 % of inference."""
+        return torch.bmm(self.dt, self.dt_weight.transpose(1, 2))
+
+
+def scan_tables(dbl: torch.Tensor, fwd: ScanParams, bwd: ScanParams, dtype: torch.dtype) -> ScanTables:
+    """The ScanTables of dbl (2, B*L, R + 2N) and the two directions' parameters, in compute dtype ``dtype``."""
+    rank = fwd.dt_proj_weight.shape[-1]
     a = -torch.exp(torch.stack([fwd.a_log, bwd.a_log]).to(torch.float32))
-    return a, (a * math.log2(math.e)).transpose(1, 2).contiguous()
+    return ScanTables(
+        dt=dbl[..., :rank].to(dtype),
+        dt_weight=torch.stack([fwd.dt_proj_weight, bwd.dt_proj_weight]).to(dtype),
+        dt_bias=torch.stack([fwd.dt_bias, bwd.dt_bias]).to(torch.float32),
+        a=a,
+        a2=(a * math.log2(math.e)).transpose(1, 2).contiguous(),
+        d_skip=torch.stack([fwd.d_skip, bwd.d_skip]),
+    )
 
 
-def scan_forward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, fwd: ScanParams, bwd: ScanParams) -> torch.Tensor:
+def scan_forward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables) -> torch.Tensor:
     """Gated, averaged output (B, L, D) of both scan directions.
 
     xc (2, B, L, D) contiguous; z (B, L, D) with a contiguous last dim; dbl (2, B*L, R + 2N) contiguous
     fp32 (the x_proj output: dt, B, C per token).
     """
     _, bsz, length, dim = xc.shape
-    rank = fwd.dt_proj_weight.shape[-1]
-    d_state = fwd.a_log.shape[-1]
+    rank = tables.dt.shape[-1]
+    d_state = tables.a.shape[-1]
     out = torch.empty((bsz, length, dim), device=xc.device, dtype=xc.dtype)
-    _, a2 = _a_tables(fwd, bwd)
-    pre = _dt_projection(dbl, fwd, bwd, xc.dtype)
     _launch(
         _bimamba_scan_fwd_kernel, _scan_fwd_tuned,
         lambda meta: (triton.cdiv(dim, meta["BLOCK_D"]), bsz),
-        xc, z, dbl, pre, _dt_biases(fwd, bwd), out, a2, fwd.d_skip, bwd.d_skip,
+        xc, z, dbl, tables.dt_projection(), tables.dt_bias, out, tables.a2, tables.d_skip[0], tables.d_skip[1],
         bsz, length, dim, rank, z.stride(0), z.stride(1),
         N=d_state,
     )
@@ -437,28 +462,13 @@ class ScanGrads:
     dt_bias: torch.Tensor  # (2, D) fp32
 
 
-def _dt_projection(dbl: torch.Tensor, fwd: ScanParams, bwd: ScanParams, dtype: torch.dtype) -> torch.Tensor:
-    """dt @ dt_proj^T, (2, B*L, D) in the compute dtype: delta's pre-activation less the bias, which the
-    kernels add in fp32 (as mamba-ssm does). In bf16 this is a tensor-core GEMM writing half the bytes
-    of an fp32 one; the fp32 version ran on FMA units at 0.21 ms per block, 17 % of inference
-    (BENCHMARKS.md, session 4)."""
-    rank = fwd.dt_proj_weight.shape[-1]
-    weight = torch.stack([fwd.dt_proj_weight, bwd.dt_proj_weight]).to(dtype)
-    return torch.bmm(dbl[..., :rank].to(dtype), weight.transpose(1, 2))
-
-
-def _dt_biases(fwd: ScanParams, bwd: ScanParams) -> torch.Tensor:
-    """(2, D) fp32: both directions' dt biases."""
-    return torch.stack([fwd.dt_bias, bwd.dt_bias]).to(torch.float32)
-
-
 def scan_backward(
-    xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, fwd: ScanParams, bwd: ScanParams, grad_out: torch.Tensor
+    xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables, grad_out: torch.Tensor
 ) -> ScanGrads:
     """Gradients of scan_forward's output with respect to its inputs, given grad_out (B, L, D)."""
     _, bsz, length, dim = xc.shape
-    rank = fwd.dt_proj_weight.shape[-1]
-    d_state = fwd.a_log.shape[-1]
+    rank = tables.dt.shape[-1]
+    d_state = tables.a.shape[-1]
     dev = xc.device
     grad_out = grad_out.contiguous()
     dz = torch.empty_like(xc)  # one share per direction, summed below
@@ -472,12 +482,10 @@ def scan_backward(
     n_state_chunks = triton.cdiv(length, smallest_t) + 1
     states = torch.empty((2, bsz, n_state_chunks, d_state, dim), device=dev, dtype=torch.float32)
     dh_carry = torch.empty((2, bsz, d_state, dim), device=dev, dtype=torch.float32)
-    pre = _dt_projection(dbl, fwd, bwd, xc.dtype)
-    a, a2 = _a_tables(fwd, bwd)
     _launch(
         _bimamba_scan_bwd_kernel, _scan_bwd_tuned,
         lambda meta: (triton.cdiv(dim, meta["BLOCK_D"]), bsz, 2),
-        xc, z, grad_out, dbl, pre, _dt_biases(fwd, bwd), a2, torch.stack([fwd.d_skip, bwd.d_skip]).contiguous(),
+        xc, z, grad_out, dbl, tables.dt_projection(), tables.dt_bias, tables.a2, tables.d_skip,
         dz, dxc, ddt, dbc, da_part, d_skip_part, dt_bias_part, states, dh_carry,
         bsz, length, dim, rank, z.stride(0), z.stride(1), n_state_chunks,
         N=d_state,
@@ -485,5 +493,5 @@ def scan_backward(
     da = da_part.sum(1).transpose(1, 2)  # (2, D, N): dL/dA
     return ScanGrads(
         dz=(dz[0] + dz[1]).to(z.dtype), dxc=dxc, ddt=ddt, dbc=dbc,
-        da_log=da * a, d_skip=d_skip_part.sum(1), dt_bias=dt_bias_part.sum(1),
+        da_log=da * tables.a, d_skip=d_skip_part.sum(1), dt_bias=dt_bias_part.sum(1),
     )
