@@ -195,7 +195,7 @@ class YoloDetector:
                 iou=self.config.iou,
                 classes=[self.person_class],
                 device=self.device,
-                half=self._half,
+                **precision_argument(self._half),
                 verbose=False,
             )
             detections.extend(_to_detections(result) for result in results)
@@ -255,6 +255,16 @@ class YoloDetector:
         )
 
 
+def precision_argument(half: bool) -> dict[str, object]:
+    """``predict``'s precision argument: ``quantize`` where this Ultralytics has it (it warns that ``half`` is
+    deprecated, on every call), else ``half`` (Ultralytics 8.3)."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    if "quantize" in DEFAULT_CFG_DICT:
+        return {"quantize": 16 if half else None}
+    return {"half": half}
+
+
 def _to_detections(result) -> sv.Detections:
     detections = sv.Detections.from_ultralytics(result)
     detections.xyxy = detections.xyxy.astype(np.float32)
@@ -280,7 +290,7 @@ def _load_model(weights: str, imgsz: int = 640, device: str | int = "cpu", half:
     try:
         model = YOLO(weights, task="detect")
         blank = np.zeros((imgsz, imgsz, 3), dtype=np.uint8)
-        model.predict(blank, imgsz=imgsz, device=device, half=half, verbose=False)
+        model.predict(blank, imgsz=imgsz, device=device, verbose=False, **precision_argument(half))
         return model
     except ConnectionError:
         raise ConfigError(
