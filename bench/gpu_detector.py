@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +26,8 @@ from reidcam.app.config import DetectorConfig
 from reidcam.app.virtual_cameras import DEFAULT_SOURCE
 from reidcam.detection.yolo import YoloDetector, letterbox_geometry, letterbox_on_device
 
-WINDOW_16_9 = (0, 72, 768, 504)
+from gpu_embedder import timed  # sibling bench scripts (run as ``python bench/gpu_detector.py``)
+from gpu_pipeline import WINDOW_16_9
 
 
 def hd_frames(count: int) -> list[np.ndarray]:
@@ -44,18 +44,9 @@ def hd_frames(count: int) -> list[np.ndarray]:
 
 
 def median_ms(run: Callable[[], object], device: torch.device, repeats: int = 7) -> float:
-    """Median wall milliseconds of ``run`` after one untimed call, the device drained around each."""
-    times = []
-    for index in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if index:
-            times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
+    """Median of ``repeats`` drained timings of ``run`` after one untimed call."""
+    run()
+    return statistics.median(timed(run, device) for _ in range(repeats))
 
 
 def stage_times(detector: YoloDetector, frames: list[np.ndarray]) -> dict[str, float]:

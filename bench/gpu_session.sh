@@ -87,10 +87,11 @@ measure-all)
   ;;
 detector-and-pipeline)
   # The detector's parts per 1080p frame (tensor path vs predict), then the pipeline on 1, 4, 16 cameras.
-  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 YOLO_OFFLINE=1
+  # Both read vtest.avi from the carried .gpu/shared (the device has no ../shared).
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared
   detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
   timeout 120 python3 bench/gpu_detector.py --detector "$detector" >"$OUT/side.log" 2>&1
-  REIDCAM_SHARED=.gpu/shared timeout 300 python3 bench/gpu_pipeline.py --device cuda --cameras 1,4,16 \
+  timeout 300 python3 bench/gpu_pipeline.py --device cuda --cameras 1,4,16 \
     --frames 100 --detector "$detector" >>"$OUT/side.log" 2>&1
   ;;
 speed-and-train)
