@@ -9,6 +9,7 @@
 #   bash bench/gpu_session.sh pipeline          # GPU 0: reidcam run on 1, 4, 16 cameras of 1080p; GPU 1: profile
 #   bash bench/gpu_session.sh measure-all       # GPU 0: speed table; GPU 1: profile, embedder, pipeline
 #   bash bench/gpu_session.sh detector-and-pipeline  # GPU 0: the detector's parts, then the pipeline
+#   bash bench/gpu_session.sh cuda-scan         # GPU 0: CUDA forward scan tests, checks, A/B row; GPU 1: table
 #
 # The pipeline and measure-all phases carry .whl and .gpu/shared: a copy of ../shared/data/vtest.avi and
 # models/yolov8n-from-tflite.pt (made here by bench/detector_from_tflite.py: the device has no LiteRT).
@@ -17,11 +18,11 @@
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
 # 2-4 minutes of first-use compilation (the cache is read from .gpu/triton_cache.tgz when present).
 set -u
-phase=${1:?usage: gpu_session.sh measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
+phase=${1:?usage: gpu_session.sh cuda-scan|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ]; then
+if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = cuda-scan ]; then
   wheels=(.whl/*.whl); else
   wheels=(.whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl); fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -70,6 +71,21 @@ PY
 }
 
 case $phase in
+cuda-scan)
+  # The CUDA forward scan (kernels/scan_fwd.cu): GPU 0 its tests against the Triton forward, the backend
+  # checks against the references (both forward kernels), then 256x128 s16 with either forward kernel and
+  # the kernel-by-kernel core times; GPU 1 the speed table at every size with the CUDA forward.
+  export REIDCAM_SCAN=triton
+  (export CUDA_VISIBLE_DEVICES=0
+   timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda_scan.py >"$OUT/checks.log" 2>&1
+   timeout 150 python3 bench/speed_vs_vit.py --checks-only --backends triton --no-plain-norm >>"$OUT/checks.log" 2>&1
+   OUT="$OUT/ab" timeout 190 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton --no-plain-norm \
+     --no-graphs >"$OUT/ab.log" 2>&1) &
+  (export CUDA_VISIBLE_DEVICES=1
+   timeout 470 python3 bench/speed_vs_vit.py --timing-only --backends triton --no-plain-norm --no-triton-fwd \
+     --skip-core >"$OUT/speed.log" 2>&1) &
+  wait
+  ;;
 measure-all)
   # Everything issue 6 measures, in one call: GPU 0 the speed table (autotuned, every size);
   # GPU 1 the kernel profile, the embedder per batch size, then the pipeline on 1, 4, 16 cameras.

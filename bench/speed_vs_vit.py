@@ -85,6 +85,7 @@ class Settings:
     backends: list[str] = field(default_factory=list)
     timed: tuple[str, ...] = ("triton", "cuda")
     plain_norm: bool = True  # also time triton with the unfused add + RMSNorm
+    triton_fwd: bool = True  # also time triton with the Triton forward scan instead of the CUDA one
     started: float = field(default_factory=time.perf_counter)
 
     def stage(self, text: str) -> None:
@@ -194,7 +195,10 @@ def check_core(settings: Settings) -> list[str]:
     # fp32 -> bf16 instead of rounding to nearest, which about doubles its bf16 errors
     bf16_factor = 5.0 if settings.smoke else 3.0
     for dtype in (torch.float32, torch.bfloat16):
-        errors = {"triton": _errors(core_outputs("triton", xz, fwd, bwd, grad_out, dtype, device), exact)}
+        errors = {}
+        for label, kernel in _forward_kernels(settings):
+            with _forward_kernel(kernel):
+                errors[label] = _errors(core_outputs("triton", xz, fwd, bwd, grad_out, dtype, device), exact)
         for ref in refs:
             try:
                 errors[ref] = _errors(core_outputs(ref, xz, fwd, bwd, grad_out, dtype, device), exact)
@@ -206,16 +210,40 @@ def check_core(settings: Settings) -> list[str]:
         if not refs_ok:
             failures.append(f"{dtype}: no reference backend ran")
             continue
-        for name, err in errors["triton"].items():
-            ref_err = max(errors[b][name] for b in refs_ok)
-            if dtype == torch.float32:
-                # the issue's bound (1e-3), or as close to float64 as the references themselves
-                ok = err < 1e-3 or err <= 2.0 * ref_err
-            else:
-                ok = err <= bf16_factor * ref_err + 1e-3
-            if not ok:
-                failures.append(f"{dtype} {name}: triton err {err:.2e} vs reference err {ref_err:.2e}")
+        for label, _ in _forward_kernels(settings):
+            for name, err in errors[label].items():
+                ref_err = max(errors[b][name] for b in refs_ok)
+                if dtype == torch.float32:
+                    # the issue's bound (1e-3), or as close to float64 as the references themselves
+                    ok = err < 1e-3 or err <= 2.0 * ref_err
+                else:
+                    ok = err <= bf16_factor * ref_err + 1e-3
+                if not ok:
+                    failures.append(f"{dtype} {name}: {label} err {err:.2e} vs reference err {ref_err:.2e}")
     return failures
+
+
+def _forward_kernels(settings: Settings) -> list[tuple[str, str]]:
+    """(label, REIDCAM_SCAN_FWD) of each forward scan kernel to check: on a GPU the CUDA one (strict, so a
+    kernel that fails to compile is a failure) and the Triton one; in the interpreter only Triton."""
+    return [("triton", "triton")] if settings.smoke else [("triton", "cuda"), ("triton-tfwd", "triton")]
+
+
+class _forward_kernel:
+    """REIDCAM_SCAN_FWD set for a block, then restored."""
+
+    def __init__(self, kernel: str) -> None:
+        self.kernel = kernel
+
+    def __enter__(self) -> None:
+        self.saved = os.environ.get("REIDCAM_SCAN_FWD")
+        os.environ["REIDCAM_SCAN_FWD"] = self.kernel
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saved is None:
+            os.environ.pop("REIDCAM_SCAN_FWD", None)
+        else:
+            os.environ["REIDCAM_SCAN_FWD"] = self.saved
 
 
 def _to64(p: DirectionParams) -> DirectionParams:
@@ -305,7 +333,7 @@ class _no_tf32:
 
 def core_microbench(settings: Settings) -> list[str]:
     """Kernel-by-kernel times of the triton mixer core at 256x128 s16 shapes; returns report lines."""
-    from reidcam.reid.model.kernels import mixer_core, triton_conv, triton_scan
+    from reidcam.reid.model.kernels import cuda_scan, mixer_core, triton_conv, triton_scan
 
     device = settings.device
     length = 140 if not settings.smoke else 11
@@ -330,8 +358,10 @@ def core_microbench(settings: Settings) -> list[str]:
         # name: (fn, minimum HBM bytes)
         "biconv (x -> xc fwd+bwd)": (lambda: triton_conv.biconv_forward(x, *conv), 2 * elems * 3),
         "x_proj bmm (both dirs)": (lambda: mixer_core._x_proj_fp32(xc.view(2, -1, dim), wx), 2 * elems * 2),
-        "fused bi-scan": (lambda: triton_scan.scan_forward(xc, z, dbl, tables), 2 * elems * 4),
+        "fused bi-scan (Triton)": (lambda: triton_scan.scan_forward(xc, z, dbl, tables), 2 * elems * 4),
     }
+    if cuda_scan.supports(xc, tables):
+        pieces["fused bi-scan (CUDA)"] = (lambda: mixer_core._CUDA_SCAN.forward(xc, z, dbl, tables), 2 * elems * 4)
     for name, (fn, floor_bytes) in pieces.items():
         ms = median_ms(fn, settings)
         lines.append(f"  {name:<28} {ms:8.3f} ms   memory floor {floor_bytes / HBM_BYTES_PER_S * 1e3:6.3f} ms"
@@ -465,8 +495,10 @@ class _VitBlock(nn.Module):
 def select_variant(model: nn.Module, variant: str, settings: Settings) -> None:
     """Scan backend and add+norm path of a table variant: "triton" is the model as it runs with that
     backend (fused add+RMSNorm, automatic on CUDA; forced in a CPU smoke run so the path is exercised),
-    "triton-plain-norm" the unfused add + RMSNorm, any other name a backend with its own path."""
-    backend = variant.removesuffix("-plain-norm")
+    "triton-plain-norm" the unfused add + RMSNorm, "triton-tfwd" the Triton forward scan instead of the
+    CUDA one (kernels/cuda_scan.py), any other name a backend with its own path."""
+    backend = variant.removesuffix("-plain-norm").removesuffix("-tfwd")
+    os.environ["REIDCAM_SCAN_FWD"] = "triton" if variant.endswith("-tfwd") else "auto"
     model.set_scan_backend(backend)
     if variant == "triton-plain-norm":
         model.set_fused_add_norm(False)
@@ -591,6 +623,7 @@ def mamba_variants(settings: Settings) -> list[str]:
     the plain add + RMSNorm; the pure-PyTorch backend only in a smoke run (at batch 256 it needs tens of GB)."""
     timed = [b for b in settings.backends if b in settings.timed]
     variants = ["triton"] if "triton" in timed else []
+    variants += ["triton-tfwd"] if "triton" in timed and settings.triton_fwd and not settings.smoke else []
     variants += [b for b in timed if b == "cuda" or (b == "torch" and settings.smoke)]
     return variants + (["triton-plain-norm"] if "triton" in timed and settings.plain_norm else [])
 
@@ -645,6 +678,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="one tile config per autotuned scan kernel: far less compiling")
     parser.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph row of the triton backend")
     parser.add_argument("--no-plain-norm", action="store_true", help="skip the triton-plain-norm variant")
+    parser.add_argument("--no-triton-fwd", action="store_true", help="skip the triton-tfwd variant")
     parser.add_argument("--skip-core", action="store_true", help="skip the mixer-core kernel timings")
     parser.add_argument("--backends", default="triton,cuda",
                         help="scan backends timed in the table (correctness always uses every one that imports)")
@@ -672,6 +706,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
     settings.backends = [b for b in ("triton", "cuda", "torch") if b in available_backends()]
     settings.timed = tuple(args.backends.split(",")) + (("torch",) if args.smoke else ())
     settings.plain_norm = not args.no_plain_norm
+    settings.triton_fwd = not args.no_triton_fwd
     return settings
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from . import cuda_scan
 from .triton_conv import D_CONV, ConvParams, biconv_backward, biconv_forward
 from .triton_scan import ScanParams, interpreting, scan_backward, scan_forward, scan_tables
 
@@ -45,7 +46,7 @@ class _BiMambaCoreFn(torch.autograd.Function):
             x_proj = torch.stack([pf[2], pb[2]]).to(x.dtype)
             dbl = _x_proj_fp32(xc.view(2, bsz * length, dim), x_proj)
             tables = scan_tables(dbl, _scan(pf), _scan(pb), x.dtype)
-            out = scan_forward(xc, z, dbl, tables)
+            out = _scan_forward(xc, z, dbl, tables)
         ctx.save_for_backward(x, z, dbl, x_proj, *params)
         ctx.tables = tables  # derived from the saved tensors; kept to spare the backward its launches
         return out
@@ -72,6 +73,21 @@ class _BiMambaCoreFn(torch.autograd.Function):
         ]
         param_grads = [g.to(p.dtype) for g, p in zip(per_direction[0] + per_direction[1], params)]
         return (dx, grads.dz, *param_grads)
+
+
+_CUDA_SCAN = cuda_scan.CudaScan()  # compiled kernels per device, like Triton's own cache: built on first use
+
+
+def _scan_forward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: Any) -> torch.Tensor:
+    """The CUDA forward scan where it runs (REIDCAM_SCAN_FWD: auto, cuda, triton), else the Triton one."""
+    choice = cuda_scan.forward_kernel_choice()
+    if choice != "triton" and cuda_scan.supports(xc, tables):
+        try:
+            return _CUDA_SCAN.forward(xc, z, dbl, tables)
+        except cuda_scan.CudaScanUnavailable:
+            if choice == "cuda":
+                raise
+    return scan_forward(xc, z, dbl, tables)
 
 
 def _x_proj_fp32(xc: torch.Tensor, x_proj: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,263 @@
+"""The forward scan as a CUDA kernel (scan_fwd.cu), compiled at first use with NVRTC and launched through
+the CUDA driver API, both over ctypes.
+
+Why not the Triton forward: it issues about 11 instructions per (token, channel, state) where the math
+needs five, and ran at 0.61-0.65 ms per block at batch 256, twice what tying ViT-B needs
+(bench/NOTES-speed.md, attempt 31). The CUDA kernel computes the same function from the same tensors
+(``ScanTables``), so the Triton backward still serves it.
+
+Why NVRTC and the driver API rather than a C++ extension: every CUDA build of PyTorch ships libnvrtc, and
+libcuda comes with the driver, so nothing needs nvcc, a host compiler or PyTorch's headers; compiling the
+four kernels takes about a second. Kernels run on PyTorch's current stream, so CUDA graphs capture them.
+
+``REIDCAM_SCAN_FWD`` picks the forward kernel: ``auto`` (default: CUDA where it compiles, else Triton),
+``cuda`` (an error if it cannot compile) or ``triton``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .triton_scan import ScanTables
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("scan_fwd.cu")
+THREADS = 128  # channels (c1) or channel pairs (c2) per block
+CHANNELS_PER_THREAD = (2, 1)  # the variants tried on a new shape, the default first
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float32: "f32"}
+
+
+class CudaScanUnavailable(RuntimeError):
+    """NVRTC or the driver could not be loaded, or the kernel did not compile."""
+
+
+def kernel_name(dtype: torch.dtype, channels_per_thread: int) -> str:
+    return f"bimamba_scan_fwd_{_DTYPE_NAMES[dtype]}_c{channels_per_thread}"
+
+
+# --- NVRTC -------------------------------------------------------------------------------------------------
+
+
+def _nvrtc_library() -> ctypes.CDLL:
+    """libnvrtc: by soname (PyTorch may have loaded it), else from the nvidia wheels beside PyTorch."""
+    names = ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"]
+    for entry in sys.path:
+        names += sorted(glob.glob(os.path.join(entry, "nvidia", "*", "lib", "libnvrtc.so.*")))
+    for name in names:
+        if "builtins" in name or ".alt." in name:
+            continue
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    raise CudaScanUnavailable("libnvrtc not found (it comes with CUDA builds of PyTorch)")
+
+
+@dataclass(frozen=True)
+class CompiledScan:
+    cubin: bytes
+    log: str  # NVRTC's log, with ptxas' register and spill report
+
+
+def compile_scan(arch: int, d_state: int, threads: int = THREADS) -> CompiledScan:
+    """Compile scan_fwd.cu for sm_<arch> (e.g. 90) into a cubin; needs no GPU."""
+    nvrtc = _nvrtc_library()
+    nvrtc.nvrtcGetErrorString.restype = ctypes.c_char_p
+
+    def check(result: int, what: str) -> None:
+        if result != 0:
+            raise CudaScanUnavailable(f"NVRTC {what}: {nvrtc.nvrtcGetErrorString(result).decode()}")
+
+    program = ctypes.c_void_p()
+    check(nvrtc.nvrtcCreateProgram(ctypes.byref(program), SOURCE.read_bytes(), b"scan_fwd.cu", 0, None, None), "create")
+    options = [
+        f"--gpu-architecture=sm_{arch}",
+        "--use_fast_math",
+        "--std=c++17",
+        "--ptxas-options=-v",
+        f"-DREIDCAM_N={d_state}",
+        f"-DREIDCAM_THREADS={threads}",
+    ]
+    encoded = [o.encode() for o in options]
+    try:
+        compiled = nvrtc.nvrtcCompileProgram(program, len(encoded), (ctypes.c_char_p * len(encoded))(*encoded))
+        log = _nvrtc_text(nvrtc, program, "nvrtcGetProgramLogSize", "nvrtcGetProgramLog").decode(errors="replace")
+        if compiled != 0:
+            raise CudaScanUnavailable(f"scan_fwd.cu did not compile for sm_{arch}: {log.strip()[:2000]}")
+        cubin = _nvrtc_text(nvrtc, program, "nvrtcGetCUBINSize", "nvrtcGetCUBIN")
+    finally:
+        nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
+    return CompiledScan(cubin=cubin, log=log)
+
+
+def _nvrtc_text(nvrtc: ctypes.CDLL, program: ctypes.c_void_p, size_fn: str, get_fn: str) -> bytes:
+    size = ctypes.c_size_t()
+    getattr(nvrtc, size_fn)(program, ctypes.byref(size))
+    buffer = ctypes.create_string_buffer(size.value)
+    getattr(nvrtc, get_fn)(program, buffer)
+    return buffer.raw[: size.value].rstrip(b"\0") if get_fn == "nvrtcGetProgramLog" else buffer.raw[: size.value]
+
+
+# --- the driver API ----------------------------------------------------------------------------------------
+
+
+class _Driver:
+    """The few libcuda calls needed to load a cubin and launch its kernels in PyTorch's context."""
+
+    def __init__(self) -> None:
+        try:
+            self.lib = ctypes.CDLL("libcuda.so.1")
+        except OSError as error:
+            raise CudaScanUnavailable(f"libcuda not found: {error}") from None
+        self.lib.cuLaunchKernel.argtypes = [
+            ctypes.c_void_p, *[ctypes.c_uint] * 6, ctypes.c_uint, ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p,
+        ]
+
+    def check(self, result: int, what: str) -> None:
+        if result != 0:
+            message = ctypes.c_char_p()
+            self.lib.cuGetErrorString(result, ctypes.byref(message))
+            raise CudaScanUnavailable(f"CUDA driver {what}: {(message.value or b'error').decode()} ({result})")
+
+    def make_context_current(self, device: int) -> None:
+        """PyTorch's (primary) context of the device, current on this thread as the driver API needs."""
+        dev = ctypes.c_int()
+        self.check(self.lib.cuDeviceGet(ctypes.byref(dev), device), "cuDeviceGet")
+        context = ctypes.c_void_p()
+        self.check(self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(context), dev), "cuDevicePrimaryCtxRetain")
+        self.check(self.lib.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+
+    def ensure_context(self, device: int) -> None:
+        """Kernels load and launch in the current context: make it PyTorch's if this thread has none."""
+        context = ctypes.c_void_p()
+        self.check(self.lib.cuCtxGetCurrent(ctypes.byref(context)), "cuCtxGetCurrent")
+        if not context.value:
+            self.make_context_current(device)
+
+    def load(self, cubin: bytes, names: list[str]) -> dict[str, ctypes.c_void_p]:
+        module = ctypes.c_void_p()
+        self.check(self.lib.cuModuleLoadData(ctypes.byref(module), cubin), "cuModuleLoadData")
+        functions = {}
+        for name in names:
+            function = ctypes.c_void_p()
+            self.check(self.lib.cuModuleGetFunction(ctypes.byref(function), module, name.encode()), name)
+            functions[name] = function
+        return functions
+
+    def launch(self, function: ctypes.c_void_p, grid: tuple[int, int], threads: int, args: list, stream: int) -> None:
+        pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
+        result = self.lib.cuLaunchKernel(function, grid[0], grid[1], 1, threads, 1, 1, 0, stream, pointers, None)
+        self.check(result, "cuLaunchKernel")
+
+
+# --- kernels per device, and the choice of variant per shape ------------------------------------------------
+
+
+@dataclass
+class _DeviceKernels:
+    functions: dict[str, ctypes.c_void_p]
+    choice: dict[tuple, int]  # (dtype, batch, length, channels) -> channels per thread, timed on first use
+
+
+class CudaScan:
+    """The compiled kernels of each device and d_state; compiles on first use, thread-safe."""
+
+    def __init__(self) -> None:
+        self._driver: _Driver | None = None
+        self._kernels: dict[tuple[int, int], _DeviceKernels] = {}
+        self._failed: str | None = None
+        self._lock = threading.Lock()
+
+    def kernels(self, device: torch.device, d_state: int) -> _DeviceKernels:
+        key = (device.index if device.index is not None else torch.cuda.current_device(), d_state)
+        with self._lock:
+            if key not in self._kernels:
+                self._kernels[key] = self._build(*key)
+            return self._kernels[key]
+
+    def _build(self, device: int, d_state: int) -> _DeviceKernels:
+        if self._failed is not None:
+            raise CudaScanUnavailable(self._failed)
+        try:
+            self._driver = self._driver or _Driver()
+            major, minor = torch.cuda.get_device_capability(device)
+            compiled = compile_scan(major * 10 + minor, d_state)
+            self._driver.ensure_context(device)
+            names = [kernel_name(dt, c) for dt in _DTYPE_NAMES for c in CHANNELS_PER_THREAD]
+            functions = self._driver.load(compiled.cubin, names)
+        except CudaScanUnavailable as error:
+            self._failed = str(error)
+            logger.warning("CUDA forward scan unavailable, the Triton one runs instead: %s", error)
+            raise
+        logger.info("CUDA forward scan compiled for sm_%d%d, d_state %d", major, minor, d_state)
+        return _DeviceKernels(functions=functions, choice={})
+
+    def forward(self, xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables) -> torch.Tensor:
+        """Gated, averaged output (B, L, D) of both scan directions; the arguments of triton_scan.scan_forward."""
+        _, bsz, length, dim = xc.shape
+        d_state = tables.a.shape[-1]
+        kernels = self.kernels(xc.device, d_state)
+        pre = tables.dt_projection()
+        out = torch.empty((bsz, length, dim), device=xc.device, dtype=xc.dtype)
+        tensors = [xc, z, dbl, pre, tables.dt_bias, out, tables.a2, tables.d_skip.to(torch.float32).contiguous()]
+        args = [ctypes.c_void_p(t.data_ptr()) for t in tensors] + [
+            ctypes.c_int(bsz), ctypes.c_int(length), ctypes.c_int(dim), ctypes.c_int(tables.dt.shape[-1]),
+            ctypes.c_longlong(z.stride(0)), ctypes.c_longlong(z.stride(1)),
+        ]
+        options = [c for c in CHANNELS_PER_THREAD if c == 1 or _pairs_aligned(tensors, z, dim)]
+        key = (xc.dtype, bsz, length, dim)
+        stream = torch.cuda.current_stream(xc.device).cuda_stream
+        self._driver.ensure_context(xc.device.index if xc.device.index is not None else torch.cuda.current_device())
+        if key not in kernels.choice and len(options) > 1 and not torch.cuda.is_current_stream_capturing():
+            kernels.choice[key] = self._fastest(kernels, options, xc.dtype, bsz, dim, args, stream)
+        per_thread = kernels.choice.get(key, options[0])
+        per_thread = per_thread if per_thread in options else options[0]
+        self._launch(kernels, xc.dtype, per_thread, bsz, dim, args, stream)
+        return out
+
+    def _launch(self, kernels, dtype, per_thread, bsz, dim, args, stream) -> None:
+        grid = (-(-dim // (THREADS * per_thread)), bsz)
+        self._driver.launch(kernels.functions[kernel_name(dtype, per_thread)], grid, THREADS, args, stream)
+
+    def _fastest(self, kernels, options, dtype, bsz, dim, args, stream) -> int:
+        """Time each variant twice on this shape (the kernel only writes its output, so reruns are harmless)."""
+        times = {}
+        for per_thread in options:
+            self._launch(kernels, dtype, per_thread, bsz, dim, args, stream)  # warm-up
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(2):
+                self._launch(kernels, dtype, per_thread, bsz, dim, args, stream)
+            end.record()
+            end.synchronize()
+            times[per_thread] = start.elapsed_time(end)
+        logger.debug("CUDA scan variants (ms for 2 runs): %s", times)
+        return min(times, key=times.get)
+
+
+def _pairs_aligned(tensors: list[torch.Tensor], z: torch.Tensor, dim: int) -> bool:
+    """Whether two adjacent channels can travel as one load: even channel count, strides and 8-byte bases."""
+    return dim % 2 == 0 and z.stride(0) % 2 == 0 and z.stride(1) % 2 == 0 and all(t.data_ptr() % 8 == 0 for t in tensors)
+
+
+def supports(xc: torch.Tensor, tables: ScanTables) -> bool:
+    """Whether the CUDA kernel handles these tensors: on a GPU, bf16 or fp32, d_state a multiple of 4."""
+    return xc.is_cuda and xc.dtype in _DTYPE_NAMES and tables.a.shape[-1] % 4 == 0
+
+
+def forward_kernel_choice() -> str:
+    choice = os.environ.get("REIDCAM_SCAN_FWD", "auto").lower()
+    if choice not in ("auto", "cuda", "triton"):
+        raise ValueError(f"REIDCAM_SCAN_FWD must be auto, cuda or triton, not {choice!r}")
+    return choice

@@ -1,0 +1,193 @@
+// Forward of the fused bidirectional selective scan, as a CUDA kernel compiled at first use (NVRTC).
+//
+// The same function as _bimamba_scan_fwd_kernel in triton_scan.py, with the same tensors. One thread owns
+// CH adjacent channels of one sequence and runs both directions over the sequence, token by token:
+//   delta = softplus(pre + dt_bias), h_n = exp2(delta a2_n) h_n + delta u B_n, y = D u + sum_n C_n h_n.
+// Per (token, channel, state) that is one MUFU.EX2 and four FP32 instructions, the floor the Triton
+// kernel could not get near (about 11 instructions there: bench/NOTES-speed.md). B and C are the same for
+// every channel of a token, so a block stages them for CHUNK tokens in shared memory and its threads read
+// them as broadcasts, four states per load; with two channels per thread each of those loads, the
+// pointer arithmetic and the loop control serve twice the work. Each thread loads the next token's u and
+// pre before it computes the current one, so the load latency overlaps the exponentials.
+//
+// No headers: bf16 travels as its 16 bits (load: a shift; store: cvt.rn.bf16x2.f32), so NVRTC needs no
+// include path. REIDCAM_N is d_state, REIDCAM_THREADS the block size.
+
+#ifndef REIDCAM_N
+#define REIDCAM_N 16
+#endif
+#ifndef REIDCAM_THREADS
+#define REIDCAM_THREADS 128
+#endif
+#define CHUNK 32
+
+typedef unsigned short bf16_bits;
+
+
+__device__ __forceinline__ void load(const float* p, float (&v)[1]) { v[0] = *p; }
+__device__ __forceinline__ void load(const float* p, float (&v)[2]) {
+    const float2 q = *reinterpret_cast<const float2*>(p);
+    v[0] = q.x;
+    v[1] = q.y;
+}
+__device__ __forceinline__ void load(const bf16_bits* p, float (&v)[1]) { v[0] = __uint_as_float(((unsigned int)*p) << 16); }
+__device__ __forceinline__ void load(const bf16_bits* p, float (&v)[2]) {
+    const unsigned int q = *reinterpret_cast<const unsigned int*>(p);
+    v[0] = __uint_as_float(q << 16);
+    v[1] = __uint_as_float(q & 0xffff0000u);
+}
+
+__device__ __forceinline__ void store(float* p, const float (&v)[1]) { *p = v[0]; }
+__device__ __forceinline__ void store(float* p, const float (&v)[2]) { *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]); }
+__device__ __forceinline__ void store(bf16_bits* p, const float (&v)[1]) {
+    bf16_bits r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(v[0]));
+    *p = r;
+}
+__device__ __forceinline__ void store(bf16_bits* p, const float (&v)[2]) {
+    unsigned int r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(v[1]), "f"(v[0]));
+    *reinterpret_cast<unsigned int*>(p) = r;
+}
+
+__device__ __forceinline__ float exp2_approx(float x) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
+// log(1 + exp(x)) with torch's threshold of 20 and a series where exp(x) is tiny, as _softplus in Triton.
+__device__ __forceinline__ float softplus(float x) {
+    const float e = __expf(fminf(x, 20.0f));
+    const float soft = e < 1e-3f ? e * (1.0f - e * (0.5f - e * (1.0f / 3.0f))) : __logf(1.0f + e);
+    return x > 20.0f ? x : soft;
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
+
+// B and C (2N fp32 per token) of the direction's steps step0 .. step0 + CHUNK - 1, into shared memory.
+template <int DIR>
+__device__ __forceinline__ void stage_bc(float (*bc)[2 * REIDCAM_N], const float* dbl_seq, int step0, int L, int E, int R) {
+    for (int i = threadIdx.x; i < CHUNK * 2 * REIDCAM_N; i += REIDCAM_THREADS) {
+        const int row = i / (2 * REIDCAM_N), k = i % (2 * REIDCAM_N);
+        const int step = step0 + row;
+        const int t = DIR == 0 ? step : L - 1 - step;
+        bc[row][k] = step < L ? dbl_seq[(long long)t * E + R + k] : 0.0f;
+    }
+}
+
+template <int DIR, int CH, typename T>
+__device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T* __restrict__ z,
+                                               const float* __restrict__ dbl, const T* __restrict__ pre,
+                                               const float* __restrict__ dt_bias, T* __restrict__ out,
+                                               const float* __restrict__ a2, const float* __restrict__ dskip,
+                                               int b, int d, int Bsz, int L, int D, int R, long long stride_zb,
+                                               long long stride_zl) {
+    __shared__ __align__(16) float bc[CHUNK][2 * REIDCAM_N];
+    const int E = R + 2 * REIDCAM_N;
+    const bool live = d < D;
+    const int dd = live ? d : 0;  // threads past D keep the block's barriers and compute on channel 0
+    float a[CH][REIDCAM_N], h[CH][REIDCAM_N], bias[CH], skip[CH];
+#pragma unroll
+    for (int c = 0; c < CH; ++c) {
+#pragma unroll
+        for (int n = 0; n < REIDCAM_N; ++n) {
+            a[c][n] = a2[(DIR * REIDCAM_N + n) * D + dd + c];
+            h[c][n] = 0.0f;
+        }
+        bias[c] = dt_bias[DIR * D + dd + c];
+        skip[c] = dskip[DIR * D + dd + c];
+    }
+    const long long seq_row = (long long)(DIR * Bsz + b) * L;
+    const float* dbl_seq = dbl + seq_row * E;
+    // this thread's channels at the direction's first token; each step moves the pointers by one token
+    const long long first = DIR == 0 ? 0 : L - 1;
+    const long long token_step = DIR == 0 ? D : -(long long)D;
+    const T* u_ptr = xc + (seq_row + first) * D + dd;
+    const T* pre_ptr = pre + (seq_row + first) * D + dd;
+    T* out_ptr = out + ((long long)b * L + first) * D + dd;
+    const T* z_ptr = z + (long long)b * stride_zb + first * stride_zl + dd;
+    const long long z_step = DIR == 0 ? stride_zl : -stride_zl;
+
+    float u_next[CH], pre_next[CH];
+    load(u_ptr, u_next);
+    load(pre_ptr, pre_next);
+    for (int step0 = 0; step0 < L; step0 += CHUNK) {
+        __syncthreads();
+        stage_bc<DIR>(bc, dbl_seq, step0, L, E, R);
+        __syncthreads();
+        const int steps = min(CHUNK, L - step0);
+        for (int s = 0; s < steps; ++s) {
+            float u[CH], delta[CH], du[CH], y[CH];
+#pragma unroll
+            for (int c = 0; c < CH; ++c) {
+                u[c] = u_next[c];
+                delta[c] = softplus(pre_next[c] + bias[c]);
+                du[c] = delta[c] * u[c];
+                y[c] = skip[c] * u[c];
+            }
+            if (step0 + s + 1 < L) {
+                u_ptr += token_step;
+                pre_ptr += token_step;
+                load(u_ptr, u_next);
+                load(pre_ptr, pre_next);
+            }
+            const float4* row = reinterpret_cast<const float4*>(bc[s]);
+#pragma unroll
+            for (int q = 0; q < REIDCAM_N / 4; ++q) {
+                const float4 bq = row[q];
+                const float4 cq = row[REIDCAM_N / 4 + q];
+                const float bn[4] = {bq.x, bq.y, bq.z, bq.w};
+                const float cn[4] = {cq.x, cq.y, cq.z, cq.w};
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+#pragma unroll
+                    for (int c = 0; c < CH; ++c) {
+                        const int n = 4 * q + k;
+                        h[c][n] = fmaf(exp2_approx(delta[c] * a[c][n]), h[c][n], du[c] * bn[k]);
+                        y[c] = fmaf(cn[k], h[c][n], y[c]);
+                    }
+                }
+            }
+            if (live) {
+                if (DIR == 0) {
+                    store(out_ptr, y);
+                } else {
+                    float y_fwd[CH], zz[CH];
+                    load(out_ptr, y_fwd);
+                    load(z_ptr, zz);
+#pragma unroll
+                    for (int c = 0; c < CH; ++c) y[c] = (y_fwd[c] + y[c]) * 0.5f * silu(zz[c]);
+                    store(out_ptr, y);
+                }
+            }
+            out_ptr += token_step;
+            z_ptr += z_step;
+        }
+    }
+}
+
+template <int CH, typename T>
+__device__ __forceinline__ void scan_fwd(const T* xc, const T* z, const float* dbl, const T* pre, const float* dt_bias,
+                                         T* out, const float* a2, const float* dskip, int Bsz, int L, int D, int R,
+                                         long long stride_zb, long long stride_zl) {
+    const int d = (blockIdx.x * REIDCAM_THREADS + threadIdx.x) * CH;
+    const int b = blockIdx.y;
+    scan_direction<0, CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, b, d, Bsz, L, D, R, stride_zb, stride_zl);
+    scan_direction<1, CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, b, d, Bsz, L, D, R, stride_zb, stride_zl);
+}
+
+// xc (2, B, L, D), pre (2, B*L, D) and z (B, L, D; strides given) in the compute dtype; dbl (2, B*L, R + 2N),
+// dt_bias (2, D), a2 (2, N, D) = A * log2(e) and dskip (2, D) fp32; out (B, L, D) in the compute dtype.
+// The _c2 kernels take two adjacent channels per thread: D, the z strides and every base even.
+#define REIDCAM_SCAN_KERNEL(NAME, T, CH)                                                                          \
+    extern "C" __global__ void __launch_bounds__(REIDCAM_THREADS)                                               \
+        NAME(const T* xc, const T* z, const float* dbl, const T* pre, const float* dt_bias, T* out, const float* a2, \
+             const float* dskip, int Bsz, int L, int D, int R, long long stride_zb, long long stride_zl) {       \
+        scan_fwd<CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, Bsz, L, D, R, stride_zb, stride_zl);            \
+    }
+
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c1, bf16_bits, 1)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c2, bf16_bits, 2)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f32_c1, float, 1)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f32_c2, float, 2)

@@ -1,0 +1,131 @@
+"""The CUDA forward scan (kernels/scan_fwd.cu, kernels/cuda_scan.py).
+
+Without a GPU: NVRTC compiles the source for sm_90 as a user's machine would, and the compiled loop is
+held to what makes it worth having (no spills; about one exponential and at most 9 instructions per
+(token, channel, state) where the Triton forward needs ~11). With a GPU (run on the device, see
+bench/NOTES-speed.md): its output equals the Triton forward's and the torch reference's, on ragged shapes.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from reidcam.reid.model.kernels import cuda_scan
+
+triton = pytest.importorskip("triton")
+NVDISASM = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+
+
+@pytest.fixture(scope="module")
+def sm90() -> cuda_scan.CompiledScan:
+    try:
+        return cuda_scan.compile_scan(90, d_state=16)
+    except cuda_scan.CudaScanUnavailable as error:
+        if "not found" in str(error):
+            pytest.skip(str(error))
+        raise
+
+
+def kernel_reports(log: str) -> dict[str, tuple[int, int]]:
+    """(registers, spill bytes) of each kernel, from ptxas' verbose report in the NVRTC log."""
+    reports = {}
+    for name, body in re.findall(r"Compiling entry function '(\w+)'(.*?)(?=Compiling entry|\Z)", log, re.S):
+        registers = int(re.search(r"Used (\d+) registers", body).group(1))
+        spills = sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", body))
+        reports[name] = (registers, spills)
+    return reports
+
+
+def token_loops(cubin: bytes, tmp_path: Path) -> dict[str, list[dict[str, int]]]:
+    """Opcode counts of each kernel's per-token loop (the loop bodies with the 16 exponentials)."""
+    from test_kernels_sass import loop_opcodes
+
+    path = tmp_path / "scan.cubin"
+    path.write_bytes(cubin)
+    sass = subprocess.run([NVDISASM, "-c", path], capture_output=True, text=True, check=True).stdout.splitlines()
+    kernels: dict[str, list[str]] = {}
+    current = None
+    for line in sass:
+        if line.startswith(".text."):
+            current = line[len(".text."):].rstrip(":")
+            kernels[current] = []
+        elif current:
+            kernels[current].append(line)
+    return {name: [c for c in loop_opcodes(lines) if c["MUFU"] >= 16 and not c["BAR"]] for name, lines in kernels.items()}
+
+
+def test_every_variant_compiles_for_sm90_without_spills(sm90):
+    reports = kernel_reports(sm90.log)
+    names = {cuda_scan.kernel_name(dt, c) for dt in (torch.bfloat16, torch.float32) for c in cuda_scan.CHANNELS_PER_THREAD}
+    assert set(reports) == names
+    for name, (registers, spills) in reports.items():
+        assert spills == 0, (name, reports)
+        # one channel per thread: 16 states and 16 decay rates in registers, room for 24+ warps per SM
+        assert registers <= (80 if name.endswith("_c1") else 168), (name, reports)
+
+
+def test_the_token_loop_spends_about_one_exponential_and_few_instructions_per_cell(sm90, tmp_path):
+    loops = token_loops(sm90.cubin, tmp_path)
+    for name, bodies in loops.items():
+        channels = int(name[-1])
+        assert len(bodies) == 2, (name, bodies)  # one per direction
+        for counts in bodies:
+            cells = 16 * channels  # (channel, state) pairs of one token
+            # 16 exponentials per channel, plus softplus (2) and, in the gating direction, silu (2)
+            assert counts["MUFU"] <= 20 * channels, (name, counts)
+            assert sum(counts.values()) / cells < 9.5, (name, counts)
+            assert counts["LDS"] <= 8, (name, counts)  # B and C: 4 states per broadcast load
+
+
+# ---- on a GPU ---------------------------------------------------------------------------------------------
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def scan_inputs(bsz: int, length: int, dim: int, dtype: torch.dtype, seed: int = 0):
+    """Random inputs of the forward scan at the model's ranges, z a strided view as in the model."""
+    from mixer_fixtures import random_direction
+
+    from reidcam.reid.model.kernels import triton_scan
+
+    gen = torch.Generator().manual_seed(seed)
+    rank, d_state = 6, 16
+    params = [random_direction(dim, d_state, rank, gen, dt_max=0.5, perturbed=True) for _ in range(2)]
+    scan = [triton_scan.ScanParams(p.dt_proj_weight, p.dt_proj_bias, p.A_log, p.D) for p in params]
+    scan = [triton_scan.ScanParams(*(t.cuda() for t in (s.dt_proj_weight, s.dt_bias, s.a_log, s.d_skip))) for s in scan]
+    xc = torch.randn(2, bsz, length, dim, generator=gen).cuda().to(dtype)
+    xz = torch.randn(bsz, length, 2 * dim, generator=gen).cuda().to(dtype)
+    z = xz[..., dim:]
+    dbl = torch.randn(2, bsz * length, rank + 2 * d_state, generator=gen).cuda()
+    tables = triton_scan.scan_tables(dbl, scan[0], scan[1], dtype)
+    return xc, z, dbl, tables
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 140, 768), (3, 45, 130), (1, 7, 33), (5, 33, 256)])
+def test_cuda_forward_equals_the_triton_forward(dtype, shape):
+    from reidcam.reid.model.kernels import triton_scan
+
+    xc, z, dbl, tables = scan_inputs(*shape, dtype)
+    expected = triton_scan.scan_forward(xc, z, dbl, tables).float()
+    got = cuda_scan.CudaScan().forward(xc, z, dbl, tables).float()
+    error = ((got - expected).norm() / expected.norm()).item()
+    assert error < (1e-5 if dtype == torch.float32 else 8e-3), error
+
+
+@gpu
+def test_both_variants_give_the_same_output():
+    xc, z, dbl, tables = scan_inputs(2, 70, 256, torch.float32)
+    scan = cuda_scan.CudaScan()
+    kernels = scan.kernels(xc.device, 16)
+    outputs = []
+    for per_thread in cuda_scan.CHANNELS_PER_THREAD:
+        kernels.choice[(xc.dtype, 2, 70, 256)] = per_thread
+        outputs.append(scan.forward(xc, z, dbl, tables))
+    assert torch.equal(outputs[0], outputs[1])
