@@ -10,6 +10,11 @@ in-process on all cameras (``reidcam.app.bench.time_pipeline``: scratch output, 
 and ReID across cameras) and the script prints, per camera count, frames/s end to end and each
 stage's share of the wall time, and writes ``OUT/pipeline.md`` when $OUT is set.
 
+``--overlap`` / ``--no-overlap`` set ``detector.overlap`` (detection and tracking of the next step in
+a background thread while the main thread handles this one); without either, reidcam's auto (on for
+a detector on CUDA). Each row says whether it overlapped; when it did, the shares add up to more
+than 100 %, as detect and track ran beside the other stages.
+
 The detector is ``--detector`` (any weights Ultralytics loads; default: the INT8 TFLite model of
 ../shared, which runs on the CPU whatever ``--device`` says); ReID is reidcam's default (the
 shipped ReIDMamba-T weights) on ``--device``.
@@ -31,6 +36,7 @@ from reidcam.app.virtual_cameras import DEFAULT_SOURCE, VirtualCamera, make_virt
 DEFAULT_DETECTOR = shared_dir() / "models" / "yolov8n-coco-int8" / "yolov8n_int8.tflite"
 WINDOW_16_9 = (0, 72, 768, 504)
 SOURCE_FRAMES = 795
+OVERLAP_NAMES = {None: "auto (on for a detector on CUDA)", True: "on", False: "off"}
 
 
 def write_cameras(count: int, frames: int, scale: float, folder: Path, detector: str, stride: int = 47) -> Path:
@@ -53,13 +59,14 @@ def cameras_once(count: int, frames: int, scale: float, folder: Path, detector: 
     return cams_yaml if cams_yaml.is_file() else write_cameras(count, frames, scale, folder, detector)
 
 
-def with_decoder_threads(cams_yaml: Path, threads: int | None) -> Path:
-    """cams.yaml with ``streams.decoder_threads`` set to ``threads`` (removed for None: reidcam's default)."""
+def with_settings(cams_yaml: Path, settings: dict[tuple[str, str], object]) -> Path:
+    """cams.yaml with each ``(section, key)`` set to its value, or removed for None (reidcam's default)."""
     document = yaml.safe_load(cams_yaml.read_text())
-    streams = document.setdefault("streams", {})
-    streams.pop("decoder_threads", None)
-    if threads:
-        streams["decoder_threads"] = threads
+    for (section, key), value in settings.items():
+        keys = document.setdefault(section, {})
+        keys.pop(key, None)
+        if value is not None:
+            keys[key] = value
     cams_yaml.write_text(yaml.safe_dump(document, sort_keys=False))
     return cams_yaml
 
@@ -74,7 +81,11 @@ def report_row(count: int, timing) -> str:
     reid = summary.stages.get("reid")
     crops = f"{reid.items / reid.seconds:.0f}" if reid and reid.seconds > 0 else "-"
     rate = summary.total_frames / wall if wall > 0 else 0.0
-    return f"| {count} | {summary.total_frames} | {wall:.1f} | {rate:.1f} | {rate / count:.1f} | {crops} | {shares} |"
+    overlap = "on" if summary.overlap else "off"
+    return (
+        f"| {count} | {summary.total_frames} | {wall:.1f} | {rate:.1f} | {rate / count:.1f} | {crops} | {shares} "
+        f"| {overlap} |"
+    )
 
 
 def main() -> None:
@@ -88,6 +99,9 @@ def main() -> None:
                         help="frames of one camera run first, untimed (first use compiles the GPU kernels)")
     parser.add_argument("--decoder-threads", type=int, default=None,
                         help="FFmpeg threads per camera (streams.decoder_threads; default: cores / cameras)")
+    parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
+                        help="detector.overlap: detect and track in a background thread (default: reidcam's auto, "
+                        "on for a detector on CUDA)")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "reidcam_gpu_pipeline")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -95,11 +109,11 @@ def main() -> None:
     header = [
         f"reidcam run, {width}x{height} cameras of vtest.avi, {args.frames} frames each, detector "
         f"{Path(args.detector).name}, device {args.device}, decoder threads per camera "
-        f"{args.decoder_threads or 'cores / cameras'}",
+        f"{args.decoder_threads or 'cores / cameras'}, overlap {OVERLAP_NAMES[args.overlap]}",
         "",
         "| cameras | frames | wall s | frames/s | per camera | ReID crops/s | "
-        + " | ".join(STAGE_UNITS) + " |",
-        "|---" * (6 + len(STAGE_UNITS)) + "|",
+        + " | ".join(STAGE_UNITS) + " | overlap |",
+        "|---" * (7 + len(STAGE_UNITS)) + "|",
     ]
     lines = list(header)
     if args.warmup_frames > 0:
@@ -107,8 +121,8 @@ def main() -> None:
         time_pipeline(cameras_once(1, args.warmup_frames, args.scale, warmup, args.detector), device=args.device)
     for count in (int(c) for c in args.cameras.split(",")):
         folder = args.work / f"{count}cams_{args.frames}f_{width}"
-        cams_yaml = with_decoder_threads(cameras_once(count, args.frames, args.scale, folder, args.detector),
-                                         args.decoder_threads)
+        settings = {("streams", "decoder_threads"): args.decoder_threads, ("detector", "overlap"): args.overlap}
+        cams_yaml = with_settings(cameras_once(count, args.frames, args.scale, folder, args.detector), settings)
         timing = time_pipeline(cams_yaml, device=args.device)
         if len(lines) == len(header):
             lines[0] += f"; {timing.machine}"

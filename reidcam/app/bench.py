@@ -3,7 +3,9 @@
 Runs ``reidcam run`` on the given cams.yaml into a scratch folder (nothing of the user's output or
 database is touched) and reports, per stage, wall seconds, process CPU seconds, the items handled
 (frames; crops for the ReID stage) and the rates, then end to end. Decoding runs in the reader
-threads, in parallel with the other stages, which run one after the other.
+threads, in parallel with the other stages. Detection and tracking run in a background thread
+when ``detector.overlap`` is on (auto: a detector on CUDA), overlapping the stages after them, which
+run one after the other; the table then says that stage times add up to more than the wall time.
 """
 
 from __future__ import annotations
@@ -86,7 +88,18 @@ def format_stage_table(summary: RunSummary, cpu_seconds: float) -> str:
     )
     per_camera = ", ".join(f"{camera} {count}" for camera, count in summary.frames.items())
     lines.append(f"cameras: {per_camera}; tracklets {summary.tracklets}; identities {summary.identities}")
+    lines.append(overlap_note(summary))
     return "\n".join(lines)
+
+
+def overlap_note(summary: RunSummary) -> str:
+    """Says whether detect and track overlapped the other stages, and what that does to the stage times."""
+    if not summary.overlap:
+        return "overlap off: the stages run one after the other (decode beside them, in the reader threads)"
+    return (
+        "overlap on: detect and track ran in a background thread beside the later stages, so stage times add up "
+        "to more than the wall time, and a stage's CPU seconds include the other thread's"
+    )
 
 
 def bench_cli(sources: Path, device: str, max_frames: int | None) -> str:

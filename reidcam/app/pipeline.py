@@ -10,15 +10,18 @@
 then each camera's tracker runs on its own frame. ``tracked_frames`` exposes it as a generator of
 ``TrackedFrame`` for other jobs (``reidcam mine``) that need per-camera tracks without ReID.
 ``MultiCameraPipeline`` adds crop embedding (batched over all cameras), online association, the
-store and the observers, and finishes with the refinement pass.
+store and the observers, and finishes with the refinement pass. With ``detector.overlap`` on (the
+default where the detector runs on CUDA), detection and tracking of the next step run in a
+background thread (``Prefetch``) while the main thread handles the current one.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +31,7 @@ import numpy as np
 import supervision as sv
 
 from reidcam.app.config import CamsConfig, ReidConfig
+from reidcam.app.prefetch import Prefetch
 from reidcam.app.sources import Frame, MultiCameraSource, open_cameras
 from reidcam.detection.base import Detector
 from reidcam.detection.geometry import CameraGeometry
@@ -75,10 +79,14 @@ class StageTime:
 class StageClock:
     """Time and item counts per stage, for the run summary and the CPU benchmark.
 
-    CPU time beside wall time tells a slow stage from a busy machine.
+    CPU time beside wall time tells a slow stage from a busy machine. Stages may be timed from
+    several threads (detection and tracking overlap the later stages), so ``add`` is thread-safe;
+    overlapped stages' wall times then sum to more than the run's, and as CPU time is the process's,
+    each one's also counts what the other thread did meanwhile.
     """
 
     stages: dict[str, StageTime] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @contextmanager
     def measure(self, stage: str, items: int = 1) -> Iterator[None]:
@@ -89,10 +97,11 @@ class StageClock:
             self.add(stage, time.perf_counter() - wall, items, time.process_time() - cpu)
 
     def add(self, stage: str, seconds: float, items: int, cpu_seconds: float | None = None) -> None:
-        entry = self.stages.setdefault(stage, StageTime())
-        entry.seconds += seconds
-        entry.items += items
-        entry.cpu_seconds += seconds if cpu_seconds is None else cpu_seconds
+        with self._lock:
+            entry = self.stages.setdefault(stage, StageTime())
+            entry.seconds += seconds
+            entry.items += items
+            entry.cpu_seconds += seconds if cpu_seconds is None else cpu_seconds
 
 
 class DetectTrack:
@@ -130,6 +139,12 @@ class DetectTrack:
                 tracks = self.trackers[frame.camera_id].update(found, frame.image, frame.timestamp)
                 tracked.append(TrackedFrame(frame.camera_id, frame.index, frame.timestamp, frame.image, tracks))
         return tracked
+
+
+def overlap_detection(setting: bool | None, detector: Detector) -> bool:
+    """``detector.overlap`` of cams.yaml; None (auto) is on where the detector runs on CUDA. On a CPU the
+    two threads would compete for the same cores."""
+    return detector.on_cuda if setting is None else setting
 
 
 def build_detector(config: CamsConfig, device: str) -> Detector:
@@ -257,6 +272,7 @@ class RunSummary:
     events: dict[str, int]
     wall_seconds: float
     stages: dict[str, StageTime]
+    overlap: bool = False  # detect and track overlapped the later stages: stage times sum to more than the wall
 
     @property
     def total_frames(self) -> int:
@@ -280,6 +296,7 @@ class MultiCameraPipeline:
         self.store = store
         self.observers = list(observers)
         self.clock = detect_track.clock
+        self.overlap = overlap_detection(config.detector.overlap, detect_track.detector)
         self.book = TrackletBook(config.association.tracklet_timeout_s)
         self.associator = Associator(config.association, Topology(config.topology, config.association))
         self.frames: dict[str, int] = {camera_id: 0 for camera_id in detect_track.source.streams}
@@ -292,9 +309,18 @@ class MultiCameraPipeline:
 
     def run(self) -> None:
         """Process every step until the cameras end; raises ``KeyboardInterrupt`` through if stopped."""
-        for tracked in self.detect_track.steps():
-            self.process_step(tracked)
+        with self._tracked_steps() as steps:
+            for tracked in steps:
+                self.process_step(tracked)
         self.finish()
+
+    def _tracked_steps(self) -> AbstractContextManager[Iterable[list[TrackedFrame]]]:
+        """Detection and tracking; when overlapping, in a background thread a few steps ahead."""
+        steps = self.detect_track.steps()
+        if not self.overlap:
+            return closing(steps)
+        logger.info("detection and tracking run in a background thread, overlapping the later stages")
+        return Prefetch(steps, name="detect-track")
 
     def process_step(self, tracked: Sequence[TrackedFrame]) -> None:
         with self.clock.measure("store", 0):

@@ -127,6 +127,7 @@ def _run(
         events=dict(pipeline.event_counts),
         wall_seconds=time.perf_counter() - started,
         stages=clock.stages,
+        overlap=pipeline.overlap,
     )
     logger.info(
         "run %d: %d frames in %.1f s (%.1f fps), %d tracklets, %d identities; %s",

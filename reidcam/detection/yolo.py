@@ -165,6 +165,11 @@ class YoloDetector:
         logger.info("detector %s on %s: %s", self.weights, self._network.device, self._path_name)
 
     @property
+    def on_cuda(self) -> bool:
+        """Ultralytics runs some formats (TFLite) on the CPU whatever device was asked for."""
+        return self._network.device.type == "cuda"
+
+    @property
     def _half(self) -> bool:
         return self.device != "cpu"
 
