@@ -3,7 +3,7 @@
 Without a GPU: NVRTC compiles the source for sm_90 as a user's machine would, and the compiled loop is
 held to what makes it worth having (no spills; about one exponential and at most 9 instructions per
 (token, channel, state) where the Triton forward needs ~11). With a GPU (run on the device, see
-bench/NOTES-speed.md): its output equals the Triton forward's and the torch reference's, on ragged shapes.
+bench/NOTES-speed.md): its output equals a float64 step-by-step definition on ragged shapes, and both variants agree.
 """
 
 from __future__ import annotations
@@ -106,16 +106,37 @@ def scan_inputs(bsz: int, length: int, dim: int, dtype: torch.dtype, seed: int =
     return xc, z, dbl, tables
 
 
+def reference_forward(xc, z, dbl, tables) -> torch.Tensor:
+    """The forward scan in float64, step by step, from the same tensors (the definition in triton_scan)."""
+    _, bsz, length, dim = xc.shape
+    rank, d_state = tables.dt.shape[-1], tables.a.shape[-1]
+    pre = tables.dt_projection().double().view(2, bsz, length, dim) + tables.dt_bias.double()[:, None, None, :]
+    delta = torch.nn.functional.softplus(pre)
+    u = xc.double()
+    bc = dbl.double().view(2, bsz, length, -1)[..., rank:]
+    ys = []
+    for direction in range(2):
+        h = torch.zeros(bsz, dim, d_state, dtype=torch.float64, device=xc.device)
+        y = torch.empty(bsz, length, dim, dtype=torch.float64, device=xc.device)
+        steps = range(length) if direction == 0 else range(length - 1, -1, -1)
+        for t in steps:
+            d_t = delta[direction, :, t, :, None]
+            h = torch.exp(d_t * tables.a[direction].double()) * h + d_t * u[direction, :, t, :, None] * bc[direction, :, t, None, :d_state]
+            y[:, t] = (h * bc[direction, :, t, None, d_state:]).sum(-1) + tables.d_skip[direction].double() * u[direction, :, t]
+        ys.append(y)
+    zz = z.double()
+    return (ys[0] + ys[1]) * 0.5 * zz * torch.sigmoid(zz)
+
+
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(2, 140, 768), (3, 45, 130), (1, 7, 33), (5, 33, 256)])
-def test_cuda_forward_equals_the_triton_forward(dtype, shape):
-    from reidcam.reid.model.kernels import triton_scan
-
+def test_cuda_forward_equals_the_float64_definition(dtype, shape):
     xc, z, dbl, tables = scan_inputs(*shape, dtype)
-    expected = triton_scan.scan_forward(xc, z, dbl, tables).float()
-    got = cuda_scan.CudaScan().forward(xc, z, dbl, tables).float()
+    expected = reference_forward(xc, z, dbl, tables)
+    got = cuda_scan.CudaScan().forward(xc, z, dbl, tables).double()
     error = ((got - expected).norm() / expected.norm()).item()
+    # fp32: the issue's 1e-3 with a wide margin; bf16: the output's own rounding (2^-9) and the bf16 pre
     assert error < (1e-5 if dtype == torch.float32 else 8e-3), error
 
 

@@ -14,6 +14,8 @@ a one-line error that says how to provide them.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import os
 from collections.abc import Sequence
@@ -162,6 +164,9 @@ class YoloDetector:
         self._imgsz: tuple[int, int] = tuple(predictor.imgsz)
         self._max_det: int = predictor.args.max_det
         self._tensor_path = self._choose_tensor_path(tensor_path)
+        # the tensor path's own CUDA stream: with detector.overlap its work runs beside the ReID stage's
+        # on the GPU too, not queued behind it on the default stream
+        self._stream = torch.cuda.Stream(self._network.device) if self._tensor_path and self.on_cuda else None
         logger.info("detector %s on %s: %s", self.weights, self._network.device, self._path_name)
 
     @property
@@ -226,7 +231,8 @@ class YoloDetector:
         network = self._network
         dtype = torch.half if network.fp16 else torch.float
         geometry = letterbox_geometry(*images[0].shape[:2], self._imgsz, int(network.stride))
-        with torch.inference_mode():
+        stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+        with torch.inference_mode(), stream:
             batch = torch.stack([letterbox_on_device(image, geometry, network.device, dtype) for image in images])
             rows, image_of_row = self._suppress(network(batch))
             rows[:, :4] = scale_boxes(batch.shape[2:], rows[:, :4], images[0].shape)

@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +70,9 @@ class CompiledScan:
     log: str  # NVRTC's log, with ptxas' register and spill report
 
 
-def compile_scan(arch: int, d_state: int, threads: int = THREADS) -> CompiledScan:
-    """Compile scan_fwd.cu for sm_<arch> (e.g. 90) into a cubin; needs no GPU."""
+def compile_scan(arch: int, d_state: int, threads: int = THREADS, defines: Mapping[str, int] | None = None) -> CompiledScan:
+    """Compile scan_fwd.cu for sm_<arch> (e.g. 90) into a cubin; needs no GPU. ``defines`` override the
+    source's tuning macros (REIDCAM_CHUNK, REIDCAM_MIN_BLOCKS_C1, ...), for bench/cuda_scan_variants.py."""
     nvrtc = _nvrtc_library()
     nvrtc.nvrtcGetErrorString.restype = ctypes.c_char_p
 
@@ -87,6 +89,7 @@ def compile_scan(arch: int, d_state: int, threads: int = THREADS) -> CompiledSca
         "--ptxas-options=-v",
         f"-DREIDCAM_N={d_state}",
         f"-DREIDCAM_THREADS={threads}",
+        *[f"-D{name}={value}" for name, value in (defines or {}).items()],
     ]
     encoded = [o.encode() for o in options]
     try:
@@ -171,9 +174,12 @@ class _DeviceKernels:
 
 
 class CudaScan:
-    """The compiled kernels of each device and d_state; compiles on first use, thread-safe."""
+    """The compiled kernels of each device and d_state; compiles on first use, thread-safe.
+    ``threads`` and ``defines`` (compile_scan's) are for the variant bench; the defaults are the tuned ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int = THREADS, defines: Mapping[str, int] | None = None) -> None:
+        self.threads = threads
+        self.defines = dict(defines or {})
         self._driver: _Driver | None = None
         self._kernels: dict[tuple[int, int], _DeviceKernels] = {}
         self._failed: str | None = None
@@ -192,7 +198,7 @@ class CudaScan:
         try:
             self._driver = self._driver or _Driver()
             major, minor = torch.cuda.get_device_capability(device)
-            compiled = compile_scan(major * 10 + minor, d_state)
+            compiled = compile_scan(major * 10 + minor, d_state, self.threads, self.defines)
             self._driver.ensure_context(device)
             names = [kernel_name(dt, c) for dt in _DTYPE_NAMES for c in CHANNELS_PER_THREAD]
             functions = self._driver.load(compiled.cubin, names)
@@ -227,8 +233,8 @@ class CudaScan:
         return out
 
     def _launch(self, kernels, dtype, per_thread, bsz, dim, args, stream) -> None:
-        grid = (-(-dim // (THREADS * per_thread)), bsz)
-        self._driver.launch(kernels.functions[kernel_name(dtype, per_thread)], grid, THREADS, args, stream)
+        grid = (-(-dim // (self.threads * per_thread)), bsz)
+        self._driver.launch(kernels.functions[kernel_name(dtype, per_thread)], grid, self.threads, args, stream)
 
     def _fastest(self, kernels, options, dtype, bsz, dim, args, stream) -> int:
         """Time each variant twice on this shape (the kernel only writes its output, so reruns are harmless)."""

@@ -19,7 +19,18 @@
 #ifndef REIDCAM_THREADS
 #define REIDCAM_THREADS 128
 #endif
-#define CHUNK 32
+#ifndef REIDCAM_CHUNK
+#define REIDCAM_CHUNK 32
+#endif
+// blocks per SM that ptxas must fit (a register cap): one channel per thread fits 72 registers without
+// spilling, 7 blocks of 4 warps; two fit 128, 4 blocks
+#ifndef REIDCAM_MIN_BLOCKS_C1
+#define REIDCAM_MIN_BLOCKS_C1 7
+#endif
+#ifndef REIDCAM_MIN_BLOCKS_C2
+#define REIDCAM_MIN_BLOCKS_C2 4
+#endif
+#define CHUNK REIDCAM_CHUNK
 
 typedef unsigned short bf16_bits;
 
@@ -56,6 +67,29 @@ __device__ __forceinline__ float exp2_approx(float x) {
     return r;
 }
 
+// 2^x for x <= 0 on the FMA pipe instead of the special-function unit: x = n + f with n an integer and
+// f in [-0.5, 0.5], 2^f by a degree-5 polynomial (relative error 2.5e-7, as ex2.approx), 2^n added to the
+// exponent bits. REIDCAM_POLY_STATES of the 16 states per token take this path: the kernel issues fewer
+// instructions than its exponentials keep the MUFU busy, so moving a few over balances the two.
+#ifndef REIDCAM_POLY_STATES
+#define REIDCAM_POLY_STATES 0
+#endif
+__device__ __forceinline__ float exp2_poly(float x) {
+    x = fmaxf(x, -126.0f);
+    const float shifted = __fadd_rn(x, 12582912.0f);  // 1.5 * 2^23: n lands in the low mantissa bits
+    const float f = __fsub_rn(x, __fsub_rn(shifted, 12582912.0f));
+    float p = 1.3400432653725147e-3f;
+    p = fmaf(p, f, 9.676037356257439e-3f);
+    p = fmaf(p, f, 5.550327152013779e-2f);
+    p = fmaf(p, f, 2.402210682630539e-1f);
+    p = fmaf(p, f, 6.931471824645996e-1f);
+    p = fmaf(p, f, 1.0000001192092896f);
+    return __int_as_float(__float_as_int(p) + (__float_as_int(shifted) << 23));
+}
+
+// exp2 of state n's exponent; n is a constant once the state loop is unrolled, so the branch folds away
+__device__ __forceinline__ float decay(int n, float x) { return n < REIDCAM_POLY_STATES ? exp2_poly(x) : exp2_approx(x); }
+
 // log(1 + exp(x)) with torch's threshold of 20 and a series where exp(x) is tiny, as _softplus in Triton.
 __device__ __forceinline__ float softplus(float x) {
     const float e = __expf(fminf(x, 20.0f));
@@ -65,15 +99,26 @@ __device__ __forceinline__ float softplus(float x) {
 
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
 
-// B and C (2N fp32 per token) of the direction's steps step0 .. step0 + CHUNK - 1, into shared memory.
+// B and C (2N fp32 per token) of the direction's steps step0 .. step0 + CHUNK - 1. A thread stages
+// column k = tid % 2N of rows tid / 2N + j * ROWS_PER_PASS: first into registers (the loads of the next
+// chunk are then in flight while this one is computed), then into the shared-memory buffer read next.
+#define ROWS_PER_PASS (REIDCAM_THREADS / (2 * REIDCAM_N))
+#define STAGED (CHUNK / ROWS_PER_PASS)
+
 template <int DIR>
-__device__ __forceinline__ void stage_bc(float (*bc)[2 * REIDCAM_N], const float* dbl_seq, int step0, int L, int E, int R) {
-    for (int i = threadIdx.x; i < CHUNK * 2 * REIDCAM_N; i += REIDCAM_THREADS) {
-        const int row = i / (2 * REIDCAM_N), k = i % (2 * REIDCAM_N);
-        const int step = step0 + row;
-        const int t = DIR == 0 ? step : L - 1 - step;
-        bc[row][k] = step < L ? dbl_seq[(long long)t * E + R + k] : 0.0f;
-    }
+__device__ __forceinline__ void load_bc(float (&staged)[STAGED], const float* dbl_seq, int step0, int L, int E, int R) {
+    const int row0 = threadIdx.x / (2 * REIDCAM_N);
+    const int first = step0 + row0;
+    const long long pass = (DIR == 0 ? 1 : -1) * (long long)ROWS_PER_PASS * E;
+    const float* p = dbl_seq + (long long)(DIR == 0 ? first : L - 1 - first) * E + R + threadIdx.x % (2 * REIDCAM_N);
+#pragma unroll
+    for (int j = 0; j < STAGED; ++j) staged[j] = first + j * ROWS_PER_PASS < L ? p[j * pass] : 0.0f;
+}
+
+__device__ __forceinline__ void store_bc(float (*bc)[2 * REIDCAM_N], const float (&staged)[STAGED]) {
+    const int row0 = threadIdx.x / (2 * REIDCAM_N), k = threadIdx.x % (2 * REIDCAM_N);
+#pragma unroll
+    for (int j = 0; j < STAGED; ++j) bc[row0 + j * ROWS_PER_PASS][k] = staged[j];
 }
 
 template <int DIR, int CH, typename T>
@@ -83,7 +128,7 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
                                                const float* __restrict__ a2, const float* __restrict__ dskip,
                                                int b, int d, int Bsz, int L, int D, int R, long long stride_zb,
                                                long long stride_zl) {
-    __shared__ __align__(16) float bc[CHUNK][2 * REIDCAM_N];
+    __shared__ __align__(16) float bc[2][CHUNK][2 * REIDCAM_N];
     const int E = R + 2 * REIDCAM_N;
     const bool live = d < D;
     const int dd = live ? d : 0;  // threads past D keep the block's barriers and compute on channel 0
@@ -112,11 +157,16 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
     float u_next[CH], pre_next[CH];
     load(u_ptr, u_next);
     load(pre_ptr, pre_next);
-    for (int step0 = 0; step0 < L; step0 += CHUNK) {
-        __syncthreads();
-        stage_bc<DIR>(bc, dbl_seq, step0, L, E, R);
-        __syncthreads();
+    float staged[STAGED];
+    __syncthreads();  // the other direction's last chunk is read
+    load_bc<DIR>(staged, dbl_seq, 0, L, E, R);
+    store_bc(bc[0], staged);
+    __syncthreads();
+    for (int step0 = 0, buffer = 0; step0 < L; step0 += CHUNK, buffer ^= 1) {
+        const bool more = step0 + CHUNK < L;
+        if (more) load_bc<DIR>(staged, dbl_seq, step0 + CHUNK, L, E, R);
         const int steps = min(CHUNK, L - step0);
+#pragma unroll 1
         for (int s = 0; s < steps; ++s) {
             float u[CH], delta[CH], du[CH], y[CH];
 #pragma unroll
@@ -132,7 +182,7 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
                 load(u_ptr, u_next);
                 load(pre_ptr, pre_next);
             }
-            const float4* row = reinterpret_cast<const float4*>(bc[s]);
+            const float4* row = reinterpret_cast<const float4*>(bc[buffer][s]);
 #pragma unroll
             for (int q = 0; q < REIDCAM_N / 4; ++q) {
                 const float4 bq = row[q];
@@ -144,7 +194,7 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
 #pragma unroll
                     for (int c = 0; c < CH; ++c) {
                         const int n = 4 * q + k;
-                        h[c][n] = fmaf(exp2_approx(delta[c] * a[c][n]), h[c][n], du[c] * bn[k]);
+                        h[c][n] = fmaf(decay(n, delta[c] * a[c][n]), h[c][n], du[c] * bn[k]);
                         y[c] = fmaf(cn[k], h[c][n], y[c]);
                     }
                 }
@@ -164,6 +214,8 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
             out_ptr += token_step;
             z_ptr += z_step;
         }
+        if (more) store_bc(bc[buffer ^ 1], staged);
+        __syncthreads();
     }
 }
 
@@ -181,7 +233,7 @@ __device__ __forceinline__ void scan_fwd(const T* xc, const T* z, const float* d
 // dt_bias (2, D), a2 (2, N, D) = A * log2(e) and dskip (2, D) fp32; out (B, L, D) in the compute dtype.
 // The _c2 kernels take two adjacent channels per thread: D, the z strides and every base even.
 #define REIDCAM_SCAN_KERNEL(NAME, T, CH)                                                                          \
-    extern "C" __global__ void __launch_bounds__(REIDCAM_THREADS)                                               \
+    extern "C" __global__ void __launch_bounds__(REIDCAM_THREADS, REIDCAM_MIN_BLOCKS_C##CH)                     \
         NAME(const T* xc, const T* z, const float* dbl, const T* pre, const float* dt_bias, T* out, const float* a2, \
              const float* dskip, int Bsz, int L, int D, int R, long long stride_zb, long long stride_zl) {       \
         scan_fwd<CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, Bsz, L, D, R, stride_zb, stride_zl);            \

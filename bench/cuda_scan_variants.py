@@ -1,0 +1,103 @@
+"""Times the CUDA forward scan's compile-time variants on one GPU (issue 6, bench/NOTES-speed.md attempt 31).
+
+    PYTHONPATH=. python bench/cuda_scan_variants.py [--batches 256,64] [--tokens 140,1164]
+
+Each variant is scan_fwd.cu built with other tuning macros (block size, chunk of B/C staged per barrier,
+register caps, states whose exponential runs on the FMA pipe), at one and two channels per thread.
+Inputs: bf16, d_inner 768, d_state 16, dt_rank 24, the model's parameter ranges. Prints ms per call
+(median of CUDA-event timings) and the output's largest difference from the default variant's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+
+import torch
+
+from reidcam.reid.model.kernels import cuda_scan, triton_scan
+
+VARIANTS: dict[str, tuple[int, dict[str, int]]] = {
+    "default": (128, {}),
+    "no register cap": (128, {"REIDCAM_MIN_BLOCKS_C1": 1, "REIDCAM_MIN_BLOCKS_C2": 1}),
+    "chunk 16": (128, {"REIDCAM_CHUNK": 16}),
+    "chunk 64": (128, {"REIDCAM_CHUNK": 64}),
+    "64 threads": (64, {"REIDCAM_MIN_BLOCKS_C1": 14, "REIDCAM_MIN_BLOCKS_C2": 8}),
+    "256 threads": (256, {"REIDCAM_MIN_BLOCKS_C1": 3, "REIDCAM_MIN_BLOCKS_C2": 2}),
+    "2 poly states": (128, {"REIDCAM_POLY_STATES": 2}),
+    "4 poly states": (128, {"REIDCAM_POLY_STATES": 4}),
+}
+
+
+def inputs(batch: int, tokens: int, dim: int = 768, d_state: int = 16, rank: int = 24):
+    gen = torch.Generator().manual_seed(0)
+    dt = torch.exp(torch.rand(dim, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    params = [
+        triton_scan.ScanParams(
+            dt_proj_weight=(torch.randn(dim, rank, generator=gen) / math.sqrt(rank)).cuda(),
+            dt_bias=(dt + torch.log(-torch.expm1(-dt))).cuda(),
+            a_log=(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(dim, 1)
+                   + 0.3 * torch.randn(dim, d_state, generator=gen)).cuda(),
+            d_skip=torch.ones(dim).cuda(),
+        )
+        for _ in range(2)
+    ]
+    xc = torch.randn(2, batch, tokens, dim, device="cuda", dtype=torch.bfloat16)
+    z = torch.randn(batch, tokens, 2 * dim, device="cuda", dtype=torch.bfloat16)[..., dim:]
+    dbl = torch.randn(2, batch * tokens, rank + 2 * d_state, device="cuda")
+    return xc, z, dbl, triton_scan.scan_tables(dbl, params[0], params[1], torch.bfloat16)
+
+
+def median_ms(fn, reps: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", default="256,64")
+    parser.add_argument("--tokens", default="140,1164")
+    args = parser.parse_args(argv)
+    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__}", flush=True)
+    shapes = [(b, t) for t in map(int, args.tokens.split(",")) for b in map(int, args.batches.split(","))
+              if b * t <= 256 * 1164]
+    scans = {name: cuda_scan.CudaScan(threads, defines) for name, (threads, defines) in VARIANTS.items()}
+    print("| variant | channels per thread | " + " | ".join(f"batch {b}, {t} tokens" for b, t in shapes) + " |")
+    print("| --- | --- |" + " --- |" * len(shapes))
+    reference = {}
+    for name, scan in scans.items():
+        for per_thread in cuda_scan.CHANNELS_PER_THREAD:
+            cells = []
+            for batch, tokens in shapes:
+                xc, z, dbl, tables = inputs(batch, tokens)
+                kernels = scan.kernels(xc.device, 16)
+                kernels.choice[(xc.dtype, batch, tokens, 768)] = per_thread
+                try:
+                    out = scan.forward(xc, z, dbl, tables)
+                    ms = median_ms(lambda: scan.forward(xc, z, dbl, tables))
+                except cuda_scan.CudaScanUnavailable as error:
+                    cells.append(f"failed: {error}")
+                    continue
+                ref = reference.setdefault((batch, tokens), out.float())
+                diff = (out.float() - ref).abs().max().item()
+                cells.append(f"{ms:.3f} ms (max diff {diff:.1e})")
+            print(f"| {name} | {per_thread} | " + " | ".join(cells) + " |", flush=True)
+    xc, z, dbl, tables = inputs(256, 140)
+    triton_ms = median_ms(lambda: triton_scan.scan_forward(xc, z, dbl, tables))
+    print(f"\nTriton forward scan, batch 256, 140 tokens: {triton_ms:.3f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
