@@ -10,6 +10,7 @@
 #   bash bench/gpu_session.sh measure-all       # GPU 0: speed table; GPU 1: profile, embedder, pipeline
 #   bash bench/gpu_session.sh detector-and-pipeline  # GPU 0: the detector's parts, then the pipeline
 #   bash bench/gpu_session.sh cuda-scan         # GPU 0: CUDA forward scan tests, checks, A/B row; GPU 1: table
+#   bash bench/gpu_session.sh variants-and-overlap  # GPU 0: CUDA scan variants, tests, row; GPU 1: pipeline A/B
 #
 # The pipeline and measure-all phases carry .whl and .gpu/shared: a copy of ../shared/data/vtest.avi and
 # models/yolov8n-from-tflite.pt (made here by bench/detector_from_tflite.py: the device has no LiteRT).
@@ -18,11 +19,11 @@
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
 # 2-4 minutes of first-use compilation (the cache is read from .gpu/triton_cache.tgz when present).
 set -u
-phase=${1:?usage: gpu_session.sh cuda-scan|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
+phase=${1:?usage: gpu_session.sh cuda-scan|variants-and-overlap|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = cuda-scan ]; then
+if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = cuda-scan ] || [ "$phase" = variants-and-overlap ]; then
   wheels=(.whl/*.whl); else
   wheels=(.whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl); fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -84,6 +85,24 @@ cuda-scan)
   (export CUDA_VISIBLE_DEVICES=1
    timeout 470 python3 bench/speed_vs_vit.py --timing-only --backends triton --no-plain-norm --no-triton-fwd \
      --skip-core >"$OUT/speed.log" 2>&1) &
+  wait
+  ;;
+variants-and-overlap)
+  # GPU 0: the CUDA forward scan's tests, its compile-time variants, the backend checks and the
+  # 256x128 s16 row; GPU 1: 16 cameras of 1080p with detection overlapped (detector.overlap) and without.
+  export REIDCAM_SCAN=triton
+  (export CUDA_VISIBLE_DEVICES=0
+   timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda_scan.py >"$OUT/checks.log" 2>&1
+   timeout 150 python3 bench/cuda_scan_variants.py >"$OUT/variants.log" 2>&1
+   timeout 120 python3 bench/speed_vs_vit.py --checks-only --backends triton --no-plain-norm >>"$OUT/checks.log" 2>&1
+   timeout 100 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton --no-plain-norm \
+     --no-triton-fwd >"$OUT/speed.log" 2>&1) &
+  (export CUDA_VISIBLE_DEVICES=1 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared
+   detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
+   timeout 240 python3 bench/gpu_pipeline.py --device cuda --cameras 4,16 --frames 100 --detector "$detector" \
+     --overlap >"$OUT/pipeline.log" 2>&1
+   timeout 200 python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 --detector "$detector" \
+     --no-overlap >>"$OUT/pipeline.log" 2>&1) &
   wait
   ;;
 measure-all)
