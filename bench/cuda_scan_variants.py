@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python bench/cuda_scan_variants.py [--batches 256,64] [--tokens 140,1164]
 
-Each variant is scan_fwd.cu built with other tuning macros (block size, chunk of B/C staged per barrier,
-register caps, states whose exponential runs on the FMA pipe), at one and two channels per thread.
+Each variant is scan_fwd.cu built with other tuning macros (block size, tokens loaded ahead, register
+caps, chunk of B/C staged per barrier, states whose exponential runs on the FMA pipe), at one and two channels per thread.
 Inputs: bf16, d_inner 768, d_state 16, dt_rank 24, the model's parameter ranges. Prints ms per call
 (median of CUDA-event timings) and the output's largest difference from the default variant's.
 """
@@ -19,20 +19,30 @@ import torch
 
 from reidcam.reid.model.kernels import cuda_scan, triton_scan
 
+def _variant(threads: int, ahead: int, min_blocks_c1: int, min_blocks_c2: int, **more: int) -> tuple[int, dict[str, int]]:
+    return threads, {"REIDCAM_AHEAD": ahead, "REIDCAM_MIN_BLOCKS_C1": min_blocks_c1,
+                     "REIDCAM_MIN_BLOCKS_C2": min_blocks_c2, **more}
+
+
+# name: (threads per block, macros); min blocks per SM cap the registers (65,536 / (threads * blocks))
 VARIANTS: dict[str, tuple[int, dict[str, int]]] = {
-    "default": (128, {}),
-    "no register cap": (128, {"REIDCAM_MIN_BLOCKS_C1": 1, "REIDCAM_MIN_BLOCKS_C2": 1}),
-    "chunk 16": (128, {"REIDCAM_CHUNK": 16}),
-    "chunk 64": (128, {"REIDCAM_CHUNK": 64}),
-    "64 threads": (64, {"REIDCAM_MIN_BLOCKS_C1": 14, "REIDCAM_MIN_BLOCKS_C2": 8}),
-    "256 threads": (256, {"REIDCAM_MIN_BLOCKS_C1": 3, "REIDCAM_MIN_BLOCKS_C2": 2}),
-    "2 poly states": (128, {"REIDCAM_POLY_STATES": 2}),
-    "4 poly states": (128, {"REIDCAM_POLY_STATES": 4}),
+    "default": (cuda_scan.THREADS, {}),
+    "128 threads, 1 ahead, 7/4 blocks": _variant(128, 1, 7, 4),
+    "128 threads, 2 ahead, 4/3 blocks": _variant(128, 2, 4, 3),
+    "256 threads, 1 ahead, 3/2 blocks": _variant(256, 1, 3, 2),
+    "256 threads, 2 ahead, 3/2 blocks": _variant(256, 2, 3, 2),
+    "256 threads, 2 ahead, 2/1 blocks": _variant(256, 2, 2, 1),
+    "256 threads, 4 ahead, 2/1 blocks": _variant(256, 4, 2, 1),
+    "256 threads, 4 ahead, 3/2 blocks": _variant(256, 4, 3, 2),
+    "256 threads, 2 ahead, 3/2 blocks, chunk 16": _variant(256, 2, 3, 2, REIDCAM_CHUNK=16),
+    "256 threads, 2 ahead, 3/2 blocks, 2 poly states": _variant(256, 2, 3, 2, REIDCAM_POLY_STATES=2),
 }
 
 
 def inputs(batch: int, tokens: int, dim: int = 768, d_state: int = 16, rank: int = 24):
+    """The same inputs for every variant: the model's parameter ranges, seeded."""
     gen = torch.Generator().manual_seed(0)
+    device_gen = torch.Generator(device="cuda").manual_seed(0)
     dt = torch.exp(torch.rand(dim, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
     params = [
         triton_scan.ScanParams(
@@ -44,9 +54,9 @@ def inputs(batch: int, tokens: int, dim: int = 768, d_state: int = 16, rank: int
         )
         for _ in range(2)
     ]
-    xc = torch.randn(2, batch, tokens, dim, device="cuda", dtype=torch.bfloat16)
-    z = torch.randn(batch, tokens, 2 * dim, device="cuda", dtype=torch.bfloat16)[..., dim:]
-    dbl = torch.randn(2, batch * tokens, rank + 2 * d_state, device="cuda")
+    xc = torch.randn(2, batch, tokens, dim, device="cuda", generator=device_gen).to(torch.bfloat16)
+    z = torch.randn(batch, tokens, 2 * dim, device="cuda", generator=device_gen).to(torch.bfloat16)[..., dim:]
+    dbl = torch.randn(2, batch * tokens, rank + 2 * d_state, device="cuda", generator=device_gen)
     return xc, z, dbl, triton_scan.scan_tables(dbl, params[0], params[1], torch.bfloat16)
 
 

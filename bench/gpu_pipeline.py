@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -102,14 +103,19 @@ def main() -> None:
     parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
                         help="detector.overlap: detect and track in a background thread (default: reidcam's auto, "
                         "on for a detector on CUDA)")
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="sys.setswitchinterval (s): how long a thread may hold the GIL when another asks")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "reidcam_gpu_pipeline")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     width, height = round(768 * args.scale), round(432 * args.scale)
     header = [
         f"reidcam run, {width}x{height} cameras of vtest.avi, {args.frames} frames each, detector "
         f"{Path(args.detector).name}, device {args.device}, decoder threads per camera "
-        f"{args.decoder_threads or 'cores / cameras'}, overlap {OVERLAP_NAMES[args.overlap]}",
+        f"{args.decoder_threads or 'cores / cameras'}, overlap {OVERLAP_NAMES[args.overlap]}, GIL switch "
+        f"interval {sys.getswitchinterval() * 1e3:g} ms",
         "",
         "| cameras | frames | wall s | frames/s | per camera | ReID crops/s | "
         + " | ".join(STAGE_UNITS) + " | overlap |",

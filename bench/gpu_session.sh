@@ -89,20 +89,20 @@ cuda-scan)
   ;;
 variants-and-overlap)
   # GPU 0: the CUDA forward scan's tests, its compile-time variants, the backend checks and the
-  # 256x128 s16 row; GPU 1: 16 cameras of 1080p with detection overlapped (detector.overlap) and without.
+  # 256x128 s16 row; GPU 1: 16 cameras of 1080p without detection overlapped (detector.overlap), then with it at two
+  # GIL switch intervals.
   export REIDCAM_SCAN=triton
   (export CUDA_VISIBLE_DEVICES=0
    timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda_scan.py >"$OUT/checks.log" 2>&1
-   timeout 150 python3 bench/cuda_scan_variants.py >"$OUT/variants.log" 2>&1
-   timeout 120 python3 bench/speed_vs_vit.py --checks-only --backends triton --no-plain-norm >>"$OUT/checks.log" 2>&1
+   timeout 200 python3 bench/cuda_scan_variants.py >"$OUT/variants.log" 2>&1
    timeout 100 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton --no-plain-norm \
      --no-triton-fwd >"$OUT/speed.log" 2>&1) &
   (export CUDA_VISIBLE_DEVICES=1 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared
    detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
-   timeout 240 python3 bench/gpu_pipeline.py --device cuda --cameras 4,16 --frames 100 --detector "$detector" \
-     --overlap >"$OUT/pipeline.log" 2>&1
-   timeout 200 python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 --detector "$detector" \
-     --no-overlap >>"$OUT/pipeline.log" 2>&1) &
+   for run in "--no-overlap" "--overlap --switch-interval 0.0005" "--overlap --switch-interval 0.0001"; do
+     timeout 150 python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 --detector "$detector" \
+       $run >>"$OUT/pipeline.log" 2>&1
+   done) &
   wait
   ;;
 measure-all)

@@ -17,7 +17,7 @@
 #define REIDCAM_N 16
 #endif
 #ifndef REIDCAM_THREADS
-#define REIDCAM_THREADS 128
+#define REIDCAM_THREADS 256
 #endif
 #ifndef REIDCAM_CHUNK
 #define REIDCAM_CHUNK 32
@@ -25,12 +25,16 @@
 // blocks per SM that ptxas must fit (a register cap): one channel per thread fits 72 registers without
 // spilling, 7 blocks of 4 warps; two fit 128, 4 blocks
 #ifndef REIDCAM_MIN_BLOCKS_C1
-#define REIDCAM_MIN_BLOCKS_C1 7
+#define REIDCAM_MIN_BLOCKS_C1 2
 #endif
 #ifndef REIDCAM_MIN_BLOCKS_C2
-#define REIDCAM_MIN_BLOCKS_C2 4
+#define REIDCAM_MIN_BLOCKS_C2 1
 #endif
 #define CHUNK REIDCAM_CHUNK
+#ifndef REIDCAM_AHEAD
+#define REIDCAM_AHEAD 2
+#endif
+#define AHEAD REIDCAM_AHEAD  // CHUNK must be a multiple of it
 
 typedef unsigned short bf16_bits;
 
@@ -121,6 +125,19 @@ __device__ __forceinline__ void store_bc(float (*bc)[2 * REIDCAM_N], const float
     for (int j = 0; j < STAGED; ++j) bc[row0 + j * ROWS_PER_PASS][k] = staged[j];
 }
 
+// One token's inputs of this thread's channels: u and the dt pre-activation; in the gating direction also
+// the first direction's output and z.
+template <int DIR, int CH, typename T>
+__device__ __forceinline__ void load_token(const T* u_ptr, const T* pre_ptr, const T* y_ptr, const T* z_ptr,
+                                           float (&u)[CH], float (&pre)[CH], float (&y)[CH], float (&z)[CH]) {
+    load(u_ptr, u);
+    load(pre_ptr, pre);
+    if (DIR == 1) {
+        load(y_ptr, y);
+        load(z_ptr, z);
+    }
+}
+
 template <int DIR, int CH, typename T>
 __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T* __restrict__ z,
                                                const float* __restrict__ dbl, const T* __restrict__ pre,
@@ -148,15 +165,21 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
     // this thread's channels at the direction's first token; each step moves the pointers by one token
     const long long first = DIR == 0 ? 0 : L - 1;
     const long long token_step = DIR == 0 ? D : -(long long)D;
-    const T* u_ptr = xc + (seq_row + first) * D + dd;
-    const T* pre_ptr = pre + (seq_row + first) * D + dd;
-    T* out_ptr = out + ((long long)b * L + first) * D + dd;
-    const T* z_ptr = z + (long long)b * stride_zb + first * stride_zl + dd;
     const long long z_step = DIR == 0 ? stride_zl : -stride_zl;
+    T* out_ptr = out + ((long long)b * L + first) * D + dd;
+    // the per-token inputs travel through a ring of AHEAD tokens: a token's loads are issued AHEAD tokens
+    // before it is computed, so their latency hides behind that many tokens' exponentials
+    const T* u_ahead = xc + (seq_row + first) * D + dd;
+    const T* pre_ahead = pre + (seq_row + first) * D + dd;
+    const T* y_ahead = out_ptr;  // the gating direction reads back what the first one stored
+    const T* z_ahead = z + (long long)b * stride_zb + first * stride_zl + dd;
+    float u_ring[AHEAD][CH], pre_ring[AHEAD][CH], y_ring[AHEAD][CH], z_ring[AHEAD][CH];
+#pragma unroll
+    for (int r = 0; r < AHEAD; ++r) {
+        if (r < L) load_token<DIR>(u_ahead, pre_ahead, y_ahead, z_ahead, u_ring[r], pre_ring[r], y_ring[r], z_ring[r]);
+        u_ahead += token_step, pre_ahead += token_step, y_ahead += token_step, z_ahead += z_step;
+    }
 
-    float u_next[CH], pre_next[CH];
-    load(u_ptr, u_next);
-    load(pre_ptr, pre_next);
     float staged[STAGED];
     __syncthreads();  // the other direction's last chunk is read
     load_bc<DIR>(staged, dbl_seq, 0, L, E, R);
@@ -167,52 +190,47 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
         if (more) load_bc<DIR>(staged, dbl_seq, step0 + CHUNK, L, E, R);
         const int steps = min(CHUNK, L - step0);
 #pragma unroll 1
-        for (int s = 0; s < steps; ++s) {
-            float u[CH], delta[CH], du[CH], y[CH];
+        for (int s0 = 0; s0 < steps; s0 += AHEAD) {
 #pragma unroll
-            for (int c = 0; c < CH; ++c) {
-                u[c] = u_next[c];
-                delta[c] = softplus(pre_next[c] + bias[c]);
-                du[c] = delta[c] * u[c];
-                y[c] = skip[c] * u[c];
-            }
-            if (step0 + s + 1 < L) {
-                u_ptr += token_step;
-                pre_ptr += token_step;
-                load(u_ptr, u_next);
-                load(pre_ptr, pre_next);
-            }
-            const float4* row = reinterpret_cast<const float4*>(bc[buffer][s]);
+            for (int r = 0; r < AHEAD; ++r) {  // the ring slot of step step0 + s0 + r is r
+                if (s0 + r >= steps) break;
+                float u[CH], delta[CH], du[CH], y[CH], y_fwd[CH], zz[CH];
 #pragma unroll
-            for (int q = 0; q < REIDCAM_N / 4; ++q) {
-                const float4 bq = row[q];
-                const float4 cq = row[REIDCAM_N / 4 + q];
-                const float bn[4] = {bq.x, bq.y, bq.z, bq.w};
-                const float cn[4] = {cq.x, cq.y, cq.z, cq.w};
+                for (int c = 0; c < CH; ++c) {
+                    u[c] = u_ring[r][c];
+                    delta[c] = softplus(pre_ring[r][c] + bias[c]);
+                    du[c] = delta[c] * u[c];
+                    y[c] = skip[c] * u[c];
+                    y_fwd[c] = y_ring[r][c];
+                    zz[c] = z_ring[r][c];
+                }
+                if (step0 + s0 + r + AHEAD < L)
+                    load_token<DIR>(u_ahead, pre_ahead, y_ahead, z_ahead, u_ring[r], pre_ring[r], y_ring[r], z_ring[r]);
+                u_ahead += token_step, pre_ahead += token_step, y_ahead += token_step, z_ahead += z_step;
+                const float4* row = reinterpret_cast<const float4*>(bc[buffer][s0 + r]);
 #pragma unroll
-                for (int k = 0; k < 4; ++k) {
+                for (int q = 0; q < REIDCAM_N / 4; ++q) {
+                    const float4 bq = row[q];
+                    const float4 cq = row[REIDCAM_N / 4 + q];
+                    const float bn[4] = {bq.x, bq.y, bq.z, bq.w};
+                    const float cn[4] = {cq.x, cq.y, cq.z, cq.w};
 #pragma unroll
-                    for (int c = 0; c < CH; ++c) {
-                        const int n = 4 * q + k;
-                        h[c][n] = fmaf(decay(n, delta[c] * a[c][n]), h[c][n], du[c] * bn[k]);
-                        y[c] = fmaf(cn[k], h[c][n], y[c]);
+                    for (int k = 0; k < 4; ++k) {
+#pragma unroll
+                        for (int c = 0; c < CH; ++c) {
+                            const int n = 4 * q + k;
+                            h[c][n] = fmaf(decay(n, delta[c] * a[c][n]), h[c][n], du[c] * bn[k]);
+                            y[c] = fmaf(cn[k], h[c][n], y[c]);
+                        }
                     }
                 }
-            }
-            if (live) {
-                if (DIR == 0) {
-                    store(out_ptr, y);
-                } else {
-                    float y_fwd[CH], zz[CH];
-                    load(out_ptr, y_fwd);
-                    load(z_ptr, zz);
+                if (DIR == 1) {
 #pragma unroll
                     for (int c = 0; c < CH; ++c) y[c] = (y_fwd[c] + y[c]) * 0.5f * silu(zz[c]);
-                    store(out_ptr, y);
                 }
+                if (live) store(out_ptr, y);
+                out_ptr += token_step;
             }
-            out_ptr += token_step;
-            z_ptr += z_step;
         }
         if (more) store_bc(bc[buffer ^ 1], staged);
         __syncthreads();
