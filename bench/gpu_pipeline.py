@@ -37,7 +37,7 @@ from reidcam.app.virtual_cameras import DEFAULT_SOURCE, VirtualCamera, make_virt
 DEFAULT_DETECTOR = shared_dir() / "models" / "yolov8n-coco-int8" / "yolov8n_int8.tflite"
 WINDOW_16_9 = (0, 72, 768, 504)
 SOURCE_FRAMES = 795
-OVERLAP_NAMES = {None: "auto (on for a detector on CUDA)", True: "on", False: "off"}
+OVERLAP_NAMES = {None: "as cams.yaml (default off)", True: "on", False: "off"}
 
 
 def write_cameras(count: int, frames: int, scale: float, folder: Path, detector: str, stride: int = 47) -> Path:
@@ -101,8 +101,8 @@ def main() -> None:
     parser.add_argument("--decoder-threads", type=int, default=None,
                         help="FFmpeg threads per camera (streams.decoder_threads; default: cores / cameras)")
     parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
-                        help="detector.overlap: detect and track in a background thread (default: reidcam's auto, "
-                        "on for a detector on CUDA)")
+                        help="detector.overlap: detect and track in a background thread (default: the cams.yaml "
+                        "value, off)")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval (s): how long a thread may hold the GIL when another asks")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "reidcam_gpu_pipeline")

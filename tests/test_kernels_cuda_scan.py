@@ -1,7 +1,7 @@
 """The CUDA forward scan (kernels/scan_fwd.cu, kernels/cuda_scan.py).
 
 Without a GPU: NVRTC compiles the source for sm_90 as a user's machine would, and the compiled loop is
-held to what makes it worth having (no spills; about one exponential and under 10 instructions per
+held to what makes it worth having (registers for 24 warps per SM, barely a spill; about one exponential and under 10 instructions per
 (token, channel, state) where the Triton forward needs ~11). With a GPU (run on the device, see
 bench/NOTES-speed.md): its output equals a float64 step-by-step definition on ragged shapes, and both variants agree.
 """
@@ -59,14 +59,14 @@ def token_loops(cubin: bytes, tmp_path: Path) -> dict[str, list[dict[str, int]]]
     return {name: [c for c in loop_opcodes(lines) if c["MUFU"] >= 16 and not c["BAR"]] for name, lines in kernels.items()}
 
 
-def test_every_variant_compiles_for_sm90_without_spills(sm90):
+def test_every_variant_compiles_for_sm90_within_its_register_cap(sm90):
     reports = kernel_reports(sm90.log)
     names = {cuda_scan.kernel_name(dt, c) for dt in (torch.bfloat16, torch.float32) for c in cuda_scan.CHANNELS_PER_THREAD}
     assert set(reports) == names
     for name, (registers, spills) in reports.items():
-        assert spills == 0, (name, reports)
-        # one channel per thread: 16 states, 16 decay rates and the tokens loaded ahead; 16 warps per SM
-        assert registers <= (128 if name.endswith("_c1") else 255), (name, reports)
+        # the register caps are the H200 sweep's choice: 80 (24 warps per SM) costs the fp32 kernel 8 bytes
+        assert spills <= 16, (name, reports)
+        assert registers <= (80 if name.endswith("_c1") else 128), (name, reports)
 
 
 def test_the_token_loop_spends_about_one_exponential_and_few_instructions_per_cell(sm90, tmp_path):

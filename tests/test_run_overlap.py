@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from reidcam.app.config import DetectorConfig
-from reidcam.app.pipeline import overlap_detection
 from reidcam.app.run import run_from_config
 from reidcam.app.sources import MultiCameraSource
 from reidcam.errors import DataError
@@ -40,15 +38,6 @@ def query(db: Path, sql: str) -> list[tuple]:
 def overlap_config(clips, fast_settings, folder: Path, overlap: bool) -> Path:
     settings = fast_settings(detector={"overlap": overlap}, storage={"commit_every": 2})
     return clips.write_config(folder / "cams.yaml", ["west", "east"], **settings)
-
-
-def test_auto_overlaps_only_a_detector_on_cuda(detector_weights):
-    from reidcam.detection.yolo import YoloDetector
-
-    detector = YoloDetector(DetectorConfig(weights=str(detector_weights)), "cpu")
-    assert not detector.on_cuda
-    assert overlap_detection(None, detector) is False
-    assert overlap_detection(True, detector) is True
 
 
 def test_overlapped_detection_stores_and_exports_the_same_run(clips, fast_settings, tmp_path):

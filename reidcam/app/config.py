@@ -99,10 +99,10 @@ class DetectorConfig(StrictModel):
     imgsz: int = Field(default=640, ge=32, le=4096)
     device: str | None = Field(default=None, description="auto, cpu, cuda or cuda:N (default: the CLI's --device)")
     batch_size: int = Field(default=16, ge=1, description="frames per forward pass, over all cameras")
-    overlap: bool | None = Field(
-        default=None,
+    overlap: bool = Field(
+        default=False,
         description="detect and track the next step in a background thread while the current one is embedded, "
-        "associated and stored (None: on when the detector runs on a CUDA device)",
+        "associated and stored (off by default: it measured no faster on a GPU host, BENCHMARKS.md)",
     )
 
 

@@ -141,12 +141,6 @@ class DetectTrack:
         return tracked
 
 
-def overlap_detection(setting: bool | None, detector: Detector) -> bool:
-    """``detector.overlap`` of cams.yaml; None (auto) is on where the detector runs on CUDA. On a CPU the
-    two threads would compete for the same cores."""
-    return detector.on_cuda if setting is None else setting
-
-
 def build_detector(config: CamsConfig, device: str) -> Detector:
     from reidcam.detection.yolo import YoloDetector
 
@@ -296,7 +290,7 @@ class MultiCameraPipeline:
         self.store = store
         self.observers = list(observers)
         self.clock = detect_track.clock
-        self.overlap = overlap_detection(config.detector.overlap, detect_track.detector)
+        self.overlap = config.detector.overlap
         self.book = TrackletBook(config.association.tracklet_timeout_s)
         self.associator = Associator(config.association, Topology(config.topology, config.association))
         self.frames: dict[str, int] = {camera_id: 0 for camera_id in detect_track.source.streams}

@@ -13,8 +13,3 @@ class Detector(Protocol):
     """Finds people in a batch of BGR images, one ``sv.Detections`` (xyxy, confidence) per image."""
 
     def detect(self, images: Sequence[np.ndarray]) -> list[sv.Detections]: ...
-
-    @property
-    def on_cuda(self) -> bool:
-        """Whether the network runs on a CUDA device (the pipeline then overlaps detection with the later stages)."""
-        ...

@@ -22,17 +22,19 @@
 #ifndef REIDCAM_CHUNK
 #define REIDCAM_CHUNK 32
 #endif
-// blocks per SM that ptxas must fit (a register cap): one channel per thread fits 72 registers without
-// spilling, 7 blocks of 4 warps; two fit 128, 4 blocks
+// Blocks per SM that ptxas must fit (a register cap). The H200 sweep of bench/cuda_scan_variants.py
+// (BENCHMARKS.md, session 5) chose 256 threads, one channel per thread, 3 blocks (80 registers: 24
+// warps per SM, which at batch 256 makes 1.94 waves of 196,608 (sequence, channel) threads, and an fp32
+// spill of 8 bytes) and one token loaded ahead; two channels per thread, 2 blocks (124 registers).
 #ifndef REIDCAM_MIN_BLOCKS_C1
-#define REIDCAM_MIN_BLOCKS_C1 2
+#define REIDCAM_MIN_BLOCKS_C1 3
 #endif
 #ifndef REIDCAM_MIN_BLOCKS_C2
-#define REIDCAM_MIN_BLOCKS_C2 1
+#define REIDCAM_MIN_BLOCKS_C2 2
 #endif
 #define CHUNK REIDCAM_CHUNK
 #ifndef REIDCAM_AHEAD
-#define REIDCAM_AHEAD 2
+#define REIDCAM_AHEAD 1
 #endif
 #define AHEAD REIDCAM_AHEAD  // CHUNK must be a multiple of it
 
@@ -168,7 +170,8 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
     const long long z_step = DIR == 0 ? stride_zl : -stride_zl;
     T* out_ptr = out + ((long long)b * L + first) * D + dd;
     // the per-token inputs travel through a ring of AHEAD tokens: a token's loads are issued AHEAD tokens
-    // before it is computed, so their latency hides behind that many tokens' exponentials
+    // before it is computed, so their latency hides behind that many tokens' exponentials (more than one
+    // ahead measured slower: the registers cost more warps than the latency they hide)
     const T* u_ahead = xc + (seq_row + first) * D + dd;
     const T* pre_ahead = pre + (seq_row + first) * D + dd;
     const T* y_ahead = out_ptr;  // the gating direction reads back what the first one stored
