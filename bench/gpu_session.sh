@@ -10,6 +10,7 @@
 #   bash bench/gpu_session.sh measure-all       # GPU 0: speed table; GPU 1: profile, embedder, pipeline
 #   bash bench/gpu_session.sh detector-and-pipeline  # GPU 0: the detector's parts, then the pipeline
 #   bash bench/gpu_session.sh cuda-scan         # GPU 0: CUDA forward scan tests, checks, A/B row; GPU 1: table
+#   bash bench/gpu_session.sh table-and-pipeline    # GPU 0: speed table (both forward scans); GPU 1: checks, pipeline
 #   bash bench/gpu_session.sh variants-and-overlap  # GPU 0: CUDA scan variants, tests, row; GPU 1: pipeline A/B
 #
 # The pipeline and measure-all phases carry .whl and .gpu/shared: a copy of ../shared/data/vtest.avi and
@@ -19,11 +20,11 @@
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
 # 2-4 minutes of first-use compilation (the cache is read from .gpu/triton_cache.tgz when present).
 set -u
-phase=${1:?usage: gpu_session.sh cuda-scan|variants-and-overlap|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
+phase=${1:?usage: gpu_session.sh table-and-pipeline|cuda-scan|variants-and-overlap|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = cuda-scan ] || [ "$phase" = variants-and-overlap ]; then
+if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = cuda-scan ] || [ "$phase" = variants-and-overlap ] || [ "$phase" = table-and-pipeline ]; then
   wheels=(.whl/*.whl); else
   wheels=(.whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl); fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -85,6 +86,23 @@ cuda-scan)
   (export CUDA_VISIBLE_DEVICES=1
    timeout 470 python3 bench/speed_vs_vit.py --timing-only --backends triton --no-plain-norm --no-triton-fwd \
      --skip-core >"$OUT/speed.log" 2>&1) &
+  wait
+  ;;
+table-and-pipeline)
+  # GPU 0: the speed table at every size, the CUDA and the Triton forward scan, then the core's kernels;
+  # GPU 1: the CUDA scan's tests and the backend checks, then the pipeline on 1, 4, 16 cameras and
+  # 16 cameras with one FFmpeg thread per camera.
+  export REIDCAM_SCAN=triton
+  (export CUDA_VISIBLE_DEVICES=0
+   timeout 400 python3 bench/speed_vs_vit.py --timing-only --backends triton --no-plain-norm >"$OUT/speed.log" 2>&1) &
+  (export CUDA_VISIBLE_DEVICES=1 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared
+   detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
+   timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda_scan.py >"$OUT/checks.log" 2>&1
+   timeout 120 python3 bench/speed_vs_vit.py --checks-only --backends triton --no-plain-norm >>"$OUT/checks.log" 2>&1
+   timeout 180 python3 bench/gpu_pipeline.py --device cuda --cameras 1,4,16 --frames 100 --detector "$detector" \
+     >"$OUT/pipeline.log" 2>&1
+   timeout 90 python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 --detector "$detector" \
+     --decoder-threads 1 >>"$OUT/pipeline.log" 2>&1) &
   wait
   ;;
 variants-and-overlap)
