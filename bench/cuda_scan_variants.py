@@ -27,15 +27,12 @@ def _variant(threads: int, ahead: int, min_blocks_c1: int, min_blocks_c2: int, *
 # name: (threads per block, macros); min blocks per SM cap the registers (65,536 / (threads * blocks))
 VARIANTS: dict[str, tuple[int, dict[str, int]]] = {
     "default": (cuda_scan.THREADS, {}),
-    "128 threads, 1 ahead, 7/4 blocks": _variant(128, 1, 7, 4),
-    "128 threads, 2 ahead, 4/3 blocks": _variant(128, 2, 4, 3),
-    "256 threads, 1 ahead, 3/2 blocks": _variant(256, 1, 3, 2),
-    "256 threads, 2 ahead, 3/2 blocks": _variant(256, 2, 3, 2),
-    "256 threads, 2 ahead, 2/1 blocks": _variant(256, 2, 2, 1),
-    "256 threads, 4 ahead, 2/1 blocks": _variant(256, 4, 2, 1),
-    "256 threads, 4 ahead, 3/2 blocks": _variant(256, 4, 3, 2),
-    "256 threads, 2 ahead, 3/2 blocks, chunk 16": _variant(256, 2, 3, 2, REIDCAM_CHUNK=16),
-    "256 threads, 2 ahead, 3/2 blocks, 2 poly states": _variant(256, 2, 3, 2, REIDCAM_POLY_STATES=2),
+    "split y": (cuda_scan.THREADS, {"REIDCAM_Y_SPLIT": 1}),
+    "early delta": (cuda_scan.THREADS, {"REIDCAM_EARLY_DELTA": 1}),
+    "split y, early delta": (cuda_scan.THREADS, {"REIDCAM_Y_SPLIT": 1, "REIDCAM_EARLY_DELTA": 1}),
+    "128 threads, 7/4 blocks": _variant(128, 1, 7, 4),
+    "128 threads, 7/4 blocks, split y, early delta": _variant(128, 1, 7, 4, REIDCAM_Y_SPLIT=1, REIDCAM_EARLY_DELTA=1),
+    "256 threads, 4/2 blocks (64 registers)": _variant(256, 1, 4, 2),
 }
 
 

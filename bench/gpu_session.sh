@@ -20,7 +20,7 @@
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
 # 2-4 minutes of first-use compilation (the cache is read from .gpu/triton_cache.tgz when present).
 set -u
-phase=${1:?usage: gpu_session.sh table-and-pipeline|cuda-scan|variants-and-overlap|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
+phase=${1:?usage: gpu_session.sh variants-and-profile|table-and-pipeline|cuda-scan|variants-and-overlap|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -86,6 +86,16 @@ cuda-scan)
   (export CUDA_VISIBLE_DEVICES=1
    timeout 470 python3 bench/speed_vs_vit.py --timing-only --backends triton --no-plain-norm --no-triton-fwd \
      --skip-core >"$OUT/speed.log" 2>&1) &
+  wait
+  ;;
+variants-and-profile)
+  # GPU 0: the CUDA scan's variants (and whether Nsight Compute is here); GPU 1: the inference profile.
+  export REIDCAM_SCAN=triton
+  (export CUDA_VISIBLE_DEVICES=0
+   { command -v ncu; ls -d /usr/local/cuda*/nsight-compute* /opt/nvidia/nsight-compute* 2>/dev/null; } >"$OUT/ncu.log" 2>&1
+   timeout 200 python3 bench/cuda_scan_variants.py >"$OUT/variants.log" 2>&1) &
+  (export CUDA_VISIBLE_DEVICES=1
+   timeout 250 python3 bench/profile_model.py --out "$OUT" >"$OUT/profile.log" 2>&1) &
   wait
   ;;
 table-and-pipeline)

@@ -37,6 +37,18 @@
 #define REIDCAM_AHEAD 1
 #endif
 #define AHEAD REIDCAM_AHEAD  // CHUNK must be a multiple of it
+// REIDCAM_EARLY_DELTA: the next token's softplus is computed at the end of the current token, where the
+// compiler can interleave it with the current token's sums (one token ahead only).
+// REIDCAM_Y_SPLIT: y = sum_n C_n h_n as two interleaved partial sums, halving its dependent chain.
+#ifndef REIDCAM_EARLY_DELTA
+#define REIDCAM_EARLY_DELTA 0
+#endif
+#ifndef REIDCAM_Y_SPLIT
+#define REIDCAM_Y_SPLIT 0
+#endif
+#if REIDCAM_EARLY_DELTA && REIDCAM_AHEAD != 1
+#error "REIDCAM_EARLY_DELTA needs REIDCAM_AHEAD 1"
+#endif
 
 typedef unsigned short bf16_bits;
 
@@ -183,6 +195,10 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
         u_ahead += token_step, pre_ahead += token_step, y_ahead += token_step, z_ahead += z_step;
     }
 
+    float delta_next[CH];
+#pragma unroll
+    for (int c = 0; c < CH; ++c) delta_next[c] = REIDCAM_EARLY_DELTA ? softplus(pre_ring[0][c] + bias[c]) : 0.0f;
+
     float staged[STAGED];
     __syncthreads();  // the other direction's last chunk is read
     load_bc<DIR>(staged, dbl_seq, 0, L, E, R);
@@ -197,13 +213,14 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
 #pragma unroll
             for (int r = 0; r < AHEAD; ++r) {  // the ring slot of step step0 + s0 + r is r
                 if (s0 + r >= steps) break;
-                float u[CH], delta[CH], du[CH], y[CH], y_fwd[CH], zz[CH];
+                float u[CH], delta[CH], du[CH], y[CH], y_odd[CH], y_fwd[CH], zz[CH];
 #pragma unroll
                 for (int c = 0; c < CH; ++c) {
                     u[c] = u_ring[r][c];
-                    delta[c] = softplus(pre_ring[r][c] + bias[c]);
+                    delta[c] = REIDCAM_EARLY_DELTA ? delta_next[c] : softplus(pre_ring[r][c] + bias[c]);
                     du[c] = delta[c] * u[c];
                     y[c] = skip[c] * u[c];
+                    y_odd[c] = 0.0f;
                     y_fwd[c] = y_ring[r][c];
                     zz[c] = z_ring[r][c];
                 }
@@ -223,9 +240,18 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
                         for (int c = 0; c < CH; ++c) {
                             const int n = 4 * q + k;
                             h[c][n] = fmaf(decay(n, delta[c] * a[c][n]), h[c][n], du[c] * bn[k]);
-                            y[c] = fmaf(cn[k], h[c][n], y[c]);
+                            if (REIDCAM_Y_SPLIT && n % 2 == 1) {
+                                y_odd[c] = fmaf(cn[k], h[c][n], y_odd[c]);
+                            } else {
+                                y[c] = fmaf(cn[k], h[c][n], y[c]);
+                            }
                         }
                     }
+                }
+#pragma unroll
+                for (int c = 0; c < CH; ++c) {
+                    if (REIDCAM_Y_SPLIT) y[c] += y_odd[c];
+                    if (REIDCAM_EARLY_DELTA) delta_next[c] = softplus(pre_ring[0][c] + bias[c]);
                 }
                 if (DIR == 1) {
 #pragma unroll
