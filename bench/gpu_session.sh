@@ -20,7 +20,7 @@
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
 # 2-4 minutes of first-use compilation (the cache is read from .gpu/triton_cache.tgz when present).
 set -u
-phase=${1:?usage: gpu_session.sh variants-and-profile|table-and-pipeline|cuda-scan|variants-and-overlap|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
+phase=${1:?usage: gpu_session.sh ncu-and-row|variants-and-profile|table-and-pipeline|cuda-scan|variants-and-overlap|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -86,6 +86,22 @@ cuda-scan)
   (export CUDA_VISIBLE_DEVICES=1
    timeout 470 python3 bench/speed_vs_vit.py --timing-only --backends triton --no-plain-norm --no-triton-fwd \
      --skip-core >"$OUT/speed.log" 2>&1) &
+  wait
+  ;;
+ncu-and-row)
+  # GPU 0: the 256x128 s16 row and the core's kernels; GPU 1: Nsight Compute on the CUDA forward scan and
+  # the conv forward (stall reasons, occupancy, throughput).
+  export REIDCAM_SCAN=triton
+  sections=(--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
+            --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis)
+  (export CUDA_VISIBLE_DEVICES=0
+   timeout 150 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton --no-plain-norm \
+     >"$OUT/speed.log" 2>&1) &
+  (export CUDA_VISIBLE_DEVICES=1
+   timeout 150 ncu --kernel-name regex:bimamba_scan_fwd_bf16_c1 --launch-skip 3 --launch-count 1 "${sections[@]}" \
+     python3 bench/cuda_scan_variants.py --batches 256 --tokens 140 >"$OUT/ncu_scan.txt" 2>&1
+   timeout 150 ncu --kernel-name regex:_biconv_fwd_kernel --launch-skip 30 --launch-count 1 "${sections[@]}" \
+     python3 bench/profile_model.py --out /tmp/profile >"$OUT/ncu_conv.txt" 2>&1) &
   wait
   ;;
 variants-and-profile)

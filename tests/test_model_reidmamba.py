@@ -166,3 +166,15 @@ def test_torch_and_naive_backends_give_the_same_model_output():
         model.set_scan_backend("naive")
         reference = model(images)
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [16, 12])
+def test_patch_embedding_as_a_matmul_equals_the_conv(stride):
+    from reidcam.reid.model.reidmamba import PatchEmbed
+
+    torch.manual_seed(0)
+    embed = PatchEmbed(3, 48, patch_size=16, stride=stride)
+    images = torch.randn(2, 3, 64, 40)
+    conv = embed(images)  # on the CPU: the conv
+    assert torch.allclose(embed.as_matmul(images), conv, atol=1e-5)
+    assert conv.shape == (2, ((64 - 16) // stride + 1) * ((40 - 16) // stride + 1), 48)
