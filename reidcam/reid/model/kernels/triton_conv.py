@@ -43,6 +43,26 @@ _UNSPECIALISED_BWD = ["Bsz", "L", "D", "stride_xb", "stride_xl"]
 
 
 @triton.jit
+def _load_window(x_ptr, row_base, t, offs_d, mask_d, L, stride_l, SHIFT0: tl.constexpr, STEP: tl.constexpr):
+    """(BLOCK_T, BLOCK_D, 4) fp32 tile whose [i, :, k] is x[t_i + SHIFT0 + STEP*k], zero outside [0, L)."""
+    taps = tl.arange(0, 4)
+    tt = t[:, None, None] + SHIFT0 + STEP * taps[None, None, :]
+    mask = (tt >= 0) & (tt < L) & mask_d[None, :, None]
+    ptrs = x_ptr + row_base + tt * stride_l + offs_d[None, :, None]
+    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _window_for(x_ptr, row_base, t, offs_d, mask_d, L, stride_l, DIR: tl.constexpr):
+    """The conv window of direction DIR: causal (x[t-3+k]) for 0, anti-causal (x[t+3-k]) for 1."""
+    if DIR == 0:
+        win = _load_window(x_ptr, row_base, t, offs_d, mask_d, L, stride_l, -3, 1)
+    else:
+        win = _load_window(x_ptr, row_base, t, offs_d, mask_d, L, stride_l, 3, -1)
+    return win
+
+
+@triton.jit
 def _biconv_fwd_kernel(
     x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, xc_ptr,
     Bsz, L, D, stride_xb, stride_xl,
@@ -56,32 +76,20 @@ def _biconv_fwd_kernel(
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     mask_td = (t < L)[:, None] & mask_d[None, :]
+    taps = tl.arange(0, 4)
     x_row = b.to(tl.int64) * stride_xb
-    # the 7 shifted tiles x[t-3] .. x[t+3], each one coalesced 2D load shared by both directions: the
-    # causal conv's tap k reads x[t-3+k], the anti-causal one's x[t+3-k]
-    x_m3 = _shifted(x_ptr, x_row, t, -3, offs_d, mask_d, L, stride_xl)
-    x_m2 = _shifted(x_ptr, x_row, t, -2, offs_d, mask_d, L, stride_xl)
-    x_m1 = _shifted(x_ptr, x_row, t, -1, offs_d, mask_d, L, stride_xl)
-    x_0 = _shifted(x_ptr, x_row, t, 0, offs_d, mask_d, L, stride_xl)
-    x_p1 = _shifted(x_ptr, x_row, t, 1, offs_d, mask_d, L, stride_xl)
-    x_p2 = _shifted(x_ptr, x_row, t, 2, offs_d, mask_d, L, stride_xl)
-    x_p3 = _shifted(x_ptr, x_row, t, 3, offs_d, mask_d, L, stride_xl)
-    _conv_silu_store(wf_ptr, bf_ptr, x_m3, x_m2, x_m1, x_0, xc_ptr, b.to(tl.int64) * L * D, t, offs_d, mask_d, mask_td, D)
-    _conv_silu_store(wb_ptr, bb_ptr, x_p3, x_p2, x_p1, x_0, xc_ptr, (Bsz + b).to(tl.int64) * L * D, t, offs_d, mask_d,
-                     mask_td, D)
-
-
-@triton.jit
-def _conv_silu_store(w_ptr, b_ptr, tap0, tap1, tap2, tap3, xc_ptr, out_row, t, offs_d, mask_d, mask_td, D):
-    """silu(bias + sum_k w[:, k] * tap_k) of one direction, stored at its rows of xc."""
-    w = w_ptr + offs_d * 4
-    pre = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-    pre += tl.load(w, mask=mask_d, other=0.0).to(tl.float32)[None, :] * tap0
-    pre += tl.load(w + 1, mask=mask_d, other=0.0).to(tl.float32)[None, :] * tap1
-    pre += tl.load(w + 2, mask=mask_d, other=0.0).to(tl.float32)[None, :] * tap2
-    pre += tl.load(w + 3, mask=mask_d, other=0.0).to(tl.float32)[None, :] * tap3
-    xc = pre * tl.sigmoid(pre)
-    tl.store(xc_ptr + out_row + t[:, None] * D + offs_d[None, :], xc.to(xc_ptr.dtype.element_ty), mask=mask_td)
+    for DIR in tl.static_range(2):
+        if DIR == 0:
+            w_ptr, b_ptr = wf_ptr, bf_ptr
+        else:
+            w_ptr, b_ptr = wb_ptr, bb_ptr
+        w = tl.load(w_ptr + offs_d[:, None] * 4 + taps[None, :], mask=mask_d[:, None], other=0.0)
+        bias = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0)
+        win = _window_for(x_ptr, x_row, t, offs_d, mask_d, L, stride_xl, DIR)
+        pre = tl.sum(win * w.to(tl.float32)[None, :, :], axis=2) + bias.to(tl.float32)[None, :]
+        xc = pre * tl.sigmoid(pre)
+        out_row = (DIR * Bsz + b).to(tl.int64) * L * D
+        tl.store(xc_ptr + out_row + t[:, None] * D + offs_d[None, :], xc.to(xc_ptr.dtype.element_ty), mask=mask_td)
 
 
 @triton.jit
