@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python bench/cuda_scan_variants.py [--batches 256,64] [--tokens 140,1164]
 
-Each variant is scan_fwd.cu built with other tuning macros (block size, tokens loaded ahead, register
-caps, chunk of B/C staged per barrier, states whose exponential runs on the FMA pipe), at one and two channels per thread.
+Each build is scan_fwd.cu with other tuning macros (block size, register caps, tokens staged per barrier),
+each of its bf16 kernels timed: c1s (u and pre staged by cp.async), c1, c2 (two channels per thread).
 Inputs: bf16, d_inner 768, d_state 16, dt_rank 24, the model's parameter ranges. Prints ms per call
 (median of CUDA-event timings) and the output's largest difference from the default variant's.
 """
@@ -19,20 +19,15 @@ import torch
 
 from reidcam.reid.model.kernels import cuda_scan, triton_scan
 
-def _variant(threads: int, ahead: int, min_blocks_c1: int, min_blocks_c2: int, **more: int) -> tuple[int, dict[str, int]]:
-    return threads, {"REIDCAM_AHEAD": ahead, "REIDCAM_MIN_BLOCKS_C1": min_blocks_c1,
-                     "REIDCAM_MIN_BLOCKS_C2": min_blocks_c2, **more}
+def _variant(threads: int, min_blocks_c1: int, min_blocks_c2: int, **more: int) -> tuple[int, dict[str, int]]:
+    return threads, {"REIDCAM_MIN_BLOCKS_C1": min_blocks_c1, "REIDCAM_MIN_BLOCKS_C2": min_blocks_c2, **more}
 
 
 # name: (threads per block, macros); min blocks per SM cap the registers (65,536 / (threads * blocks))
 VARIANTS: dict[str, tuple[int, dict[str, int]]] = {
     "default": (cuda_scan.THREADS, {}),
-    "split y": (cuda_scan.THREADS, {"REIDCAM_Y_SPLIT": 1}),
-    "early delta": (cuda_scan.THREADS, {"REIDCAM_EARLY_DELTA": 1}),
-    "split y, early delta": (cuda_scan.THREADS, {"REIDCAM_Y_SPLIT": 1, "REIDCAM_EARLY_DELTA": 1}),
-    "128 threads, 7/4 blocks": _variant(128, 1, 7, 4),
-    "128 threads, 7/4 blocks, split y, early delta": _variant(128, 1, 7, 4, REIDCAM_Y_SPLIT=1, REIDCAM_EARLY_DELTA=1),
-    "256 threads, 4/2 blocks (64 registers)": _variant(256, 1, 4, 2),
+    "chunk 32": (cuda_scan.THREADS, {"REIDCAM_CHUNK": 32}),
+    "128 threads, 7/4 blocks": _variant(128, 7, 4),
 }
 
 
@@ -80,16 +75,16 @@ def main(argv: list[str]) -> int:
     shapes = [(b, t) for t in map(int, args.tokens.split(",")) for b in map(int, args.batches.split(","))
               if b * t <= 256 * 1164]
     scans = {name: cuda_scan.CudaScan(threads, defines) for name, (threads, defines) in VARIANTS.items()}
-    print("| variant | channels per thread | " + " | ".join(f"batch {b}, {t} tokens" for b, t in shapes) + " |")
+    print("| build | kernel | " + " | ".join(f"batch {b}, {t} tokens" for b, t in shapes) + " |")
     print("| --- | --- |" + " --- |" * len(shapes))
     reference = {}
     for name, scan in scans.items():
-        for per_thread in cuda_scan.CHANNELS_PER_THREAD:
+        for variant in cuda_scan.VARIANTS[torch.bfloat16]:
             cells = []
             for batch, tokens in shapes:
                 xc, z, dbl, tables = inputs(batch, tokens)
                 kernels = scan.kernels(xc.device, 16)
-                kernels.choice[(xc.dtype, batch, tokens, 768)] = per_thread
+                kernels.choice[(xc.dtype, batch, tokens, 768)] = variant
                 try:
                     out = scan.forward(xc, z, dbl, tables)
                     ms = median_ms(lambda: scan.forward(xc, z, dbl, tables))
@@ -99,7 +94,7 @@ def main(argv: list[str]) -> int:
                 ref = reference.setdefault((batch, tokens), out.float())
                 diff = (out.float() - ref).abs().max().item()
                 cells.append(f"{ms:.3f} ms (max diff {diff:.1e})")
-            print(f"| {name} | {per_thread} | " + " | ".join(cells) + " |", flush=True)
+            print(f"| {name} | {variant} | " + " | ".join(cells) + " |", flush=True)
     xc, z, dbl, tables = inputs(256, 140)
     triton_ms = median_ms(lambda: triton_scan.scan_forward(xc, z, dbl, tables))
     print(f"\nTriton forward scan, batch 256, 140 tokens: {triton_ms:.3f} ms")

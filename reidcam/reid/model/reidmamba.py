@@ -147,11 +147,15 @@ class PatchEmbed(nn.Module):
         return self.proj(images).flatten(2).transpose(1, 2)
 
     def as_matmul(self, images: Tensor) -> Tensor:
-        """The same conv as patches (unfold) times the flattened kernel. On a GPU cuDNN ran this 3-channel,
-        16x16 conv as a generic implicit GEMM: 1.05 ms of a 22-ms forward at batch 256 (BENCHMARKS.md,
-        session 5), where the unfold and one GEMM take a few tens of microseconds."""
-        patches = F.unfold(images, self.proj.kernel_size, stride=self.proj.stride)  # (B, C*p*p, tokens)
-        return F.linear(patches.transpose(1, 2), self.proj.weight.flatten(1), self.proj.bias)
+        """The same conv as patches (strided views, one copy) times the flattened kernel. On a GPU cuDNN ran
+        this 3-channel, 16x16 conv as a generic implicit GEMM: 1.05 ms of a 22-ms forward at batch 256
+        (BENCHMARKS.md, session 5). F.unfold is no substitute: on CUDA it loops over the batch."""
+        kernel, stride = self.proj.kernel_size[0], self.proj.stride[0]
+        if torch.is_autocast_enabled(images.device.type):
+            images = images.to(torch.get_autocast_dtype(images.device.type))  # copy half the bytes below
+        windows = images.unfold(2, kernel, stride).unfold(3, kernel, stride)  # (B, C, rows, cols, k, k)
+        patches = windows.permute(0, 2, 3, 1, 4, 5).flatten(1, 2).flatten(2)  # (B, tokens, C*k*k)
+        return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
 
 
 class TokenFusion(nn.Module):

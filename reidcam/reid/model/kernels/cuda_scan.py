@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("scan_fwd.cu")
 THREADS = 256  # channels (c1) or channel pairs (c2) per block
-CHANNELS_PER_THREAD = (1, 2)  # the variants tried on a new shape, the default first
+# the kernel variants of each dtype, tried on a new shape, the default first: "c1s" one channel per thread
+# with u and pre staged in shared memory by cp.async (bf16), "c1" one channel, "c2" two channels per thread
+VARIANTS = {torch.bfloat16: ("c1s", "c1", "c2"), torch.float32: ("c1", "c2")}
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float32: "f32"}
 
 
@@ -42,8 +44,12 @@ class CudaScanUnavailable(RuntimeError):
     """NVRTC or the driver could not be loaded, or the kernel did not compile."""
 
 
-def kernel_name(dtype: torch.dtype, channels_per_thread: int) -> str:
-    return f"bimamba_scan_fwd_{_DTYPE_NAMES[dtype]}_c{channels_per_thread}"
+def kernel_name(dtype: torch.dtype, variant: str) -> str:
+    return f"bimamba_scan_fwd_{_DTYPE_NAMES[dtype]}_{variant}"
+
+
+def channels_per_thread(variant: str) -> int:
+    return 2 if variant == "c2" else 1
 
 
 # --- NVRTC -------------------------------------------------------------------------------------------------
@@ -170,7 +176,7 @@ class _Driver:
 @dataclass
 class _DeviceKernels:
     functions: dict[str, ctypes.c_void_p]
-    choice: dict[tuple, int]  # (dtype, batch, length, channels) -> channels per thread, timed on first use
+    choice: dict[tuple, str]  # (dtype, batch, length, channels) -> variant, timed on first use
 
 
 class CudaScan:
@@ -200,7 +206,7 @@ class CudaScan:
             major, minor = torch.cuda.get_device_capability(device)
             compiled = compile_scan(major * 10 + minor, d_state, self.threads, self.defines)
             self._driver.ensure_context(device)
-            names = [kernel_name(dt, c) for dt in _DTYPE_NAMES for c in CHANNELS_PER_THREAD]
+            names = [kernel_name(dt, v) for dt, variants in VARIANTS.items() for v in variants]
             functions = self._driver.load(compiled.cubin, names)
         except CudaScanUnavailable as error:
             self._failed = str(error)
@@ -221,40 +227,45 @@ class CudaScan:
             ctypes.c_int(bsz), ctypes.c_int(length), ctypes.c_int(dim), ctypes.c_int(tables.dt.shape[-1]),
             ctypes.c_longlong(z.stride(0)), ctypes.c_longlong(z.stride(1)),
         ]
-        options = [c for c in CHANNELS_PER_THREAD if c == 1 or _pairs_aligned(tensors, z, dim)]
+        options = [v for v in VARIANTS[xc.dtype] if _variant_fits(v, tensors, z, dim)]
         key = (xc.dtype, bsz, length, dim)
         stream = torch.cuda.current_stream(xc.device).cuda_stream
         self._driver.ensure_context(xc.device.index if xc.device.index is not None else torch.cuda.current_device())
         if key not in kernels.choice and len(options) > 1 and not torch.cuda.is_current_stream_capturing():
             kernels.choice[key] = self._fastest(kernels, options, xc.dtype, bsz, dim, args, stream)
-        per_thread = kernels.choice.get(key, options[0])
-        per_thread = per_thread if per_thread in options else options[0]
-        self._launch(kernels, xc.dtype, per_thread, bsz, dim, args, stream)
+        variant = kernels.choice.get(key, options[0])
+        variant = variant if variant in options else options[0]
+        self._launch(kernels, xc.dtype, variant, bsz, dim, args, stream)
         return out
 
-    def _launch(self, kernels, dtype, per_thread, bsz, dim, args, stream) -> None:
-        grid = (-(-dim // (self.threads * per_thread)), bsz)
-        self._driver.launch(kernels.functions[kernel_name(dtype, per_thread)], grid, self.threads, args, stream)
+    def _launch(self, kernels, dtype, variant, bsz, dim, args, stream) -> None:
+        grid = (-(-dim // (self.threads * channels_per_thread(variant))), bsz)
+        self._driver.launch(kernels.functions[kernel_name(dtype, variant)], grid, self.threads, args, stream)
 
     def _fastest(self, kernels, options, dtype, bsz, dim, args, stream) -> int:
         """Time each variant twice on this shape (the kernel only writes its output, so reruns are harmless)."""
         times = {}
-        for per_thread in options:
-            self._launch(kernels, dtype, per_thread, bsz, dim, args, stream)  # warm-up
+        for variant in options:
+            self._launch(kernels, dtype, variant, bsz, dim, args, stream)  # warm-up
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             for _ in range(2):
-                self._launch(kernels, dtype, per_thread, bsz, dim, args, stream)
+                self._launch(kernels, dtype, variant, bsz, dim, args, stream)
             end.record()
             end.synchronize()
-            times[per_thread] = start.elapsed_time(end)
+            times[variant] = start.elapsed_time(end)
         logger.debug("CUDA scan variants (ms for 2 runs): %s", times)
         return min(times, key=times.get)
 
 
-def _pairs_aligned(tensors: list[torch.Tensor], z: torch.Tensor, dim: int) -> bool:
-    """Whether two adjacent channels can travel as one load: even channel count, strides and 8-byte bases."""
-    return dim % 2 == 0 and z.stride(0) % 2 == 0 and z.stride(1) % 2 == 0 and all(t.data_ptr() % 8 == 0 for t in tensors)
+def _variant_fits(variant: str, tensors: list[torch.Tensor], z: torch.Tensor, dim: int) -> bool:
+    """c2 loads two adjacent channels at once: even channel count and strides, 8-byte bases. c1s copies 16
+    bytes of xc and pre at a time: channels a multiple of 8, 16-byte bases."""
+    if variant == "c2":
+        return dim % 2 == 0 and z.stride(0) % 2 == 0 and z.stride(1) % 2 == 0 and all(t.data_ptr() % 8 == 0 for t in tensors)
+    if variant == "c1s":
+        return dim % 8 == 0 and tensors[0].data_ptr() % 16 == 0 and tensors[3].data_ptr() % 16 == 0
+    return True
 
 
 def supports(xc: torch.Tensor, tables: ScanTables) -> bool:

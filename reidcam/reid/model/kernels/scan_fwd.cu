@@ -7,8 +7,9 @@
 // kernel could not get near (about 11 instructions there: bench/NOTES-speed.md). B and C are the same for
 // every channel of a token, so a block stages them for CHUNK tokens in shared memory and its threads read
 // them as broadcasts, four states per load; with two channels per thread each of those loads, the
-// pointer arithmetic and the loop control serve twice the work. Each thread loads the next token's u and
-// pre before it computes the current one, so the load latency overlaps the exponentials.
+// pointer arithmetic and the loop control serve twice the work. Each thread loads the next token's inputs
+// before it computes the current one, so the load latency overlaps the exponentials; the staged variant
+// (c1s) instead copies u and pre of the next CHUNK tokens to shared memory with cp.async.
 //
 // No headers: bf16 travels as its 16 bits (load: a shift; store: cvt.rn.bf16x2.f32), so NVRTC needs no
 // include path. REIDCAM_N is d_state, REIDCAM_THREADS the block size.
@@ -20,12 +21,14 @@
 #define REIDCAM_THREADS 256
 #endif
 #ifndef REIDCAM_CHUNK
-#define REIDCAM_CHUNK 32
+#define REIDCAM_CHUNK 16
 #endif
 // Blocks per SM that ptxas must fit (a register cap). The H200 sweep of bench/cuda_scan_variants.py
 // (BENCHMARKS.md, session 5) chose 256 threads, one channel per thread, 3 blocks (80 registers: 24
 // warps per SM, which at batch 256 makes 1.94 waves of 196,608 (sequence, channel) threads, and an fp32
-// spill of 8 bytes) and one token loaded ahead; two channels per thread, 2 blocks (124 registers).
+// spill of 8 bytes); two channels per thread, 2 blocks (124 registers). Loading more than one token ahead
+// in registers, a split sum over states, computing the next softplus early, and exponentials on the FMA
+// pipe measured no faster (bench/NOTES-speed.md, attempt 32).
 #ifndef REIDCAM_MIN_BLOCKS_C1
 #define REIDCAM_MIN_BLOCKS_C1 3
 #endif
@@ -33,22 +36,6 @@
 #define REIDCAM_MIN_BLOCKS_C2 2
 #endif
 #define CHUNK REIDCAM_CHUNK
-#ifndef REIDCAM_AHEAD
-#define REIDCAM_AHEAD 1
-#endif
-#define AHEAD REIDCAM_AHEAD  // CHUNK must be a multiple of it
-// REIDCAM_EARLY_DELTA: the next token's softplus is computed at the end of the current token, where the
-// compiler can interleave it with the current token's sums (one token ahead only).
-// REIDCAM_Y_SPLIT: y = sum_n C_n h_n as two interleaved partial sums, halving its dependent chain.
-#ifndef REIDCAM_EARLY_DELTA
-#define REIDCAM_EARLY_DELTA 0
-#endif
-#ifndef REIDCAM_Y_SPLIT
-#define REIDCAM_Y_SPLIT 0
-#endif
-#if REIDCAM_EARLY_DELTA && REIDCAM_AHEAD != 1
-#error "REIDCAM_EARLY_DELTA needs REIDCAM_AHEAD 1"
-#endif
 
 typedef unsigned short bf16_bits;
 
@@ -85,29 +72,6 @@ __device__ __forceinline__ float exp2_approx(float x) {
     return r;
 }
 
-// 2^x for x <= 0 on the FMA pipe instead of the special-function unit: x = n + f with n an integer and
-// f in [-0.5, 0.5], 2^f by a degree-5 polynomial (relative error 2.5e-7, as ex2.approx), 2^n added to the
-// exponent bits. REIDCAM_POLY_STATES of the 16 states per token take this path: the kernel issues fewer
-// instructions than its exponentials keep the MUFU busy, so moving a few over balances the two.
-#ifndef REIDCAM_POLY_STATES
-#define REIDCAM_POLY_STATES 0
-#endif
-__device__ __forceinline__ float exp2_poly(float x) {
-    x = fmaxf(x, -126.0f);
-    const float shifted = __fadd_rn(x, 12582912.0f);  // 1.5 * 2^23: n lands in the low mantissa bits
-    const float f = __fsub_rn(x, __fsub_rn(shifted, 12582912.0f));
-    float p = 1.3400432653725147e-3f;
-    p = fmaf(p, f, 9.676037356257439e-3f);
-    p = fmaf(p, f, 5.550327152013779e-2f);
-    p = fmaf(p, f, 2.402210682630539e-1f);
-    p = fmaf(p, f, 6.931471824645996e-1f);
-    p = fmaf(p, f, 1.0000001192092896f);
-    return __int_as_float(__float_as_int(p) + (__float_as_int(shifted) << 23));
-}
-
-// exp2 of state n's exponent; n is a constant once the state loop is unrolled, so the branch folds away
-__device__ __forceinline__ float decay(int n, float x) { return n < REIDCAM_POLY_STATES ? exp2_poly(x) : exp2_approx(x); }
-
 // log(1 + exp(x)) with torch's threshold of 20 and a series where exp(x) is tiny, as _softplus in Triton.
 __device__ __forceinline__ float softplus(float x) {
     const float e = __expf(fminf(x, 20.0f));
@@ -139,27 +103,49 @@ __device__ __forceinline__ void store_bc(float (*bc)[2 * REIDCAM_N], const float
     for (int j = 0; j < STAGED; ++j) bc[row0 + j * ROWS_PER_PASS][k] = staged[j];
 }
 
-// One token's inputs of this thread's channels: u and the dt pre-activation; in the gating direction also
-// the first direction's output and z.
-template <int DIR, int CH, typename T>
-__device__ __forceinline__ void load_token(const T* u_ptr, const T* pre_ptr, const T* y_ptr, const T* z_ptr,
-                                           float (&u)[CH], float (&pre)[CH], float (&y)[CH], float (&z)[CH]) {
-    load(u_ptr, u);
-    load(pre_ptr, pre);
-    if (DIR == 1) {
-        load(y_ptr, y);
-        load(z_ptr, z);
+// cp.async: a 16-byte global -> shared copy that needs no registers and completes in the background;
+// src_bytes 0 fills the 16 bytes with zeros (rows past the sequence, channels past D).
+__device__ __forceinline__ void copy_async16(void* shared, const void* global, int src_bytes) {
+    unsigned int address;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(address) : "l"(shared));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(address), "l"(global), "r"(src_bytes));
+}
+
+__device__ __forceinline__ void copy_async_commit_and_wait() {
+    asm volatile("cp.async.commit_group;");
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+}
+
+// The staged variant (STAGE_UP, one channel per thread, bf16): u and the dt pre-activation of a chunk's
+// tokens and the block's THREADS channels travel to shared memory by cp.async while the previous chunk is
+// computed. Register prefetch hid only one token of load latency, and the profile (ncu, H200) put 32 % of
+// the stall cycles on those loads ("long scoreboard"). Layout per buffer: [CHUNK][u | pre][THREADS].
+#define UP_PER_PIECE 8  // bf16 values per 16-byte copy
+#define UP_PIECES_PER_ROW (REIDCAM_THREADS / UP_PER_PIECE)
+
+template <int DIR>
+__device__ __forceinline__ void stage_up(bf16_bits (*up)[2][REIDCAM_THREADS], const bf16_bits* xc, const bf16_bits* pre,
+                                         long long seq_row, int step0, int L, int D, int d0) {
+    for (int piece = threadIdx.x; piece < CHUNK * 2 * UP_PIECES_PER_ROW; piece += REIDCAM_THREADS) {
+        const int row = piece / (2 * UP_PIECES_PER_ROW);
+        const int tensor = (piece / UP_PIECES_PER_ROW) % 2;
+        const int column = (piece % UP_PIECES_PER_ROW) * UP_PER_PIECE;
+        const int step = step0 + row;
+        const bool inside = step < L && d0 + column < D;
+        const long long t = inside ? (DIR == 0 ? step : L - 1 - step) : 0;
+        const bf16_bits* source = (tensor == 0 ? xc : pre) + (seq_row + t) * D + (inside ? d0 + column : 0);
+        copy_async16(&up[row][tensor][column], source, inside ? 16 : 0);
     }
 }
 
-template <int DIR, int CH, typename T>
+template <int DIR, int CH, bool STAGE_UP, typename T>
 __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T* __restrict__ z,
                                                const float* __restrict__ dbl, const T* __restrict__ pre,
                                                const float* __restrict__ dt_bias, T* __restrict__ out,
                                                const float* __restrict__ a2, const float* __restrict__ dskip,
                                                int b, int d, int Bsz, int L, int D, int R, long long stride_zb,
-                                               long long stride_zl) {
-    __shared__ __align__(16) float bc[2][CHUNK][2 * REIDCAM_N];
+                                               long long stride_zl, float (*bc)[CHUNK][2 * REIDCAM_N],
+                                               bf16_bits (*up)[CHUNK][2][REIDCAM_THREADS]) {
     const int E = R + 2 * REIDCAM_N;
     const bool live = d < D;
     const int dd = live ? d : 0;  // threads past D keep the block's barriers and compute on channel 0
@@ -181,112 +167,132 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
     const long long token_step = DIR == 0 ? D : -(long long)D;
     const long long z_step = DIR == 0 ? stride_zl : -stride_zl;
     T* out_ptr = out + ((long long)b * L + first) * D + dd;
-    // the per-token inputs travel through a ring of AHEAD tokens: a token's loads are issued AHEAD tokens
-    // before it is computed, so their latency hides behind that many tokens' exponentials (more than one
-    // ahead measured slower: the registers cost more warps than the latency they hide)
-    const T* u_ahead = xc + (seq_row + first) * D + dd;
-    const T* pre_ahead = pre + (seq_row + first) * D + dd;
-    const T* y_ahead = out_ptr;  // the gating direction reads back what the first one stored
-    const T* z_ahead = z + (long long)b * stride_zb + first * stride_zl + dd;
-    float u_ring[AHEAD][CH], pre_ring[AHEAD][CH], y_ring[AHEAD][CH], z_ring[AHEAD][CH];
-#pragma unroll
-    for (int r = 0; r < AHEAD; ++r) {
-        if (r < L) load_token<DIR>(u_ahead, pre_ahead, y_ahead, z_ahead, u_ring[r], pre_ring[r], y_ring[r], z_ring[r]);
-        u_ahead += token_step, pre_ahead += token_step, y_ahead += token_step, z_ahead += z_step;
+    // without staging, each token's inputs are loaded while the token before it is computed
+    const T* u_next_ptr = xc + (seq_row + first) * D + dd;
+    const T* pre_next_ptr = pre + (seq_row + first) * D + dd;
+    const T* y_next_ptr = out_ptr;  // the gating direction reads back what the first one stored
+    const T* z_next_ptr = z + (long long)b * stride_zb + first * stride_zl + dd;
+    float u_next[CH], pre_next[CH], y_next[CH], z_next[CH];
+    if (!STAGE_UP) {
+        load(u_next_ptr, u_next);
+        load(pre_next_ptr, pre_next);
     }
-
-    float delta_next[CH];
-#pragma unroll
-    for (int c = 0; c < CH; ++c) delta_next[c] = REIDCAM_EARLY_DELTA ? softplus(pre_ring[0][c] + bias[c]) : 0.0f;
+    if (DIR == 1) {
+        load(y_next_ptr, y_next);
+        load(z_next_ptr, z_next);
+    }
 
     float staged[STAGED];
     __syncthreads();  // the other direction's last chunk is read
     load_bc<DIR>(staged, dbl_seq, 0, L, E, R);
     store_bc(bc[0], staged);
+    if (STAGE_UP) {
+        stage_up<DIR>(up[0], reinterpret_cast<const bf16_bits*>(xc), reinterpret_cast<const bf16_bits*>(pre), seq_row,
+                      0, L, D, blockIdx.x * REIDCAM_THREADS);
+        copy_async_commit_and_wait();
+    }
     __syncthreads();
     for (int step0 = 0, buffer = 0; step0 < L; step0 += CHUNK, buffer ^= 1) {
         const bool more = step0 + CHUNK < L;
         if (more) load_bc<DIR>(staged, dbl_seq, step0 + CHUNK, L, E, R);
+        if (STAGE_UP && more)
+            stage_up<DIR>(up[buffer ^ 1], reinterpret_cast<const bf16_bits*>(xc), reinterpret_cast<const bf16_bits*>(pre),
+                          seq_row, step0 + CHUNK, L, D, blockIdx.x * REIDCAM_THREADS);
         const int steps = min(CHUNK, L - step0);
 #pragma unroll 1
-        for (int s0 = 0; s0 < steps; s0 += AHEAD) {
+        for (int s = 0; s < steps; ++s) {
+            float u[CH], pre_t[CH], y_fwd[CH], zz[CH];
 #pragma unroll
-            for (int r = 0; r < AHEAD; ++r) {  // the ring slot of step step0 + s0 + r is r
-                if (s0 + r >= steps) break;
-                float u[CH], delta[CH], du[CH], y[CH], y_odd[CH], y_fwd[CH], zz[CH];
-#pragma unroll
-                for (int c = 0; c < CH; ++c) {
-                    u[c] = u_ring[r][c];
-                    delta[c] = REIDCAM_EARLY_DELTA ? delta_next[c] : softplus(pre_ring[r][c] + bias[c]);
-                    du[c] = delta[c] * u[c];
-                    y[c] = skip[c] * u[c];
-                    y_odd[c] = 0.0f;
-                    y_fwd[c] = y_ring[r][c];
-                    zz[c] = z_ring[r][c];
+            for (int c = 0; c < CH; ++c) {
+                if (STAGE_UP) {
+                    u[c] = __uint_as_float(((unsigned int)up[buffer][s][0][threadIdx.x]) << 16);
+                    pre_t[c] = __uint_as_float(((unsigned int)up[buffer][s][1][threadIdx.x]) << 16);
+                } else {
+                    u[c] = u_next[c];
+                    pre_t[c] = pre_next[c];
                 }
-                if (step0 + s0 + r + AHEAD < L)
-                    load_token<DIR>(u_ahead, pre_ahead, y_ahead, z_ahead, u_ring[r], pre_ring[r], y_ring[r], z_ring[r]);
-                u_ahead += token_step, pre_ahead += token_step, y_ahead += token_step, z_ahead += z_step;
-                const float4* row = reinterpret_cast<const float4*>(bc[buffer][s0 + r]);
+                y_fwd[c] = y_next[c];
+                zz[c] = z_next[c];
+            }
+            const bool next = step0 + s + 1 < L;
+            if (next && !STAGE_UP) {
+                u_next_ptr += token_step;
+                pre_next_ptr += token_step;
+                load(u_next_ptr, u_next);
+                load(pre_next_ptr, pre_next);
+            }
+            if (next && DIR == 1) {
+                y_next_ptr += token_step;
+                z_next_ptr += z_step;
+                load(y_next_ptr, y_next);
+                load(z_next_ptr, z_next);
+            }
+            float delta[CH], du[CH], y[CH];
 #pragma unroll
-                for (int q = 0; q < REIDCAM_N / 4; ++q) {
-                    const float4 bq = row[q];
-                    const float4 cq = row[REIDCAM_N / 4 + q];
-                    const float bn[4] = {bq.x, bq.y, bq.z, bq.w};
-                    const float cn[4] = {cq.x, cq.y, cq.z, cq.w};
+            for (int c = 0; c < CH; ++c) {
+                delta[c] = softplus(pre_t[c] + bias[c]);
+                du[c] = delta[c] * u[c];
+                y[c] = skip[c] * u[c];
+            }
+            const float4* row = reinterpret_cast<const float4*>(bc[buffer][s]);
 #pragma unroll
-                    for (int k = 0; k < 4; ++k) {
+            for (int q = 0; q < REIDCAM_N / 4; ++q) {
+                const float4 bq = row[q];
+                const float4 cq = row[REIDCAM_N / 4 + q];
+                const float bn[4] = {bq.x, bq.y, bq.z, bq.w};
+                const float cn[4] = {cq.x, cq.y, cq.z, cq.w};
 #pragma unroll
-                        for (int c = 0; c < CH; ++c) {
-                            const int n = 4 * q + k;
-                            h[c][n] = fmaf(decay(n, delta[c] * a[c][n]), h[c][n], du[c] * bn[k]);
-                            if (REIDCAM_Y_SPLIT && n % 2 == 1) {
-                                y_odd[c] = fmaf(cn[k], h[c][n], y_odd[c]);
-                            } else {
-                                y[c] = fmaf(cn[k], h[c][n], y[c]);
-                            }
-                        }
+                for (int k = 0; k < 4; ++k) {
+#pragma unroll
+                    for (int c = 0; c < CH; ++c) {
+                        const int n = 4 * q + k;
+                        h[c][n] = fmaf(exp2_approx(delta[c] * a[c][n]), h[c][n], du[c] * bn[k]);
+                        y[c] = fmaf(cn[k], h[c][n], y[c]);
                     }
                 }
-#pragma unroll
-                for (int c = 0; c < CH; ++c) {
-                    if (REIDCAM_Y_SPLIT) y[c] += y_odd[c];
-                    if (REIDCAM_EARLY_DELTA) delta_next[c] = softplus(pre_ring[0][c] + bias[c]);
-                }
-                if (DIR == 1) {
-#pragma unroll
-                    for (int c = 0; c < CH; ++c) y[c] = (y_fwd[c] + y[c]) * 0.5f * silu(zz[c]);
-                }
-                if (live) store(out_ptr, y);
-                out_ptr += token_step;
             }
+            if (DIR == 1) {
+#pragma unroll
+                for (int c = 0; c < CH; ++c) y[c] = (y_fwd[c] + y[c]) * 0.5f * silu(zz[c]);
+            }
+            if (live) store(out_ptr, y);
+            out_ptr += token_step;
         }
         if (more) store_bc(bc[buffer ^ 1], staged);
+        if (STAGE_UP) copy_async_commit_and_wait();
         __syncthreads();
     }
 }
 
-template <int CH, typename T>
+template <int CH, bool STAGE_UP, typename T>
 __device__ __forceinline__ void scan_fwd(const T* xc, const T* z, const float* dbl, const T* pre, const float* dt_bias,
                                          T* out, const float* a2, const float* dskip, int Bsz, int L, int D, int R,
                                          long long stride_zb, long long stride_zl) {
+    // the two directions share the block's buffers: B and C, and (staged) u and pre, two chunks each
+    __shared__ __align__(16) float bc[2][CHUNK][2 * REIDCAM_N];
+    __shared__ __align__(16) bf16_bits up[STAGE_UP ? 2 : 1][CHUNK][2][REIDCAM_THREADS];
     const int d = (blockIdx.x * REIDCAM_THREADS + threadIdx.x) * CH;
     const int b = blockIdx.y;
-    scan_direction<0, CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, b, d, Bsz, L, D, R, stride_zb, stride_zl);
-    scan_direction<1, CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, b, d, Bsz, L, D, R, stride_zb, stride_zl);
+    scan_direction<0, CH, STAGE_UP>(xc, z, dbl, pre, dt_bias, out, a2, dskip, b, d, Bsz, L, D, R, stride_zb, stride_zl,
+                                    bc, up);
+    scan_direction<1, CH, STAGE_UP>(xc, z, dbl, pre, dt_bias, out, a2, dskip, b, d, Bsz, L, D, R, stride_zb, stride_zl,
+                                    bc, up);
 }
 
 // xc (2, B, L, D), pre (2, B*L, D) and z (B, L, D; strides given) in the compute dtype; dbl (2, B*L, R + 2N),
 // dt_bias (2, D), a2 (2, N, D) = A * log2(e) and dskip (2, D) fp32; out (B, L, D) in the compute dtype.
-// The _c2 kernels take two adjacent channels per thread: D, the z strides and every base even.
-#define REIDCAM_SCAN_KERNEL(NAME, T, CH)                                                                          \
-    extern "C" __global__ void __launch_bounds__(REIDCAM_THREADS, REIDCAM_MIN_BLOCKS_C##CH)                     \
+// The _c2 kernels take two adjacent channels per thread: D, the z strides and every base even. The _c1s
+// kernel (bf16 only: its fp32 buffers would pass the 48 KB of static shared memory) stages u and pre by
+// 16-byte copies: D a multiple of 8, xc and pre 16-byte aligned.
+#define REIDCAM_SCAN_KERNEL(NAME, T, CH, STAGE_UP, MIN_BLOCKS)                                                   \
+    extern "C" __global__ void __launch_bounds__(REIDCAM_THREADS, MIN_BLOCKS)                                  \
         NAME(const T* xc, const T* z, const float* dbl, const T* pre, const float* dt_bias, T* out, const float* a2, \
              const float* dskip, int Bsz, int L, int D, int R, long long stride_zb, long long stride_zl) {       \
-        scan_fwd<CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, Bsz, L, D, R, stride_zb, stride_zl);            \
+        scan_fwd<CH, STAGE_UP>(xc, z, dbl, pre, dt_bias, out, a2, dskip, Bsz, L, D, R, stride_zb, stride_zl);  \
     }
 
-REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c1, bf16_bits, 1)
-REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c2, bf16_bits, 2)
-REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f32_c1, float, 1)
-REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f32_c2, float, 2)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c1, bf16_bits, 1, false, REIDCAM_MIN_BLOCKS_C1)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c2, bf16_bits, 2, false, REIDCAM_MIN_BLOCKS_C2)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c1s, bf16_bits, 1, true, REIDCAM_MIN_BLOCKS_C1)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f32_c1, float, 1, false, REIDCAM_MIN_BLOCKS_C1)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f32_c2, float, 2, false, REIDCAM_MIN_BLOCKS_C2)
