@@ -124,8 +124,8 @@ variants-and-profile)
   ;;
 table-and-pipeline)
   # GPU 0: the speed table at every size, the CUDA and the Triton forward scan, then the core's kernels;
-  # GPU 1: the CUDA scan's tests and the backend checks, then the pipeline on 1, 4, 16 cameras and
-  # 16 cameras with one FFmpeg thread per camera.
+  # GPU 1: the CUDA scan's tests and the backend checks, the kernel profile, then the pipeline on 1, 4, 16
+  # cameras and 16 cameras with one FFmpeg thread per camera.
   export REIDCAM_SCAN=triton
   (export CUDA_VISIBLE_DEVICES=0
    timeout 400 python3 bench/speed_vs_vit.py --timing-only --backends triton --no-plain-norm >"$OUT/speed.log" 2>&1) &
@@ -133,6 +133,7 @@ table-and-pipeline)
    detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
    timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda_scan.py >"$OUT/checks.log" 2>&1
    timeout 120 python3 bench/speed_vs_vit.py --checks-only --backends triton --no-plain-norm >>"$OUT/checks.log" 2>&1
+   timeout 100 python3 bench/profile_model.py --out "$OUT" >"$OUT/profile.log" 2>&1
    timeout 180 python3 bench/gpu_pipeline.py --device cuda --cameras 1,4,16 --frames 100 --detector "$detector" \
      >"$OUT/pipeline.log" 2>&1
    timeout 90 python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 --detector "$detector" \

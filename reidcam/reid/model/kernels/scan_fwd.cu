@@ -8,8 +8,8 @@
 // every channel of a token, so a block stages them for CHUNK tokens in shared memory and its threads read
 // them as broadcasts, four states per load; with two channels per thread each of those loads, the
 // pointer arithmetic and the loop control serve twice the work. Each thread loads the next token's inputs
-// before it computes the current one, so the load latency overlaps the exponentials; the staged variant
-// (c1s) instead copies u and pre of the next CHUNK tokens to shared memory with cp.async.
+// before it computes the current one, so the load latency overlaps the exponentials. (Staging u and pre
+// of the next chunk in shared memory by cp.async measured no faster: bench/NOTES-speed.md, attempt 33.)
 //
 // No headers: bf16 travels as its 16 bits (load: a shift; store: cvt.rn.bf16x2.f32), so NVRTC needs no
 // include path. REIDCAM_N is d_state, REIDCAM_THREADS the block size.
@@ -21,7 +21,7 @@
 #define REIDCAM_THREADS 256
 #endif
 #ifndef REIDCAM_CHUNK
-#define REIDCAM_CHUNK 16
+#define REIDCAM_CHUNK 32
 #endif
 // Blocks per SM that ptxas must fit (a register cap). The H200 sweep of bench/cuda_scan_variants.py
 // (BENCHMARKS.md, session 5) chose 256 threads, one channel per thread, 3 blocks (80 registers: 24
@@ -103,49 +103,13 @@ __device__ __forceinline__ void store_bc(float (*bc)[2 * REIDCAM_N], const float
     for (int j = 0; j < STAGED; ++j) bc[row0 + j * ROWS_PER_PASS][k] = staged[j];
 }
 
-// cp.async: a 16-byte global -> shared copy that needs no registers and completes in the background;
-// src_bytes 0 fills the 16 bytes with zeros (rows past the sequence, channels past D).
-__device__ __forceinline__ void copy_async16(void* shared, const void* global, int src_bytes) {
-    unsigned int address;
-    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(address) : "l"(shared));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(address), "l"(global), "r"(src_bytes));
-}
-
-__device__ __forceinline__ void copy_async_commit_and_wait() {
-    asm volatile("cp.async.commit_group;");
-    asm volatile("cp.async.wait_group 0;" ::: "memory");
-}
-
-// The staged variant (STAGE_UP, one channel per thread, bf16): u and the dt pre-activation of a chunk's
-// tokens and the block's THREADS channels travel to shared memory by cp.async while the previous chunk is
-// computed. Register prefetch hid only one token of load latency, and the profile (ncu, H200) put 32 % of
-// the stall cycles on those loads ("long scoreboard"). Layout per buffer: [CHUNK][u | pre][THREADS].
-#define UP_PER_PIECE 8  // bf16 values per 16-byte copy
-#define UP_PIECES_PER_ROW (REIDCAM_THREADS / UP_PER_PIECE)
-
-template <int DIR>
-__device__ __forceinline__ void stage_up(bf16_bits (*up)[2][REIDCAM_THREADS], const bf16_bits* xc, const bf16_bits* pre,
-                                         long long seq_row, int step0, int L, int D, int d0) {
-    for (int piece = threadIdx.x; piece < CHUNK * 2 * UP_PIECES_PER_ROW; piece += REIDCAM_THREADS) {
-        const int row = piece / (2 * UP_PIECES_PER_ROW);
-        const int tensor = (piece / UP_PIECES_PER_ROW) % 2;
-        const int column = (piece % UP_PIECES_PER_ROW) * UP_PER_PIECE;
-        const int step = step0 + row;
-        const bool inside = step < L && d0 + column < D;
-        const long long t = inside ? (DIR == 0 ? step : L - 1 - step) : 0;
-        const bf16_bits* source = (tensor == 0 ? xc : pre) + (seq_row + t) * D + (inside ? d0 + column : 0);
-        copy_async16(&up[row][tensor][column], source, inside ? 16 : 0);
-    }
-}
-
-template <int DIR, int CH, bool STAGE_UP, typename T>
+template <int DIR, int CH, typename T>
 __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T* __restrict__ z,
                                                const float* __restrict__ dbl, const T* __restrict__ pre,
                                                const float* __restrict__ dt_bias, T* __restrict__ out,
                                                const float* __restrict__ a2, const float* __restrict__ dskip,
                                                int b, int d, int Bsz, int L, int D, int R, long long stride_zb,
-                                               long long stride_zl, float (*bc)[CHUNK][2 * REIDCAM_N],
-                                               bf16_bits (*up)[CHUNK][2][REIDCAM_THREADS]) {
+                                               long long stride_zl, float (*bc)[CHUNK][2 * REIDCAM_N]) {
     const int E = R + 2 * REIDCAM_N;
     const bool live = d < D;
     const int dd = live ? d : 0;  // threads past D keep the block's barriers and compute on channel 0
@@ -167,16 +131,14 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
     const long long token_step = DIR == 0 ? D : -(long long)D;
     const long long z_step = DIR == 0 ? stride_zl : -stride_zl;
     T* out_ptr = out + ((long long)b * L + first) * D + dd;
-    // without staging, each token's inputs are loaded while the token before it is computed
+    // each token's inputs are loaded while the token before it is computed
     const T* u_next_ptr = xc + (seq_row + first) * D + dd;
     const T* pre_next_ptr = pre + (seq_row + first) * D + dd;
     const T* y_next_ptr = out_ptr;  // the gating direction reads back what the first one stored
     const T* z_next_ptr = z + (long long)b * stride_zb + first * stride_zl + dd;
     float u_next[CH], pre_next[CH], y_next[CH], z_next[CH];
-    if (!STAGE_UP) {
-        load(u_next_ptr, u_next);
-        load(pre_next_ptr, pre_next);
-    }
+    load(u_next_ptr, u_next);
+    load(pre_next_ptr, pre_next);
     if (DIR == 1) {
         load(y_next_ptr, y_next);
         load(z_next_ptr, z_next);
@@ -186,36 +148,23 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
     __syncthreads();  // the other direction's last chunk is read
     load_bc<DIR>(staged, dbl_seq, 0, L, E, R);
     store_bc(bc[0], staged);
-    if (STAGE_UP) {
-        stage_up<DIR>(up[0], reinterpret_cast<const bf16_bits*>(xc), reinterpret_cast<const bf16_bits*>(pre), seq_row,
-                      0, L, D, blockIdx.x * REIDCAM_THREADS);
-        copy_async_commit_and_wait();
-    }
     __syncthreads();
     for (int step0 = 0, buffer = 0; step0 < L; step0 += CHUNK, buffer ^= 1) {
         const bool more = step0 + CHUNK < L;
         if (more) load_bc<DIR>(staged, dbl_seq, step0 + CHUNK, L, E, R);
-        if (STAGE_UP && more)
-            stage_up<DIR>(up[buffer ^ 1], reinterpret_cast<const bf16_bits*>(xc), reinterpret_cast<const bf16_bits*>(pre),
-                          seq_row, step0 + CHUNK, L, D, blockIdx.x * REIDCAM_THREADS);
         const int steps = min(CHUNK, L - step0);
 #pragma unroll 1
         for (int s = 0; s < steps; ++s) {
             float u[CH], pre_t[CH], y_fwd[CH], zz[CH];
 #pragma unroll
             for (int c = 0; c < CH; ++c) {
-                if (STAGE_UP) {
-                    u[c] = __uint_as_float(((unsigned int)up[buffer][s][0][threadIdx.x]) << 16);
-                    pre_t[c] = __uint_as_float(((unsigned int)up[buffer][s][1][threadIdx.x]) << 16);
-                } else {
-                    u[c] = u_next[c];
-                    pre_t[c] = pre_next[c];
-                }
+                u[c] = u_next[c];
+                pre_t[c] = pre_next[c];
                 y_fwd[c] = y_next[c];
                 zz[c] = z_next[c];
             }
             const bool next = step0 + s + 1 < L;
-            if (next && !STAGE_UP) {
+            if (next) {
                 u_next_ptr += token_step;
                 pre_next_ptr += token_step;
                 load(u_next_ptr, u_next);
@@ -259,40 +208,32 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
             out_ptr += token_step;
         }
         if (more) store_bc(bc[buffer ^ 1], staged);
-        if (STAGE_UP) copy_async_commit_and_wait();
         __syncthreads();
     }
 }
 
-template <int CH, bool STAGE_UP, typename T>
+template <int CH, typename T>
 __device__ __forceinline__ void scan_fwd(const T* xc, const T* z, const float* dbl, const T* pre, const float* dt_bias,
                                          T* out, const float* a2, const float* dskip, int Bsz, int L, int D, int R,
                                          long long stride_zb, long long stride_zl) {
-    // the two directions share the block's buffers: B and C, and (staged) u and pre, two chunks each
-    __shared__ __align__(16) float bc[2][CHUNK][2 * REIDCAM_N];
-    __shared__ __align__(16) bf16_bits up[STAGE_UP ? 2 : 1][CHUNK][2][REIDCAM_THREADS];
+    __shared__ __align__(16) float bc[2][CHUNK][2 * REIDCAM_N];  // B and C of two chunks, for both directions
     const int d = (blockIdx.x * REIDCAM_THREADS + threadIdx.x) * CH;
     const int b = blockIdx.y;
-    scan_direction<0, CH, STAGE_UP>(xc, z, dbl, pre, dt_bias, out, a2, dskip, b, d, Bsz, L, D, R, stride_zb, stride_zl,
-                                    bc, up);
-    scan_direction<1, CH, STAGE_UP>(xc, z, dbl, pre, dt_bias, out, a2, dskip, b, d, Bsz, L, D, R, stride_zb, stride_zl,
-                                    bc, up);
+    scan_direction<0, CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, b, d, Bsz, L, D, R, stride_zb, stride_zl, bc);
+    scan_direction<1, CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, b, d, Bsz, L, D, R, stride_zb, stride_zl, bc);
 }
 
 // xc (2, B, L, D), pre (2, B*L, D) and z (B, L, D; strides given) in the compute dtype; dbl (2, B*L, R + 2N),
 // dt_bias (2, D), a2 (2, N, D) = A * log2(e) and dskip (2, D) fp32; out (B, L, D) in the compute dtype.
-// The _c2 kernels take two adjacent channels per thread: D, the z strides and every base even. The _c1s
-// kernel (bf16 only: its fp32 buffers would pass the 48 KB of static shared memory) stages u and pre by
-// 16-byte copies: D a multiple of 8, xc and pre 16-byte aligned.
-#define REIDCAM_SCAN_KERNEL(NAME, T, CH, STAGE_UP, MIN_BLOCKS)                                                   \
+// The _c2 kernels take two adjacent channels per thread: D, the z strides and every base even.
+#define REIDCAM_SCAN_KERNEL(NAME, T, CH, MIN_BLOCKS)                                                   \
     extern "C" __global__ void __launch_bounds__(REIDCAM_THREADS, MIN_BLOCKS)                                  \
         NAME(const T* xc, const T* z, const float* dbl, const T* pre, const float* dt_bias, T* out, const float* a2, \
              const float* dskip, int Bsz, int L, int D, int R, long long stride_zb, long long stride_zl) {       \
-        scan_fwd<CH, STAGE_UP>(xc, z, dbl, pre, dt_bias, out, a2, dskip, Bsz, L, D, R, stride_zb, stride_zl);  \
+        scan_fwd<CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, Bsz, L, D, R, stride_zb, stride_zl);  \
     }
 
-REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c1, bf16_bits, 1, false, REIDCAM_MIN_BLOCKS_C1)
-REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c2, bf16_bits, 2, false, REIDCAM_MIN_BLOCKS_C2)
-REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c1s, bf16_bits, 1, true, REIDCAM_MIN_BLOCKS_C1)
-REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f32_c1, float, 1, false, REIDCAM_MIN_BLOCKS_C1)
-REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f32_c2, float, 2, false, REIDCAM_MIN_BLOCKS_C2)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c1, bf16_bits, 1, REIDCAM_MIN_BLOCKS_C1)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c2, bf16_bits, 2, REIDCAM_MIN_BLOCKS_C2)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f32_c1, float, 1, REIDCAM_MIN_BLOCKS_C1)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f32_c2, float, 2, REIDCAM_MIN_BLOCKS_C2)
