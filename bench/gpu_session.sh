@@ -125,7 +125,7 @@ variants-and-profile)
 table-and-pipeline)
   # GPU 0: the speed table at every size, the CUDA and the Triton forward scan, then the core's kernels;
   # GPU 1: the CUDA scan's tests and the backend checks, the kernel profile, then the pipeline on 1, 4, 16
-  # cameras and 16 cameras with one FFmpeg thread per camera.
+  # cameras.
   export REIDCAM_SCAN=triton
   (export CUDA_VISIBLE_DEVICES=0
    timeout 400 python3 bench/speed_vs_vit.py --timing-only --backends triton --no-plain-norm >"$OUT/speed.log" 2>&1) &
@@ -135,9 +135,7 @@ table-and-pipeline)
    timeout 120 python3 bench/speed_vs_vit.py --checks-only --backends triton --no-plain-norm >>"$OUT/checks.log" 2>&1
    timeout 100 python3 bench/profile_model.py --out "$OUT" >"$OUT/profile.log" 2>&1
    timeout 180 python3 bench/gpu_pipeline.py --device cuda --cameras 1,4,16 --frames 100 --detector "$detector" \
-     >"$OUT/pipeline.log" 2>&1
-   timeout 90 python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 --detector "$detector" \
-     --decoder-threads 1 >>"$OUT/pipeline.log" 2>&1) &
+     >"$OUT/pipeline.log" 2>&1) &
   wait
   ;;
 variants-and-overlap)
