@@ -14,6 +14,7 @@ import argparse
 import math
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 
@@ -71,11 +72,14 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", default="256,64")
     parser.add_argument("--tokens", default="140,1164")
+    parser.add_argument("--sources", nargs="*", type=Path, default=[],
+                        help="other scan_fwd.cu files (e.g. an earlier commit's) timed as builds of their own")
     args = parser.parse_args(argv)
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__}", flush=True)
     shapes = [(b, t) for t in map(int, args.tokens.split(",")) for b in map(int, args.batches.split(","))
               if b * t <= 256 * 1164]
     scans = {name: cuda_scan.CudaScan(threads, defines) for name, (threads, defines) in VARIANTS.items()}
+    scans.update({f"source {path.name}": cuda_scan.CudaScan(source=path) for path in args.sources})
     print("| build | kernel | " + " | ".join(f"batch {b}, {t} tokens" for b, t in shapes) + " |")
     print("| --- | --- |" + " --- |" * len(shapes))
     reference = {}

@@ -76,9 +76,11 @@ class CompiledScan:
     log: str  # NVRTC's log, with ptxas' register and spill report
 
 
-def compile_scan(arch: int, d_state: int, threads: int = THREADS, defines: Mapping[str, int] | None = None) -> CompiledScan:
+def compile_scan(arch: int, d_state: int, threads: int = THREADS, defines: Mapping[str, int] | None = None,
+                 source: Path = SOURCE) -> CompiledScan:
     """Compile scan_fwd.cu for sm_<arch> (e.g. 90) into a cubin; needs no GPU. ``defines`` override the
-    source's tuning macros (REIDCAM_CHUNK, REIDCAM_MIN_BLOCKS_C1, ...), for bench/cuda_scan_variants.py."""
+    source's tuning macros (REIDCAM_CHUNK, REIDCAM_MIN_BLOCKS_C1, ...) and ``source`` the file, both for
+    bench/cuda_scan_variants.py."""
     nvrtc = _nvrtc_library()
     nvrtc.nvrtcGetErrorString.restype = ctypes.c_char_p
 
@@ -87,7 +89,7 @@ def compile_scan(arch: int, d_state: int, threads: int = THREADS, defines: Mappi
             raise CudaScanUnavailable(f"NVRTC {what}: {nvrtc.nvrtcGetErrorString(result).decode()}")
 
     program = ctypes.c_void_p()
-    check(nvrtc.nvrtcCreateProgram(ctypes.byref(program), SOURCE.read_bytes(), b"scan_fwd.cu", 0, None, None), "create")
+    check(nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.read_bytes(), b"scan_fwd.cu", 0, None, None), "create")
     options = [
         f"--gpu-architecture=sm_{arch}",
         "--use_fast_math",
@@ -183,9 +185,10 @@ class CudaScan:
     """The compiled kernels of each device and d_state; compiles on first use, thread-safe.
     ``threads`` and ``defines`` (compile_scan's) are for the variant bench; the defaults are the tuned ones."""
 
-    def __init__(self, threads: int = THREADS, defines: Mapping[str, int] | None = None) -> None:
+    def __init__(self, threads: int = THREADS, defines: Mapping[str, int] | None = None, source: Path = SOURCE) -> None:
         self.threads = threads
         self.defines = dict(defines or {})
+        self.source = source
         self._driver: _Driver | None = None
         self._kernels: dict[tuple[int, int], _DeviceKernels] = {}
         self._failed: str | None = None
@@ -204,7 +207,7 @@ class CudaScan:
         try:
             self._driver = self._driver or _Driver()
             major, minor = torch.cuda.get_device_capability(device)
-            compiled = compile_scan(major * 10 + minor, d_state, self.threads, self.defines)
+            compiled = compile_scan(major * 10 + minor, d_state, self.threads, self.defines, self.source)
             self._driver.ensure_context(device)
             names = [kernel_name(dt, v) for dt, variants in VARIANTS.items() for v in variants]
             functions = self._driver.load(compiled.cubin, names)
