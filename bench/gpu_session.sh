@@ -20,7 +20,7 @@
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
 # 2-4 minutes of first-use compilation (the cache is read from .gpu/triton_cache.tgz when present).
 set -u
-phase=${1:?usage: gpu_session.sh scan-ab|staged-scan|ncu-and-row|variants-and-profile|table-and-pipeline|cuda-scan|variants-and-overlap|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
+phase=${1:?usage: gpu_session.sh row|scan-ab|staged-scan|ncu-and-row|variants-and-profile|table-and-pipeline|cuda-scan|variants-and-overlap|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -87,6 +87,11 @@ cuda-scan)
    timeout 470 python3 bench/speed_vs_vit.py --timing-only --backends triton --no-plain-norm --no-triton-fwd \
      --skip-core >"$OUT/speed.log" 2>&1) &
   wait
+  ;;
+row)
+  # GPU 0: the 256x128 s16 row and the core's kernels, alone on the host.
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0
+  timeout 120 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton --no-plain-norm >"$OUT/speed.log" 2>&1
   ;;
 scan-ab)
   # GPU 0: this scan_fwd.cu against the one carried as .gpu/scan_fwd_*.cu, same process, same inputs.

@@ -7,9 +7,12 @@
 // kernel could not get near (about 11 instructions there: bench/NOTES-speed.md). B and C are the same for
 // every channel of a token, so a block stages them for CHUNK tokens in shared memory and its threads read
 // them as broadcasts, four states per load; with two channels per thread each of those loads, the
-// pointer arithmetic and the loop control serve twice the work. Each thread loads the next token's inputs
-// before it computes the current one, so the load latency overlaps the exponentials. (Staging u and pre
-// of the next chunk in shared memory by cp.async measured no faster: bench/NOTES-speed.md, attempt 33.)
+// pointer arithmetic and the loop control serve twice the work. Each thread loads the next token's u and
+// pre before it computes the current one, so the load latency overlaps the exponentials.
+//
+// This is the measured form: a rewrite with plain next-token registers instead of the one-slot ring, and
+// both directions sharing one shared-memory buffer, computed the same bits 30 % slower on an H200
+// (0.579 vs 0.447 ms at batch 256; bench/NOTES-speed.md, attempt 34), so change it only with a timing.
 //
 // No headers: bf16 travels as its 16 bits (load: a shift; store: cvt.rn.bf16x2.f32), so NVRTC needs no
 // include path. REIDCAM_N is d_state, REIDCAM_THREADS the block size.
@@ -26,9 +29,7 @@
 // Blocks per SM that ptxas must fit (a register cap). The H200 sweep of bench/cuda_scan_variants.py
 // (BENCHMARKS.md, session 5) chose 256 threads, one channel per thread, 3 blocks (80 registers: 24
 // warps per SM, which at batch 256 makes 1.94 waves of 196,608 (sequence, channel) threads, and an fp32
-// spill of 8 bytes); two channels per thread, 2 blocks (124 registers). Loading more than one token ahead
-// in registers, a split sum over states, computing the next softplus early, and exponentials on the FMA
-// pipe measured no faster (bench/NOTES-speed.md, attempt 32).
+// spill of 8 bytes) and one token loaded ahead; two channels per thread, 2 blocks (124 registers).
 #ifndef REIDCAM_MIN_BLOCKS_C1
 #define REIDCAM_MIN_BLOCKS_C1 3
 #endif
@@ -36,6 +37,10 @@
 #define REIDCAM_MIN_BLOCKS_C2 2
 #endif
 #define CHUNK REIDCAM_CHUNK
+#ifndef REIDCAM_AHEAD
+#define REIDCAM_AHEAD 1
+#endif
+#define AHEAD REIDCAM_AHEAD  // CHUNK must be a multiple of it
 
 typedef unsigned short bf16_bits;
 
@@ -72,6 +77,29 @@ __device__ __forceinline__ float exp2_approx(float x) {
     return r;
 }
 
+// 2^x for x <= 0 on the FMA pipe instead of the special-function unit: x = n + f with n an integer and
+// f in [-0.5, 0.5], 2^f by a degree-5 polynomial (relative error 2.5e-7, as ex2.approx), 2^n added to the
+// exponent bits. REIDCAM_POLY_STATES of the 16 states per token take this path (default none: with 2 or 4
+// it measured slower, the kernel being bound by latency rather than the special-function unit).
+#ifndef REIDCAM_POLY_STATES
+#define REIDCAM_POLY_STATES 0
+#endif
+__device__ __forceinline__ float exp2_poly(float x) {
+    x = fmaxf(x, -126.0f);
+    const float shifted = __fadd_rn(x, 12582912.0f);  // 1.5 * 2^23: n lands in the low mantissa bits
+    const float f = __fsub_rn(x, __fsub_rn(shifted, 12582912.0f));
+    float p = 1.3400432653725147e-3f;
+    p = fmaf(p, f, 9.676037356257439e-3f);
+    p = fmaf(p, f, 5.550327152013779e-2f);
+    p = fmaf(p, f, 2.402210682630539e-1f);
+    p = fmaf(p, f, 6.931471824645996e-1f);
+    p = fmaf(p, f, 1.0000001192092896f);
+    return __int_as_float(__float_as_int(p) + (__float_as_int(shifted) << 23));
+}
+
+// exp2 of state n's exponent; n is a constant once the state loop is unrolled, so the branch folds away
+__device__ __forceinline__ float decay(int n, float x) { return n < REIDCAM_POLY_STATES ? exp2_poly(x) : exp2_approx(x); }
+
 // log(1 + exp(x)) with torch's threshold of 20 and a series where exp(x) is tiny, as _softplus in Triton.
 __device__ __forceinline__ float softplus(float x) {
     const float e = __expf(fminf(x, 20.0f));
@@ -103,13 +131,27 @@ __device__ __forceinline__ void store_bc(float (*bc)[2 * REIDCAM_N], const float
     for (int j = 0; j < STAGED; ++j) bc[row0 + j * ROWS_PER_PASS][k] = staged[j];
 }
 
+// One token's inputs of this thread's channels: u and the dt pre-activation; in the gating direction also
+// the first direction's output and z.
+template <int DIR, int CH, typename T>
+__device__ __forceinline__ void load_token(const T* u_ptr, const T* pre_ptr, const T* y_ptr, const T* z_ptr,
+                                           float (&u)[CH], float (&pre)[CH], float (&y)[CH], float (&z)[CH]) {
+    load(u_ptr, u);
+    load(pre_ptr, pre);
+    if (DIR == 1) {
+        load(y_ptr, y);
+        load(z_ptr, z);
+    }
+}
+
 template <int DIR, int CH, typename T>
 __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T* __restrict__ z,
                                                const float* __restrict__ dbl, const T* __restrict__ pre,
                                                const float* __restrict__ dt_bias, T* __restrict__ out,
                                                const float* __restrict__ a2, const float* __restrict__ dskip,
                                                int b, int d, int Bsz, int L, int D, int R, long long stride_zb,
-                                               long long stride_zl, float (*bc)[CHUNK][2 * REIDCAM_N]) {
+                                               long long stride_zl) {
+    __shared__ __align__(16) float bc[2][CHUNK][2 * REIDCAM_N];
     const int E = R + 2 * REIDCAM_N;
     const bool live = d < D;
     const int dd = live ? d : 0;  // threads past D keep the block's barriers and compute on channel 0
@@ -131,17 +173,18 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
     const long long token_step = DIR == 0 ? D : -(long long)D;
     const long long z_step = DIR == 0 ? stride_zl : -stride_zl;
     T* out_ptr = out + ((long long)b * L + first) * D + dd;
-    // each token's inputs are loaded while the token before it is computed
-    const T* u_next_ptr = xc + (seq_row + first) * D + dd;
-    const T* pre_next_ptr = pre + (seq_row + first) * D + dd;
-    const T* y_next_ptr = out_ptr;  // the gating direction reads back what the first one stored
-    const T* z_next_ptr = z + (long long)b * stride_zb + first * stride_zl + dd;
-    float u_next[CH], pre_next[CH], y_next[CH], z_next[CH];
-    load(u_next_ptr, u_next);
-    load(pre_next_ptr, pre_next);
-    if (DIR == 1) {
-        load(y_next_ptr, y_next);
-        load(z_next_ptr, z_next);
+    // the per-token inputs travel through a ring of AHEAD tokens: a token's loads are issued AHEAD tokens
+    // before it is computed, so their latency hides behind that many tokens' exponentials (more than one
+    // ahead measured slower: the registers cost more warps than the latency they hide)
+    const T* u_ahead = xc + (seq_row + first) * D + dd;
+    const T* pre_ahead = pre + (seq_row + first) * D + dd;
+    const T* y_ahead = out_ptr;  // the gating direction reads back what the first one stored
+    const T* z_ahead = z + (long long)b * stride_zb + first * stride_zl + dd;
+    float u_ring[AHEAD][CH], pre_ring[AHEAD][CH], y_ring[AHEAD][CH], z_ring[AHEAD][CH];
+#pragma unroll
+    for (int r = 0; r < AHEAD; ++r) {
+        if (r < L) load_token<DIR>(u_ahead, pre_ahead, y_ahead, z_ahead, u_ring[r], pre_ring[r], y_ring[r], z_ring[r]);
+        u_ahead += token_step, pre_ahead += token_step, y_ahead += token_step, z_ahead += z_step;
     }
 
     float staged[STAGED];
@@ -154,58 +197,47 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
         if (more) load_bc<DIR>(staged, dbl_seq, step0 + CHUNK, L, E, R);
         const int steps = min(CHUNK, L - step0);
 #pragma unroll 1
-        for (int s = 0; s < steps; ++s) {
-            float u[CH], pre_t[CH], y_fwd[CH], zz[CH];
+        for (int s0 = 0; s0 < steps; s0 += AHEAD) {
 #pragma unroll
-            for (int c = 0; c < CH; ++c) {
-                u[c] = u_next[c];
-                pre_t[c] = pre_next[c];
-                y_fwd[c] = y_next[c];
-                zz[c] = z_next[c];
-            }
-            const bool next = step0 + s + 1 < L;
-            if (next) {
-                u_next_ptr += token_step;
-                pre_next_ptr += token_step;
-                load(u_next_ptr, u_next);
-                load(pre_next_ptr, pre_next);
-            }
-            if (next && DIR == 1) {
-                y_next_ptr += token_step;
-                z_next_ptr += z_step;
-                load(y_next_ptr, y_next);
-                load(z_next_ptr, z_next);
-            }
-            float delta[CH], du[CH], y[CH];
+            for (int r = 0; r < AHEAD; ++r) {  // the ring slot of step step0 + s0 + r is r
+                if (s0 + r >= steps) break;
+                float u[CH], delta[CH], du[CH], y[CH], y_fwd[CH], zz[CH];
 #pragma unroll
-            for (int c = 0; c < CH; ++c) {
-                delta[c] = softplus(pre_t[c] + bias[c]);
-                du[c] = delta[c] * u[c];
-                y[c] = skip[c] * u[c];
-            }
-            const float4* row = reinterpret_cast<const float4*>(bc[buffer][s]);
+                for (int c = 0; c < CH; ++c) {
+                    u[c] = u_ring[r][c];
+                    delta[c] = softplus(pre_ring[r][c] + bias[c]);
+                    du[c] = delta[c] * u[c];
+                    y[c] = skip[c] * u[c];
+                    y_fwd[c] = y_ring[r][c];
+                    zz[c] = z_ring[r][c];
+                }
+                if (step0 + s0 + r + AHEAD < L)
+                    load_token<DIR>(u_ahead, pre_ahead, y_ahead, z_ahead, u_ring[r], pre_ring[r], y_ring[r], z_ring[r]);
+                u_ahead += token_step, pre_ahead += token_step, y_ahead += token_step, z_ahead += z_step;
+                const float4* row = reinterpret_cast<const float4*>(bc[buffer][s0 + r]);
 #pragma unroll
-            for (int q = 0; q < REIDCAM_N / 4; ++q) {
-                const float4 bq = row[q];
-                const float4 cq = row[REIDCAM_N / 4 + q];
-                const float bn[4] = {bq.x, bq.y, bq.z, bq.w};
-                const float cn[4] = {cq.x, cq.y, cq.z, cq.w};
+                for (int q = 0; q < REIDCAM_N / 4; ++q) {
+                    const float4 bq = row[q];
+                    const float4 cq = row[REIDCAM_N / 4 + q];
+                    const float bn[4] = {bq.x, bq.y, bq.z, bq.w};
+                    const float cn[4] = {cq.x, cq.y, cq.z, cq.w};
 #pragma unroll
-                for (int k = 0; k < 4; ++k) {
+                    for (int k = 0; k < 4; ++k) {
 #pragma unroll
-                    for (int c = 0; c < CH; ++c) {
-                        const int n = 4 * q + k;
-                        h[c][n] = fmaf(exp2_approx(delta[c] * a[c][n]), h[c][n], du[c] * bn[k]);
-                        y[c] = fmaf(cn[k], h[c][n], y[c]);
+                        for (int c = 0; c < CH; ++c) {
+                            const int n = 4 * q + k;
+                            h[c][n] = fmaf(decay(n, delta[c] * a[c][n]), h[c][n], du[c] * bn[k]);
+                            y[c] = fmaf(cn[k], h[c][n], y[c]);
+                        }
                     }
                 }
-            }
-            if (DIR == 1) {
+                if (DIR == 1) {
 #pragma unroll
-                for (int c = 0; c < CH; ++c) y[c] = (y_fwd[c] + y[c]) * 0.5f * silu(zz[c]);
+                    for (int c = 0; c < CH; ++c) y[c] = (y_fwd[c] + y[c]) * 0.5f * silu(zz[c]);
+                }
+                if (live) store(out_ptr, y);
+                out_ptr += token_step;
             }
-            if (live) store(out_ptr, y);
-            out_ptr += token_step;
         }
         if (more) store_bc(bc[buffer ^ 1], staged);
         __syncthreads();
@@ -216,24 +248,23 @@ template <int CH, typename T>
 __device__ __forceinline__ void scan_fwd(const T* xc, const T* z, const float* dbl, const T* pre, const float* dt_bias,
                                          T* out, const float* a2, const float* dskip, int Bsz, int L, int D, int R,
                                          long long stride_zb, long long stride_zl) {
-    __shared__ __align__(16) float bc[2][CHUNK][2 * REIDCAM_N];  // B and C of two chunks, for both directions
     const int d = (blockIdx.x * REIDCAM_THREADS + threadIdx.x) * CH;
     const int b = blockIdx.y;
-    scan_direction<0, CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, b, d, Bsz, L, D, R, stride_zb, stride_zl, bc);
-    scan_direction<1, CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, b, d, Bsz, L, D, R, stride_zb, stride_zl, bc);
+    scan_direction<0, CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, b, d, Bsz, L, D, R, stride_zb, stride_zl);
+    scan_direction<1, CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, b, d, Bsz, L, D, R, stride_zb, stride_zl);
 }
 
 // xc (2, B, L, D), pre (2, B*L, D) and z (B, L, D; strides given) in the compute dtype; dbl (2, B*L, R + 2N),
 // dt_bias (2, D), a2 (2, N, D) = A * log2(e) and dskip (2, D) fp32; out (B, L, D) in the compute dtype.
 // The _c2 kernels take two adjacent channels per thread: D, the z strides and every base even.
-#define REIDCAM_SCAN_KERNEL(NAME, T, CH, MIN_BLOCKS)                                                   \
-    extern "C" __global__ void __launch_bounds__(REIDCAM_THREADS, MIN_BLOCKS)                                  \
+#define REIDCAM_SCAN_KERNEL(NAME, T, CH)                                                                          \
+    extern "C" __global__ void __launch_bounds__(REIDCAM_THREADS, REIDCAM_MIN_BLOCKS_C##CH)                     \
         NAME(const T* xc, const T* z, const float* dbl, const T* pre, const float* dt_bias, T* out, const float* a2, \
              const float* dskip, int Bsz, int L, int D, int R, long long stride_zb, long long stride_zl) {       \
-        scan_fwd<CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, Bsz, L, D, R, stride_zb, stride_zl);  \
+        scan_fwd<CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, Bsz, L, D, R, stride_zb, stride_zl);            \
     }
 
-REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c1, bf16_bits, 1, REIDCAM_MIN_BLOCKS_C1)
-REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c2, bf16_bits, 2, REIDCAM_MIN_BLOCKS_C2)
-REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f32_c1, float, 1, REIDCAM_MIN_BLOCKS_C1)
-REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f32_c2, float, 2, REIDCAM_MIN_BLOCKS_C2)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c1, bf16_bits, 1)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c2, bf16_bits, 2)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f32_c1, float, 1)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f32_c2, float, 2)
