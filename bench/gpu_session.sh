@@ -9,9 +9,12 @@
 #   bash bench/gpu_session.sh pipeline          # GPU 0: reidcam run on 1, 4, 16 cameras of 1080p; GPU 1: profile
 #   bash bench/gpu_session.sh measure-all       # GPU 0: speed table; GPU 1: profile, embedder, pipeline
 #   bash bench/gpu_session.sh detector-and-pipeline  # GPU 0: the detector's parts, then the pipeline
-#   bash bench/gpu_session.sh cuda-scan         # GPU 0: CUDA forward scan tests, checks, A/B row; GPU 1: table
-#   bash bench/gpu_session.sh table-and-pipeline    # GPU 0: speed table (both forward scans); GPU 1: checks, pipeline
-#   bash bench/gpu_session.sh variants-and-overlap  # GPU 0: CUDA scan variants, tests, row; GPU 1: pipeline A/B
+#   bash bench/gpu_session.sh table-and-pipeline    # GPU 0: speed table (both forward scans); GPU 1: checks,
+#                                                   # the CUDA scan's tests, the profile, the pipeline
+#   bash bench/gpu_session.sh variants-and-profile  # GPU 0: the CUDA scan's builds timed; GPU 1: the profile
+#   bash bench/gpu_session.sh ncu-and-row       # GPU 0: the 256x128 s16 row, then Nsight Compute on the scan
+#   bash bench/gpu_session.sh scan-ab           # GPU 0: this scan_fwd.cu against a carried .gpu/scan_fwd_*.cu
+#   bash bench/gpu_session.sh row               # GPU 0: the 256x128 s16 row alone
 #
 # The pipeline and measure-all phases carry .whl and .gpu/shared: a copy of ../shared/data/vtest.avi and
 # models/yolov8n-from-tflite.pt (made here by bench/detector_from_tflite.py: the device has no LiteRT).
@@ -20,11 +23,11 @@
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
 # 2-4 minutes of first-use compilation (the cache is read from .gpu/triton_cache.tgz when present).
 set -u
-phase=${1:?usage: gpu_session.sh row|scan-ab|staged-scan|ncu-and-row|variants-and-profile|table-and-pipeline|cuda-scan|variants-and-overlap|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
+phase=${1:?usage: gpu_session.sh row|scan-ab|ncu-and-row|variants-and-profile|table-and-pipeline|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = cuda-scan ] || [ "$phase" = variants-and-overlap ] || [ "$phase" = table-and-pipeline ]; then
+if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ]; then
   wheels=(.whl/*.whl); else
   wheels=(.whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl); fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -73,21 +76,6 @@ PY
 }
 
 case $phase in
-cuda-scan)
-  # The CUDA forward scan (kernels/scan_fwd.cu): GPU 0 its tests against the Triton forward, the backend
-  # checks against the references (both forward kernels), then 256x128 s16 with either forward kernel and
-  # the kernel-by-kernel core times; GPU 1 the speed table at every size with the CUDA forward.
-  export REIDCAM_SCAN=triton
-  (export CUDA_VISIBLE_DEVICES=0
-   timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda_scan.py >"$OUT/checks.log" 2>&1
-   timeout 150 python3 bench/speed_vs_vit.py --checks-only --backends triton --no-plain-norm >>"$OUT/checks.log" 2>&1
-   OUT="$OUT/ab" timeout 190 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton --no-plain-norm \
-     --no-graphs >"$OUT/ab.log" 2>&1) &
-  (export CUDA_VISIBLE_DEVICES=1
-   timeout 470 python3 bench/speed_vs_vit.py --timing-only --backends triton --no-plain-norm --no-triton-fwd \
-     --skip-core >"$OUT/speed.log" 2>&1) &
-  wait
-  ;;
 row)
   # GPU 0: the 256x128 s16 row and the core's kernels, alone on the host.
   export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0
@@ -97,19 +85,6 @@ scan-ab)
   # GPU 0: this scan_fwd.cu against the one carried as .gpu/scan_fwd_*.cu, same process, same inputs.
   export CUDA_VISIBLE_DEVICES=0
   timeout 120 python3 bench/cuda_scan_variants.py --sources .gpu/scan_fwd_*.cu >"$OUT/variants.log" 2>&1
-  ;;
-staged-scan)
-  # GPU 0: the CUDA scan's tests (float64 definition, every variant the same bits), its builds and kernels
-  # timed, then the 256x128 s16 row; GPU 1: the backend checks against the references.
-  export REIDCAM_SCAN=triton
-  (export CUDA_VISIBLE_DEVICES=0
-   timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda_scan.py >"$OUT/checks.log" 2>&1
-   timeout 120 python3 bench/cuda_scan_variants.py >"$OUT/variants.log" 2>&1
-   timeout 120 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton --no-plain-norm \
-     >"$OUT/speed.log" 2>&1) &
-  (export CUDA_VISIBLE_DEVICES=1
-   timeout 120 python3 bench/speed_vs_vit.py --checks-only --backends triton --no-plain-norm >"$OUT/checks1.log" 2>&1) &
-  wait
   ;;
 ncu-and-row)
   # GPU 0: the 256x128 s16 row and the core's kernels, then Nsight Compute on the CUDA forward scan (stall
@@ -146,24 +121,6 @@ table-and-pipeline)
    timeout 100 python3 bench/profile_model.py --out "$OUT" >"$OUT/profile.log" 2>&1
    timeout 180 python3 bench/gpu_pipeline.py --device cuda --cameras 1,4,16 --frames 100 --detector "$detector" \
      >"$OUT/pipeline.log" 2>&1) &
-  wait
-  ;;
-variants-and-overlap)
-  # GPU 0: the CUDA forward scan's tests, its compile-time variants, the backend checks and the
-  # 256x128 s16 row; GPU 1: 16 cameras of 1080p without detection overlapped (detector.overlap), then with it at two
-  # GIL switch intervals.
-  export REIDCAM_SCAN=triton
-  (export CUDA_VISIBLE_DEVICES=0
-   timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda_scan.py >"$OUT/checks.log" 2>&1
-   timeout 200 python3 bench/cuda_scan_variants.py >"$OUT/variants.log" 2>&1
-   timeout 100 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton --no-plain-norm \
-     --no-triton-fwd >"$OUT/speed.log" 2>&1) &
-  (export CUDA_VISIBLE_DEVICES=1 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared
-   detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
-   for run in "--no-overlap" "--overlap --switch-interval 0.0005" "--overlap --switch-interval 0.0001"; do
-     timeout 150 python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 --detector "$detector" \
-       $run >>"$OUT/pipeline.log" 2>&1
-   done) &
   wait
   ;;
 measure-all)
