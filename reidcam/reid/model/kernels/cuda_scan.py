@@ -245,7 +245,7 @@ class CudaScan:
         grid = (-(-dim // (self.threads * channels_per_thread(variant))), bsz)
         self._driver.launch(kernels.functions[kernel_name(dtype, variant)], grid, self.threads, args, stream)
 
-    def _fastest(self, kernels, options, dtype, bsz, dim, args, stream) -> int:
+    def _fastest(self, kernels, options, dtype, bsz, dim, args, stream) -> str:
         """Time each variant twice on this shape (the kernel only writes its output, so reruns are harmless)."""
         times = {}
         for variant in options:

@@ -5,8 +5,9 @@ Forward, for x, z (B, L, D) token-major:
   2. one batched matmul (cuBLAS) for both directions' x_proj: dbl (2, B*L, dt_rank + 2*d_state);
   3. scan_tables: the two directions' scan parameters stacked, and dt cast, once per forward (kept for
      the backward);
-  4. scan_forward: dt @ dt_proj^T as one batched GEMM, then both directions' selective scans (bias and
-     softplus inside), gated by silu(z), averaged, written once as (B, L, D).
+  4. the forward scan: dt @ dt_proj^T as one batched GEMM, then both directions' selective scans (bias
+     and softplus inside), gated by silu(z), averaged, written once as (B, L, D); by the CUDA kernel of
+     cuda_scan.py where it compiles, else by Triton's scan_forward (REIDCAM_SCAN_FWD chooses).
 The conv kernels read each direction's parameters where they are; the x_proj weights and the scan
 tables are stacked (small copies) for the batched matmuls and the scan kernels.
 Backward recomputes xc (cheaper in memory than keeping it), runs the scan backward kernel, does the
