@@ -15,6 +15,7 @@
 #   bash bench/gpu_session.sh ncu-and-row       # GPU 0: the 256x128 s16 row, then Nsight Compute on the scan
 #   bash bench/gpu_session.sh scan-ab           # GPU 0: this scan_fwd.cu against a carried .gpu/scan_fwd_*.cu
 #   bash bench/gpu_session.sh row               # GPU 0: the 256x128 s16 row alone
+#   bash bench/gpu_session.sh switch-interval-ab    # GPU 0: 16 cameras at GIL switch intervals 5, 1, 0.5 ms
 #
 # The pipeline and measure-all phases carry .whl and .gpu/shared: a copy of ../shared/data/vtest.avi and
 # models/yolov8n-from-tflite.pt (made here by bench/detector_from_tflite.py: the device has no LiteRT).
@@ -23,11 +24,11 @@
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
 # 2-4 minutes of first-use compilation (the cache is read from .gpu/triton_cache.tgz when present).
 set -u
-phase=${1:?usage: gpu_session.sh row|scan-ab|ncu-and-row|variants-and-profile|table-and-pipeline|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
+phase=${1:?usage: gpu_session.sh switch-interval-ab|row|scan-ab|ncu-and-row|variants-and-profile|table-and-pipeline|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ]; then
+if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ] || [ "$phase" = switch-interval-ab ]; then
   wheels=(.whl/*.whl); else
   wheels=(.whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl); fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -76,6 +77,16 @@ PY
 }
 
 case $phase in
+switch-interval-ab)
+  # GPU 0: 16 cameras of 1080p at GIL switch intervals of 5 (Python's default), 1 and 0.5 ms, detection
+  # not overlapped (bench/NOTES-speed.md, attempt 36), one process per run.
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared
+  detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
+  for interval in 0.005 0.001 0.0005; do
+    timeout 150 python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 --detector "$detector" \
+      --no-overlap --switch-interval "$interval" >>"$OUT/pipeline.log" 2>&1
+  done
+  ;;
 row)
   # GPU 0: the 256x128 s16 row and the core's kernels, alone on the host.
   export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0
