@@ -11,7 +11,6 @@ Inputs: bf16, d_inner 768, d_state 16, dt_rank 24, the model's parameter ranges.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -19,6 +18,9 @@ from pathlib import Path
 import torch
 
 from reidcam.reid.model.kernels import cuda_scan, triton_scan
+
+from speed_vs_vit import random_direction  # a sibling bench script (run as ``python bench/cuda_scan_variants.py``)
+
 
 def _variant(threads: int, min_blocks_c1: int, min_blocks_c2: int, **more: int) -> tuple[int, dict[str, int]]:
     return threads, {"REIDCAM_MIN_BLOCKS_C1": min_blocks_c1, "REIDCAM_MIN_BLOCKS_C2": min_blocks_c2, **more}
@@ -34,24 +36,16 @@ VARIANTS: dict[str, tuple[int, dict[str, int]]] = {
 
 
 def inputs(batch: int, tokens: int, dim: int = 768, d_state: int = 16, rank: int = 24):
-    """The same inputs for every variant: the model's parameter ranges, seeded."""
+    """The same inputs for every variant: speed_vs_vit's parameters near Mamba's init, seeded."""
     gen = torch.Generator().manual_seed(0)
     device_gen = torch.Generator(device="cuda").manual_seed(0)
-    dt = torch.exp(torch.rand(dim, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-    params = [
-        triton_scan.ScanParams(
-            dt_proj_weight=(torch.randn(dim, rank, generator=gen) / math.sqrt(rank)).cuda(),
-            dt_bias=(dt + torch.log(-torch.expm1(-dt))).cuda(),
-            a_log=(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(dim, 1)
-                   + 0.3 * torch.randn(dim, d_state, generator=gen)).cuda(),
-            d_skip=torch.ones(dim).cuda(),
-        )
-        for _ in range(2)
-    ]
+    params = [random_direction(dim, d_state, rank, gen) for _ in range(2)]
+    scan = [triton_scan.ScanParams(p.dt_proj_weight.cuda(), p.dt_proj_bias.cuda(), p.A_log.cuda(), p.D.cuda())
+            for p in params]
     xc = torch.randn(2, batch, tokens, dim, device="cuda", generator=device_gen).to(torch.bfloat16)
     z = torch.randn(batch, tokens, 2 * dim, device="cuda", generator=device_gen).to(torch.bfloat16)[..., dim:]
     dbl = torch.randn(2, batch * tokens, rank + 2 * d_state, device="cuda", generator=device_gen)
-    return xc, z, dbl, triton_scan.scan_tables(dbl, params[0], params[1], torch.bfloat16)
+    return xc, z, dbl, triton_scan.scan_tables(dbl, scan[0], scan[1], torch.bfloat16)
 
 
 def median_ms(fn, reps: int = 20) -> float:

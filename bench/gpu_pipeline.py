@@ -11,8 +11,8 @@ and ReID across cameras) and the script prints, per camera count, frames/s end t
 stage's share of the wall time, and writes ``OUT/pipeline.md`` when $OUT is set.
 
 ``--overlap`` / ``--no-overlap`` set ``detector.overlap`` (detection and tracking of the next step in
-a background thread while the main thread handles this one); without either, reidcam's auto (on for
-a detector on CUDA). Each row says whether it overlapped; when it did, the shares add up to more
+a background thread while the main thread handles this one); without either, the cams.yaml value
+(off by default). ``--switch-interval`` sets Python's GIL switch interval for the whole run. Each row says whether it overlapped; when it did, the shares add up to more
 than 100 %, as detect and track ran beside the other stages.
 
 The detector is ``--detector`` (any weights Ultralytics loads; default: the INT8 TFLite model of

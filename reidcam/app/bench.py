@@ -4,7 +4,7 @@ Runs ``reidcam run`` on the given cams.yaml into a scratch folder (nothing of th
 database is touched) and reports, per stage, wall seconds, process CPU seconds, the items handled
 (frames; crops for the ReID stage) and the rates, then end to end. Decoding runs in the reader
 threads, in parallel with the other stages. Detection and tracking run in a background thread
-when ``detector.overlap`` is on (auto: a detector on CUDA), overlapping the stages after them, which
+when ``detector.overlap`` is on (off by default), overlapping the stages after them, which
 run one after the other; the table then says that stage times add up to more than the wall time.
 """
 

@@ -10,8 +10,8 @@
 then each camera's tracker runs on its own frame. ``tracked_frames`` exposes it as a generator of
 ``TrackedFrame`` for other jobs (``reidcam mine``) that need per-camera tracks without ReID.
 ``MultiCameraPipeline`` adds crop embedding (batched over all cameras), online association, the
-store and the observers, and finishes with the refinement pass. With ``detector.overlap`` on (the
-default where the detector runs on CUDA), detection and tracking of the next step run in a
+store and the observers, and finishes with the refinement pass. With ``detector.overlap`` on (off by
+default: it measured no faster), detection and tracking of the next step run in a
 background thread (``Prefetch``) while the main thread handles the current one.
 """
 

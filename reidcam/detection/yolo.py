@@ -15,7 +15,6 @@ a one-line error that says how to provide them.
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import os
 from collections.abc import Sequence

@@ -195,7 +195,7 @@ class CudaScan:
         self._lock = threading.Lock()
 
     def kernels(self, device: torch.device, d_state: int) -> _DeviceKernels:
-        key = (device.index if device.index is not None else torch.cuda.current_device(), d_state)
+        key = (_device_index(device), d_state)
         with self._lock:
             if key not in self._kernels:
                 self._kernels[key] = self._build(*key)
@@ -225,7 +225,7 @@ class CudaScan:
         kernels = self.kernels(xc.device, d_state)
         pre = tables.dt_projection()
         out = torch.empty((bsz, length, dim), device=xc.device, dtype=xc.dtype)
-        tensors = [xc, z, dbl, pre, tables.dt_bias, out, tables.a2, tables.d_skip.to(torch.float32).contiguous()]
+        tensors = [xc, z, dbl, pre, tables.dt_bias, out, tables.a2, tables.d_skip]
         args = [ctypes.c_void_p(t.data_ptr()) for t in tensors] + [
             ctypes.c_int(bsz), ctypes.c_int(length), ctypes.c_int(dim), ctypes.c_int(tables.dt.shape[-1]),
             ctypes.c_longlong(z.stride(0)), ctypes.c_longlong(z.stride(1)),
@@ -233,7 +233,7 @@ class CudaScan:
         options = [v for v in VARIANTS[xc.dtype] if _variant_fits(v, tensors, z, dim)]
         key = (xc.dtype, bsz, length, dim)
         stream = torch.cuda.current_stream(xc.device).cuda_stream
-        self._driver.ensure_context(xc.device.index if xc.device.index is not None else torch.cuda.current_device())
+        self._driver.ensure_context(_device_index(xc.device))
         if key not in kernels.choice and len(options) > 1 and not torch.cuda.is_current_stream_capturing():
             kernels.choice[key] = self._fastest(kernels, options, xc.dtype, bsz, dim, args, stream)
         variant = kernels.choice.get(key, options[0])
@@ -259,6 +259,10 @@ class CudaScan:
             times[variant] = start.elapsed_time(end)
         logger.debug("CUDA scan variants (ms for 2 runs): %s", times)
         return min(times, key=times.get)
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def _variant_fits(variant: str, tensors: list[torch.Tensor], z: torch.Tensor, dim: int) -> bool:

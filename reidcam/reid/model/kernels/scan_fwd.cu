@@ -77,29 +77,6 @@ __device__ __forceinline__ float exp2_approx(float x) {
     return r;
 }
 
-// 2^x for x <= 0 on the FMA pipe instead of the special-function unit: x = n + f with n an integer and
-// f in [-0.5, 0.5], 2^f by a degree-5 polynomial (relative error 2.5e-7, as ex2.approx), 2^n added to the
-// exponent bits. REIDCAM_POLY_STATES of the 16 states per token take this path (default none: with 2 or 4
-// it measured slower, the kernel being bound by latency rather than the special-function unit).
-#ifndef REIDCAM_POLY_STATES
-#define REIDCAM_POLY_STATES 0
-#endif
-__device__ __forceinline__ float exp2_poly(float x) {
-    x = fmaxf(x, -126.0f);
-    const float shifted = __fadd_rn(x, 12582912.0f);  // 1.5 * 2^23: n lands in the low mantissa bits
-    const float f = __fsub_rn(x, __fsub_rn(shifted, 12582912.0f));
-    float p = 1.3400432653725147e-3f;
-    p = fmaf(p, f, 9.676037356257439e-3f);
-    p = fmaf(p, f, 5.550327152013779e-2f);
-    p = fmaf(p, f, 2.402210682630539e-1f);
-    p = fmaf(p, f, 6.931471824645996e-1f);
-    p = fmaf(p, f, 1.0000001192092896f);
-    return __int_as_float(__float_as_int(p) + (__float_as_int(shifted) << 23));
-}
-
-// exp2 of state n's exponent; n is a constant once the state loop is unrolled, so the branch folds away
-__device__ __forceinline__ float decay(int n, float x) { return n < REIDCAM_POLY_STATES ? exp2_poly(x) : exp2_approx(x); }
-
 // log(1 + exp(x)) with torch's threshold of 20 and a series where exp(x) is tiny, as _softplus in Triton.
 __device__ __forceinline__ float softplus(float x) {
     const float e = __expf(fminf(x, 20.0f));
@@ -226,7 +203,7 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
 #pragma unroll
                         for (int c = 0; c < CH; ++c) {
                             const int n = 4 * q + k;
-                            h[c][n] = fmaf(decay(n, delta[c] * a[c][n]), h[c][n], du[c] * bn[k]);
+                            h[c][n] = fmaf(exp2_approx(delta[c] * a[c][n]), h[c][n], du[c] * bn[k]);
                             y[c] = fmaf(cn[k], h[c][n], y[c]);
                         }
                     }

@@ -408,7 +408,7 @@ class ScanTables:
     dt_bias: torch.Tensor  # (2, D) fp32
     a: torch.Tensor  # (2, D, N) fp32: A = -exp(A_log)
     a2: torch.Tensor  # (2, N, D) fp32: A * log2(e), one row of channels per state (a coalesced load)
-    d_skip: torch.Tensor  # (2, D)
+    d_skip: torch.Tensor  # (2, D) fp32
 
     def dt_projection(self) -> torch.Tensor:
         """dt @ dt_proj^T, (2, B*L, D) in the compute dtype: delta's pre-activation less the bias, which the
@@ -427,7 +427,7 @@ def scan_tables(dbl: torch.Tensor, fwd: ScanParams, bwd: ScanParams, dtype: torc
         dt_bias=torch.stack([fwd.dt_bias, bwd.dt_bias]).to(torch.float32),
         a=a,
         a2=(a * math.log2(math.e)).transpose(1, 2).contiguous(),
-        d_skip=torch.stack([fwd.d_skip, bwd.d_skip]),
+        d_skip=torch.stack([fwd.d_skip, bwd.d_skip]).to(torch.float32),
     )
 
 
