@@ -12,7 +12,9 @@ stage's share of the wall time, and writes ``OUT/pipeline.md`` when $OUT is set.
 
 ``--overlap`` / ``--no-overlap`` set ``detector.overlap`` (detection and tracking of the next step in
 a background thread while the main thread handles this one); without either, the cams.yaml value
-(off by default). ``--switch-interval`` sets Python's GIL switch interval for the whole run. Each row says whether it overlapped; when it did, the shares add up to more
+(off by default). ``--decode thread|process`` sets ``streams.decode`` (each camera decoded in a thread
+of the run, or in a process of its own into shared memory). ``--switch-interval`` sets Python's GIL
+switch interval for the whole run. Each row says whether it overlapped; when it did, the shares add up to more
 than 100 %, as detect and track ran beside the other stages.
 
 The detector is ``--detector`` (any weights Ultralytics loads; default: the INT8 TFLite model of
@@ -103,6 +105,8 @@ def main() -> None:
     parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
                         help="detector.overlap: detect and track in a background thread (default: the cams.yaml "
                         "value, off)")
+    parser.add_argument("--decode", choices=["thread", "process"], default=None,
+                        help="streams.decode (default: the cams.yaml value, thread)")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval (s): how long a thread may hold the GIL when another asks")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "reidcam_gpu_pipeline")
@@ -114,7 +118,7 @@ def main() -> None:
     header = [
         f"reidcam run, {width}x{height} cameras of vtest.avi, {args.frames} frames each, detector "
         f"{Path(args.detector).name}, device {args.device}, decoder threads per camera "
-        f"{args.decoder_threads or 'cores / cameras'}, overlap {OVERLAP_NAMES[args.overlap]}, GIL switch "
+        f"{args.decoder_threads or 'cores / cameras'}, decode in {args.decode or 'thread'}s, overlap {OVERLAP_NAMES[args.overlap]}, GIL switch "
         f"interval {sys.getswitchinterval() * 1e3:g} ms",
         "",
         "| cameras | frames | wall s | frames/s | per camera | ReID crops/s | "
@@ -127,7 +131,8 @@ def main() -> None:
         time_pipeline(cameras_once(1, args.warmup_frames, args.scale, warmup, args.detector), device=args.device)
     for count in (int(c) for c in args.cameras.split(",")):
         folder = args.work / f"{count}cams_{args.frames}f_{width}"
-        settings = {("streams", "decoder_threads"): args.decoder_threads, ("detector", "overlap"): args.overlap}
+        settings = {("streams", "decoder_threads"): args.decoder_threads, ("streams", "decode"): args.decode,
+                    ("detector", "overlap"): args.overlap}
         cams_yaml = with_settings(cameras_once(count, args.frames, args.scale, folder, args.detector), settings)
         timing = time_pipeline(cams_yaml, device=args.device)
         if len(lines) == len(header):

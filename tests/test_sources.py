@@ -24,22 +24,28 @@ def camera(clips, camera_id: str, **changes) -> CameraConfig:
     return CameraConfig.model_validate({**clips.cameras[camera_id], **changes})
 
 
-def all_steps(cameras, max_frames=None, streams=FAST_RETRY):
+@pytest.fixture(params=["thread", "process"])
+def streams(request) -> StreamConfig:
+    """Every test of a camera's frames runs with either decoder: a thread of the run, or a process."""
+    return FAST_RETRY.model_copy(update={"decode": request.param})
+
+
+def all_steps(cameras, streams, max_frames=None):
     source = open_cameras(cameras, streams, RUN_START, max_frames=max_frames)
     return list(source.steps())
 
 
-def test_cameras_on_one_clock_share_steps(clips):
-    steps = all_steps([camera(clips, "west"), camera(clips, "east")], max_frames=5)
+def test_cameras_on_one_clock_share_steps(clips, streams):
+    steps = all_steps([camera(clips, "west"), camera(clips, "east")], streams, max_frames=5)
     assert [[frame.camera_id for frame in step] for step in steps] == [["east", "west"]] * 5
     for number, step in enumerate(steps, start=1):
         assert {frame.index for frame in step} == {number}
         assert len({frame.timestamp for frame in step}) == 1
 
 
-def test_cameras_on_different_clocks_are_replayed_in_time_order(clips):
+def test_cameras_on_different_clocks_are_replayed_in_time_order(clips, streams):
     west, replay = camera(clips, "west"), camera(clips, "replay")
-    steps = all_steps([replay, west], max_frames=6)
+    steps = all_steps([replay, west], streams, max_frames=6)
     order = [(frame.camera_id, frame.index) for step in steps for frame in step]
     assert order == [("west", i) for i in range(1, 7)] + [("replay", i) for i in range(1, 7)]
     times = [frame.timestamp for step in steps for frame in step]
@@ -49,8 +55,8 @@ def test_cameras_on_different_clocks_are_replayed_in_time_order(clips):
     assert steps[2][0].timestamp == pytest.approx(west.start_time.timestamp() + 2 / 10.0)
 
 
-def test_frames_carry_images_of_the_clip(clips):
-    (step,) = all_steps([camera(clips, "east")], max_frames=1)
+def test_frames_carry_images_of_the_clip(clips, streams):
+    (step,) = all_steps([camera(clips, "east")], streams, max_frames=1)
     capture = cv2.VideoCapture(clips.cameras["east"]["source"])
     expected = capture.read()[1]
     capture.release()
@@ -64,13 +70,13 @@ def test_decoder_threads_share_the_cores_unless_configured(clips, monkeypatch):
     assert with_decoder_threads(FAST_RETRY, 64).decoder_threads == 1
     assert with_decoder_threads(FAST_RETRY.model_copy(update={"decoder_threads": 3}), 16).decoder_threads == 3
     one_thread = FAST_RETRY.model_copy(update={"decoder_threads": 1})
-    (step,) = all_steps([camera(clips, "east")], max_frames=1, streams=one_thread)
+    (step,) = all_steps([camera(clips, "east")], one_thread, max_frames=1)
     capture = cv2.VideoCapture(clips.cameras["east"]["source"])
     assert (step[0].image == capture.read()[1]).all()
     capture.release()
 
 
-def test_image_folder_in_name_order_skipping_unreadable_files(clips, tmp_path, caplog):
+def test_image_folder_in_name_order_skipping_unreadable_files(clips, tmp_path, caplog, streams):
     capture = cv2.VideoCapture(clips.cameras["west"]["source"])
     for index in range(3):
         cv2.imwrite(str(tmp_path / f"frame_{index:03d}.png"), capture.read()[1])
@@ -78,39 +84,39 @@ def test_image_folder_in_name_order_skipping_unreadable_files(clips, tmp_path, c
     (tmp_path / "frame_001b.jpg").write_bytes(b"not an image")
     folder_camera = CameraConfig(id="stills", source=str(tmp_path), fps=2.0, start_time=RUN_START)
     with caplog.at_level(logging.WARNING):
-        steps = all_steps([folder_camera])
+        steps = all_steps([folder_camera], streams)
     assert [step[0].index for step in steps] == [1, 2, 3]
     assert [step[0].timestamp - RUN_START.timestamp() for step in steps] == [0.0, 0.5, 1.0]
     assert "frame_001b.jpg" in caplog.text
 
 
-def test_missing_file_alone_is_an_error(tmp_path):
+def test_missing_file_alone_is_an_error(tmp_path, streams):
     with pytest.raises(DataError, match=r"camera gone: source not found: .*gone\.mp4"):
-        open_cameras([CameraConfig(id="gone", source=str(tmp_path / "gone.mp4"))], FAST_RETRY, RUN_START)
+        open_cameras([CameraConfig(id="gone", source=str(tmp_path / "gone.mp4"))], streams, RUN_START)
 
 
-def test_unreadable_file_alone_is_an_error(tmp_path):
+def test_unreadable_file_alone_is_an_error(tmp_path, streams):
     broken = tmp_path / "broken.mp4"
     broken.write_text("this is not a video")
     with pytest.raises(DataError, match="camera broken: .*broken.mp4: cannot be opened"):
-        open_cameras([CameraConfig(id="broken", source=str(broken))], FAST_RETRY, RUN_START)
+        open_cameras([CameraConfig(id="broken", source=str(broken))], streams, RUN_START)
 
 
-def test_a_missing_camera_among_several_is_a_warning(clips, tmp_path, caplog):
+def test_a_missing_camera_among_several_is_a_warning(clips, tmp_path, caplog, streams):
     gone = CameraConfig(id="gone", source=str(tmp_path / "gone.mp4"))
     with caplog.at_level(logging.WARNING):
-        steps = all_steps([gone, camera(clips, "west")], max_frames=3)
+        steps = all_steps([gone, camera(clips, "west")], streams, max_frames=3)
     assert {frame.camera_id for step in steps for frame in step} == {"west"}
     assert "camera gone: source not found" in caplog.text and "going on without this camera" in caplog.text
 
 
-def test_unreachable_stream_is_retried_then_an_error(caplog):
+def test_unreachable_stream_is_retried_then_an_error(caplog, streams):
     stream = CameraConfig(id="door", source="rtsp://127.0.0.1:9/door")
     with (
         caplog.at_level(logging.INFO),
         pytest.raises(DataError, match="camera door: stream unreachable after 2 attempts"),
     ):
-        open_cameras([stream], FAST_RETRY, RUN_START)
+        open_cameras([stream], streams, RUN_START)
     assert "retry in" in caplog.text
 
 
@@ -159,12 +165,12 @@ def mjpeg_clip(source: Path, path: Path, frames: int) -> bytes:
     return path.read_bytes()
 
 
-def test_dropped_stream_reconnects_while_other_cameras_go_on(clips, tmp_path, caplog):
+def test_dropped_stream_reconnects_while_other_cameras_go_on(clips, tmp_path, caplog, streams):
     server = FlakyVideoServer(mjpeg_clip(Path(clips.cameras["east"]["source"]), tmp_path / "cam.avi", 20))
     try:
         stream = CameraConfig(id="door", source=server.url)
         with caplog.at_level(logging.INFO):
-            steps = all_steps([stream, camera(clips, "west")])
+            steps = all_steps([stream, camera(clips, "west")], streams)
     finally:
         server.close()
     door = [frame for step in steps for frame in step if frame.camera_id == "door"]

@@ -164,6 +164,9 @@ class StreamConfig(StrictModel):
     # FFmpeg decoding threads per camera; None shares the machine's cores among the cameras (FFmpeg's
     # own default gives every decoder all of them, and 16 cameras then run hundreds of threads)
     decoder_threads: int | None = Field(default=None, ge=1)
+    # where each camera decodes: a thread of the run, or a process of its own that writes frames into
+    # shared memory (Linux), which keeps the decoders off the run's interpreter lock
+    decode: Literal["thread", "process"] = "thread"
 
 
 class CamsConfig(StrictModel):

@@ -1,9 +1,10 @@
-"""Frames from every camera: one reader thread per camera, merged on the cameras' clocks.
+"""Frames from every camera: one decoder per camera, merged on the cameras' clocks.
 
 A camera is a video file, an image folder, a stream URL (RTSP, HTTP, ...) or a webcam index,
-all decoded with OpenCV. Each reader thread fills a small queue; the end of a file ends its
-camera, while a live source that drops is reopened with exponential backoff as the other
-cameras go on.
+all decoded with OpenCV. Each camera's decoder runs ahead of the consumer by a few frames, in a
+thread (``streams.decode: thread``, here) or in its own process writing into shared memory
+(``process``, decode_process.py); the end of a file ends its camera, while a live source that
+drops is reopened with exponential backoff as the other cameras go on.
 
 ``MultiCameraSource.steps`` hands out one *step* at a time: at most one frame per camera, all
 within ``sync_tolerance_s`` of the earliest pending frame. Recordings whose clocks differ are so
@@ -18,8 +19,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -81,6 +82,14 @@ class FrameReader:
     def read(self) -> np.ndarray | None:
         raise NotImplementedError
 
+    def read_into(self, out: np.ndarray) -> np.ndarray | None:
+        """The next frame, written into ``out`` when it has the frame's shape (else a new array)."""
+        image = self.read()
+        if image is not None and image.shape == out.shape and image.dtype == out.dtype:
+            np.copyto(out, image)
+            return out
+        return image
+
     def close(self) -> None:
         """Release the decoder."""
 
@@ -116,6 +125,13 @@ class VideoReader(FrameReader):
             image, self._first = self._first, None
             return image
         ok, image = self._capture.read()
+        return image if ok else None
+
+    def read_into(self, out: np.ndarray) -> np.ndarray | None:
+        """FFmpeg decodes straight into ``out`` when the shapes match (OpenCV reuses a fitting array)."""
+        if self._first is not None:
+            return super().read_into(out)
+        ok, image = self._capture.read(out)
         return image if ok else None
 
     def close(self) -> None:
@@ -183,76 +199,57 @@ def open_live_reader(camera: CameraConfig, streams: StreamConfig, stop: threadin
     raise DataError(f"camera {camera.id}: stream unreachable after {streams.retries + 1} attempts: {camera.source}")
 
 
-_END = object()
+END = object()  # what a feed's ``get`` returns once its camera has ended
 
 
 @dataclass
-class CameraStream:
-    """A reader thread for one camera, feeding a bounded queue with ``Frame`` objects."""
+class DecodeStats:
+    """What decoding one camera cost so far."""
 
-    camera: CameraConfig
-    reader: FrameReader
-    streams: StreamConfig
-    start_time: float
-    fps: float
-    max_frames: int | None = None
-    stop: threading.Event = field(default_factory=threading.Event)
-    decode_seconds: float = 0.0
-    decode_cpu_seconds: float = 0.0
+    frames_read: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
-    def __post_init__(self) -> None:
-        self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
-        self._thread = threading.Thread(target=self._run, name=f"camera-{self.camera.id}", daemon=True)
-        self.frames_read = 0
 
-    def start(self) -> None:
-        self._thread.start()
+def frame_timestamp(camera: CameraConfig, start_time: float, fps: float, index: int, read_at: float) -> float:
+    """Files replay on the configured clock; live sources without a start time use the wall clock of the read."""
+    if camera.is_live and camera.start_time is None:
+        return read_at
+    return start_time + (index - 1) / fps
 
-    def release_if_unstarted(self) -> None:
-        """A camera opened but never read (the run failed before it began) still holds its decoder."""
-        if not self.started:
-            self.reader.close()
 
-    @property
-    def started(self) -> bool:
-        return self._thread.ident is not None
+class CameraDecoder:
+    """Decodes one camera to its end, in whichever thread or process runs it: the frame cap, the decode
+    time, and the reconnects of a live source that drops. ``stop`` is a threading or multiprocessing Event."""
 
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+    def __init__(
+        self, camera: CameraConfig, reader: FrameReader, streams: StreamConfig, stop, max_frames: int | None
+    ) -> None:
+        self.camera = camera
+        self.reader = reader
+        self.streams = streams
+        self.stop = stop
+        self.max_frames = max_frames
+        self.stats = DecodeStats()
 
-    @property
-    def live(self) -> bool:
-        return self.camera.is_live
-
-    def _run(self) -> None:
+    def frames(self, buffer: Callable[[], np.ndarray | None] = lambda: None) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, image) of every frame, 1-based; ``buffer`` gives the array to decode the next frame into
+        (None: a new one). The reader is closed when the frames end or the caller stops iterating."""
         try:
-            self._read_all()
-        except Exception:  # a reader must never take the run down; the camera just ends
-            logger.exception("camera %s: reader failed", self.camera.id)
+            while not self.stop.is_set() and (self.max_frames is None or self.stats.frames_read < self.max_frames):
+                out = buffer()
+                started, cpu_started = time.perf_counter(), time.thread_time()
+                image = self.reader.read() if out is None else self.reader.read_into(out)
+                self.stats.seconds += time.perf_counter() - started
+                self.stats.cpu_seconds += time.thread_time() - cpu_started
+                if image is None:
+                    if not self.camera.is_live or not self._reconnect():
+                        return
+                    continue
+                self.stats.frames_read += 1
+                yield self.stats.frames_read, image
         finally:
             self.reader.close()
-            self._put(_END, drop_if_full=False)
-
-    def _read_all(self) -> None:
-        index = 0
-        while not self.stop.is_set() and (self.max_frames is None or index < self.max_frames):
-            started, cpu_started = time.perf_counter(), time.thread_time()
-            image = self.reader.read()
-            self.decode_seconds += time.perf_counter() - started
-            self.decode_cpu_seconds += time.thread_time() - cpu_started
-            if image is None:
-                if not self.live or not self._reconnect():
-                    return
-                continue
-            index += 1
-            self.frames_read = index
-            self._put(Frame(self.camera.id, index, self._timestamp(index), image), drop_if_full=self.live)
-
-    def _timestamp(self, index: int) -> float:
-        """Files replay on the configured clock; live sources without a start time use the wall clock."""
-        if self.live and self.camera.start_time is None:
-            return time.time()
-        return self.start_time + (index - 1) / self.fps
 
     def _reconnect(self) -> bool:
         logger.warning("camera %s: stream dropped, reconnecting", self.camera.id)
@@ -265,29 +262,112 @@ class CameraStream:
         logger.info("camera %s: reconnected", self.camera.id)
         return True
 
+
+class CameraFeed:
+    """One camera's decoded frames, a few ahead of the consumer; ``get`` hands them out in order.
+
+    ``get`` returns the next ``Frame``, or ``END`` once the camera has ended, and raises ``queue.Empty``
+    when ``timeout`` passes first. ``close`` stops the decoder and releases the source; it is safe to
+    call more than once, started or not.
+    """
+
+    camera: CameraConfig
+    fps: float
+    start_time: float
+    size: tuple[int, int]
+    stats: DecodeStats
+
+    @property
+    def live(self) -> bool:
+        return self.camera.is_live
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def get(self, timeout: float | None = None) -> Frame | object:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Tell the decoder to stop, without waiting for it (``close`` waits)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class CameraStream(CameraFeed):
+    """A reader thread for one camera, feeding a bounded queue with ``Frame`` objects."""
+
+    def __init__(
+        self,
+        camera: CameraConfig,
+        reader: FrameReader,
+        streams: StreamConfig,
+        start_time: float,
+        fps: float,
+        max_frames: int | None = None,
+    ) -> None:
+        self.camera, self.fps, self.start_time, self.size = camera, fps, start_time, reader.size
+        self._stop = threading.Event()
+        self._decoder = CameraDecoder(camera, reader, streams, self._stop, max_frames)
+        self.stats = self._decoder.stats
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+        self._thread = threading.Thread(target=self._run, name=f"camera-{camera.id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def get(self, timeout: float | None = None) -> Frame | object:
+        return self._queue.get(timeout=timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self.stop()
+        started = self._thread.ident is not None
+        if not started:  # opened but never read (the run failed before it began): the decoder is still held
+            self._decoder.reader.close()
+        _drain(self._queue)
+        if started:
+            self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        try:
+            for index, image in self._decoder.frames():
+                timestamp = frame_timestamp(self.camera, self.start_time, self.fps, index, time.time())
+                self._put(Frame(self.camera.id, index, timestamp, image), drop_if_full=self.live)
+        except Exception:  # a reader must never take the run down; the camera just ends
+            logger.exception("camera %s: reader failed", self.camera.id)
+        finally:
+            self._put(END, drop_if_full=False)
+
     def _put(self, item: object, drop_if_full: bool) -> None:
         """Files wait for the consumer; live sources drop their oldest frame to stay current."""
         while True:
             try:
-                self.queue.put(item, timeout=0.1)
+                self._queue.put(item, timeout=0.1)
                 return
             except queue.Full:
                 if drop_if_full:
-                    self._drop_oldest()
-                elif self.stop.is_set():
+                    _drain(self._queue, limit=1)
+                elif self._stop.is_set():
                     return
 
-    def _drop_oldest(self) -> None:
+
+def _drain(items: queue.Queue, limit: int | None = None) -> None:
+    while limit is None or limit > 0:
         try:
-            self.queue.get_nowait()
+            items.get_nowait()
         except queue.Empty:
-            pass
+            return
+        limit = None if limit is None else limit - 1
 
 
 class MultiCameraSource:
     """All cameras of a run; ``steps()`` yields lists of frames ordered on the cameras' clocks."""
 
-    def __init__(self, streams: list[CameraStream], sync_tolerance_s: float | None = None) -> None:
+    def __init__(self, streams: Sequence[CameraFeed], sync_tolerance_s: float | None = None) -> None:
         self.streams = {stream.camera.id: stream for stream in streams}
         periods = [1.0 / stream.fps for stream in streams]
         self.sync_tolerance_s = sync_tolerance_s if sync_tolerance_s is not None else max(periods) * 0.999
@@ -301,8 +381,8 @@ class MultiCameraSource:
                 camera_id=s.camera.id,
                 source=str(s.camera.source),
                 fps=s.fps,
-                width=s.reader.size[0],
-                height=s.reader.size[1],
+                width=s.size[0],
+                height=s.size[1],
                 start_time=datetime.fromtimestamp(s.start_time, tz=timezone.utc),
                 live=s.live,
             )
@@ -322,30 +402,27 @@ class MultiCameraSource:
             self.close()
 
     def close(self) -> None:
-        """Stop the readers and release every decoder; safe to call more than once."""
+        """Stop the decoders and release every source; safe to call more than once."""
         for stream in self.streams.values():
-            stream.stop.set()
+            stream.stop()  # all at once: then each close waits for one that is already ending
         for stream in self.streams.values():
-            stream.release_if_unstarted()
-            self._drain(stream)
-            if stream.started:
-                stream.join(timeout=2.0)
+            stream.close()
 
     def decode_seconds(self) -> tuple[float, float]:
-        """Wall and CPU seconds the reader threads spent decoding, summed over cameras."""
+        """Wall and CPU seconds the decoders spent decoding, summed over cameras."""
         streams = self.streams.values()
-        return sum(s.decode_seconds for s in streams), sum(s.decode_cpu_seconds for s in streams)
+        return sum(s.stats.seconds for s in streams), sum(s.stats.cpu_seconds for s in streams)
 
     def _fill_heads(self) -> None:
         for camera_id in sorted(self._active - set(self._heads)):
             stream = self.streams[camera_id]
             try:
-                item = stream.queue.get(timeout=LIVE_WAIT_S) if stream.live else stream.queue.get()
+                item = stream.get(timeout=LIVE_WAIT_S if stream.live else None)
             except queue.Empty:
                 continue
-            if item is _END:
+            if item is END:
                 self._active.discard(camera_id)
-                logger.info("camera %s: ended after %d frames", camera_id, stream.frames_read)
+                logger.info("camera %s: ended after %d frames", camera_id, stream.stats.frames_read)
             else:
                 self._heads[camera_id] = item
 
@@ -353,14 +430,6 @@ class MultiCameraSource:
         earliest = min(frame.timestamp for frame in self._heads.values())
         due = sorted((cid for cid, frame in self._heads.items() if frame.timestamp <= earliest + self.sync_tolerance_s))
         return [self._heads.pop(camera_id) for camera_id in due]
-
-    @staticmethod
-    def _drain(stream: CameraStream) -> None:
-        while True:
-            try:
-                stream.queue.get_nowait()
-            except queue.Empty:
-                return
 
 
 def open_cameras(
@@ -374,9 +443,48 @@ def open_cameras(
 
     Raises ``DataError`` when no camera can be opened: the run would have nothing to do.
     """
+    streams = with_decoder_threads(streams, len(cameras))
+    if _decodes_in_processes(streams):
+        from reidcam.app.decode_process import spawn_decoders
+
+        opened: dict[str, FrameReader | CameraFeed | DataError] = dict(spawn_decoders(cameras, streams, max_frames))
+    else:
+        opened = dict(_open_readers(cameras, streams))
+    failures = [opened[c.id] for c in cameras if isinstance(opened[c.id], DataError)]
+    if len(failures) == len(cameras):
+        raise DataError("; ".join(str(error) for error in failures))
+    for error in failures:
+        logger.warning("%s; going on without this camera", error)
+    feeds = [
+        _feed(camera, opened[camera.id], streams, run_start, max_frames)
+        for camera in cameras
+        if not isinstance(opened[camera.id], DataError)
+    ]
+    return MultiCameraSource(feeds, sync_tolerance_s)
+
+
+def with_decoder_threads(streams: StreamConfig, cameras: int) -> StreamConfig:
+    """``streams`` with its decoder threads set: as configured, else the CPU cores shared among the cameras."""
+    if streams.decoder_threads:
+        return streams
+    return streams.model_copy(update={"decoder_threads": max(1, (os.cpu_count() or 1) // max(cameras, 1))})
+
+
+def _decodes_in_processes(streams: StreamConfig) -> bool:
+    if streams.decode != "process":
+        return False
+    from reidcam.app.decode_process import supported
+
+    if not supported():
+        logger.warning("streams.decode: process needs Linux (memfd); decoding in threads instead")
+        return False
+    return True
+
+
+def _open_readers(cameras: Sequence[CameraConfig], streams: StreamConfig) -> dict[str, FrameReader | DataError]:
+    """Every camera's reader, opened in a thread each, or the ``DataError`` that says why it cannot be."""
     results: dict[str, FrameReader | DataError] = {}
     stop = threading.Event()
-    streams = with_decoder_threads(streams, len(cameras))
 
     def attempt(camera: CameraConfig) -> None:
         try:
@@ -391,34 +499,25 @@ def open_cameras(
         thread.start()
     for thread in threads:
         thread.join()
-    failures = [results[c.id] for c in cameras if isinstance(results[c.id], DataError)]
-    if len(failures) == len(cameras):
-        raise DataError("; ".join(str(error) for error in failures))
-    for error in failures:
-        logger.warning("%s; going on without this camera", error)
-    camera_streams = [
-        _camera_stream(camera, results[camera.id], streams, run_start, max_frames)
-        for camera in cameras
-        if not isinstance(results[camera.id], DataError)
-    ]
-    return MultiCameraSource(camera_streams, sync_tolerance_s)
+    return results
 
 
-def with_decoder_threads(streams: StreamConfig, cameras: int) -> StreamConfig:
-    """``streams`` with its decoder threads set: as configured, else the CPU cores shared among the cameras."""
-    if streams.decoder_threads:
-        return streams
-    return streams.model_copy(update={"decoder_threads": max(1, (os.cpu_count() or 1) // max(cameras, 1))})
+def _feed(
+    camera: CameraConfig, opened, streams: StreamConfig, run_start: datetime, max_frames: int | None
+) -> CameraFeed:
+    """The feed of an opened camera: a reader thread around a ``FrameReader``, or the decoder process itself."""
+    start = (camera.start_time or run_start).timestamp()
+    if isinstance(opened, FrameReader):
+        fps = _camera_fps(camera, opened.fps)
+        return CameraStream(camera, opened, streams, start_time=start, fps=fps, max_frames=max_frames)
+    return opened.begin(start, _camera_fps(camera, opened.reported_fps))
 
 
-def _camera_stream(
-    camera: CameraConfig, reader: FrameReader, streams: StreamConfig, run_start: datetime, max_frames: int | None
-) -> CameraStream:
-    fps = camera.fps or reader.fps
+def _camera_fps(camera: CameraConfig, reported: float | None) -> float:
+    fps = camera.fps or reported
     if fps is None:
         logger.warning(
             "camera %s: frame rate unknown, assuming %.0f fps (set fps in cams.yaml)", camera.id, FALLBACK_FPS
         )
         fps = FALLBACK_FPS
-    start = camera.start_time or run_start
-    return CameraStream(camera, reader, streams, start_time=start.timestamp(), fps=fps, max_frames=max_frames)
+    return fps
