@@ -16,6 +16,8 @@
 #   bash bench/gpu_session.sh scan-ab           # GPU 0: this scan_fwd.cu against a carried .gpu/scan_fwd_*.cu
 #   bash bench/gpu_session.sh row               # GPU 0: the 256x128 s16 row alone
 #   bash bench/gpu_session.sh switch-interval-ab    # GPU 0: 16 cameras at GIL switch intervals 5, 1, 0.5 ms
+#   bash bench/gpu_session.sh conv-and-decode   # GPU 0: CUDA conv + scan tests, checks, the 256x128 s16 row;
+#                                               # GPU 1: 16 cameras decoded in threads, then in processes
 #
 # The pipeline and measure-all phases carry .whl and .gpu/shared: a copy of ../shared/data/vtest.avi and
 # models/yolov8n-from-tflite.pt (made here by bench/detector_from_tflite.py: the device has no LiteRT).
@@ -24,11 +26,11 @@
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
 # 2-4 minutes of first-use compilation (the cache is read from .gpu/triton_cache.tgz when present).
 set -u
-phase=${1:?usage: gpu_session.sh switch-interval-ab|row|scan-ab|ncu-and-row|variants-and-profile|table-and-pipeline|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
+phase=${1:?usage: gpu_session.sh conv-and-decode|switch-interval-ab|row|scan-ab|ncu-and-row|variants-and-profile|table-and-pipeline|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ] || [ "$phase" = switch-interval-ab ]; then
+if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ] || [ "$phase" = switch-interval-ab ] || [ "$phase" = conv-and-decode ]; then
   wheels=(.whl/*.whl); else
   wheels=(.whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl); fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -77,6 +79,25 @@ PY
 }
 
 case $phase in
+conv-and-decode)
+  # GPU 0: the CUDA kernels' GPU tests (real Triton, not the interpreter), the backend checks, then the
+  # 256x128 s16 row with the core's kernels (both conv forwards timed); GPU 1 at the same time: 16 cameras
+  # of 1080p decoded in reader threads, then in decoder processes (streams.decode), detection not overlapped.
+  export REIDCAM_SCAN=triton
+  (export CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0
+   timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda_scan.py \
+     tests/test_kernels_cuda_conv.py >"$OUT/checks.log" 2>&1
+   timeout 120 python3 bench/speed_vs_vit.py --checks-only --backends triton --no-plain-norm >>"$OUT/checks.log" 2>&1
+   timeout 150 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton --no-plain-norm \
+     >"$OUT/speed.log" 2>&1) &
+  (export CUDA_VISIBLE_DEVICES=1 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared
+   detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
+   for decode in thread process; do
+     timeout 170 python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 --detector "$detector" \
+       --no-overlap --decode "$decode" >>"$OUT/pipeline.log" 2>&1
+   done) &
+  wait
+  ;;
 switch-interval-ab)
   # GPU 0: 16 cameras of 1080p at GIL switch intervals of 5 (Python's default), 1 and 0.5 ms, detection
   # not overlapped (bench/NOTES-speed.md, attempt 36), one process per run.

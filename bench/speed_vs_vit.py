@@ -356,10 +356,14 @@ def core_microbench(settings: Settings) -> list[str]:
     exp_floor_ms = 2 * elems * d_state / SFU_OPS_PER_S * 1e3  # one exp2 per (token, channel, state, direction)
     pieces = {
         # name: (fn, minimum HBM bytes)
-        "biconv (x -> xc fwd+bwd)": (lambda: triton_conv.biconv_forward(x, *conv), 2 * elems * 3),
-        "x_proj bmm (both dirs)": (lambda: mixer_core._x_proj_fp32(xc.view(2, -1, dim), wx), 2 * elems * 2),
-        "fused bi-scan (Triton)": (lambda: triton_scan.scan_forward(xc, z, dbl, tables), 2 * elems * 4),
+        "biconv x -> xc (Triton)": (lambda: triton_conv.biconv_forward(x, *conv), 2 * elems * 3),
     }
+    if cuda_scan.conv_supports(x, *conv):  # each kernel that fits x (a view of xz), the default first
+        for ch in cuda_scan.conv_channel_options(x):
+            pieces[f"biconv x -> xc (CUDA c{ch})"] = (
+                lambda ch=ch: mixer_core._CUDA_CONV.forward(x, *conv, channels=ch), 2 * elems * 3)
+    pieces["x_proj bmm (both dirs)"] = (lambda: mixer_core._x_proj_fp32(xc.view(2, -1, dim), wx), 2 * elems * 2)
+    pieces["fused bi-scan (Triton)"] = (lambda: triton_scan.scan_forward(xc, z, dbl, tables), 2 * elems * 4)
     if cuda_scan.supports(xc, tables):
         pieces["fused bi-scan (CUDA)"] = (lambda: mixer_core._CUDA_SCAN.forward(xc, z, dbl, tables), 2 * elems * 4)
     for name, (fn, floor_bytes) in pieces.items():

@@ -151,3 +151,49 @@ def test_cpu_tensors_are_refused_outside_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="CUDA"):
         bidirectional_mixer_core(x, z, fwd, bwd, backend="triton")
+
+
+def test_weight_tables_follow_in_place_updates_of_the_parameters():
+    """The memoised weight tables are reused while the parameters stay as they are, and rebuilt when an
+    optimiser step or a load changes them in place: the output always matches the torch backend's."""
+    from reidcam.reid.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(
+        "reidmamba_small", dim=16, depth=2, branch_depth=1, num_cls_tokens=4, img_size=(16, 16),
+        patch_size=8, stride=8, d_state=2, drop_path=0.0,
+    )
+    mixer = next(m for m in model.modules() if hasattr(m, "direction"))
+    mixer.scan_backend = "triton"
+    x, z = torch.randn(1, 5, 2 * mixer.d_inner).chunk(2, dim=-1)
+    memo = sys.modules["reidcam.reid.model.kernels.mixer_core"]._WEIGHT_TABLES
+
+    def run(backend: str) -> torch.Tensor:
+        with torch.no_grad():
+            return bidirectional_mixer_core(x, z, mixer.direction(""), mixer.direction("_b"), backend=backend)
+
+    first = run("triton")
+    tables = memo.tables_of(mixer.A_log)
+    run("triton")
+    assert memo.tables_of(mixer.A_log) is tables  # the same tensors: nothing rebuilt
+    with torch.no_grad():
+        mixer.A_b_log.mul_(0.5)  # in place, as an optimiser step
+        mixer.x_proj.weight.copy_(torch.randn_like(mixer.x_proj.weight))  # as load_state_dict
+    changed = run("triton")
+    assert memo.tables_of(mixer.A_log) is not tables
+    assert rel_err(changed, run("torch")) < 1e-5
+    assert rel_err(changed, first) > 1e-2
+
+
+def test_training_after_inference_mode_uses_tables_it_can_save():
+    """Tables made under inference mode cannot be saved for a backward; a training step right after an
+    evaluation with the same weights must not get them."""
+    xz, fwd, bwd, grad_out = case(1, 6, 8, 4, 2)
+    fwd, bwd = leaf_params(fwd), leaf_params(bwd)
+    x, z = xz.chunk(2, dim=-1)
+    with torch.inference_mode():
+        expected = bidirectional_mixer_core(x, z, fwd, bwd, backend="triton")
+    out = bidirectional_mixer_core(x, z, fwd, bwd, backend="triton")
+    (out * grad_out).sum().backward()
+    assert rel_err(out.detach(), expected) < 1e-6
+    assert fwd.A_log.grad is not None and fwd.A_log.grad.abs().sum() > 0

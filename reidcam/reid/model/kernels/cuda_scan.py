@@ -12,6 +12,11 @@ four kernels takes about a second. Kernels run on PyTorch's current stream, so C
 
 ``REIDCAM_SCAN_FWD`` picks the forward kernel: ``auto`` (default: CUDA where it compiles, else Triton),
 ``cuda`` (an error if it cannot compile) or ``triton``.
+
+The same machinery (``compile_source``, ``_Driver``, ``_LazyKernels``) builds the conv forward of
+conv_fwd.cu (``CudaConv``): the function of triton_conv.biconv_forward at near the memory floor, where the
+Triton kernel ran at 92 us against ~35 (batch 256, 140 tokens, d_inner 768, bf16, H200).
+``REIDCAM_CONV_FWD`` chooses it the same way.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from .triton_conv import D_CONV, ConvParams
 from .triton_scan import ScanTables
 
 logger = logging.getLogger(__name__)
@@ -40,8 +47,11 @@ VARIANTS = {torch.bfloat16: ("c1", "c2"), torch.float32: ("c1", "c2")}
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float32: "f32"}
 
 
-class CudaScanUnavailable(RuntimeError):
-    """NVRTC or the driver could not be loaded, or the kernel did not compile."""
+class CudaKernelUnavailable(RuntimeError):
+    """NVRTC or the driver could not be loaded, or a kernel did not compile."""
+
+
+CudaScanUnavailable = CudaKernelUnavailable  # the scan's callers' name for it
 
 
 def kernel_name(dtype: torch.dtype, variant: str) -> str:
@@ -67,36 +77,43 @@ def _nvrtc_library() -> ctypes.CDLL:
             return ctypes.CDLL(name)
         except OSError:
             continue
-    raise CudaScanUnavailable("libnvrtc not found (it comes with CUDA builds of PyTorch)")
+    raise CudaKernelUnavailable("libnvrtc not found (it comes with CUDA builds of PyTorch)")
 
 
 @dataclass(frozen=True)
-class CompiledScan:
+class CompiledSource:
     cubin: bytes
     log: str  # NVRTC's log, with ptxas' register and spill report
 
 
+CompiledScan = CompiledSource
+
+
 def compile_scan(arch: int, d_state: int, threads: int = THREADS, defines: Mapping[str, int] | None = None,
-                 source: Path = SOURCE) -> CompiledScan:
+                 source: Path = SOURCE) -> CompiledSource:
     """Compile scan_fwd.cu for sm_<arch> (e.g. 90) into a cubin; needs no GPU. ``defines`` override the
     source's tuning macros (REIDCAM_CHUNK, REIDCAM_MIN_BLOCKS_C1, ...) and ``source`` the file, both for
     bench/cuda_scan_variants.py."""
+    return compile_source(source, arch, {"REIDCAM_N": d_state, "REIDCAM_THREADS": threads, **(defines or {})})
+
+
+def compile_source(source: Path, arch: int, defines: Mapping[str, int] | None = None) -> CompiledSource:
+    """Compile a header-free .cu file for sm_<arch> into a cubin, fast math, with -D``defines``; needs no GPU."""
     nvrtc = _nvrtc_library()
     nvrtc.nvrtcGetErrorString.restype = ctypes.c_char_p
 
     def check(result: int, what: str) -> None:
         if result != 0:
-            raise CudaScanUnavailable(f"NVRTC {what}: {nvrtc.nvrtcGetErrorString(result).decode()}")
+            raise CudaKernelUnavailable(f"NVRTC {what}: {nvrtc.nvrtcGetErrorString(result).decode()}")
 
     program = ctypes.c_void_p()
-    check(nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.read_bytes(), b"scan_fwd.cu", 0, None, None), "create")
+    check(nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.read_bytes(), source.name.encode(), 0, None, None),
+          "create")
     options = [
         f"--gpu-architecture=sm_{arch}",
         "--use_fast_math",
         "--std=c++17",
         "--ptxas-options=-v",
-        f"-DREIDCAM_N={d_state}",
-        f"-DREIDCAM_THREADS={threads}",
         *[f"-D{name}={value}" for name, value in (defines or {}).items()],
     ]
     encoded = [o.encode() for o in options]
@@ -104,11 +121,11 @@ def compile_scan(arch: int, d_state: int, threads: int = THREADS, defines: Mappi
         compiled = nvrtc.nvrtcCompileProgram(program, len(encoded), (ctypes.c_char_p * len(encoded))(*encoded))
         log = _nvrtc_text(nvrtc, program, "nvrtcGetProgramLogSize", "nvrtcGetProgramLog").decode(errors="replace")
         if compiled != 0:
-            raise CudaScanUnavailable(f"scan_fwd.cu did not compile for sm_{arch}: {log.strip()[:2000]}")
+            raise CudaKernelUnavailable(f"{source.name} did not compile for sm_{arch}: {log.strip()[:2000]}")
         cubin = _nvrtc_text(nvrtc, program, "nvrtcGetCUBINSize", "nvrtcGetCUBIN")
     finally:
         nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
-    return CompiledScan(cubin=cubin, log=log)
+    return CompiledSource(cubin=cubin, log=log)
 
 
 def _nvrtc_text(nvrtc: ctypes.CDLL, program: ctypes.c_void_p, size_fn: str, get_fn: str) -> bytes:
@@ -129,7 +146,7 @@ class _Driver:
         try:
             self.lib = ctypes.CDLL("libcuda.so.1")
         except OSError as error:
-            raise CudaScanUnavailable(f"libcuda not found: {error}") from None
+            raise CudaKernelUnavailable(f"libcuda not found: {error}") from None
         self.lib.cuLaunchKernel.argtypes = [
             ctypes.c_void_p, *[ctypes.c_uint] * 6, ctypes.c_uint, ctypes.c_void_p,
             ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p,
@@ -139,7 +156,7 @@ class _Driver:
         if result != 0:
             message = ctypes.c_char_p()
             self.lib.cuGetErrorString(result, ctypes.byref(message))
-            raise CudaScanUnavailable(f"CUDA driver {what}: {(message.value or b'error').decode()} ({result})")
+            raise CudaKernelUnavailable(f"CUDA driver {what}: {(message.value or b'error').decode()} ({result})")
 
     def make_context_current(self, device: int) -> None:
         """PyTorch's (primary) context of the device, current on this thread as the driver API needs."""
@@ -181,41 +198,65 @@ class _DeviceKernels:
     choice: dict[tuple, str]  # (dtype, batch, length, channels) -> variant, timed on first use
 
 
-class CudaScan:
-    """The compiled kernels of each device and d_state; compiles on first use, thread-safe.
-    ``threads`` and ``defines`` (compile_scan's) are for the variant bench; the defaults are the tuned ones."""
+class _LazyKernels:
+    """Kernels compiled and loaded per key (the device first) on first use, thread-safe. The first failure
+    is remembered and logged once; every later use raises it again at once, and the callers run Triton."""
 
-    def __init__(self, threads: int = THREADS, defines: Mapping[str, int] | None = None, source: Path = SOURCE) -> None:
-        self.threads = threads
-        self.defines = dict(defines or {})
-        self.source = source
+    description = "CUDA kernels"  # for the log: "<description> unavailable, the Triton one runs instead"
+
+    def __init__(self) -> None:
         self._driver: _Driver | None = None
-        self._kernels: dict[tuple[int, int], _DeviceKernels] = {}
+        self._kernels: dict[tuple, Any] = {}
         self._failed: str | None = None
         self._lock = threading.Lock()
 
-    def kernels(self, device: torch.device, d_state: int) -> _DeviceKernels:
-        key = (_device_index(device), d_state)
+    def _cached(self, key: tuple, build: Callable[[], Any]) -> Any:
         with self._lock:
             if key not in self._kernels:
-                self._kernels[key] = self._build(*key)
+                self._kernels[key] = build()
             return self._kernels[key]
 
-    def _build(self, device: int, d_state: int) -> _DeviceKernels:
+    def _load(self, device: int, compile_for: Callable[[int], CompiledSource], names: list[str],
+              detail: str = "") -> dict[str, ctypes.c_void_p]:
+        """The kernels ``names`` of compile_for(arch)'s cubin, loaded in the device's context."""
         if self._failed is not None:
-            raise CudaScanUnavailable(self._failed)
+            raise CudaKernelUnavailable(self._failed)
         try:
             self._driver = self._driver or _Driver()
             major, minor = torch.cuda.get_device_capability(device)
-            compiled = compile_scan(major * 10 + minor, d_state, self.threads, self.defines, self.source)
+            compiled = compile_for(major * 10 + minor)
             self._driver.ensure_context(device)
-            names = [kernel_name(dt, v) for dt, variants in VARIANTS.items() for v in variants]
             functions = self._driver.load(compiled.cubin, names)
-        except CudaScanUnavailable as error:
+        except CudaKernelUnavailable as error:
             self._failed = str(error)
-            logger.warning("CUDA forward scan unavailable, the Triton one runs instead: %s", error)
+            logger.warning("%s unavailable, the Triton one runs instead: %s", self.description, error)
             raise
-        logger.info("CUDA forward scan compiled for sm_%d%d, d_state %d", major, minor, d_state)
+        logger.info("%s compiled for sm_%d%d%s", self.description, major, minor, detail)
+        return functions
+
+
+class CudaScan(_LazyKernels):
+    """The compiled kernels of each device and d_state; compiles on first use, thread-safe.
+    ``threads`` and ``defines`` (compile_scan's) are for the variant bench; the defaults are the tuned ones."""
+
+    description = "CUDA forward scan"
+
+    def __init__(self, threads: int = THREADS, defines: Mapping[str, int] | None = None, source: Path = SOURCE) -> None:
+        super().__init__()
+        self.threads = threads
+        self.defines = dict(defines or {})
+        self.source = source
+
+    def kernels(self, device: torch.device, d_state: int) -> _DeviceKernels:
+        key = (_device_index(device), d_state)
+        return self._cached(key, lambda: self._build(*key))
+
+    def _build(self, device: int, d_state: int) -> _DeviceKernels:
+        names = [kernel_name(dt, v) for dt, variants in VARIANTS.items() for v in variants]
+        functions = self._load(
+            device, lambda arch: compile_scan(arch, d_state, self.threads, self.defines, self.source), names,
+            f", d_state {d_state}",
+        )
         return _DeviceKernels(functions=functions, choice={})
 
     def forward(self, xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables) -> torch.Tensor:
@@ -278,7 +319,102 @@ def supports(xc: torch.Tensor, tables: ScanTables) -> bool:
 
 
 def forward_kernel_choice() -> str:
-    choice = os.environ.get("REIDCAM_SCAN_FWD", "auto").lower()
+    return _kernel_choice("REIDCAM_SCAN_FWD")
+
+
+def _kernel_choice(variable: str) -> str:
+    choice = os.environ.get(variable, "auto").lower()
     if choice not in ("auto", "cuda", "triton"):
-        raise ValueError(f"REIDCAM_SCAN_FWD must be auto, cuda or triton, not {choice!r}")
+        raise ValueError(f"{variable} must be auto, cuda or triton, not {choice!r}")
     return choice
+
+
+# --- the conv forward (conv_fwd.cu) ---------------------------------------------------------------------------
+
+CONV_SOURCE = Path(__file__).with_name("conv_fwd.cu")
+CONV_THREADS = 64  # channel groups per block
+CONV_TOKENS = 16  # tokens per thread
+# channels per thread of each dtype's kernels, widest first; a call runs the first that fits its tensors
+# (bf16 c4 and fp32 c2 move 8 bytes per load and store; conv_fwd.cu says why c4 rather than c2 for bf16)
+CONV_CHANNELS = {torch.bfloat16: (4, 2, 1), torch.float32: (2, 1)}
+
+
+def conv_kernel_name(dtype: torch.dtype, channels: int) -> str:
+    return f"bimamba_conv_fwd_{_DTYPE_NAMES[dtype]}_c{channels}"
+
+
+class CudaConv(_LazyKernels):
+    """The conv forward kernels of each device; compiles on first use, thread-safe. ``tokens``, ``threads``
+    and ``defines`` (more of conv_fwd.cu's macros) are for benches; the defaults are the designed ones."""
+
+    description = "CUDA conv forward"
+
+    def __init__(self, tokens: int = CONV_TOKENS, threads: int = CONV_THREADS, defines: Mapping[str, int] | None = None,
+                 source: Path = CONV_SOURCE) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.threads = threads
+        self.defines = {"REIDCAM_CONV_TOKENS": tokens, "REIDCAM_CONV_THREADS": threads, **(defines or {})}
+        self.source = source
+
+    def kernels(self, device: torch.device) -> dict[str, ctypes.c_void_p]:
+        index = _device_index(device)
+        names = [conv_kernel_name(dt, ch) for dt, options in CONV_CHANNELS.items() for ch in options]
+        return self._cached((index,), lambda: self._load(index, self.compile, names))
+
+    def compile(self, arch: int) -> CompiledSource:
+        return compile_source(self.source, arch, self.defines)
+
+    def forward(self, x: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams,
+                channels: int | None = None) -> torch.Tensor:
+        """xc (2, B, L, D) in x's dtype, as triton_conv.biconv_forward computes it from the same arguments.
+        ``channels`` per thread picks a kernel (tests, benches); by default the widest that fits x."""
+        bsz, length, dim = x.shape
+        kernels = self.kernels(x.device)
+        options = conv_channel_options(x)
+        channels = channels or options[0]
+        if channels not in options:
+            raise ValueError(f"{channels} channels per thread do not fit x {tuple(x.shape)}, strides {x.stride()}")
+        xc = torch.empty((2, bsz, length, dim), device=x.device, dtype=x.dtype)
+        if xc.numel() == 0:
+            return xc
+        params = [_conv_param(t) for t in (conv_f.weight, conv_f.bias, conv_b.weight, conv_b.bias)]
+        args = [ctypes.c_void_p(t.data_ptr()) for t in (x, *params, xc)] + [
+            ctypes.c_int(bsz), ctypes.c_int(length), ctypes.c_int(dim),
+            ctypes.c_longlong(x.stride(0)), ctypes.c_longlong(x.stride(1)),
+        ]
+        blocks = bsz * -(-length // self.tokens) * -(-dim // (channels * self.threads))
+        self._driver.ensure_context(_device_index(x.device))
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        self._driver.launch(kernels[conv_kernel_name(x.dtype, channels)], (blocks, 1), self.threads, args, stream)
+        return xc
+
+
+def conv_channel_options(x: torch.Tensor) -> list[int]:
+    """Channels per thread whose vector loads fit x, widest first: D, both row strides and the base a
+    multiple of the vector (the output is fresh and D wide, so it fits whenever x does)."""
+    return [ch for ch in CONV_CHANNELS[x.dtype]
+            if x.shape[-1] % ch == 0 and x.stride(0) % ch == 0 and x.stride(1) % ch == 0
+            and x.data_ptr() % (ch * x.element_size()) == 0]
+
+
+def _conv_param(t: torch.Tensor) -> torch.Tensor:
+    """A conv weight or bias as the kernel reads it: fp32, contiguous, 16-byte aligned (a float4 per
+    channel's taps); the model's fp32 parameters pass unchanged."""
+    t = t.float().contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+def conv_supports(x: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams) -> bool:
+    """Whether the CUDA conv handles these tensors: x (B, L, D) on a GPU, bf16 or fp32, contiguous
+    channels; 4-tap weights and a bias per channel, on x's device."""
+    if not (x.is_cuda and x.dtype in CONV_CHANNELS and x.dim() == 3 and x.stride(-1) == 1):
+        return False
+    dim = x.shape[-1]
+    return all(t.device == x.device and t.numel() == dim * size
+               for p in (conv_f, conv_b) for t, size in ((p.weight, D_CONV), (p.bias, 1)))
+
+
+def conv_kernel_choice() -> str:
+    """REIDCAM_CONV_FWD: auto (default: CUDA where it compiles, else Triton), cuda or triton."""
+    return _kernel_choice("REIDCAM_CONV_FWD")

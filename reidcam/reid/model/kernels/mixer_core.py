@@ -1,7 +1,9 @@
 """The "triton" backend of the bidirectional Mamba mixer core: an autograd Function over Triton kernels.
 
 Forward, for x, z (B, L, D) token-major:
-  1. biconv_forward: xc (2, B, L, D) = silu(causal conv(x)), silu(anti-causal conv(x)), x read once;
+  1. the bidirectional conv: xc (2, B, L, D) = silu(causal conv(x)), silu(anti-causal conv(x)), x read
+     once; by the CUDA kernel of conv_fwd.cu (cuda_scan.CudaConv) where it compiles, else by Triton's
+     biconv_forward (REIDCAM_CONV_FWD chooses: auto, cuda, triton);
   2. one batched matmul (cuBLAS) for both directions' x_proj: dbl (2, B*L, dt_rank + 2*d_state);
   3. scan_tables: the two directions' scan parameters stacked, and dt cast, once per forward (kept for
      the backward);
@@ -9,21 +11,25 @@ Forward, for x, z (B, L, D) token-major:
      and softplus inside), gated by silu(z), averaged, written once as (B, L, D); by the CUDA kernel of
      cuda_scan.py where it compiles, else by Triton's scan_forward (REIDCAM_SCAN_FWD chooses).
 The conv kernels read each direction's parameters where they are; the x_proj weights and the scan
-tables are stacked (small copies) for the batched matmuls and the scan kernels.
-Backward recomputes xc (cheaper in memory than keeping it), runs the scan backward kernel, does the
-x_proj / dt_proj weight and input gradients as batched matmuls, and finishes with biconv_backward.
+tables are stacked (small copies) for the batched matmuls and the scan kernels, once per version of the
+parameters (WeightTableMemo).
+Backward recomputes xc with the same conv kernel (cheaper in memory than keeping it), runs the scan
+backward kernel, does the x_proj / dt_proj weight and input gradients as batched matmuls, and finishes
+with biconv_backward.
 Only x, z, the small x_proj output (fp32), the scan tables and the parameters are kept for backward.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from . import cuda_scan
 from .triton_conv import D_CONV, ConvParams, biconv_backward, biconv_forward
-from .triton_scan import ScanParams, interpreting, scan_backward, scan_forward, scan_tables
+from .triton_scan import ScanParams, ScanTables, interpreting, scan_backward, scan_forward, scan_tables, weight_tables
 
 # order of one direction's tensors in the Function's arguments (DirectionParams field names)
 FIELDS = ("conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "A_log", "D")
@@ -43,10 +49,10 @@ class _BiMambaCoreFn(torch.autograd.Function):
         pf, pb = params[:7], params[7:]
         bsz, length, dim = x.shape
         with torch.autocast(x.device.type, enabled=False):
-            xc = biconv_forward(x, _conv(pf), _conv(pb))
-            x_proj = torch.stack([pf[2], pb[2]]).to(x.dtype)
+            xc = _conv_forward(x, _conv(pf), _conv(pb))
+            x_proj, weights = _WEIGHT_TABLES.get(params, x.dtype)
             dbl = _x_proj_fp32(xc.view(2, bsz * length, dim), x_proj)
-            tables = scan_tables(dbl, _scan(pf), _scan(pb), x.dtype)
+            tables = scan_tables(dbl, _scan(pf), _scan(pb), x.dtype, weights)
             out = _scan_forward(xc, z, dbl, tables)
         ctx.save_for_backward(x, z, dbl, x_proj, *params)
         ctx.tables = tables  # derived from the saved tensors; kept to spare the backward its launches
@@ -60,7 +66,7 @@ class _BiMambaCoreFn(torch.autograd.Function):
         tokens = bsz * length
         tables = ctx.tables
         with torch.autocast(x.device.type, enabled=False):
-            xc = biconv_forward(x, _conv(pf), _conv(pb))
+            xc = _conv_forward(x, _conv(pf), _conv(pb))
             grads = scan_backward(xc, z, dbl, tables, grad_out.to(x.dtype))
             ddt = grads.ddt.view(2, tokens, dim)
             d_dbl = torch.cat([torch.bmm(ddt, tables.dt_weight), grads.dbc.to(x.dtype)], dim=-1)
@@ -76,7 +82,65 @@ class _BiMambaCoreFn(torch.autograd.Function):
         return (dx, grads.dz, *param_grads)
 
 
+class WeightTableMemo:
+    """Both directions' x_proj weights stacked and the scan's weight tables (``weight_tables``), kept from one
+    forward to the next while the parameters stay the same.
+
+    Why: they are about a dozen small kernels per block, ~340 per ReIDMamba-S forward, which a CUDA graph
+    replays as well; at inference they are the same every time. An entry is keyed by the parameters'
+    identities (weakly: it goes with the model) and stamped with their storage and version counters, which
+    every in-place update (an optimiser step, ``load_state_dict``) advances, and with the compute dtype and
+    whether inference mode is on (its tensors cannot be saved for a backward).
+    """
+
+    def __init__(self) -> None:
+        # id of the owning parameter -> (stamp, tables); an entry leaves with its parameter (a tensor cannot
+        # be a WeakKeyDictionary key: its == is elementwise)
+        self._entries: dict[int, tuple[tuple, tuple[torch.Tensor, ScanTables]]] = {}
+
+    def get(self, params: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, ScanTables]:
+        stamp = _stamp(params, dtype)
+        owner = params[5]  # the forward direction's A_log, a parameter of this mixer alone
+        entry = self._entries.get(id(owner))
+        if entry is not None and stamp is not None and entry[0] == stamp:
+            return entry[1]
+        pf, pb = params[:7], params[7:]
+        tables = (torch.stack([pf[2], pb[2]]).to(dtype), weight_tables(_scan(pf), _scan(pb), dtype))
+        if stamp is not None:
+            if entry is None:
+                weakref.finalize(owner, self._entries.pop, id(owner), None)
+            self._entries[id(owner)] = (stamp, tables)
+        return tables
+
+    def tables_of(self, owner: torch.Tensor) -> tuple[torch.Tensor, ScanTables] | None:
+        """The memoised tables of the mixer whose forward A_log is ``owner``, if any."""
+        entry = self._entries.get(id(owner))
+        return None if entry is None else entry[1]
+
+
+def _stamp(params: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple | None:
+    """What must not change for a memo entry to hold; None for parameters made in inference mode, which
+    keep no version counter (they are never memoised)."""
+    if any(p.is_inference() for p in params):
+        return None
+    return dtype, torch.is_inference_mode_enabled(), tuple((p.data_ptr(), p._version) for p in params)
+
+
+_WEIGHT_TABLES = WeightTableMemo()
 _CUDA_SCAN = cuda_scan.CudaScan()  # compiled kernels per device, like Triton's own cache: built on first use
+_CUDA_CONV = cuda_scan.CudaConv()
+
+
+def _conv_forward(x: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams) -> torch.Tensor:
+    """The CUDA conv forward where it runs (REIDCAM_CONV_FWD: auto, cuda, triton), else the Triton one."""
+    choice = cuda_scan.conv_kernel_choice()
+    if choice != "triton" and cuda_scan.conv_supports(x, conv_f, conv_b):
+        try:
+            return _CUDA_CONV.forward(x, conv_f, conv_b)
+        except cuda_scan.CudaKernelUnavailable:
+            if choice == "cuda":
+                raise
+    return biconv_forward(x, conv_f, conv_b)
 
 
 def _scan_forward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: Any) -> torch.Tensor:

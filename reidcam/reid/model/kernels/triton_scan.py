@@ -40,7 +40,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -417,12 +417,20 @@ class ScanTables:
         return torch.bmm(self.dt, self.dt_weight.transpose(1, 2))
 
 
-def scan_tables(dbl: torch.Tensor, fwd: ScanParams, bwd: ScanParams, dtype: torch.dtype) -> ScanTables:
-    """The ScanTables of dbl (2, B*L, R + 2N) and the two directions' parameters, in compute dtype ``dtype``."""
-    rank = fwd.dt_proj_weight.shape[-1]
+def scan_tables(
+    dbl: torch.Tensor, fwd: ScanParams, bwd: ScanParams, dtype: torch.dtype, weights: ScanTables | None = None
+) -> ScanTables:
+    """The ScanTables of dbl (2, B*L, R + 2N) and the two directions' parameters, in compute dtype ``dtype``;
+    ``weights``, the parameters' part (``weight_tables``) when the caller has it already."""
+    weights = weights or weight_tables(fwd, bwd, dtype)
+    return replace(weights, dt=dbl[..., : weights.dt_weight.shape[-1]].to(dtype))
+
+
+def weight_tables(fwd: ScanParams, bwd: ScanParams, dtype: torch.dtype) -> ScanTables:
+    """The ScanTables fields that depend on the parameters only (``dt`` empty): the same for every input."""
     a = -torch.exp(torch.stack([fwd.a_log, bwd.a_log]).to(torch.float32))
     return ScanTables(
-        dt=dbl[..., :rank].to(dtype),
+        dt=torch.empty(0),
         dt_weight=torch.stack([fwd.dt_proj_weight, bwd.dt_proj_weight]).to(dtype),
         dt_bias=torch.stack([fwd.dt_bias, bwd.dt_bias]).to(torch.float32),
         a=a,
