@@ -18,6 +18,8 @@
 #   bash bench/gpu_session.sh switch-interval-ab    # GPU 0: 16 cameras at GIL switch intervals 5, 1, 0.5 ms
 #   bash bench/gpu_session.sh conv-and-decode   # GPU 0: CUDA conv + scan tests, checks, the 256x128 s16 row;
 #                                               # GPU 1: 16 cameras decoded in threads, then in processes
+#   bash bench/gpu_session.sh table-and-upload  # GPU 0: the speed table at every size; GPU 1: the upload
+#                                               # test, 16 cameras in threads and processes, 1 and 4 in processes
 #
 # The pipeline and measure-all phases carry .whl and .gpu/shared: a copy of ../shared/data/vtest.avi and
 # models/yolov8n-from-tflite.pt (made here by bench/detector_from_tflite.py: the device has no LiteRT).
@@ -26,11 +28,11 @@
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
 # 2-4 minutes of first-use compilation (the cache is read from .gpu/triton_cache.tgz when present).
 set -u
-phase=${1:?usage: gpu_session.sh conv-and-decode|switch-interval-ab|row|scan-ab|ncu-and-row|variants-and-profile|table-and-pipeline|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
+phase=${1:?usage: gpu_session.sh table-and-upload|conv-and-decode|switch-interval-ab|row|scan-ab|ncu-and-row|variants-and-profile|table-and-pipeline|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ] || [ "$phase" = switch-interval-ab ] || [ "$phase" = conv-and-decode ]; then
+if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ] || [ "$phase" = switch-interval-ab ] || [ "$phase" = conv-and-decode ] || [ "$phase" = table-and-upload ]; then
   wheels=(.whl/*.whl); else
   wheels=(.whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl); fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -79,6 +81,24 @@ PY
 }
 
 case $phase in
+table-and-upload)
+  # GPU 0: the speed table at every size; GPU 1 at the same time: the frame upload's GPU test, then 16 cameras
+  # of 1080p decoded in threads and in processes (frames uploaded by DMA from the page-locked rings), then
+  # 1 and 4 cameras in processes.
+  export REIDCAM_SCAN=triton
+  (export CUDA_VISIBLE_DEVICES=0
+   timeout 450 python3 bench/speed_vs_vit.py --timing-only --backends triton --no-plain-norm >"$OUT/speed.log" 2>&1) &
+  (export CUDA_VISIBLE_DEVICES=1 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared TRITON_INTERPRET=0
+   detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
+   timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_upload.py >"$OUT/checks.log" 2>&1
+   for decode in thread process; do
+     timeout 120 python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 --detector "$detector" \
+       --no-overlap --decode "$decode" >>"$OUT/pipeline.log" 2>&1
+   done
+   timeout 120 python3 bench/gpu_pipeline.py --device cuda --cameras 1,4 --frames 100 --detector "$detector" \
+     --no-overlap --decode process >>"$OUT/pipeline.log" 2>&1) &
+  wait
+  ;;
 conv-and-decode)
   # GPU 0: the CUDA kernels' GPU tests (real Triton, not the interpreter), the backend checks, then the
   # 256x128 s16 row with the core's kernels (both conv forwards timed); GPU 1 at the same time: 16 cameras

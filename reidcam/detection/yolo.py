@@ -1,7 +1,8 @@
 """Person detection with Ultralytics YOLO: any format it loads (.pt, .onnx, .tflite, OpenVINO).
 
-A PyTorch model on CUDA takes the *tensor path*: frames go to the GPU as uint8 and are letterboxed,
-batched, run and suppressed there, with Ultralytics' own network, NMS and box scaling. ``predict``
+A PyTorch model on CUDA takes the *tensor path*: frames go to the GPU as one uint8 batch (by DMA from
+page-locked memory where they come from a decoder process's ring: upload.py) and are letterboxed, run
+and suppressed there, with Ultralytics' own network and box scaling. ``predict``
 spends most of its time on the CPU (cv2 letterbox per frame, stacking, Results objects) while the
 network itself is a fraction of it. Every other model and device goes through ``predict``.
 
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from reidcam.app.config import DETECTOR_WEIGHTS_VARIABLE, DetectorConfig, shared_dir
+from reidcam.detection.upload import FrameUploader
 from reidcam.errors import ConfigError
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -89,13 +91,19 @@ def letterbox_on_device(
     Only the uint8 frame crosses to the device. Bilinear without antialiasing and with half-pixel centres is
     cv2's INTER_LINEAR; the result differs from Ultralytics' by cv2's rounding to uint8 after resizing.
     """
-    image = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1).unsqueeze(0).float()
-    if geometry.resized != frame.shape[:2]:
+    return letterbox_batch(torch.from_numpy(np.ascontiguousarray(frame)).to(device)[None], geometry, dtype)[0]
+
+
+def letterbox_batch(frames: torch.Tensor, geometry: Letterbox, dtype: torch.dtype) -> torch.Tensor:
+    """``letterbox_on_device`` of a uint8 batch (N, H, W, 3) already on the device: (N, 3, h, w), one kernel
+    per step for the whole batch."""
+    image = frames.permute(0, 3, 1, 2).float()
+    if geometry.resized != tuple(frames.shape[1:3]):
         image = F.interpolate(image, size=geometry.resized, mode="bilinear", align_corners=False, antialias=False)
     bottom = geometry.shape[0] - geometry.resized[0] - geometry.top
     right = geometry.shape[1] - geometry.resized[1] - geometry.left
     image = F.pad(image, (geometry.left, right, geometry.top, bottom), value=PADDING_VALUE)
-    return image[0].flip(0).to(dtype).div_(255)
+    return image.flip(1).to(dtype).div_(255)
 
 
 def uses_tensor_path(model_format: str, device: torch.device) -> bool:
@@ -166,6 +174,7 @@ class YoloDetector:
         # the tensor path's own CUDA stream: with detector.overlap its work runs beside the ReID stage's
         # on the GPU too, not queued behind it on the default stream
         self._stream = torch.cuda.Stream(self._network.device) if self._tensor_path and self.on_cuda else None
+        self._uploader = FrameUploader(self._network.device)
         logger.info("detector %s on %s: %s", self.weights, self._network.device, self._path_name)
 
     @property
@@ -232,7 +241,7 @@ class YoloDetector:
         geometry = letterbox_geometry(*images[0].shape[:2], self._imgsz, int(network.stride))
         stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
         with torch.inference_mode(), stream:
-            batch = torch.stack([letterbox_on_device(image, geometry, network.device, dtype) for image in images])
+            batch = letterbox_batch(self._uploader.upload(images), geometry, dtype)
             rows, image_of_row = self._suppress(network(batch))
             rows[:, :4] = scale_boxes(batch.shape[2:], rows[:, :4], images[0].shape)
             on_host = torch.cat([rows, image_of_row[:, None].float()], dim=1).cpu().numpy()
