@@ -106,7 +106,7 @@ def main() -> None:
                         help="detector.overlap: detect and track in a background thread (default: the cams.yaml "
                         "value, off)")
     parser.add_argument("--decode", choices=["thread", "process"], default=None,
-                        help="streams.decode (default: the cams.yaml value, thread)")
+                        help="streams.decode (default: the cams.yaml value, auto: processes on a GPU)")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval (s): how long a thread may hold the GIL when another asks")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "reidcam_gpu_pipeline")
@@ -118,7 +118,7 @@ def main() -> None:
     header = [
         f"reidcam run, {width}x{height} cameras of vtest.avi, {args.frames} frames each, detector "
         f"{Path(args.detector).name}, device {args.device}, decoder threads per camera "
-        f"{args.decoder_threads or 'cores / cameras'}, decode in {args.decode or 'thread'}s, overlap {OVERLAP_NAMES[args.overlap]}, GIL switch "
+        f"{args.decoder_threads or 'cores / cameras'}, decode in {args.decode or 'auto'}, overlap {OVERLAP_NAMES[args.overlap]}, GIL switch "
         f"interval {sys.getswitchinterval() * 1e3:g} ms",
         "",
         "| cameras | frames | wall s | frames/s | per camera | ReID crops/s | "

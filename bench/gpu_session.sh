@@ -20,6 +20,7 @@
 #                                               # GPU 1: 16 cameras decoded in threads, then in processes
 #   bash bench/gpu_session.sh table-and-upload  # GPU 0: the speed table at every size; GPU 1: the upload
 #                                               # test, 16 cameras in threads and processes, 1 and 4 in processes
+#   bash bench/gpu_session.sh pipeline-profile  # GPU 0: 16 cameras under py-spy (carry .gpu/py_spy-*.whl)
 #
 # The pipeline and measure-all phases carry .whl and .gpu/shared: a copy of ../shared/data/vtest.avi and
 # models/yolov8n-from-tflite.pt (made here by bench/detector_from_tflite.py: the device has no LiteRT).
@@ -28,11 +29,11 @@
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
 # 2-4 minutes of first-use compilation (the cache is read from .gpu/triton_cache.tgz when present).
 set -u
-phase=${1:?usage: gpu_session.sh table-and-upload|conv-and-decode|switch-interval-ab|row|scan-ab|ncu-and-row|variants-and-profile|table-and-pipeline|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
+phase=${1:?usage: gpu_session.sh pipeline-profile|table-and-upload|conv-and-decode|switch-interval-ab|row|scan-ab|ncu-and-row|variants-and-profile|table-and-pipeline|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ] || [ "$phase" = switch-interval-ab ] || [ "$phase" = conv-and-decode ] || [ "$phase" = table-and-upload ]; then
+if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ] || [ "$phase" = switch-interval-ab ] || [ "$phase" = conv-and-decode ] || [ "$phase" = table-and-upload ] || [ "$phase" = pipeline-profile ]; then
   wheels=(.whl/*.whl); else
   wheels=(.whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl); fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -81,6 +82,18 @@ PY
 }
 
 case $phase in
+pipeline-profile)
+  # GPU 0: 16 cameras of 1080p (decoder processes) sampled by py-spy, every thread of the run with its
+  # native frames, idle samples included (waits for the GPU and for frames show as such); raw stacks to
+  # $OUT/pyspy.txt, summarised by bench/pyspy_summary.py.
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared
+  python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .gpu/py_spy-*.whl 2>&1 | tail -1
+  detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
+  timeout 200 /tmp/pyspy/bin/py-spy record --rate 200 --idle --threads --native --format raw \
+    --output "$OUT/pyspy.txt" -- python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 \
+    --detector "$detector" --no-overlap --decode process >"$OUT/pipeline.log" 2>&1
+  python3 bench/pyspy_summary.py "$OUT/pyspy.txt" >"$OUT/pyspy_summary.txt" 2>&1
+  ;;
 table-and-upload)
   # GPU 0: the speed table at every size; GPU 1 at the same time: the frame upload's GPU test, then 16 cameras
   # of 1080p decoded in threads and in processes (frames uploaded by DMA from the page-locked rings), then

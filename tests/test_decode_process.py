@@ -19,7 +19,8 @@ import pytest
 
 from reidcam.app import decode_process
 from reidcam.app.config import CameraConfig, StreamConfig
-from reidcam.app.sources import open_cameras
+from reidcam.app.decode_process import DecoderProcess
+from reidcam.app.sources import CameraStream, open_cameras
 
 pytestmark = pytest.mark.skipif(not decode_process.supported(), reason="process decoding needs Linux (memfd)")
 
@@ -102,3 +103,15 @@ def test_a_run_that_ends_before_it_starts_stops_its_decoders_at_once(clips):
     source.close()
     assert time.perf_counter() - started < 1.0
     assert not any(process.is_alive() for process in processes)
+
+
+@pytest.mark.parametrize(("decode", "gpu", "feed"), [
+    ("auto", True, DecoderProcess), ("auto", False, CameraStream), ("thread", True, CameraStream),
+    ("process", False, DecoderProcess),
+])
+def test_auto_decodes_in_processes_where_frames_go_to_a_gpu(clips, decode, gpu, feed):
+    source = open_cameras([camera(clips, "west")], PROCESS.model_copy(update={"decode": decode}), RUN_START, gpu=gpu)
+    try:
+        assert isinstance(source.streams["west"], feed)
+    finally:
+        source.close()

@@ -165,8 +165,9 @@ class StreamConfig(StrictModel):
     # own default gives every decoder all of them, and 16 cameras then run hundreds of threads)
     decoder_threads: int | None = Field(default=None, ge=1)
     # where each camera decodes: a thread of the run, or a process of its own that writes frames into
-    # shared memory (Linux), which keeps the decoders off the run's interpreter lock
-    decode: Literal["thread", "process"] = "thread"
+    # shared memory (Linux), off the run's interpreter lock and page-locked for the upload to a GPU;
+    # auto: processes where detection runs on a GPU (12 % more frames/s on 16 cameras), threads elsewhere
+    decode: Literal["auto", "thread", "process"] = "auto"
 
 
 class CamsConfig(StrictModel):

@@ -156,7 +156,8 @@ def tracked_frames(
     """
     detector = detector or build_detector(config, device)
     source = open_cameras(
-        config.cameras, config.streams, datetime.now(timezone.utc), max_frames, config.sync_tolerance_s
+        config.cameras, config.streams, datetime.now(timezone.utc), max_frames, config.sync_tolerance_s,
+        gpu=bool(getattr(detector, "on_cuda", False)),
     )
     yield from DetectTrack(config, detector, source).frames()
 

@@ -58,8 +58,10 @@ def run_from_config(
     out = Path(out_dir) if out_dir is not None else Path(config.out) if config.out else DEFAULT_OUT
     url = database_url(db_url or config.storage.db or out / DB_NAME)
     device = str(resolve_device(device))
+    detects_on_gpu = resolve_device(config.detector.device or device).type == "cuda"
     source = open_cameras(
-        config.cameras, config.streams, datetime.now(timezone.utc), max_frames, config.sync_tolerance_s
+        config.cameras, config.streams, datetime.now(timezone.utc), max_frames, config.sync_tolerance_s,
+        gpu=detects_on_gpu,
     )
     try:
         detect_track, embedding, observers = _build_stages(

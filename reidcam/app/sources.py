@@ -438,13 +438,15 @@ def open_cameras(
     run_start: datetime,
     max_frames: int | None = None,
     sync_tolerance_s: float | None = None,
+    gpu: bool = False,
 ) -> MultiCameraSource:
     """Open every camera at once (streams may take a while); those that fail are dropped with a warning.
 
+    ``gpu`` says whether the frames go to a GPU, where ``streams.decode: auto`` decodes in processes.
     Raises ``DataError`` when no camera can be opened: the run would have nothing to do.
     """
     streams = with_decoder_threads(streams, len(cameras))
-    if _decodes_in_processes(streams):
+    if _decodes_in_processes(streams, gpu):
         from reidcam.app.decode_process import spawn_decoders
 
         opened: dict[str, FrameReader | CameraFeed | DataError] = dict(spawn_decoders(cameras, streams, max_frames))
@@ -470,13 +472,14 @@ def with_decoder_threads(streams: StreamConfig, cameras: int) -> StreamConfig:
     return streams.model_copy(update={"decoder_threads": max(1, (os.cpu_count() or 1) // max(cameras, 1))})
 
 
-def _decodes_in_processes(streams: StreamConfig) -> bool:
-    if streams.decode != "process":
+def _decodes_in_processes(streams: StreamConfig, gpu: bool) -> bool:
+    if streams.decode == "thread" or (streams.decode == "auto" and not gpu):
         return False
     from reidcam.app.decode_process import supported
 
     if not supported():
-        logger.warning("streams.decode: process needs Linux (memfd); decoding in threads instead")
+        if streams.decode == "process":
+            logger.warning("streams.decode: process needs Linux (memfd); decoding in threads instead")
         return False
     return True
 
