@@ -83,15 +83,20 @@ PY
 
 case $phase in
 pipeline-profile)
-  # GPU 0: 16 cameras of 1080p (decoder processes) sampled by py-spy, every thread of the run with its
-  # native frames, idle samples included (waits for the GPU and for frames show as such); raw stacks to
-  # $OUT/pyspy.txt, summarised by bench/pyspy_summary.py.
+  # GPU 0: 16 cameras of 1080p (decoder processes) sampled by py-spy, every thread of the run, idle samples
+  # included (waits for the GPU and for frames show as the Python line that waits); raw stacks to
+  # $OUT/pyspy.txt, summarised by bench/pyspy_summary.py. Native frames (--native) made py-spy fall 100 s
+  # behind and lose everything.
   export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared
   python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .gpu/py_spy-*.whl 2>&1 | tail -1
   detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
-  timeout 200 /tmp/pyspy/bin/py-spy record --rate 200 --idle --threads --native --format raw \
+  # first a plain run, which also writes the clips (a fresh machine has none; under py-spy that alone
+  # took the whole call), then the sampled one
+  timeout 200 python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 --detector "$detector" \
+    --no-overlap --decode process >"$OUT/pipeline.log" 2>&1
+  timeout -s INT 120 /tmp/pyspy/bin/py-spy record --rate 100 --idle --threads --format raw \
     --output "$OUT/pyspy.txt" -- python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 \
-    --detector "$detector" --no-overlap --decode process >"$OUT/pipeline.log" 2>&1
+    --detector "$detector" --no-overlap --decode process >>"$OUT/pipeline.log" 2>&1
   python3 bench/pyspy_summary.py "$OUT/pyspy.txt" >"$OUT/pyspy_summary.txt" 2>&1
   ;;
 table-and-upload)

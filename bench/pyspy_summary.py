@@ -2,9 +2,10 @@
 
     python bench/pyspy_summary.py pyspy.txt [--top 40]
 
-Prints the samples per thread, then for the busiest thread that runs the pipeline (the main thread of
-``reidcam run``): each function's inclusive share (the samples with it anywhere on the stack) and its
-self share (the samples with it on top), line numbers merged.
+Prints the samples per thread, then for the busiest thread that runs the pipeline's steps (the main thread
+of ``reidcam run`` inside ``MultiCameraPipeline.run``, so not the setup): each function's inclusive share
+(the samples with it anywhere on the stack) and its self share (the samples with it on top), line numbers
+merged.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 LINE_NUMBER = re.compile(r":\d+\)$")
-PIPELINE_MARK = "run_from_config"
+PIPELINE_MARK = "MultiCameraPipeline.run"
 
 
 def parse(path: Path) -> list[tuple[list[str], int]]:
