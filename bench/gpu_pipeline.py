@@ -12,7 +12,8 @@ stage's share of the wall time, and writes ``OUT/pipeline.md`` when $OUT is set.
 
 ``--overlap`` / ``--no-overlap`` set ``detector.overlap`` (detection and tracking of the next step in
 a background thread while the main thread handles this one); without either, the cams.yaml value
-(off by default). ``--decode thread|process`` sets ``streams.decode`` (each camera decoded in a thread
+(off by default). ``--detector-graphs`` / ``--no-detector-graphs`` set ``detector.cuda_graphs``; ``--decode thread|process`` sets
+``streams.decode`` (each camera decoded in a thread
 of the run, or in a process of its own into shared memory). ``--switch-interval`` sets Python's GIL
 switch interval for the whole run. Each row says whether it overlapped; when it did, the shares add up to more
 than 100 %, as detect and track ran beside the other stages.
@@ -40,6 +41,7 @@ DEFAULT_DETECTOR = shared_dir() / "models" / "yolov8n-coco-int8" / "yolov8n_int8
 WINDOW_16_9 = (0, 72, 768, 504)
 SOURCE_FRAMES = 795
 OVERLAP_NAMES = {None: "as cams.yaml (default off)", True: "on", False: "off"}
+GRAPH_NAMES = {None: "as cams.yaml (default on)", True: "on", False: "off"}
 
 
 def write_cameras(count: int, frames: int, scale: float, folder: Path, detector: str, stride: int = 47) -> Path:
@@ -105,6 +107,8 @@ def main() -> None:
     parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
                         help="detector.overlap: detect and track in a background thread (default: the cams.yaml "
                         "value, off)")
+    parser.add_argument("--detector-graphs", action=argparse.BooleanOptionalAction, default=None,
+                        help="detector.cuda_graphs (default: the cams.yaml value, on)")
     parser.add_argument("--decode", choices=["thread", "process"], default=None,
                         help="streams.decode (default: the cams.yaml value, auto: processes on a GPU)")
     parser.add_argument("--switch-interval", type=float, default=None,
@@ -118,7 +122,7 @@ def main() -> None:
     header = [
         f"reidcam run, {width}x{height} cameras of vtest.avi, {args.frames} frames each, detector "
         f"{Path(args.detector).name}, device {args.device}, decoder threads per camera "
-        f"{args.decoder_threads or 'cores / cameras'}, decode in {args.decode or 'auto'}, overlap {OVERLAP_NAMES[args.overlap]}, GIL switch "
+        f"{args.decoder_threads or 'cores / cameras'}, decode in {args.decode or 'auto'}, detector graphs {GRAPH_NAMES[args.detector_graphs]}, overlap {OVERLAP_NAMES[args.overlap]}, GIL switch "
         f"interval {sys.getswitchinterval() * 1e3:g} ms",
         "",
         "| cameras | frames | wall s | frames/s | per camera | ReID crops/s | "
@@ -132,7 +136,7 @@ def main() -> None:
     for count in (int(c) for c in args.cameras.split(",")):
         folder = args.work / f"{count}cams_{args.frames}f_{width}"
         settings = {("streams", "decoder_threads"): args.decoder_threads, ("streams", "decode"): args.decode,
-                    ("detector", "overlap"): args.overlap}
+                    ("detector", "overlap"): args.overlap, ("detector", "cuda_graphs"): args.detector_graphs}
         cams_yaml = with_settings(cameras_once(count, args.frames, args.scale, folder, args.detector), settings)
         timing = time_pipeline(cams_yaml, device=args.device)
         if len(lines) == len(header):

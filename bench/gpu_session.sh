@@ -21,6 +21,8 @@
 #   bash bench/gpu_session.sh table-and-upload  # GPU 0: the speed table at every size; GPU 1: the upload
 #                                               # test, 16 cameras in threads and processes, 1 and 4 in processes
 #   bash bench/gpu_session.sh pipeline-profile  # GPU 0: 16 cameras under py-spy (carry .gpu/py_spy-*.whl)
+#   bash bench/gpu_session.sh detector-graphs   # GPU 0: the detector's GPU tests, then 16 cameras with the
+#                                               # detector's network as CUDA graphs and without
 #
 # The pipeline and measure-all phases carry .whl and .gpu/shared: a copy of ../shared/data/vtest.avi and
 # models/yolov8n-from-tflite.pt (made here by bench/detector_from_tflite.py: the device has no LiteRT).
@@ -29,11 +31,11 @@
 # Triton's compiled kernels as $OUT/triton_cache.tgz: copy that to .gpu/ and the next call skips the
 # 2-4 minutes of first-use compilation (the cache is read from .gpu/triton_cache.tgz when present).
 set -u
-phase=${1:?usage: gpu_session.sh pipeline-profile|table-and-upload|conv-and-decode|switch-interval-ab|row|scan-ab|ncu-and-row|variants-and-profile|table-and-pipeline|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
+phase=${1:?usage: gpu_session.sh detector-graphs|pipeline-profile|table-and-upload|conv-and-decode|switch-interval-ab|row|scan-ab|ncu-and-row|variants-and-profile|table-and-pipeline|measure-all|detector-and-pipeline|speed-and-train|ddp|one-gpu-and-profile|profile|pipeline}
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ] || [ "$phase" = switch-interval-ab ] || [ "$phase" = conv-and-decode ] || [ "$phase" = table-and-upload ] || [ "$phase" = pipeline-profile ]; then
+if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ] || [ "$phase" = switch-interval-ab ] || [ "$phase" = conv-and-decode ] || [ "$phase" = table-and-upload ] || [ "$phase" = pipeline-profile ] || [ "$phase" = detector-graphs ]; then
   wheels=(.whl/*.whl); else
   wheels=(.whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl); fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -82,6 +84,18 @@ PY
 }
 
 case $phase in
+detector-graphs)
+  # GPU 0: the detection and upload tests on the GPU (graph replays against eager runs), then 16 cameras of
+  # 1080p (decoder processes) with the detector's network as CUDA graphs, then without.
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared TRITON_INTERPRET=0
+  detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
+  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_detection.py tests/test_upload.py \
+    -k "graph or ring or batch" >"$OUT/checks.log" 2>&1
+  for graphs in --detector-graphs --no-detector-graphs; do
+    timeout 150 python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 --detector "$detector" \
+      --no-overlap --decode process "$graphs" >>"$OUT/pipeline.log" 2>&1
+  done
+  ;;
 pipeline-profile)
   # GPU 0: 16 cameras of 1080p (decoder processes) sampled by py-spy, every thread of the run, idle samples
   # included (waits for the GPU and for frames show as the Python line that waits); raw stacks to

@@ -329,3 +329,23 @@ def test_tensor_path_needs_a_pytorch_model(detector_weights):
 
 def test_empty_batch_on_the_tensor_path(tensor_yolo):
     assert tensor_yolo.detect([]) == []
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_graph_replays_find_the_boxes_of_eager_runs(random_yolo_weights, street_frames):
+    """The network as CUDA graphs (run, capture, replay per input shape) against the same detector run
+    eagerly, with two shapes interleaved so that the Detect head's anchors change between replays."""
+    config = DetectorConfig(weights=str(random_yolo_weights), confidence=0.3)
+    graphed = YoloDetector(config, device="cuda")
+    eager = YoloDetector(config.model_copy(update={"cuda_graphs": False}), device="cuda")
+    small = [_resized(frame, 480, 640) for frame in street_frames[:2]]
+    calls = [street_frames, small] * 4
+    for frames in calls:
+        expected = eager.detect(frames)
+        got = graphed.detect(frames)
+        assert len(got) == len(expected) and sum(len(wanted) for wanted in expected) > 0
+        for found, wanted in zip(got, expected):
+            assert len(found) == len(wanted)
+            np.testing.assert_allclose(found.xyxy, wanted.xyxy, atol=0.5)
+            np.testing.assert_allclose(found.confidence, wanted.confidence, atol=2e-3)
+    assert graphed._forward.captured == 2

@@ -104,6 +104,10 @@ class DetectorConfig(StrictModel):
         description="detect and track the next step in a background thread while the current one is embedded, "
         "associated and stored (off by default: it measured no faster on a GPU host, BENCHMARKS.md)",
     )
+    cuda_graphs: bool = Field(
+        default=True,
+        description="on a GPU, replay the network as a CUDA graph per input shape (a PyTorch model)",
+    )
 
 
 class TrackerConfig(StrictModel):

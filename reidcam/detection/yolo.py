@@ -2,7 +2,8 @@
 
 A PyTorch model on CUDA takes the *tensor path*: frames go to the GPU as one uint8 batch (by DMA from
 page-locked memory where they come from a decoder process's ring: upload.py) and are letterboxed, run
-and suppressed there, with Ultralytics' own network and box scaling. ``predict``
+(a CUDA graph per input shape: network_graphs.py) and suppressed there, with Ultralytics' own network and
+box scaling. ``predict``
 spends most of its time on the CPU (cv2 letterbox per frame, stacking, Results objects) while the
 network itself is a fraction of it. Every other model and device goes through ``predict``.
 
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from reidcam.app.config import DETECTOR_WEIGHTS_VARIABLE, DetectorConfig, shared_dir
+from reidcam.detection.network_graphs import GraphedNetwork, prediction_of
 from reidcam.detection.upload import FrameUploader
 from reidcam.errors import ConfigError
 
@@ -175,6 +177,8 @@ class YoloDetector:
         # on the GPU too, not queued behind it on the default stream
         self._stream = torch.cuda.Stream(self._network.device) if self._tensor_path and self.on_cuda else None
         self._uploader = FrameUploader(self._network.device)
+        graphs = config.cuda_graphs and self._stream is not None
+        self._forward = GraphedNetwork(self._network, self._stream) if graphs else self._eager_forward
         logger.info("detector %s on %s: %s", self.weights, self._network.device, self._path_name)
 
     @property
@@ -242,17 +246,18 @@ class YoloDetector:
         stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
         with torch.inference_mode(), stream:
             batch = letterbox_batch(self._uploader.upload(images), geometry, dtype)
-            rows, image_of_row = self._suppress(network(batch))
+            rows, image_of_row = self._suppress(self._forward(batch))
             rows[:, :4] = scale_boxes(batch.shape[2:], rows[:, :4], images[0].shape)
             on_host = torch.cat([rows, image_of_row[:, None].float()], dim=1).cpu().numpy()
         bounds = np.searchsorted(on_host[:, 6], np.arange(1, len(images)))
         return [self._detections(found[:, :6]) for found in np.split(on_host, bounds)]
 
+    def _eager_forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return prediction_of(self._network(batch))
+
     def _suppress(self, prediction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Kept rows and the image of each: ``person_nms``, or Ultralytics' own for an end-to-end model
         (whose output needs no NMS, only its filters)."""
-        if isinstance(prediction, (list, tuple)):  # some heads also return their feature maps
-            prediction = prediction[0]
         if not getattr(self._network, "end2end", False):
             return person_nms(prediction, self.config.confidence, self.config.iou, self.person_class, self._max_det)
         from ultralytics.utils.nms import non_max_suppression

@@ -1,0 +1,85 @@
+"""The detector's network as CUDA graphs, one per input shape.
+
+Why: in the main job on 16 cameras, a third of the main thread's time was spent inside the ~60 cuDNN
+convolution launches of each YOLOv8n forward, while the GPU waited (py-spy, BENCHMARKS.md, session 6).
+A graph replays all of a forward's kernels with one launch.
+
+A shape is run eagerly the first time it is seen (the warm-up capture needs: cuDNN picks its algorithms,
+Ultralytics builds its anchors) and captured the second time; from then on it is replayed. Ultralytics'
+Detect head caches its anchors per input shape in eager runs and would hand a graph tensors that a later
+shape frees, so every capture makes the anchors inside the graph (the head's cache is emptied before and
+after), where each replay rebuilds them in the graph's own memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+MAX_GRAPHS = 8  # input shapes captured; any further shape runs eagerly
+
+
+@dataclass(frozen=True)
+class _Graphed:
+    """One captured forward: the input is copied into its buffer, then replayed."""
+
+    images: torch.Tensor
+    prediction: torch.Tensor
+    graph: torch.cuda.CUDAGraph
+
+    def run(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's prediction; valid until the next replay of this graph."""
+        self.images.copy_(images)
+        self.graph.replay()
+        return self.prediction
+
+
+class GraphedNetwork:
+    """Calls ``network`` (an Ultralytics AutoBackend on CUDA) on a batch and returns its prediction tensor,
+    replaying a CUDA graph per input shape; ``stream`` is the detector's own stream, where captures run."""
+
+    def __init__(self, network: torch.nn.Module, stream: torch.cuda.Stream) -> None:
+        from ultralytics.nn.modules.head import Detect
+
+        self._network = network
+        self._stream = stream
+        self._heads = [module for module in network.modules() if isinstance(module, Detect)]
+        self._seen: set[tuple[int, ...]] = set()
+        self._graphs: dict[tuple[int, ...], _Graphed] = {}
+
+    @property
+    def captured(self) -> int:
+        return len(self._graphs)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        shape = tuple(images.shape)
+        graphed = self._graphs.get(shape)
+        if graphed is None and shape in self._seen and len(self._graphs) < MAX_GRAPHS and self._heads:
+            graphed = self._graphs[shape] = self._capture(images)
+        if graphed is not None:
+            return graphed.run(images)
+        self._seen.add(shape)
+        return prediction_of(self._network(images))
+
+    def _capture(self, images: torch.Tensor) -> _Graphed:
+        buffer = images.clone()
+        graph = torch.cuda.CUDAGraph()
+        self._forget_anchors()
+        with torch.cuda.graph(graph, stream=self._stream):
+            prediction = prediction_of(self._network(buffer))
+        self._forget_anchors()
+        logger.debug("detector graph captured for input %s", tuple(images.shape))
+        return _Graphed(buffer, prediction, graph)
+
+    def _forget_anchors(self) -> None:
+        for head in self._heads:
+            head.shape = None
+
+
+def prediction_of(output) -> torch.Tensor:
+    """The prediction tensor of a network's output (some heads also return their feature maps)."""
+    return output[0] if isinstance(output, (list, tuple)) else output
