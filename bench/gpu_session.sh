@@ -90,10 +90,10 @@ detector-graphs)
   export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared TRITON_INTERPRET=0
   detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
   timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_detection.py tests/test_upload.py \
-    -k "graph or ring or batch" >"$OUT/checks.log" 2>&1
+    -k "graph or ring or head" >"$OUT/checks.log" 2>&1
   for graphs in --detector-graphs --no-detector-graphs; do
-    timeout 150 python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 --detector "$detector" \
-      --no-overlap --decode process "$graphs" >>"$OUT/pipeline.log" 2>&1
+    timeout 70 python3 bench/gpu_pipeline.py --device cuda --cameras "${CAMERAS:-16}" --frames 100 \
+      --detector "$detector" --no-overlap --decode process "$graphs" >>"$OUT/pipeline.log" 2>&1
   done
   ;;
 pipeline-profile)

@@ -349,3 +349,10 @@ def test_graph_replays_find_the_boxes_of_eager_runs(random_yolo_weights, street_
             np.testing.assert_allclose(found.xyxy, wanted.xyxy, atol=0.5)
             np.testing.assert_allclose(found.confidence, wanted.confidence, atol=2e-3)
     assert graphed._forward.captured == 2
+
+
+def test_the_detect_head_is_found_behind_ultralytics_backend(tensor_yolo):
+    """Graph captures need the Detect head (its anchor cache); without it nothing would be captured."""
+    from reidcam.detection.network_graphs import detect_heads
+
+    assert len(detect_heads(tensor_yolo._network)) == 1

@@ -43,11 +43,9 @@ class GraphedNetwork:
     replaying a CUDA graph per input shape; ``stream`` is the detector's own stream, where captures run."""
 
     def __init__(self, network: torch.nn.Module, stream: torch.cuda.Stream) -> None:
-        from ultralytics.nn.modules.head import Detect
-
         self._network = network
         self._stream = stream
-        self._heads = [module for module in network.modules() if isinstance(module, Detect)]
+        self._heads = detect_heads(network)
         self._seen: set[tuple[int, ...]] = set()
         self._graphs: dict[tuple[int, ...], _Graphed] = {}
 
@@ -78,6 +76,17 @@ class GraphedNetwork:
     def _forget_anchors(self) -> None:
         for head in self._heads:
             head.shape = None
+
+
+def detect_heads(network: torch.nn.Module) -> list[torch.nn.Module]:
+    """The Detect heads of an AutoBackend's model (Ultralytics 8.4 keeps it in ``backend.model``, which is
+    not a submodule; earlier versions in ``model``). None found: nothing is captured."""
+    from ultralytics.nn.modules.head import Detect
+
+    places = [network, getattr(network, "model", None), getattr(getattr(network, "backend", None), "model", None)]
+    heads = {id(m): m for place in places if isinstance(place, torch.nn.Module) for m in place.modules()
+             if isinstance(m, Detect)}
+    return list(heads.values())
 
 
 def prediction_of(output) -> torch.Tensor:
