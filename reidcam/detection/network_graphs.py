@@ -6,9 +6,9 @@ A graph replays all of a forward's kernels with one launch.
 
 A shape is run eagerly the first time it is seen (the warm-up capture needs: cuDNN picks its algorithms,
 Ultralytics builds its anchors) and captured the second time; from then on it is replayed. Ultralytics'
-Detect head caches its anchors per input shape in eager runs and would hand a graph tensors that a later
-shape frees, so every capture makes the anchors inside the graph (the head's cache is emptied before and
-after), where each replay rebuilds them in the graph's own memory.
+Detect head caches its anchors for the last input shape and builds them from CPU tensors, which a capture
+cannot do: a capture therefore follows an eager run at its shape, and its record keeps the anchors that
+run made, so that a later shape's anchors never take their memory while the graph reads it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class _Graphed:
     images: torch.Tensor
     prediction: torch.Tensor
     graph: torch.cuda.CUDAGraph
+    constants: tuple[torch.Tensor, ...]  # tensors the graph reads but did not allocate (the anchors)
 
     def run(self, images: torch.Tensor) -> torch.Tensor:
         """The network's prediction; valid until the next replay of this graph."""
@@ -65,17 +66,13 @@ class GraphedNetwork:
 
     def _capture(self, images: torch.Tensor) -> _Graphed:
         buffer = images.clone()
+        self._network(buffer)  # the heads' anchors for this shape, made eagerly
+        constants = tuple(t for head in self._heads for t in (head.anchors, head.strides) if torch.is_tensor(t))
         graph = torch.cuda.CUDAGraph()
-        self._forget_anchors()
         with torch.cuda.graph(graph, stream=self._stream):
             prediction = prediction_of(self._network(buffer))
-        self._forget_anchors()
         logger.debug("detector graph captured for input %s", tuple(images.shape))
-        return _Graphed(buffer, prediction, graph)
-
-    def _forget_anchors(self) -> None:
-        for head in self._heads:
-            head.shape = None
+        return _Graphed(buffer, prediction, graph, constants)
 
 
 def detect_heads(network: torch.nn.Module) -> list[torch.nn.Module]:
