@@ -92,7 +92,7 @@ detector-graphs)
   timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_detection.py tests/test_upload.py \
     -k "graph or ring or head" >"$OUT/checks.log" 2>&1
   for graphs in --detector-graphs --no-detector-graphs; do
-    timeout 70 python3 bench/gpu_pipeline.py --device cuda --cameras "${CAMERAS:-16}" --frames 100 \
+    timeout "${RUN_TIMEOUT:-150}" python3 bench/gpu_pipeline.py --device cuda --cameras "${CAMERAS:-16}" --frames 100 \
       --detector "$detector" --no-overlap --decode process "$graphs" >>"$OUT/pipeline.log" 2>&1
   done
   ;;
