@@ -1,3 +1,4 @@
 from reidcam.app.cli import main
 
-main()
+if __name__ == "__main__":  # decoder processes (spawn) import the main module again
+    main()
