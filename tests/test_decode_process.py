@@ -115,3 +115,15 @@ def test_auto_decodes_in_processes_where_frames_go_to_a_gpu(clips, decode, gpu, 
         assert isinstance(source.streams["west"], feed)
     finally:
         source.close()
+
+
+def test_ctrl_c_in_the_terminal_leaves_the_decoders_to_the_run(clips):
+    """SIGINT reaches a terminal's whole process group; the decoders ignore it (no tracebacks from them,
+    no lost frames), and the run stops them in order."""
+    source = open_cameras([camera(clips, "west")], PROCESS, RUN_START)
+    frames = 0
+    for step in source.steps():
+        frames += len(step)
+        if frames == 3:
+            os.kill(source.streams["west"]._process.pid, signal.SIGINT)
+    assert frames == 40

@@ -26,10 +26,12 @@ import mmap
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 
@@ -38,6 +40,7 @@ import numpy as np
 from reidcam.app.config import CameraConfig, StreamConfig
 from reidcam.app.sources import (
     END,
+    JOIN_S,
     CameraDecoder,
     CameraFeed,
     DecodeStats,
@@ -53,7 +56,6 @@ logger = logging.getLogger(__name__)
 SLOTS = 8  # frames of one camera in flight: decoded ahead, in the pipe, or held by the run
 POLL_S = 0.1  # how often a decoder waiting for a free slot checks whether it should stop; a live one
 # waits this long, then drops the frame
-JOIN_S = 2.0
 _TIMEOUT = object()
 
 
@@ -68,14 +70,24 @@ def spawn_decoders(
     """A decoder process per camera, all opening their sources at once; each camera's process, or the
     ``DataError`` that says why its source cannot be opened."""
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold CUDA and threads
-    processes = [DecoderProcess(camera, streams, max_frames, context) for camera in cameras]
-    opened: dict[str, DecoderProcess | DataError] = {}
-    for process in processes:
-        error = process.wait_opened()
-        if error is not None:
-            process.close()
-        opened[process.camera.id] = error or process
-    return opened
+    processes: list[DecoderProcess] = []
+    try:
+        for camera in cameras:
+            processes.append(DecoderProcess(camera, streams, max_frames, context))
+        opened: dict[str, DecoderProcess | DataError] = {}
+        for process in processes:
+            error = process.wait_opened()
+            if error is not None:
+                process.close()
+            opened[process.camera.id] = error or process
+        return opened
+    except BaseException:  # Ctrl-C while the sources open, or a process that cannot start: none is left behind
+        for process in processes:
+            process.stop()
+        deadline = time.monotonic() + JOIN_S
+        for process in processes:
+            process.close(deadline)
+        raise
 
 
 class DecoderProcess(CameraFeed):
@@ -99,7 +111,8 @@ class DecoderProcess(CameraFeed):
             name=f"decoder-{camera.id}",
             daemon=True,
         )
-        self._process.start()
+        with _sigint_ignored():  # Ctrl-C is the run's to handle: it stops the decoders in order
+            self._process.start()
         child_end.close()
         # slots are freed from whichever thread drops a frame's last array, and a drop inside a send
         # (a collection) frees one within the lock
@@ -113,7 +126,10 @@ class DecoderProcess(CameraFeed):
         while True:
             message = self._receive(None)
             if message is None:
-                return DataError(f"camera {self.camera.id}: its decoder process ended before opening the source")
+                return DataError(
+                    f"camera {self.camera.id}: its decoder process ended before opening the source (a script that "
+                    "opens cameras needs an `if __name__ == \"__main__\":` guard, or set streams.decode: thread)"
+                )
             if message[0] == "opened":
                 self.reported_fps, self.size = message[1], tuple(message[2])
                 return None
@@ -168,16 +184,18 @@ class DecoderProcess(CameraFeed):
     def stop(self) -> None:
         self._stop.set()
         if self._memory is None:  # never started: the child waits for its ring, and gets an end of file
-            self._conn.close()
+            with self._lock:
+                self._conn.close()
 
-    def close(self) -> None:
+    def close(self, deadline: float | None = None) -> None:
         self.stop()
-        if self._process.is_alive():
-            self._process.join(JOIN_S)
+        deadline = time.monotonic() + JOIN_S if deadline is None else deadline
+        self._process.join(max(deadline - time.monotonic(), 0.0))
         if self._process.is_alive():  # stuck in a read of a dead stream: its source dies with it
             self._process.terminate()
             self._process.join(JOIN_S)
-        self._conn.close()
+        with self._lock:  # a frame dropped in another thread may be sending its slot back
+            self._conn.close()
         self._ended = True
 
     @property
@@ -301,10 +319,25 @@ class _SlotWriter:
                 self._free.append(slot)
 
 
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while a child starts, so that it starts ignoring it (a spawned Python keeps an ignored
+    SIGINT): Ctrl-C in a terminal reaches the whole process group. Only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def decoder_main(
     camera: CameraConfig, streams: StreamConfig, max_frames: int | None, conn: Connection, stop, log_level: int
 ) -> None:
     """The child process: open the source, take the ring, decode to the end (or until ``stop``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run stops it: its stop event, end of file, terminate
     handler = _PipeLogHandler(conn)
     logging.basicConfig(level=log_level, handlers=[handler], format="%(message)s", force=True)
     try:

@@ -40,6 +40,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 FALLBACK_FPS = 10.0
 QUEUE_SIZE = 8
 LIVE_WAIT_S = 0.05
+JOIN_S = 2.0  # how long closing waits for the decoders to end
 
 
 @dataclass(frozen=True)
@@ -291,7 +292,8 @@ class CameraFeed:
         """Tell the decoder to stop, without waiting for it (``close`` waits)."""
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self, deadline: float | None = None) -> None:
+        """Stop, and wait for the decoder until ``deadline`` (``time.monotonic()``; default: 2 s from now)."""
         raise NotImplementedError
 
 
@@ -323,14 +325,15 @@ class CameraStream(CameraFeed):
     def stop(self) -> None:
         self._stop.set()
 
-    def close(self) -> None:
+    def close(self, deadline: float | None = None) -> None:
         self.stop()
         started = self._thread.ident is not None
         if not started:  # opened but never read (the run failed before it began): the decoder is still held
             self._decoder.reader.close()
         _drain(self._queue)
         if started:
-            self._thread.join(timeout=2.0)
+            deadline = time.monotonic() + JOIN_S if deadline is None else deadline
+            self._thread.join(timeout=max(deadline - time.monotonic(), 0.0))
 
     def _run(self) -> None:
         try:
@@ -404,9 +407,10 @@ class MultiCameraSource:
     def close(self) -> None:
         """Stop the decoders and release every source; safe to call more than once."""
         for stream in self.streams.values():
-            stream.stop()  # all at once: then each close waits for one that is already ending
+            stream.stop()  # all at once, and one deadline for all: a stuck camera costs its 2 s once
+        deadline = time.monotonic() + JOIN_S
         for stream in self.streams.values():
-            stream.close()
+            stream.close(deadline)
 
     def decode_seconds(self) -> tuple[float, float]:
         """Wall and CPU seconds the decoders spent decoding, summed over cameras."""

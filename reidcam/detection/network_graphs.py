@@ -49,6 +49,7 @@ class GraphedNetwork:
         self._heads = detect_heads(network)
         self._seen: set[tuple[int, ...]] = set()
         self._graphs: dict[tuple[int, ...], _Graphed] = {}
+        self._refused: set[tuple[int, ...]] = set()  # shapes whose capture failed: they run eagerly
 
     @property
     def captured(self) -> int:
@@ -57,19 +58,35 @@ class GraphedNetwork:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         shape = tuple(images.shape)
         graphed = self._graphs.get(shape)
-        if graphed is None and shape in self._seen and len(self._graphs) < MAX_GRAPHS and self._heads:
-            graphed = self._graphs[shape] = self._capture(images)
+        if graphed is None and self._capturable(shape):
+            graphed = self._try_capture(images)
         if graphed is not None:
             return graphed.run(images)
         self._seen.add(shape)
         return prediction_of(self._network(images))
+
+    def _capturable(self, shape: tuple[int, ...]) -> bool:
+        return shape in self._seen and shape not in self._refused and len(self._graphs) < MAX_GRAPHS and bool(
+            self._heads)
+
+    def _try_capture(self, images: torch.Tensor) -> _Graphed | None:
+        shape = tuple(images.shape)
+        try:
+            graphed = self._graphs[shape] = self._capture(images)
+            return graphed
+        except RuntimeError as error:  # a network the capture cannot take: this shape stays eager
+            self._refused.add(shape)
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            logger.warning("detector input %s runs without a CUDA graph (%s)", shape, first_line)
+            return None
 
     def _capture(self, images: torch.Tensor) -> _Graphed:
         buffer = images.clone()
         self._network(buffer)  # the heads' anchors for this shape, made eagerly
         constants = tuple(t for head in self._heads for t in (head.anchors, head.strides) if torch.is_tensor(t))
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self._stream):
+        # thread_local: another thread (ReID, with detector.overlap) may allocate on the GPU meanwhile
+        with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
             prediction = prediction_of(self._network(buffer))
         logger.debug("detector graph captured for input %s", tuple(images.shape))
         return _Graphed(buffer, prediction, graph, constants)

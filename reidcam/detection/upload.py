@@ -5,10 +5,13 @@ slots, an ``mmap`` shared with that process. Page-locking the ring once (``cudaH
 later upload from it into a DMA that the host does not wait for. A frame in ordinary (pageable) memory is
 copied by the driver through its own staging buffers while the host waits: 0.8 ms per 1080p frame on an
 H200 host (BENCHMARKS.md, session 4), a third of the detector's time per frame.
+
+A ring that cannot be locked (a driver that refuses shared memory) is uploaded from pageable memory.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import mmap
 import weakref
@@ -26,9 +29,10 @@ class FrameUploader:
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
-        self._rings: dict[int, mmap.mmap] = {}  # id -> ring, kept alive until unlocked
-        self._refused: set[int] = set()
-        self._finalizer = weakref.finalize(self, _unlock_all, self._rings)
+        self._rings: dict[int, mmap.mmap] = {}  # id -> ring this uploader locked, kept alive until unlocked
+        self._others: dict[int, mmap.mmap] = {}  # rings found locked already (by another uploader)
+        self._refused: dict[int, mmap.mmap] = {}  # kept too, so that their ids stay theirs
+        self._finalizer = weakref.finalize(self, _unlock_all, self._rings, self.device)
 
     def upload(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
         batch = torch.empty((len(frames), *frames[0].shape), dtype=torch.uint8, device=self.device)
@@ -40,41 +44,82 @@ class FrameUploader:
 
     @property
     def locked_rings(self) -> int:
-        return len(self._rings)
+        return len(self._rings) + len(self._others)
 
     def _page_locked(self, frame: np.ndarray) -> bool:
         ring = frame.base
         if self.device.type != "cuda" or not isinstance(ring, mmap.mmap):
             return False
         key = id(ring)
-        if key in self._rings:
+        if key in self._rings or key in self._others:
             return True
         if key in self._refused:
             return False
-        if _lock(ring):
+        torch.cuda.synchronize(self.device)  # once per ring: this thread then has the device's context current
+        result = _REGISTRY.lock(ring)
+        if result == 0:
             self._rings[key] = ring
-            return True
-        self._refused.add(key)
-        return False
+        elif result == _HostRegistry.ALREADY_REGISTERED:
+            self._others[key] = ring
+        else:
+            logger.info("cannot page-lock a frame ring (CUDA driver error %d); its frames are uploaded from "
+                        "pageable memory", result)
+            self._refused[key] = ring
+        return key not in self._refused
 
 
 def _address(ring: mmap.mmap) -> int:
     return np.frombuffer(ring, dtype=np.uint8, count=1).ctypes.data
 
 
-def _lock(ring: mmap.mmap) -> bool:
-    result = torch.cuda.cudart().cudaHostRegister(_address(ring), len(ring), 0)
-    if int(result) != 0:
-        logger.info("cannot page-lock a frame ring (CUDA error %d); its frames are uploaded from pageable memory",
-                    int(result))
-        return False
-    return True
+class _HostRegistry:
+    """Page-locking through the CUDA driver API (libcuda), in the context PyTorch made current.
+
+    Not ``torch.cuda.cudart().cudaHostRegister``: a refusal there stays behind as the runtime's last error,
+    which the next kernel launch check of PyTorch would report as its own failure; the driver API keeps no
+    such state, so a refused ring just stays pageable.
+    """
+
+    PORTABLE = 0x01  # CU_MEMHOSTREGISTER_PORTABLE: locked for every context, not only the current one
+    ALREADY_REGISTERED = 712  # CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED
+
+    def __init__(self) -> None:
+        self._lib: ctypes.CDLL | None = None
+
+    def lock(self, ring: mmap.mmap) -> int:
+        """0 on success, else the CUDA driver's error code (-1: no driver library)."""
+        lib = self._library()
+        if lib is None:
+            return -1
+        return lib.cuMemHostRegister_v2(_address(ring), len(ring), self.PORTABLE)
+
+    def unlock(self, ring: mmap.mmap) -> None:
+        lib = self._library()
+        if lib is not None:
+            lib.cuMemHostUnregister(_address(ring))
+
+    def _library(self) -> ctypes.CDLL | None:
+        if self._lib is None:
+            try:
+                lib = ctypes.CDLL("libcuda.so.1")
+            except OSError:
+                return None
+            lib.cuMemHostRegister_v2.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
+            lib.cuMemHostUnregister.argtypes = [ctypes.c_void_p]
+            self._lib = lib
+        return self._lib
 
 
-def _unlock_all(rings: dict[int, mmap.mmap]) -> None:
+_REGISTRY = _HostRegistry()
+
+
+def _unlock_all(rings: dict[int, mmap.mmap], device: torch.device) -> None:
+    if not rings:
+        return
     try:
-        for ring in rings.values():
-            torch.cuda.cudart().cudaHostUnregister(_address(ring))
+        with torch.cuda.device(device):  # the context the rings were locked in, current on this thread
+            for ring in rings.values():
+                _REGISTRY.unlock(ring)
     except RuntimeError:  # CUDA already shut down (the interpreter is exiting): nothing left to unlock
         pass
     rings.clear()
