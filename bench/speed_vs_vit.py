@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reidcam.reid.model import build_model
-from reidcam.reid.model.scan import DirectionParams, available_backends, bidirectional_mixer_core
+from reidcam.reid.model.scan import DirectionParams, available_backends, bidirectional_mixer_core, new_weight_memo, weight_memo
 
 FIELDS = ("conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "A_log", "D")
 ALL_SIZES = ("256x128s16", "256x128s12", "384x128s12", "512x256s16", "768x384s16")
@@ -372,7 +372,7 @@ def core_microbench(settings: Settings) -> list[str]:
                      f"   ({floor_bytes / (ms * 1e-3) / 1e9:7.0f} GB/s)")
     lines.append(f"  {'':<28} {'':>8}      exp floor of the scan {exp_floor_ms:6.3f} ms (MUFU)")
     lines += _norm_times(settings, batch, length)
-    with torch.inference_mode():
+    with torch.inference_mode(), weight_memo(new_weight_memo()):  # as the embedder runs it
         for backend in [b for b in ("triton", "cuda") if b in settings.backends]:
             ms = median_ms(lambda: bidirectional_mixer_core(x, z, fwd, bwd, backend=backend), settings)
             lines.append(f"  whole core fwd, {backend:<14} {ms:8.3f} ms")
@@ -511,12 +511,15 @@ def select_variant(model: nn.Module, variant: str, settings: Settings) -> None:
 
 
 def images_per_s(model: nn.Module, size: Size, settings: Settings, graph: bool = False) -> float:
+    """Inference throughput, in the scope of a weight memo of this measurement's own, as the embedder
+    runs (the memo outlives the graph's replays, which read its tables; the weights stay frozen here)."""
     device = settings.device
     model.eval()
     images = torch.randn(settings.infer_batch, 3, size.height, size.width, device=device)
+    memo = new_weight_memo()
 
     def forward() -> object:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16), weight_memo(memo):
             return model(images)
 
     if graph:

@@ -153,9 +153,7 @@ def test_cpu_tensors_are_refused_outside_the_interpreter(monkeypatch):
         bidirectional_mixer_core(x, z, fwd, bwd, backend="triton")
 
 
-def test_weight_tables_follow_in_place_updates_of_the_parameters():
-    """The memoised weight tables are reused while the parameters stay as they are, and rebuilt when an
-    optimiser step or a load changes them in place: the output always matches the torch backend's."""
+def tiny_mixer():
     from reidcam.reid.model import build_model
 
     torch.manual_seed(0)
@@ -166,34 +164,110 @@ def test_weight_tables_follow_in_place_updates_of_the_parameters():
     mixer = next(m for m in model.modules() if hasattr(m, "direction"))
     mixer.scan_backend = "triton"
     x, z = torch.randn(1, 5, 2 * mixer.d_inner).chunk(2, dim=-1)
-    memo = sys.modules["reidcam.reid.model.kernels.mixer_core"]._WEIGHT_TABLES
 
     def run(backend: str) -> torch.Tensor:
         with torch.no_grad():
             return bidirectional_mixer_core(x, z, mixer.direction(""), mixer.direction("_b"), backend=backend)
 
+    return mixer, run
+
+
+def test_outside_a_memo_scope_updates_that_bump_no_version_are_seen_at_once():
+    """With no memo in scope the tables are computed at every forward: an EMA-style ``p.data.mul_`` (no
+    version bump, which a memo's stamp cannot see) changes the very next output."""
+    mixer, run = tiny_mixer()
     first = run("triton")
-    tables = memo.tables_of(mixer.A_log)
-    run("triton")
-    assert memo.tables_of(mixer.A_log) is tables  # the same tensors: nothing rebuilt
-    with torch.no_grad():
-        mixer.A_b_log.mul_(0.5)  # in place, as an optimiser step
-        mixer.x_proj.weight.copy_(torch.randn_like(mixer.x_proj.weight))  # as load_state_dict
+    versions = (mixer.A_b_log._version, mixer.x_proj.weight._version)
+    mixer.A_b_log.data.mul_(0.5)
+    mixer.x_proj.weight.data.copy_(torch.randn_like(mixer.x_proj.weight))  # as an EMA/SWA update might
+    assert (mixer.A_b_log._version, mixer.x_proj.weight._version) == versions  # invisible to a stamp
     changed = run("triton")
-    assert memo.tables_of(mixer.A_log) is not tables
     assert rel_err(changed, run("torch")) < 1e-5
     assert rel_err(changed, first) > 1e-2
 
 
+def test_a_memo_scope_reuses_its_tables_and_never_frees_those_it_handed_out():
+    """In a scope the tables are made once per mixer; after an in-place update (a version bump) the
+    output is computed from the new weights while the memo keeps its first tables (a CUDA graph captured
+    earlier may read them): nothing is replaced. The entry goes with the parameter."""
+    mixer_core = sys.modules["reidcam.reid.model.kernels.mixer_core"]
+    from reidcam.reid.model.kernels import WeightTableMemo, weight_memo
+
+    mixer, run = tiny_mixer()
+    memo = WeightTableMemo()
+    with weight_memo(memo):
+        first = run("triton")
+        tables = memo.tables_of(mixer.A_log)
+        assert tables is not None and len(memo) == 1
+        x_proj, weights = tables
+        snapshot = [t.clone() for t in (x_proj, *vars(weights).values()) if isinstance(t, torch.Tensor)]
+        run("triton")
+        assert memo.tables_of(mixer.A_log) is tables  # the same tensors: nothing rebuilt
+        with torch.no_grad():
+            mixer.A_b_log.mul_(0.5)  # in place, as an optimiser step
+            mixer.x_proj.weight.copy_(torch.randn_like(mixer.x_proj.weight))  # as load_state_dict
+        changed = run("triton")
+        assert memo.tables_of(mixer.A_log) is tables and tables[0] is x_proj  # kept, not replaced
+        kept = [t for t in (x_proj, *vars(weights).values()) if isinstance(t, torch.Tensor)]
+        assert all(torch.equal(a, b) for a, b in zip(kept, snapshot))  # and not written over
+        with weight_memo(None):
+            assert mixer_core._MEMO.get() is None
+        assert mixer_core._MEMO.get() is memo
+    assert mixer_core._MEMO.get() is None
+    assert rel_err(changed, run("torch")) < 1e-5
+    assert rel_err(changed, first) > 1e-2
+    del mixer, run, tables, x_proj, weights, kept
+    import gc
+
+    gc.collect()
+    assert len(memo) == 0  # the entry went with its parameter
+
+
 def test_training_after_inference_mode_uses_tables_it_can_save():
     """Tables made under inference mode cannot be saved for a backward; a training step right after an
-    evaluation with the same weights must not get them."""
+    evaluation with the same weights, in the same memo scope, must not get them."""
+    from reidcam.reid.model.kernels import WeightTableMemo, weight_memo
+
     xz, fwd, bwd, grad_out = case(1, 6, 8, 4, 2)
     fwd, bwd = leaf_params(fwd), leaf_params(bwd)
     x, z = xz.chunk(2, dim=-1)
-    with torch.inference_mode():
-        expected = bidirectional_mixer_core(x, z, fwd, bwd, backend="triton")
-    out = bidirectional_mixer_core(x, z, fwd, bwd, backend="triton")
-    (out * grad_out).sum().backward()
-    assert rel_err(out.detach(), expected) < 1e-6
-    assert fwd.A_log.grad is not None and fwd.A_log.grad.abs().sum() > 0
+    for memo in (None, WeightTableMemo()):
+        with weight_memo(memo):
+            with torch.inference_mode():
+                expected = bidirectional_mixer_core(x, z, fwd, bwd, backend="triton")
+            out = bidirectional_mixer_core(x, z, fwd, bwd, backend="triton")
+            (out * grad_out).sum().backward()
+        assert rel_err(out.detach(), expected) < 1e-6
+        assert fwd.A_log.grad is not None and fwd.A_log.grad.abs().sum() > 0
+        fwd.A_log.grad = None
+
+
+def test_the_embedder_runs_its_forwards_in_the_scope_of_the_memo_it_owns(monkeypatch):
+    """Embedder.embed (eager, on the CPU here) fills the embedder's own memo; nothing stays in scope after."""
+    import numpy as np
+
+    from reidcam.reid.embedder import Embedder
+
+    mixer_core = sys.modules["reidcam.reid.model.kernels.mixer_core"]
+    model = build_tiny_model()
+    monkeypatch.setenv("REIDCAM_SCAN", "torch")
+    crops = [np.random.default_rng(0).integers(0, 256, (20, 12, 3), dtype=np.uint8)]
+    expected = Embedder(model, torch.device("cpu"), batch_size=2).embed(crops)
+    monkeypatch.setenv("REIDCAM_SCAN", "triton")
+    embedder = Embedder(model, torch.device("cpu"), batch_size=2)
+    memo = embedder._weight_memo
+    assert isinstance(memo, mixer_core.WeightTableMemo) and len(memo) == 0
+    got = embedder.embed(crops)
+    assert len(memo) == 4  # one shared block, one block in each of the 3 branches
+    assert mixer_core._MEMO.get() is None
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def build_tiny_model():
+    from reidcam.reid.model import build_model
+
+    torch.manual_seed(0)
+    return build_model(
+        "reidmamba_small", dim=16, depth=2, branch_depth=1, num_cls_tokens=4, img_size=(16, 16),
+        patch_size=8, stride=8, d_state=2, drop_path=0.0,
+    )

@@ -14,12 +14,19 @@ Each padded size is then captured as a CUDA graph: the model launches ~700 kerne
 and launching them from Python cost ~20 ms per call whatever the batch (session 4), far more than
 the GPU work of a few dozen crops. A replay launches them all at once. Camera indices travel in
 the graph's own buffer, with -1 (no camera embedding) where none are given.
+
+The weights are frozen once the embedder is made, so every forward it makes (warm-up, graph capture,
+eager) runs in the scope of a weight memo it owns (``scan.weight_memo``): the triton backend computes
+its weight-derived tables (~340 small kernels per forward) once, and the graphs read those tables for
+as long as the embedder lives. The memo is opt-in because only the weights' owner knows they stay
+frozen: a memo misses updates that bump no version counter (``p.data.mul_``, fused optimiser steps).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +39,7 @@ from reidcam.devices import resolve_device
 from reidcam.errors import ConfigError, DataError
 from reidcam.reid.model import ReIDMamba, build_model
 from reidcam.reid.model.checkpoint import load_reid_checkpoint
+from reidcam.reid.model.scan import new_weight_memo, weight_memo
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +50,13 @@ GPU_BATCH_MULTIPLE = 16
 
 
 class Embedder:
-    """Batched ReIDMamba inference on one device; build it with :meth:`create`."""
+    """Batched ReIDMamba inference on one device; build it with :meth:`create`.
+
+    Assumes the model's weights stay frozen while the embedder lives: it changes none of them itself
+    (eval mode, inference mode, no optimiser; ``model.to(device)`` happens before any forward), and
+    caches what derives from them: the triton backend's weight tables in the memo it owns, and the
+    weights' memory in its CUDA graphs. Whoever changes ``model``'s weights must make a new Embedder.
+    """
 
     def __init__(
         self,
@@ -65,6 +79,7 @@ class Embedder:
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
         self._graphs: dict[int, _GraphedEmbed] = {}
         self._warned_unseen = False
+        self._weight_memo = new_weight_memo()  # None where the triton kernels do not import
         self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
 
@@ -103,7 +118,7 @@ class Embedder:
         with ``cuda_graphs``, one CUDA graph per shape (largest first, all in one memory pool)."""
         log.info("preparing the ReID model's GPU kernels (the first run on a machine compiles them: minutes)")
         height, width = self.img_size
-        with torch.inference_mode(), self._autocast():
+        with self._inference():
             for size in self.batch_shapes():
                 self.model.embed(torch.zeros(size, 3, height, width, device=self.device), None, flip=self.flip)
         if self.device.type == "cuda":
@@ -118,7 +133,7 @@ class Embedder:
         images = torch.zeros(size, 3, height, width, device=self.device)
         camids = torch.full((size,), -1, dtype=torch.long, device=self.device)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), self._autocast(), torch.cuda.graph(graph, pool=pool):
+        with self._inference(), torch.cuda.graph(graph, pool=pool):
             output = self.model.embed(images, camids, flip=self.flip)
         return _GraphedEmbed(images, camids, output, graph)
 
@@ -148,6 +163,13 @@ class Embedder:
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        """Where every model forward of the embedder runs: inference mode, bf16 autocast on a GPU, and
+        the scope of the embedder's weight memo (its graphs read the memo's tables: it lives as long)."""
+        with torch.inference_mode(), self._autocast(), weight_memo(self._weight_memo):
+            yield
+
     def _embed_batch(self, crops: Sequence[np.ndarray], camids: Tensor | None) -> np.ndarray:
         images = self._preprocess(crops)
         count = images.shape[0]
@@ -159,7 +181,7 @@ class Embedder:
         if graphed is not None:
             embedding = graphed.run(images, camids)
         else:
-            with torch.inference_mode(), self._autocast():
+            with self._inference():
                 embedding = self.model.embed(images, camids, flip=self.flip)
         return embedding[:count].float().cpu().numpy()
 

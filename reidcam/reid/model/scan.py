@@ -24,15 +24,20 @@ Backends of :func:`bidirectional_mixer_core` (pick one with ``backend=`` or env 
 ``auto`` (the default) picks, for CUDA tensors, ``triton`` when its kernels import (0.86-1.15x ViT-B's
 inference throughput on an H200, against ~0.12x with the stock kernels: BENCHMARKS.md), else ``cuda``
 when mamba-ssm imports; ``torch`` otherwise and on the CPU.
+
+:func:`new_weight_memo` and :func:`weight_memo` let the owner of frozen weights (the embedder) keep the
+triton backend's weight-derived tables across forwards, and do nothing where Triton is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +100,30 @@ def resolve_backend(backend: str | None, x: Tensor) -> str:
     if name not in _BACKENDS:
         raise RuntimeError(f"selective-scan backend {name!r} is not available here (have: {sorted(_BACKENDS)})")
     return name
+
+
+_MIXER_CORE = "reidcam.reid.model.kernels.mixer_core"
+
+
+def new_weight_memo() -> Any | None:
+    """A memo of the triton backend's weight tables (``kernels.mixer_core.WeightTableMemo``) for its
+    caller to own and use with :func:`weight_memo`, or None where the triton kernels do not import."""
+    if not _try_register_triton():
+        return None
+    return importlib.import_module(_MIXER_CORE).WeightTableMemo()
+
+
+def weight_memo(memo: Any | None) -> ContextManager[Any]:
+    """``with weight_memo(memo):`` the triton backend takes its weight tables from ``memo`` (made by
+    :func:`new_weight_memo`) instead of computing them at every forward: only for weights that nothing
+    changes while the memo lives (``kernels.mixer_core.WeightTableMemo`` says why). None: no memo (a
+    no-op where the triton kernels were never imported, as no scope can be open then)."""
+    core = sys.modules.get(_MIXER_CORE)
+    if core is None:
+        if memo is None:
+            return contextlib.nullcontext()
+        core = importlib.import_module(_MIXER_CORE)
+    return core.weight_memo(memo)
 
 
 def _auto_backend(x: Tensor) -> str:

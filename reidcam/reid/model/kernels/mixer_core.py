@@ -11,8 +11,9 @@ Forward, for x, z (B, L, D) token-major:
      and softplus inside), gated by silu(z), averaged, written once as (B, L, D); by the CUDA kernel of
      cuda_scan.py where it compiles, else by Triton's scan_forward (REIDCAM_SCAN_FWD chooses).
 The conv kernels read each direction's parameters where they are; the x_proj weights and the scan
-tables are stacked (small copies) for the batched matmuls and the scan kernels, once per version of the
-parameters (WeightTableMemo).
+tables are stacked (small copies) for the batched matmuls and the scan kernels: at every forward, or,
+inside ``with weight_memo(memo):``, once per mixer for weights that the scope's owner keeps frozen
+(WeightTableMemo; the Embedder does this).
 Backward recomputes xc with the same conv kernel (cheaper in memory than keeping it), runs the scan
 backward kernel, does the x_proj / dt_proj weight and input gradients as batched matmuls, and finishes
 with biconv_backward.
@@ -21,8 +22,10 @@ Only x, z, the small x_proj output (fp32), the scan tables and the parameters ar
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -50,7 +53,7 @@ class _BiMambaCoreFn(torch.autograd.Function):
         bsz, length, dim = x.shape
         with torch.autocast(x.device.type, enabled=False):
             xc = _conv_forward(x, _conv(pf), _conv(pb))
-            x_proj, weights = _WEIGHT_TABLES.get(params, x.dtype)
+            x_proj, weights = _weight_tables(params, x.dtype)
             dbl = _x_proj_fp32(xc.view(2, bsz * length, dim), x_proj)
             tables = scan_tables(dbl, _scan(pf), _scan(pb), x.dtype, weights)
             out = _scan_forward(xc, z, dbl, tables)
@@ -82,40 +85,77 @@ class _BiMambaCoreFn(torch.autograd.Function):
         return (dx, grads.dz, *param_grads)
 
 
+def _compute_weight_tables(params: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, ScanTables]:
+    """Both directions' x_proj weights stacked, and the scan's weight tables (``weight_tables``)."""
+    pf, pb = params[:7], params[7:]
+    return torch.stack([pf[2], pb[2]]).to(dtype), weight_tables(_scan(pf), _scan(pb), dtype)
+
+
+def _weight_tables(params: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, ScanTables]:
+    """The weight tables of this forward: from the memo in scope (``weight_memo``), else computed now."""
+    memo = _MEMO.get()
+    return _compute_weight_tables(params, dtype) if memo is None else memo.get(params, dtype)
+
+
 class WeightTableMemo:
-    """Both directions' x_proj weights stacked and the scan's weight tables (``weight_tables``), kept from one
-    forward to the next while the parameters stay the same.
+    """The weight tables of each mixer (its x_proj weights stacked and ``weight_tables``), computed once and
+    then reused for as long as its owner keeps the weights frozen; used only inside ``weight_memo(memo)``.
 
     Why: they are about a dozen small kernels per block, ~340 per ReIDMamba-S forward, which a CUDA graph
-    replays as well; at inference they are the same every time. An entry is keyed by the parameters'
-    identities (weakly: it goes with the model) and stamped with their storage and version counters, which
-    every in-place update (an optimiser step, ``load_state_dict``) advances, and with the compute dtype and
-    whether inference mode is on (its tensors cannot be saved for a backward).
+    replays as well; at inference with frozen weights they are the same every time.
+
+    Why opt-in (outside a scope every forward computes them afresh): a memo cannot see every change of
+    the weights. Its stamp (storage, ``_version`` counters, compute dtype, inference mode) misses updates
+    that bump no version: a fused optimiser step (``AdamW(fused=True)``), ``p.data.mul_`` (EMA, SWA).
+    A process-wide memo returned tables of the old weights after them (outputs 10-95 % off the torch
+    backend's), and freed the tables it replaced while CUDA graphs captured earlier still read them.
+    So only the owner of frozen weights (the Embedder) opens a scope, and a memo never replaces nor frees
+    an entry it has handed out: where the stamp no longer matches, that call gets fresh tables that are
+    not kept. An entry goes with its mixer's parameter (weakly keyed) or with the memo.
     """
 
     def __init__(self) -> None:
-        # id of the owning parameter -> (stamp, tables); an entry leaves with its parameter (a tensor cannot
-        # be a WeakKeyDictionary key: its == is elementwise)
+        # id of the owning parameter (a tensor cannot be a WeakKeyDictionary key: its == is elementwise)
+        # -> (stamp, tables), and the finalizer that drops the entry with the parameter
         self._entries: dict[int, tuple[tuple, tuple[torch.Tensor, ScanTables]]] = {}
+        self._finalizers: dict[int, weakref.finalize] = {}
+        weakref.finalize(self, _detach_all, self._finalizers)  # a dead memo leaves no callbacks behind
 
     def get(self, params: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, ScanTables]:
+        """The tables for ``params`` (both directions' tensors, in FIELDS order) in ``dtype``."""
         stamp = _stamp(params, dtype)
         owner = params[5]  # the forward direction's A_log, a parameter of this mixer alone
         entry = self._entries.get(id(owner))
-        if entry is not None and stamp is not None and entry[0] == stamp:
-            return entry[1]
-        pf, pb = params[:7], params[7:]
-        tables = (torch.stack([pf[2], pb[2]]).to(dtype), weight_tables(_scan(pf), _scan(pb), dtype))
+        if entry is not None:
+            if stamp is not None and entry[0] == stamp:
+                return entry[1]
+            return _compute_weight_tables(params, dtype)  # the entry stays: a captured graph may read it
+        tables = _compute_weight_tables(params, dtype)
         if stamp is not None:
-            if entry is None:
-                weakref.finalize(owner, self._entries.pop, id(owner), None)
             self._entries[id(owner)] = (stamp, tables)
+            self._finalizers[id(owner)] = weakref.finalize(owner, _forget, weakref.ref(self), id(owner))
         return tables
 
     def tables_of(self, owner: torch.Tensor) -> tuple[torch.Tensor, ScanTables] | None:
         """The memoised tables of the mixer whose forward A_log is ``owner``, if any."""
         entry = self._entries.get(id(owner))
         return None if entry is None else entry[1]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _forget(memo_ref: weakref.ref, key: int) -> None:
+    memo = memo_ref()
+    if memo is not None:
+        memo._entries.pop(key, None)
+        memo._finalizers.pop(key, None)
+
+
+def _detach_all(finalizers: dict[int, weakref.finalize]) -> None:
+    for finalizer in list(finalizers.values()):
+        finalizer.detach()
+    finalizers.clear()
 
 
 def _stamp(params: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple | None:
@@ -126,7 +166,23 @@ def _stamp(params: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple | None:
     return dtype, torch.is_inference_mode_enabled(), tuple((p.data_ptr(), p._version) for p in params)
 
 
-_WEIGHT_TABLES = WeightTableMemo()
+_MEMO: contextvars.ContextVar[WeightTableMemo | None] = contextvars.ContextVar("reidcam_weight_memo", default=None)
+
+
+@contextlib.contextmanager
+def weight_memo(memo: WeightTableMemo | None) -> Iterator[WeightTableMemo | None]:
+    """``with weight_memo(memo):`` the triton backend's forwards in this context (thread, task) take their
+    weight tables from ``memo``; ``weight_memo(None)`` computes them at every forward again, as outside any
+    scope. Open one only around forwards of weights that nothing changes while the memo lives (see
+    WeightTableMemo); the memo's owner keeps it alive for as long as CUDA graphs captured in its scope
+    replay, since they read its tables."""
+    token = _MEMO.set(memo)
+    try:
+        yield memo
+    finally:
+        _MEMO.reset(token)
+
+
 _CUDA_SCAN = cuda_scan.CudaScan()  # compiled kernels per device, like Triton's own cache: built on first use
 _CUDA_CONV = cuda_scan.CudaConv()
 
