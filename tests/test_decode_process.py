@@ -85,12 +85,14 @@ def test_a_decoder_that_dies_ends_its_camera_and_the_others_go_on(clips, caplog)
     west, east = camera(clips, "west"), camera(clips, "east")
     source = open_cameras([west, east], PROCESS, RUN_START)
     seen = {"west": 0, "east": 0}
+    killed = False
     with caplog.at_level(logging.WARNING):
         for step in source.steps():
             for frame in step:
                 seen[frame.camera_id] += 1
-            if seen["east"] == 5:
+            if seen["east"] == 5 and not killed:
                 os.kill(source.streams["east"]._process.pid, signal.SIGKILL)
+                killed = True
     assert seen["west"] == 40
     assert 5 <= seen["east"] < 40
     assert "camera east: decoder process ended unexpectedly" in caplog.text
@@ -101,7 +103,7 @@ def test_a_run_that_ends_before_it_starts_stops_its_decoders_at_once(clips):
     processes = [stream._process for stream in source.streams.values()]
     started = time.perf_counter()
     source.close()
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 1.5  # not the 2 s a stuck decoder gets
     assert not any(process.is_alive() for process in processes)
 
 

@@ -21,7 +21,7 @@ Backends of :func:`bidirectional_mixer_core` (pick one with ``backend=`` or env 
 * ``triton``: registered by ``reidcam.reid.model.kernels`` when that package exists and imports.
 * ``naive``: one Python step per token in float64-friendly PyTorch; the test reference.
 
-``auto`` (the default) picks, for CUDA tensors, ``triton`` when its kernels import (0.86-1.15x ViT-B's
+``auto`` (the default) picks, for CUDA tensors, ``triton`` when its kernels import (1.01-1.30x ViT-B's
 inference throughput on an H200, against ~0.12x with the stock kernels: BENCHMARKS.md), else ``cuda``
 when mamba-ssm imports; ``torch`` otherwise and on the CPU.
 
