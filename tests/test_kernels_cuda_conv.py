@@ -24,8 +24,10 @@ import torch.nn.functional as F
 
 from reidcam.reid.model.kernels import cuda_scan
 
-triton = pytest.importorskip("triton")
-NVDISASM = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+pytest.importorskip("triton")
+
+from cubin_tools import NVDISASM, kernel_reports, kernel_sass  # noqa: E402
+
 TOKENS = cuda_scan.CONV_TOKENS
 KERNELS = {cuda_scan.conv_kernel_name(dt, ch): (dt, ch) for dt, options in cuda_scan.CONV_CHANNELS.items()
            for ch in options}
@@ -43,32 +45,15 @@ def sm90() -> cuda_scan.CompiledSource:
         raise
 
 
-def kernel_reports(log: str) -> dict[str, tuple[int, int]]:
-    """(registers, spill bytes) of each kernel, from ptxas' verbose report in the NVRTC log."""
-    reports = {}
-    for name, body in re.findall(r"Compiling entry function '(\w+)'(.*?)(?=Compiling entry|\Z)", log, re.S):
-        registers = int(re.search(r"Used (\d+) registers", body).group(1))
-        spills = sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", body))
-        reports[name] = (registers, spills)
-    return reports
-
-
 def kernel_opcodes(cubin: bytes, tmp_path: Path) -> dict[str, collections.Counter]:
     """Opcode counts of each kernel (with their modifiers, less .CONSTANT: the read-only path)."""
     if not NVDISASM.exists():
         pytest.skip("this Triton has no bundled nvdisasm")
-    path = tmp_path / "conv.cubin"
-    path.write_bytes(cubin)
-    sass = subprocess.run([NVDISASM, "-c", path], capture_output=True, text=True, check=True).stdout.splitlines()
-    kernels: dict[str, collections.Counter] = {}
-    current = None
-    for line in sass:
-        if line.startswith(".text."):
-            current = line[len(".text."):].rstrip(":")
-            kernels[current] = collections.Counter()
-        elif current and (op := re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", line)):
-            kernels[current][op.group(1).replace(".CONSTANT", "")] += 1
-    return kernels
+    opcodes = {}
+    for name, lines in kernel_sass(cubin, tmp_path).items():
+        found = (re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", line) for line in lines)
+        opcodes[name] = collections.Counter(op.group(1).replace(".CONSTANT", "") for op in found if op)
+    return opcodes
 
 
 def test_every_kernel_compiles_for_sm90_without_spills(sm90):

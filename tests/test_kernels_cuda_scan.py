@@ -8,8 +8,6 @@ bench/NOTES-speed.md): its output equals a float64 step-by-step definition on ra
 
 from __future__ import annotations
 
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,9 @@ import torch
 
 from reidcam.reid.model.kernels import cuda_scan
 
-triton = pytest.importorskip("triton")
-NVDISASM = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+pytest.importorskip("triton")
+
+from cubin_tools import kernel_reports, kernel_sass  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -31,31 +30,11 @@ def sm90() -> cuda_scan.CompiledScan:
         raise
 
 
-def kernel_reports(log: str) -> dict[str, tuple[int, int]]:
-    """(registers, spill bytes) of each kernel, from ptxas' verbose report in the NVRTC log."""
-    reports = {}
-    for name, body in re.findall(r"Compiling entry function '(\w+)'(.*?)(?=Compiling entry|\Z)", log, re.S):
-        registers = int(re.search(r"Used (\d+) registers", body).group(1))
-        spills = sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", body))
-        reports[name] = (registers, spills)
-    return reports
-
-
 def token_loops(cubin: bytes, tmp_path: Path) -> dict[str, list[dict[str, int]]]:
     """Opcode counts of each kernel's per-token loop (the loop bodies with the 16 exponentials)."""
     from test_kernels_sass import loop_opcodes
 
-    path = tmp_path / "scan.cubin"
-    path.write_bytes(cubin)
-    sass = subprocess.run([NVDISASM, "-c", path], capture_output=True, text=True, check=True).stdout.splitlines()
-    kernels: dict[str, list[str]] = {}
-    current = None
-    for line in sass:
-        if line.startswith(".text."):
-            current = line[len(".text."):].rstrip(":")
-            kernels[current] = []
-        elif current:
-            kernels[current].append(line)
+    kernels = kernel_sass(cubin, tmp_path)
     return {name: [c for c in loop_opcodes(lines) if c["MUFU"] >= 16 and not c["BAR"]] for name, lines in kernels.items()}
 
 
