@@ -31,3 +31,10 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device
+
+
+def device_index(device: torch.device) -> int:
+    """The CUDA device's index; for a bare ``cuda``, the current device's."""
+    import torch
+
+    return device.index if device.index is not None else torch.cuda.current_device()

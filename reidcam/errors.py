@@ -16,3 +16,9 @@ class ConfigError(ReidcamError):
 
 class DataError(ReidcamError):
     """A dataset, video or image is missing or not in the expected layout."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), for a one-line error."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

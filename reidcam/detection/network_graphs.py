@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from reidcam.errors import first_line
+
 logger = logging.getLogger(__name__)
 
 MAX_GRAPHS = 8  # input shapes captured; any further shape runs eagerly
@@ -76,8 +78,7 @@ class GraphedNetwork:
             return graphed
         except RuntimeError as error:  # a network the capture cannot take: this shape stays eager
             self._refused.add(shape)
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            logger.warning("detector input %s runs without a CUDA graph (%s)", shape, first_line)
+            logger.warning("detector input %s runs without a CUDA graph (%s)", shape, first_line(error))
             return None
 
     def _capture(self, images: torch.Tensor) -> _Graphed:

@@ -1,7 +1,7 @@
 """Frames to the detector's GPU as one uint8 batch, by direct DMA where the frames live in a shared ring.
 
 A frame decoded in a decoder process (``streams.decode: process``) is a view of its camera's ring of
-slots, an ``mmap`` shared with that process. Page-locking the ring once (``cudaHostRegister``) turns every
+slots, an ``mmap`` shared with that process. Page-locking the ring once (the driver's ``cuMemHostRegister``) turns every
 later upload from it into a DMA that the host does not wait for. A frame in ordinary (pageable) memory is
 copied by the driver through its own staging buffers while the host waits: 0.8 ms per 1080p frame on an
 H200 host (BENCHMARKS.md, session 4), a third of the detector's time per frame.
@@ -11,7 +11,6 @@ A ring that cannot be locked (a driver that refuses shared memory) is uploaded f
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import mmap
 import weakref
@@ -19,6 +18,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from reidcam.cuda_driver import CudaDriver, CudaUnavailable
+from reidcam.devices import device_index
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +57,10 @@ class FrameUploader:
             return True
         if key in self._refused:
             return False
-        torch.cuda.synchronize(self.device)  # once per ring: this thread then has the device's context current
-        result = _REGISTRY.lock(ring)
+        result = _LOCKER.lock(ring, self.device)
         if result == 0:
             self._rings[key] = ring
-        elif result == _HostRegistry.ALREADY_REGISTERED:
+        elif result == CudaDriver.HOST_ALREADY_REGISTERED:
             self._others[key] = ring
         else:
             logger.info("cannot page-lock a frame ring (CUDA driver error %d); its frames are uploaded from "
@@ -72,54 +73,47 @@ def _address(ring: mmap.mmap) -> int:
     return np.frombuffer(ring, dtype=np.uint8, count=1).ctypes.data
 
 
-class _HostRegistry:
-    """Page-locking through the CUDA driver API (libcuda), in the context PyTorch made current.
+class _Locker:
+    """Page-locking through the CUDA driver API (``CudaDriver``), in PyTorch's context of the device.
 
     Not ``torch.cuda.cudart().cudaHostRegister``: a refusal there stays behind as the runtime's last error,
     which the next kernel launch check of PyTorch would report as its own failure; the driver API keeps no
     such state, so a refused ring just stays pageable.
     """
 
-    PORTABLE = 0x01  # CU_MEMHOSTREGISTER_PORTABLE: locked for every context, not only the current one
-    ALREADY_REGISTERED = 712  # CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED
-
     def __init__(self) -> None:
-        self._lib: ctypes.CDLL | None = None
+        self._driver: CudaDriver | None = None
 
-    def lock(self, ring: mmap.mmap) -> int:
+    def lock(self, ring: mmap.mmap, device: torch.device) -> int:
         """0 on success, else the CUDA driver's error code (-1: no driver library)."""
-        lib = self._library()
-        if lib is None:
+        driver = self._loaded()
+        if driver is None:
             return -1
-        return lib.cuMemHostRegister_v2(_address(ring), len(ring), self.PORTABLE)
+        driver.ensure_context(device_index(device))
+        return driver.host_register(_address(ring), len(ring))
 
-    def unlock(self, ring: mmap.mmap) -> None:
-        lib = self._library()
-        if lib is not None:
-            lib.cuMemHostUnregister(_address(ring))
+    def unlock(self, ring: mmap.mmap, device: torch.device) -> None:
+        driver = self._loaded()
+        if driver is not None:
+            driver.ensure_context(device_index(device))
+            driver.host_unregister(_address(ring))
 
-    def _library(self) -> ctypes.CDLL | None:
-        if self._lib is None:
+    def _loaded(self) -> CudaDriver | None:
+        if self._driver is None:
             try:
-                lib = ctypes.CDLL("libcuda.so.1")
-            except OSError:
+                self._driver = CudaDriver()
+            except CudaUnavailable:
                 return None
-            lib.cuMemHostRegister_v2.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
-            lib.cuMemHostUnregister.argtypes = [ctypes.c_void_p]
-            self._lib = lib
-        return self._lib
+        return self._driver
 
 
-_REGISTRY = _HostRegistry()
+_LOCKER = _Locker()
 
 
 def _unlock_all(rings: dict[int, mmap.mmap], device: torch.device) -> None:
-    if not rings:
-        return
     try:
-        with torch.cuda.device(device):  # the context the rings were locked in, current on this thread
-            for ring in rings.values():
-                _REGISTRY.unlock(ring)
-    except RuntimeError:  # CUDA already shut down (the interpreter is exiting): nothing left to unlock
+        for ring in rings.values():
+            _LOCKER.unlock(ring, device)
+    except (CudaUnavailable, RuntimeError):  # CUDA already shut down (the interpreter is exiting)
         pass
     rings.clear()

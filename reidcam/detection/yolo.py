@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from reidcam.app.config import DETECTOR_WEIGHTS_VARIABLE, DetectorConfig, shared_dir
 from reidcam.detection.network_graphs import GraphedNetwork, prediction_of
 from reidcam.detection.upload import FrameUploader
-from reidcam.errors import ConfigError
+from reidcam.errors import ConfigError, first_line
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
@@ -321,8 +321,7 @@ def _load_model(weights: str, imgsz: int = 640, device: str | int = "cpu", half:
             f"detector weights {weights!r} are not on disk and cannot be downloaded (offline); {how_to}"
         ) from None
     except Exception as error:  # Ultralytics signals a bad file with many types (TypeError for a corrupt .pt)
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"detector weights {weights!r} cannot be loaded ({first_line}); {how_to}") from None
+        raise ConfigError(f"detector weights {weights!r} cannot be loaded ({first_line(error)}); {how_to}") from None
 
 
 def _person_class(names: dict[int, str], weights: str) -> int:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reidcam.errors import DataError
+from reidcam.errors import DataError, first_line
 from reidcam.reid.model.reidmamba import ReIDMamba, ReIDMambaConfig
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,7 @@ def load_reid_checkpoint(
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[0]
-        raise DataError(f"ReID checkpoint {path} does not match its config: {first_line}") from exc
+        raise DataError(f"ReID checkpoint {path} does not match its config: {first_line(exc)}") from exc
     model.to(map_location).eval()
     return model, payload.get("extra")
 
@@ -121,8 +120,7 @@ def _read_torch_file(path: Path) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot read checkpoint {path}: {reason[:200]}") from exc
+        raise DataError(f"cannot read checkpoint {path}: {first_line(exc)[:200]}") from exc
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ four kernels takes about a second. Kernels run on PyTorch's current stream, so C
 ``REIDCAM_SCAN_FWD`` picks the forward kernel: ``auto`` (default: CUDA where it compiles, else Triton),
 ``cuda`` (an error if it cannot compile) or ``triton``.
 
-The same machinery (``compile_source``, ``_Driver``, ``_LazyKernels``) builds the conv forward of
+The same machinery (``compile_source``, ``reidcam.cuda_driver``, ``_LazyKernels``) builds the conv forward of
 conv_fwd.cu (``CudaConv``): the function of triton_conv.biconv_forward at near the memory floor, where the
 Triton kernel ran at 92 us against ~35 (batch 256, 140 tokens, d_inner 768, bf16, H200).
 ``REIDCAM_CONV_FWD`` chooses it the same way.
@@ -34,6 +34,9 @@ from typing import Any
 
 import torch
 
+from reidcam.cuda_driver import CudaDriver, CudaUnavailable
+from reidcam.devices import device_index
+
 from .triton_conv import D_CONV, ConvParams
 from .triton_scan import ScanTables
 
@@ -47,10 +50,7 @@ VARIANTS = {torch.bfloat16: ("c1", "c2"), torch.float32: ("c1", "c2")}
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float32: "f32"}
 
 
-class CudaKernelUnavailable(RuntimeError):
-    """NVRTC or the driver could not be loaded, or a kernel did not compile."""
-
-
+CudaKernelUnavailable = CudaUnavailable  # NVRTC or the driver could not be loaded, or a kernel did not compile
 CudaScanUnavailable = CudaKernelUnavailable  # the scan's callers' name for it
 
 
@@ -136,59 +136,6 @@ def _nvrtc_text(nvrtc: ctypes.CDLL, program: ctypes.c_void_p, size_fn: str, get_
     return buffer.raw[: size.value].rstrip(b"\0") if get_fn == "nvrtcGetProgramLog" else buffer.raw[: size.value]
 
 
-# --- the driver API ----------------------------------------------------------------------------------------
-
-
-class _Driver:
-    """The few libcuda calls needed to load a cubin and launch its kernels in PyTorch's context."""
-
-    def __init__(self) -> None:
-        try:
-            self.lib = ctypes.CDLL("libcuda.so.1")
-        except OSError as error:
-            raise CudaKernelUnavailable(f"libcuda not found: {error}") from None
-        self.lib.cuLaunchKernel.argtypes = [
-            ctypes.c_void_p, *[ctypes.c_uint] * 6, ctypes.c_uint, ctypes.c_void_p,
-            ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p,
-        ]
-
-    def check(self, result: int, what: str) -> None:
-        if result != 0:
-            message = ctypes.c_char_p()
-            self.lib.cuGetErrorString(result, ctypes.byref(message))
-            raise CudaKernelUnavailable(f"CUDA driver {what}: {(message.value or b'error').decode()} ({result})")
-
-    def make_context_current(self, device: int) -> None:
-        """PyTorch's (primary) context of the device, current on this thread as the driver API needs."""
-        dev = ctypes.c_int()
-        self.check(self.lib.cuDeviceGet(ctypes.byref(dev), device), "cuDeviceGet")
-        context = ctypes.c_void_p()
-        self.check(self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(context), dev), "cuDevicePrimaryCtxRetain")
-        self.check(self.lib.cuCtxSetCurrent(context), "cuCtxSetCurrent")
-
-    def ensure_context(self, device: int) -> None:
-        """Kernels load and launch in the current context: make it PyTorch's if this thread has none."""
-        context = ctypes.c_void_p()
-        self.check(self.lib.cuCtxGetCurrent(ctypes.byref(context)), "cuCtxGetCurrent")
-        if not context.value:
-            self.make_context_current(device)
-
-    def load(self, cubin: bytes, names: list[str]) -> dict[str, ctypes.c_void_p]:
-        module = ctypes.c_void_p()
-        self.check(self.lib.cuModuleLoadData(ctypes.byref(module), cubin), "cuModuleLoadData")
-        functions = {}
-        for name in names:
-            function = ctypes.c_void_p()
-            self.check(self.lib.cuModuleGetFunction(ctypes.byref(function), module, name.encode()), name)
-            functions[name] = function
-        return functions
-
-    def launch(self, function: ctypes.c_void_p, grid: tuple[int, int], threads: int, args: list, stream: int) -> None:
-        pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
-        result = self.lib.cuLaunchKernel(function, grid[0], grid[1], 1, threads, 1, 1, 0, stream, pointers, None)
-        self.check(result, "cuLaunchKernel")
-
-
 # --- kernels per device, and the choice of variant per shape ------------------------------------------------
 
 
@@ -205,7 +152,7 @@ class _LazyKernels:
     description = "CUDA kernels"  # for the log: "<description> unavailable, the Triton one runs instead"
 
     def __init__(self) -> None:
-        self._driver: _Driver | None = None
+        self._driver: CudaDriver | None = None
         self._kernels: dict[tuple, Any] = {}
         self._failed: str | None = None
         self._lock = threading.Lock()
@@ -222,7 +169,7 @@ class _LazyKernels:
         if self._failed is not None:
             raise CudaKernelUnavailable(self._failed)
         try:
-            self._driver = self._driver or _Driver()
+            self._driver = self._driver or CudaDriver()
             major, minor = torch.cuda.get_device_capability(device)
             compiled = compile_for(major * 10 + minor)
             self._driver.ensure_context(device)
@@ -248,7 +195,7 @@ class CudaScan(_LazyKernels):
         self.source = source
 
     def kernels(self, device: torch.device, d_state: int) -> _DeviceKernels:
-        key = (_device_index(device), d_state)
+        key = (device_index(device), d_state)
         return self._cached(key, lambda: self._build(*key))
 
     def _build(self, device: int, d_state: int) -> _DeviceKernels:
@@ -274,7 +221,7 @@ class CudaScan(_LazyKernels):
         options = [v for v in VARIANTS[xc.dtype] if _variant_fits(v, tensors, z, dim)]
         key = (xc.dtype, bsz, length, dim)
         stream = torch.cuda.current_stream(xc.device).cuda_stream
-        self._driver.ensure_context(_device_index(xc.device))
+        self._driver.ensure_context(device_index(xc.device))
         if key not in kernels.choice and len(options) > 1 and not torch.cuda.is_current_stream_capturing():
             kernels.choice[key] = self._fastest(kernels, options, xc.dtype, bsz, dim, args, stream)
         variant = kernels.choice.get(key, options[0])
@@ -300,10 +247,6 @@ class CudaScan(_LazyKernels):
             times[variant] = start.elapsed_time(end)
         logger.debug("CUDA scan variants (ms for 2 runs): %s", times)
         return min(times, key=times.get)
-
-
-def _device_index(device: torch.device) -> int:
-    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def _variant_fits(variant: str, tensors: list[torch.Tensor], z: torch.Tensor, dim: int) -> bool:
@@ -358,7 +301,7 @@ class CudaConv(_LazyKernels):
         self.source = source
 
     def kernels(self, device: torch.device) -> dict[str, ctypes.c_void_p]:
-        index = _device_index(device)
+        index = device_index(device)
         names = [conv_kernel_name(dt, ch) for dt, options in CONV_CHANNELS.items() for ch in options]
         return self._cached((index,), lambda: self._load(index, self.compile, names))
 
@@ -384,7 +327,7 @@ class CudaConv(_LazyKernels):
             ctypes.c_longlong(x.stride(0)), ctypes.c_longlong(x.stride(1)),
         ]
         blocks = bsz * -(-length // self.tokens) * -(-dim // (channels * self.threads))
-        self._driver.ensure_context(_device_index(x.device))
+        self._driver.ensure_context(device_index(x.device))
         stream = torch.cuda.current_stream(x.device).cuda_stream
         self._driver.launch(kernels[conv_kernel_name(x.dtype, channels)], (blocks, 1), self.threads, args, stream)
         return xc
