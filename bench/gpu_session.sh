@@ -23,6 +23,11 @@
 #   bash bench/gpu_session.sh pipeline-profile  # GPU 0: 16 cameras under py-spy (carry .gpu/py_spy-*.whl)
 #   bash bench/gpu_session.sh detector-graphs   # GPU 0: the detector's GPU tests, then 16 cameras with the
 #                                               # detector's network as CUDA graphs and without
+#   bash bench/gpu_session.sh ahead-ab          # GPU 0: the detector's GPU tests, then 16 cameras with the
+#                                               # reidcam package carried in .gpu/before and with this one
+#                                               # (detection a step ahead), overlap off and on; 4 cameras
+#   bash bench/gpu_session.sh graphs-and-row    # GPU 0: detector-graphs; GPU 1: the CUDA kernels' tests, the
+#                                               # backend checks and the 256x128 s16 row
 #
 # The pipeline and measure-all phases carry .whl and .gpu/shared: a copy of ../shared/data/vtest.avi and
 # models/yolov8n-from-tflite.pt (made here by bench/detector_from_tflite.py: the device has no LiteRT).
@@ -35,7 +40,7 @@ phase=${1:?usage: gpu_session.sh detector-graphs|pipeline-profile|table-and-uplo
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ] || [ "$phase" = switch-interval-ab ] || [ "$phase" = conv-and-decode ] || [ "$phase" = table-and-upload ] || [ "$phase" = pipeline-profile ] || [ "$phase" = detector-graphs ]; then
+if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ] || [ "$phase" = switch-interval-ab ] || [ "$phase" = conv-and-decode ] || [ "$phase" = table-and-upload ] || [ "$phase" = pipeline-profile ] || [ "$phase" = detector-graphs ] || [ "$phase" = graphs-and-row ] || [ "$phase" = ahead-ab ]; then
   wheels=(.whl/*.whl); else
   wheels=(.whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl); fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -83,10 +88,9 @@ if scored:
 PY
 }
 
-case $phase in
-detector-graphs)
-  # GPU 0: the detection and upload tests on the GPU (graph replays against eager runs), then 16 cameras of
-  # 1080p (decoder processes) with the detector's network as CUDA graphs, then without.
+# GPU 0: the detection and upload tests on the GPU (graph replays against eager runs), then 16 cameras of
+# 1080p (decoder processes) with the detector's network as CUDA graphs, then without.
+detector_graphs() (
   export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared TRITON_INTERPRET=0
   detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
   timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_detection.py tests/test_upload.py \
@@ -95,6 +99,41 @@ detector-graphs)
     timeout "${RUN_TIMEOUT:-150}" python3 bench/gpu_pipeline.py --device cuda --cameras "${CAMERAS:-16}" --frames 100 \
       --detector "$detector" --no-overlap --decode process "$graphs" >>"$OUT/pipeline.log" 2>&1
   done
+)
+
+case $phase in
+detector-graphs)
+  detector_graphs
+  ;;
+ahead-ab)
+  # GPU 0: the detector's GPU tests; then 16 cameras of 1080p with the package in .gpu/before (git archive of
+  # the commit before) and with this one, both twice in alternation (hosts drift), overlap off; this one with
+  # overlap on; 4 cameras.
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared TRITON_INTERPRET=0
+  detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
+  timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_detection.py tests/test_upload.py \
+    -k "graph or ring or head or submitted" >"$OUT/checks.log" 2>&1
+  pipeline() { timeout "${RUN_TIMEOUT:-150}" python3 bench/gpu_pipeline.py --device cuda --frames 100 \
+    --detector "$detector" --decode process "$@" >>"$OUT/pipeline.log" 2>&1; }
+  cp -n reidcam/weights/reidmamba_default.pt .gpu/before/reidcam/weights/  # not carried twice
+  for round in 1 2; do
+    PYTHONPATH=.gpu/before:.:/tmp/site pipeline --cameras 16 --no-overlap
+    pipeline --cameras 16 --no-overlap
+  done
+  pipeline --cameras 16 --overlap
+  pipeline --cameras 4 --no-overlap
+  ;;
+graphs-and-row)
+  # GPU 0: the detector-graphs phase; GPU 1 at the same time: the CUDA kernels' GPU tests, the backend checks,
+  # then the 256x128 s16 row (the opt-in weight memo on the timed path).
+  detector_graphs &
+  (export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=1 TRITON_INTERPRET=0
+   timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda_scan.py \
+     tests/test_kernels_cuda_conv.py >"$OUT/kernel_checks.log" 2>&1
+   timeout 120 python3 bench/speed_vs_vit.py --checks-only --backends triton --no-plain-norm >>"$OUT/kernel_checks.log" 2>&1
+   timeout 150 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton --no-plain-norm \
+     >"$OUT/speed.log" 2>&1) &
+  wait
   ;;
 pipeline-profile)
   # GPU 0: 16 cameras of 1080p (decoder processes) sampled by py-spy, every thread of the run, idle samples

@@ -351,6 +351,33 @@ def test_graph_replays_find_the_boxes_of_eager_runs(random_yolo_weights, street_
     assert graphed._forward.captured == 2
 
 
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("graphs", [True, False])
+def test_batches_submitted_before_the_last_is_read_keep_their_own_boxes(random_yolo_weights, street_frames, graphs):
+    """Three batches queued on the GPU before any result is read (as the pipeline runs one step ahead):
+    each gets the boxes it gets alone, though a graph replays into the same output buffer each time."""
+    config = DetectorConfig(weights=str(random_yolo_weights), confidence=0.3, cuda_graphs=graphs)
+    detector = YoloDetector(config, device="cuda")
+    batches = [street_frames, street_frames[::-1], [np.ascontiguousarray(f[:, ::-1]) for f in street_frames]]
+    alone = [detector.detect(frames) for frames in batches * 2][-3:]  # past the graphs' eager first sights
+    pending = [detector.submit(frames) for frames in batches]
+    for queued, expected in zip(pending, alone):
+        got = queued.result()
+        assert sum(len(found) for found in got) > 0
+        for found, wanted in zip(got, expected):
+            np.testing.assert_array_equal(found.xyxy, wanted.xyxy)
+    assert [len(found) for found in alone[0]] == [len(found) for found in alone[1]][::-1]
+
+
+def test_submitted_batches_on_the_cpu_give_the_boxes_of_detect(tensor_yolo, street_frames):
+    pending = tensor_yolo.submit(street_frames)
+    expected = tensor_yolo.detect(street_frames)
+    assert sum(len(found) for found in expected) > 0
+    for found, wanted in zip(pending.result(), expected):
+        np.testing.assert_array_equal(found.xyxy, wanted.xyxy)
+    assert pending.result() is pending.result()
+
+
 def test_the_detect_head_is_found_behind_ultralytics_backend(tensor_yolo):
     """Graph captures need the Detect head (its anchor cache); without it nothing would be captured."""
     from reidcam.detection.network_graphs import detect_heads

@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import pytest
 
+from reidcam.app.pipeline import late_frame_rate
 from reidcam.app.run import run_from_config
 
 pytestmark = pytest.mark.slow
@@ -232,3 +233,17 @@ def test_bench_command_times_every_stage_and_writes_nothing_beside_the_config(cl
     assert float(rows["detect"][1]) > 0
     assert "cameras: west 12, east 12" in result.stdout
     assert sorted(p.name for p in folder.iterdir()) == ["cams.yaml"]
+
+
+def test_a_run_reports_the_rate_of_its_second_half(main_run):
+    summary, _ = main_run
+    # 40 steps of three frames: the second half's 19 steps after the middle one, within the run's wall time
+    assert summary.late_rate is not None
+    assert summary.late_rate >= 19 * 3 / summary.wall_seconds
+
+
+def test_late_frame_rate_skips_the_first_half_of_the_steps():
+    marks = [(10.0, 16), (11.0, 16), (11.5, 16), (12.0, 16), (12.5, 8)]
+    # the middle step ends at 11.5; the two steps after it (24 frames) took 1.0 s
+    assert late_frame_rate(marks) == pytest.approx(24.0)
+    assert late_frame_rate(marks[:3]) is None

@@ -86,6 +86,9 @@ def format_stage_table(summary: RunSummary, cpu_seconds: float) -> str:
         f"{'end-to-end':<10} {summary.wall_seconds:8.2f} {cpu_seconds:8.2f} {frames:7d} {'frames':<7} "
         f"{_rate(frames, summary.wall_seconds)} {_rate(frames, cpu_seconds)}"
     )
+    if summary.late_rate is not None:
+        lines.append(f"{'2nd half':<10} {'':>8} {'':>8} {'':>7} {'frames':<7} {summary.late_rate:10.1f}"
+                     "   (steps of the run's second half: no first-use compilation)")
     per_camera = ", ".join(f"{camera} {count}" for camera, count in summary.frames.items())
     lines.append(f"cameras: {per_camera}; tracklets {summary.tracklets}; identities {summary.identities}")
     lines.append(overlap_note(summary))

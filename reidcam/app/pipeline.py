@@ -33,7 +33,7 @@ import supervision as sv
 from reidcam.app.config import CamsConfig, ReidConfig
 from reidcam.app.prefetch import Prefetch
 from reidcam.app.sources import Frame, MultiCameraSource, open_cameras
-from reidcam.detection.base import Detector
+from reidcam.detection.base import Detector, PendingDetections
 from reidcam.detection.geometry import CameraGeometry
 from reidcam.devices import resolve_device
 from reidcam.errors import ConfigError
@@ -122,16 +122,36 @@ class DetectTrack:
         self.geometry = {camera.id: CameraGeometry.from_config(camera) for camera in config.cameras}
 
     def steps(self) -> Iterator[list[TrackedFrame]]:
-        for frames in self.source.steps():
-            yield self.process(frames)
+        """Each step's tracked frames. A step's detection is started before the step before it is tracked
+        and handed on: on a GPU, the network runs on one step while the host tracks, embeds and stores
+        the last (the pipeline's host work was the bound: BENCHMARKS.md, session 7)."""
+        in_flight: tuple[Sequence[Frame], PendingDetections] | None = None
+        with closing(iter(self.source.steps())) as source:
+            while True:
+                try:
+                    frames = next(source, None)
+                    started = None if frames is None else (frames, self._submit(frames))
+                except Exception:
+                    if in_flight is not None:  # a failing camera: the step read before it is still handed on
+                        yield self._track(*in_flight)
+                    raise
+                if in_flight is not None:
+                    yield self._track(*in_flight)
+                if started is None:
+                    return
+                in_flight = started
 
     def frames(self) -> Iterator[TrackedFrame]:
         for step in self.steps():
             yield from step
 
-    def process(self, frames: Sequence[Frame]) -> list[TrackedFrame]:
+    def _submit(self, frames: Sequence[Frame]) -> PendingDetections:
         with self.clock.measure("detect", len(frames)):
-            detections = self.detector.detect([frame.image for frame in frames])
+            return self.detector.submit([frame.image for frame in frames])
+
+    def _track(self, frames: Sequence[Frame], pending: PendingDetections) -> list[TrackedFrame]:
+        with self.clock.measure("detect", 0):
+            detections = pending.result()
         tracked = []
         with self.clock.measure("track", len(frames)):
             for frame, found in zip(frames, detections):
@@ -268,10 +288,26 @@ class RunSummary:
     wall_seconds: float
     stages: dict[str, StageTime]
     overlap: bool = False  # detect and track overlapped the later stages: stage times sum to more than the wall
+    late_rate: float | None = None  # frames/s over the second half of the steps (see ``late_frame_rate``)
 
     @property
     def total_frames(self) -> int:
         return sum(self.frames.values())
+
+
+def late_frame_rate(step_marks: Sequence[tuple[float, int]]) -> float | None:
+    """Frames per second over the second half of a run's steps, from each step's end time and frame count.
+
+    The whole run's rate includes its start: on a GPU, the first steps compile kernels and capture graphs
+    for every new batch shape, which a short benchmark run never earns back, while a camera runs for hours.
+    None when the run had fewer than four steps.
+    """
+    if len(step_marks) < 4:
+        return None
+    middle = len(step_marks) // 2
+    seconds = step_marks[-1][0] - step_marks[middle][0]
+    frames = sum(count for _, count in step_marks[middle + 1:])
+    return frames / seconds if seconds > 0 else None
 
 
 class MultiCameraPipeline:
@@ -297,6 +333,7 @@ class MultiCameraPipeline:
         self.frames: dict[str, int] = {camera_id: 0 for camera_id in detect_track.source.streams}
         self.event_counts: dict[str, int] = {}
         self._closed_since_commit: list[Tracklet] = []
+        self.step_marks: list[tuple[float, int]] = []  # (perf_counter at a step's end, its frames)
 
     @property
     def gallery(self) -> Gallery:
@@ -307,6 +344,7 @@ class MultiCameraPipeline:
         with self._tracked_steps() as steps:
             for tracked in steps:
                 self.process_step(tracked)
+                self.step_marks.append((time.perf_counter(), len(tracked)))
         self.finish()
 
     def _tracked_steps(self) -> AbstractContextManager[Iterable[list[TrackedFrame]]]:

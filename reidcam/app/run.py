@@ -29,6 +29,7 @@ from reidcam.app.pipeline import (
     StepObserver,
     build_detector,
     create_embedder,
+    late_frame_rate,
 )
 from reidcam.app.progress import make_progress
 from reidcam.app.sources import MultiCameraSource, open_cameras
@@ -130,6 +131,7 @@ def _run(
         wall_seconds=time.perf_counter() - started,
         stages=clock.stages,
         overlap=pipeline.overlap,
+        late_rate=late_frame_rate(pipeline.step_marks),
     )
     logger.info(
         "run %d: %d frames in %.1f s (%.1f fps), %d tracklets, %d identities; %s",

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from reidcam.app.config import DETECTOR_WEIGHTS_VARIABLE, DetectorConfig, shared_dir
+from reidcam.detection.base import DoneDetections, PendingDetections
 from reidcam.detection.network_graphs import GraphedNetwork, prediction_of
 from reidcam.detection.upload import FrameUploader
 from reidcam.errors import ConfigError, first_line
@@ -176,6 +177,7 @@ class YoloDetector:
         # the tensor path's own CUDA stream: with detector.overlap its work runs beside the ReID stage's
         # on the GPU too, not queued behind it on the default stream
         self._stream = torch.cuda.Stream(self._network.device) if self._tensor_path and self.on_cuda else None
+        self._nms_stream = torch.cuda.Stream(self._network.device) if self._stream is not None else None
         self._uploader = FrameUploader(self._network.device)
         graphs = config.cuda_graphs and self._stream is not None
         self._forward = GraphedNetwork(self._network, self._stream) if graphs else self._eager_forward
@@ -202,9 +204,14 @@ class YoloDetector:
         return requested
 
     def detect(self, images: Sequence[np.ndarray]) -> list[sv.Detections]:
+        return self.submit(images).result()
+
+    def submit(self, images: Sequence[np.ndarray]) -> PendingDetections:
+        """Starts detection on ``images``. On the GPU's tensor path it returns once the batch's work is queued
+        (the frames must stay as they are until ``result``); ``predict`` detects before returning."""
         if self._tensor_path:
-            return self._detect_on_device(images)
-        return self._detect_with_predict(images)
+            return _InFlightBatches(self, len(images), self._launch_on_device(images))
+        return DoneDetections(self._detect_with_predict(images))
 
     def _detect_with_predict(self, images: Sequence[np.ndarray]) -> list[sv.Detections]:
         detections: list[sv.Detections] = []
@@ -223,34 +230,48 @@ class YoloDetector:
             detections.extend(_to_detections(result) for result in results)
         return detections
 
-    def _detect_on_device(self, images: Sequence[np.ndarray]) -> list[sv.Detections]:
-        """The tensor path: frames grouped by input shape, each group one forward pass; output in input order.
+    def _launch_on_device(self, images: Sequence[np.ndarray]) -> list[_Launched]:
+        """The tensor path: frames grouped by input shape, each group one forward pass, queued.
 
         Every frame gets its own smallest canvas, which is what ``predict`` gives a chunk of frames of one
         shape (a chunk of mixed shapes it pads to the full ``imgsz`` square instead).
         """
-        detections: list[sv.Detections | None] = [None] * len(images)
-        for indices in batches_by_shape([image.shape for image in images], self.max_batch):
-            found = self._run_batch([images[i] for i in indices])
-            for index, boxes in zip(indices, found):
-                detections[index] = boxes
-        return detections
+        return [self._launch_batch(indices, [images[i] for i in indices])
+                for indices in batches_by_shape([image.shape for image in images], self.max_batch)]
 
-    def _run_batch(self, images: Sequence[np.ndarray]) -> list[sv.Detections]:
-        """One forward pass over frames of one size, the batch's NMS, and one copy of the boxes to the host."""
-        from ultralytics.utils.ops import scale_boxes
-
+    def _launch_batch(self, indices: list[int], images: list[np.ndarray]) -> _Launched:
+        """Upload, letterbox and forward pass of frames of one size, queued on the detector's stream."""
         network = self._network
         dtype = torch.half if network.fp16 else torch.float
         geometry = letterbox_geometry(*images[0].shape[:2], self._imgsz, int(network.stride))
-        stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
-        with torch.inference_mode(), stream:
+        with torch.inference_mode(), self._on(self._stream):
             batch = letterbox_batch(self._uploader.upload(images), geometry, dtype)
-            rows, image_of_row = self._suppress(self._forward(batch))
-            rows[:, :4] = scale_boxes(batch.shape[2:], rows[:, :4], images[0].shape)
+            prediction = self._forward(batch)
+            if isinstance(self._forward, GraphedNetwork):  # the next replay would overwrite it
+                prediction = prediction.clone()
+            done = torch.cuda.Event() if self._stream is not None else None
+            if done is not None:
+                done.record(self._stream)
+        return _Launched(indices, images, prediction, tuple(batch.shape[2:]), done)
+
+    def _finish_batch(self, launched: _Launched) -> list[sv.Detections]:
+        """The batch's NMS and one copy of the boxes to the host, on a stream of their own: waiting for it
+        waits for this batch only, not for batches queued since on the detector's stream."""
+        from ultralytics.utils.ops import scale_boxes
+
+        stream = self._nms_stream
+        with torch.inference_mode(), self._on(stream):
+            if launched.done is not None and stream is not None:
+                stream.wait_event(launched.done)
+            rows, image_of_row = self._suppress(launched.prediction)
+            rows[:, :4] = scale_boxes(launched.canvas, rows[:, :4], launched.images[0].shape)
             on_host = torch.cat([rows, image_of_row[:, None].float()], dim=1).cpu().numpy()
-        bounds = np.searchsorted(on_host[:, 6], np.arange(1, len(images)))
+        bounds = np.searchsorted(on_host[:, 6], np.arange(1, len(launched.images)))
         return [self._detections(found[:, :6]) for found in np.split(on_host, bounds)]
+
+    @staticmethod
+    def _on(stream: torch.cuda.Stream | None):
+        return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
     def _eager_forward(self, batch: torch.Tensor) -> torch.Tensor:
         return prediction_of(self._network(batch))
@@ -277,6 +298,35 @@ class YoloDetector:
             class_id=class_id,
             data={"class_name": np.array([self.model.names[i] for i in class_id])},
         )
+
+
+class _Launched(NamedTuple):
+    """One batch of frames of one size whose forward pass is queued; ``done`` marks its end on the GPU."""
+
+    indices: list[int]
+    images: list[np.ndarray]  # kept alive until the upload from them has run
+    prediction: torch.Tensor
+    canvas: tuple[int, int]
+    done: torch.cuda.Event | None
+
+
+class _InFlightBatches:
+    """``PendingDetections`` of the tensor path: the queued batches of one ``submit``, finished in order."""
+
+    def __init__(self, detector: YoloDetector, count: int, launched: list[_Launched]) -> None:
+        self._detector = detector
+        self._count = count
+        self._launched = launched
+        self._detections: list[sv.Detections] | None = None
+
+    def result(self) -> list[sv.Detections]:
+        if self._detections is None:
+            detections: list[sv.Detections] = [sv.Detections.empty()] * self._count
+            for launched in self._launched:
+                for index, boxes in zip(launched.indices, self._detector._finish_batch(launched)):
+                    detections[index] = boxes
+            self._detections, self._launched = detections, []
+        return self._detections
 
 
 def precision_argument(half: bool) -> dict[str, object]:
