@@ -26,6 +26,8 @@
 #   bash bench/gpu_session.sh ahead-ab          # GPU 0: the detector's GPU tests, then 16 cameras with the
 #                                               # reidcam package carried in .gpu/before and with this one
 #                                               # (detection a step ahead), overlap off and on; 4 cameras
+#   TESTS=... PROFILE=1 bash bench/gpu_session.sh ab  # the same A/B without the overlap and 4-camera runs,
+#                                               # then (PROFILE=1) this package's run under py-spy
 #   bash bench/gpu_session.sh graphs-and-row    # GPU 0: detector-graphs; GPU 1: the CUDA kernels' tests, the
 #                                               # backend checks and the 256x128 s16 row
 #
@@ -40,7 +42,7 @@ phase=${1:?usage: gpu_session.sh detector-graphs|pipeline-profile|table-and-uplo
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ] || [ "$phase" = switch-interval-ab ] || [ "$phase" = conv-and-decode ] || [ "$phase" = table-and-upload ] || [ "$phase" = pipeline-profile ] || [ "$phase" = detector-graphs ] || [ "$phase" = graphs-and-row ] || [ "$phase" = ahead-ab ]; then
+if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ] || [ "$phase" = switch-interval-ab ] || [ "$phase" = conv-and-decode ] || [ "$phase" = table-and-upload ] || [ "$phase" = pipeline-profile ] || [ "$phase" = detector-graphs ] || [ "$phase" = graphs-and-row ] || [ "$phase" = ahead-ab ] || [ "$phase" = ab ]; then
   wheels=(.whl/*.whl); else
   wheels=(.whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl); fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -105,14 +107,15 @@ case $phase in
 detector-graphs)
   detector_graphs
   ;;
-ahead-ab)
-  # GPU 0: the detector's GPU tests; then 16 cameras of 1080p with the package in .gpu/before (git archive of
-  # the commit before) and with this one, both twice in alternation (hosts drift), overlap off; this one with
-  # overlap on; 4 cameras.
+ahead-ab|ab)
+  # GPU 0: GPU tests ($TESTS: pytest arguments); then 16 cameras of 1080p with the package in .gpu/before
+  # (git archive of the commit before) and with this one, twice in alternation (hosts drift), overlap off;
+  # ahead-ab also runs this one with overlap on, and 4 cameras; with PROFILE=1, last, this one under py-spy
+  # (as pipeline-profile).
   export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared TRITON_INTERPRET=0
   detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
-  timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_detection.py tests/test_upload.py \
-    -k "graph or ring or head or submitted" >"$OUT/checks.log" 2>&1
+  tests=${TESTS:-tests/test_detection.py tests/test_upload.py -k "graph or ring or head or submitted"}
+  eval "timeout 120 python3 -m pytest -q -p no:cacheprovider $tests" >"$OUT/checks.log" 2>&1
   pipeline() { timeout "${RUN_TIMEOUT:-150}" python3 bench/gpu_pipeline.py --device cuda --frames 100 \
     --detector "$detector" --decode process "$@" >>"$OUT/pipeline.log" 2>&1; }
   cp -n reidcam/weights/reidmamba_default.pt .gpu/before/reidcam/weights/  # not carried twice
@@ -120,8 +123,17 @@ ahead-ab)
     PYTHONPATH=.gpu/before:.:/tmp/site pipeline --cameras 16 --no-overlap
     pipeline --cameras 16 --no-overlap
   done
-  pipeline --cameras 16 --overlap
-  pipeline --cameras 4 --no-overlap
+  if [ "$phase" = ahead-ab ]; then
+    pipeline --cameras 16 --overlap
+    pipeline --cameras 4 --no-overlap
+  fi
+  if [ "${PROFILE:-0}" = 1 ]; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .gpu/py_spy-*.whl 2>&1 | tail -1
+    timeout -s INT 120 /tmp/pyspy/bin/py-spy record --rate 100 --idle --threads --format raw \
+      --output "$OUT/pyspy.txt" -- python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 \
+      --detector "$detector" --no-overlap --decode process >>"$OUT/pipeline.log" 2>&1
+    python3 bench/pyspy_summary.py "$OUT/pyspy.txt" >"$OUT/pyspy_summary.txt" 2>&1
+  fi
   ;;
 graphs-and-row)
   # GPU 0: the detector-graphs phase; GPU 1 at the same time: the CUDA kernels' GPU tests, the backend checks,

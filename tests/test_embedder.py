@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -87,3 +88,20 @@ def test_weights_file_with_cameras_and_flip(tmp_path, crops):
     np.testing.assert_allclose(unseen, no_camera, rtol=0, atol=1e-6)
     mirrored = embedder.embed([np.ascontiguousarray(c[:, ::-1]) for c in crops[:2]])
     np.testing.assert_allclose(mirrored, no_camera, rtol=0, atol=1e-5)  # flip TTA is mirror-invariant
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_gpu_embedder_agrees_with_the_cpu_one(embedder, crops):
+    """On the GPU (crops uploaded in one page-locked copy, a stream of its own, CUDA graphs, bf16) the
+    embeddings of the same model match the CPU's float32 ones, crop for crop; the uploaded crops are
+    byte for byte the arrays, views of a larger image included."""
+    from reidcam.reid.embedder import _upload_crops
+
+    on_gpu = Embedder(copy.deepcopy(embedder.model), torch.device("cuda"), batch_size=4)  # .to moves in place
+    on_gpu.warm_up()
+    many = crops * 7  # 21 crops: two batches, the second padded
+    got, expected = on_gpu.embed(many), embedder.embed(many)
+    cosine = (got * expected).sum(axis=1)
+    assert cosine.min() > 0.99, cosine
+    for uploaded, crop in zip(_upload_crops(crops, torch.device("cuda")), crops):
+        np.testing.assert_array_equal(uploaded.cpu().numpy(), crop)

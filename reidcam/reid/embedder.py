@@ -47,6 +47,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_INIT_SEED = 0
 GPU_BATCH_MULTIPLE = 16
+HIGH_PRIORITY = -1  # CUDA stream priority: lower is sooner; PyTorch's streams default to 0, the lowest
 
 
 class Embedder:
@@ -80,6 +81,9 @@ class Embedder:
         self._graphs: dict[int, _GraphedEmbed] = {}
         self._warned_unseen = False
         self._weight_memo = new_weight_memo()  # None where the triton kernels do not import
+        # ahead of the detector's stream on a shared GPU: the main job waits for every embedding batch at
+        # once, while it reads the detector's work only a step later
+        self._stream = torch.cuda.Stream(device, priority=HIGH_PRIORITY) if device.type == "cuda" else None
         self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
 
@@ -154,10 +158,12 @@ class Embedder:
         if camera_indices is not None and len(camera_indices) != len(crops):
             raise DataError(f"{len(camera_indices)} camera indices for {len(crops)} crops")
         out = np.empty((len(crops), self.embed_dim), dtype=np.float32)
-        for start in range(0, len(crops), self.batch_size):
-            stop = min(start + self.batch_size, len(crops))
-            cams = None if camera_indices is None else self._camera_tensor(camera_indices[start:stop])
-            out[start:stop] = self._embed_batch(crops[start:stop], cams)
+        on_stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+        with on_stream:
+            for start in range(0, len(crops), self.batch_size):
+                stop = min(start + self.batch_size, len(crops))
+                cams = None if camera_indices is None else self._camera_tensor(camera_indices[start:stop])
+                out[start:stop] = self._embed_batch(crops[start:stop], cams)
         return out
 
     def _autocast(self):
@@ -188,7 +194,8 @@ class Embedder:
     def _preprocess(self, crops: Sequence[np.ndarray]) -> Tensor:
         """Resizes each crop (bicubic, antialiased, rounded to uint8 levels), BGR->RGB, normalises."""
         height, width = self.img_size
-        batch = torch.stack([_resize_crop(crop, height, width, self.device) for crop in crops])
+        uploaded = _upload_crops(crops, self.device)
+        batch = torch.stack([_resize_crop(crop, height, width, self.device) for crop in uploaded])
         return (batch - self._mean) / self._std
 
     def _camera_tensor(self, indices: Sequence[int]) -> Tensor:
@@ -227,19 +234,46 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def _resize_crop(crop: np.ndarray, height: int, width: int, device: torch.device) -> Tensor:
-    """(3, height, width) float RGB levels of one BGR crop, resized on ``device``.
+def _check_crop(crop: np.ndarray) -> None:
+    if not isinstance(crop, np.ndarray) or crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3:
+        raise DataError("a crop must be a uint8 BGR array of shape (H, W, 3)")
+    if crop.shape[0] == 0 or crop.shape[1] == 0:
+        raise DataError(f"empty crop of shape {crop.shape}")
+
+
+def _upload_crops(crops: Sequence[np.ndarray], device: torch.device) -> list[Tensor]:
+    """Each BGR uint8 crop as an (H, W, 3) uint8 tensor on ``device``.
+
+    On a GPU, all crops travel in one copy from page-locked memory that the host does not wait for:
+    one pageable copy per crop made the host wait for the GPU before each (the resize kernels of the
+    crop before it queue behind the detector's work), dozens of times per step of the main job.
+    """
+    for crop in crops:
+        _check_crop(crop)
+    if device.type != "cuda":
+        return [torch.from_numpy(np.ascontiguousarray(crop)) for crop in crops]
+    sizes = [crop.size for crop in crops]
+    staging = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=True)
+    flat = staging.numpy()
+    offset = 0
+    for crop, size in zip(crops, sizes):
+        flat[offset:offset + size].reshape(crop.shape)[...] = crop
+        offset += size
+    on_device = staging.to(device, non_blocking=True)  # the pinned allocator keeps staging until it is read
+    return [part.view(crop.shape) for part, crop in zip(torch.split(on_device, sizes), crops)]
+
+
+def _resize_crop(crop: np.ndarray | Tensor, height: int, width: int, device: torch.device) -> Tensor:
+    """(3, height, width) float RGB levels of one BGR crop (an array, or a uint8 tensor on ``device``),
+    resized on ``device``.
 
     The crop travels as uint8 and is resized where the model runs: on a GPU host the CPU's many
     threads are busy decoding and tracking, and there a crop's bicubic resize took 20-25 ms on the
     CPU against well under a millisecond on the GPU (BENCHMARKS.md, session 4).
     """
-    if not isinstance(crop, np.ndarray) or crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3:
-        raise DataError("a crop must be a uint8 BGR array of shape (H, W, 3)")
-    if crop.shape[0] == 0 or crop.shape[1] == 0:
-        raise DataError(f"empty crop of shape {crop.shape}")
-    bgr = torch.from_numpy(np.ascontiguousarray(crop)).to(device)
-    rgb = bgr.permute(2, 0, 1).flip(0)[None].float()
+    if isinstance(crop, np.ndarray):
+        (crop,) = _upload_crops([crop], device)
+    rgb = crop.permute(2, 0, 1).flip(0)[None].float()
     if rgb.shape[-2:] == (height, width):
         return rgb[0]
     resized = F.interpolate(rgb, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
