@@ -38,3 +38,11 @@ def device_index(device: torch.device) -> int:
     import torch
 
     return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def urgent_stream(device: torch.device) -> torch.cuda.Stream:
+    """A CUDA stream whose kernels the GPU runs before those of PyTorch's ordinary streams (priority 0, the
+    lowest): for work the host is about to wait for, beside work it reads only later."""
+    import torch
+
+    return torch.cuda.Stream(device, priority=-1)

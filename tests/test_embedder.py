@@ -91,12 +91,13 @@ def test_weights_file_with_cameras_and_flip(tmp_path, crops):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_the_gpu_embedder_agrees_with_the_cpu_one(embedder, crops):
+def test_the_gpu_embedder_agrees_with_the_cpu_one(embedder, crops, monkeypatch):
     """On the GPU (crops uploaded in one page-locked copy, a stream of its own, CUDA graphs, bf16) the
     embeddings of the same model match the CPU's float32 ones, crop for crop; the uploaded crops are
     byte for byte the arrays, views of a larger image included."""
     from reidcam.reid.embedder import _upload_crops
 
+    monkeypatch.delenv("REIDCAM_SCAN", raising=False)  # a forced GPU backend would refuse the CPU model
     on_gpu = Embedder(copy.deepcopy(embedder.model), torch.device("cuda"), batch_size=4)  # .to moves in place
     on_gpu.warm_up()
     many = crops * 7  # 21 crops: two batches, the second padded

@@ -32,6 +32,7 @@ from reidcam.app.config import DETECTOR_WEIGHTS_VARIABLE, DetectorConfig, shared
 from reidcam.detection.base import DoneDetections, PendingDetections
 from reidcam.detection.network_graphs import GraphedNetwork, prediction_of
 from reidcam.detection.upload import FrameUploader
+from reidcam.devices import urgent_stream
 from reidcam.errors import ConfigError, first_line
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -166,7 +167,10 @@ class YoloDetector:
         self.config = config
         self.device = ultralytics_device(device)
         self.model = _load_model(self.weights, config.imgsz, self.device, half=self._half)
-        self.person_class = _person_class(self.model.names, self.weights)
+        # Ultralytics' ``names`` re-checks the whole dict at every read: read once, as an array by class id
+        names = self.model.names
+        self.person_class = _person_class(names, self.weights)
+        self._class_names = np.array([names.get(i, str(i)) for i in range(max(names, default=-1) + 1)])
         fixed_batch = Path(self.weights).suffix.lower() in FIXED_BATCH_SUFFIXES
         self.max_batch = 1 if fixed_batch else config.batch_size
         predictor = self.model.predictor
@@ -177,7 +181,8 @@ class YoloDetector:
         # the tensor path's own CUDA stream: with detector.overlap its work runs beside the ReID stage's
         # on the GPU too, not queued behind it on the default stream
         self._stream = torch.cuda.Stream(self._network.device) if self._tensor_path and self.on_cuda else None
-        self._nms_stream = torch.cuda.Stream(self._network.device) if self._stream is not None else None
+        # the NMS of a step is waited for at once, while the forward queued after it is read a step later
+        self._nms_stream = urgent_stream(self._network.device) if self._stream is not None else None
         self._uploader = FrameUploader(self._network.device)
         graphs = config.cuda_graphs and self._stream is not None
         self._forward = GraphedNetwork(self._network, self._stream) if graphs else self._eager_forward
@@ -296,7 +301,7 @@ class YoloDetector:
             xyxy=np.ascontiguousarray(rows[:, :4]),
             confidence=np.ascontiguousarray(rows[:, 4]),
             class_id=class_id,
-            data={"class_name": np.array([self.model.names[i] for i in class_id])},
+            data={"class_name": self._class_names[class_id]},
         )
 
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reidcam.devices import resolve_device
+from reidcam.devices import resolve_device, urgent_stream
 from reidcam.errors import ConfigError, DataError
 from reidcam.reid.model import ReIDMamba, build_model
 from reidcam.reid.model.checkpoint import load_reid_checkpoint
@@ -47,7 +47,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_INIT_SEED = 0
 GPU_BATCH_MULTIPLE = 16
-HIGH_PRIORITY = -1  # CUDA stream priority: lower is sooner; PyTorch's streams default to 0, the lowest
 
 
 class Embedder:
@@ -83,7 +82,7 @@ class Embedder:
         self._weight_memo = new_weight_memo()  # None where the triton kernels do not import
         # ahead of the detector's stream on a shared GPU: the main job waits for every embedding batch at
         # once, while it reads the detector's work only a step later
-        self._stream = torch.cuda.Stream(device, priority=HIGH_PRIORITY) if device.type == "cuda" else None
+        self._stream = urgent_stream(device) if device.type == "cuda" else None
         self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
 
