@@ -54,8 +54,7 @@ from reidcam.errors import DataError
 logger = logging.getLogger(__name__)
 
 SLOTS = 8  # frames of one camera in flight: decoded ahead, in the pipe, or held by the run
-POLL_S = 0.1  # how often a decoder waiting for a free slot checks whether it should stop; a live one
-# waits this long, then drops the frame
+POLL_S = 0.1  # how often a file's decoder waiting for a free slot checks whether it should stop
 _TIMEOUT = object()
 
 
@@ -283,13 +282,12 @@ class _SlotWriter:
         self._dropped_sent = 0  # frames dropped by the last message sent
 
     def next_buffer(self) -> np.ndarray | None:
-        """A free slot to decode into. A file waits for one; a live source waits ``POLL_S`` at most (then
-        None: a new array, and the frame is dropped), since its stream goes on whether the run keeps up or not."""
+        """A free slot to decode into. A file waits for one; a live source never waits (None: a new array,
+        and the frame is dropped), since its stream goes on whether the run keeps up or not, and a wait would
+        only let its lag grow."""
         if self._current is not None:  # the last read gave no frame (a stream that dropped): the slot is free
             self._free.append(self._current)
         self._collect(0.0)
-        if not self._free and self._live:
-            self._collect(POLL_S)
         while not self._free and not self._live and not self._stop.is_set():
             self._collect(POLL_S)
         self._current = self._free.pop() if self._free else None

@@ -346,10 +346,14 @@ class CameraStream(CameraFeed):
             self._put(END, drop_if_full=False)
 
     def _put(self, item: object, drop_if_full: bool) -> None:
-        """Files wait for the consumer; live sources drop their oldest frame to stay current."""
+        """Files wait for the consumer. A live source never waits: its camera goes on whether the run keeps
+        up or not, so a wait would only let its lag grow; it drops its oldest frame to stay current."""
         while True:
             try:
-                self._queue.put(item, timeout=0.1)
+                if drop_if_full:
+                    self._queue.put_nowait(item)
+                else:
+                    self._queue.put(item, timeout=0.1)
                 return
             except queue.Full:
                 if drop_if_full:
