@@ -369,6 +369,17 @@ def test_batches_submitted_before_the_last_is_read_keep_their_own_boxes(random_y
     assert [len(found) for found in alone[0]] == [len(found) for found in alone[1]][::-1]
 
 
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_warm_up_captures_a_graph_for_each_batch_the_cameras_make(random_yolo_weights, street_frames):
+    detector = YoloDetector(DetectorConfig(weights=str(random_yolo_weights), batch_size=2), device="cuda")
+    shapes = [(1080, 1920, 3)] * 3 + [(480, 640, 3)]  # batches of 2 and 1 full-HD frames, 1 VGA frame
+    detector.warm_up(shapes)
+    assert detector._forward.captured == 3
+    frames = [_resized(street_frames[0], 1080, 1920)] * 2
+    detector.detect(frames)
+    assert detector._forward.captured == 3  # replayed, no new capture
+
+
 def test_submitted_batches_on_the_cpu_give_the_boxes_of_detect(tensor_yolo, street_frames):
     pending = tensor_yolo.submit(street_frames)
     expected = tensor_yolo.detect(street_frames)

@@ -161,10 +161,13 @@ class DetectTrack:
         return tracked
 
 
-def build_detector(config: CamsConfig, device: str) -> Detector:
+def build_detector(config: CamsConfig, device: str, frame_shapes: Sequence[tuple[int, ...]] = ()) -> Detector:
+    """The detector of cams.yaml, warmed up for frames of ``frame_shapes`` (height, width, 3), one per camera."""
     from reidcam.detection.yolo import YoloDetector
 
-    return YoloDetector(config.detector, str(resolve_device(config.detector.device or device)))
+    detector = YoloDetector(config.detector, str(resolve_device(config.detector.device or device)))
+    detector.warm_up(frame_shapes)
+    return detector
 
 
 def tracked_frames(

@@ -156,7 +156,7 @@ def _build_stages(
     show_progress: bool,
 ) -> tuple[DetectTrack, EmbeddingStage, list[StepObserver]]:
     clock = StageClock()
-    detector = build_detector(config, device)
+    detector = build_detector(config, device, [(info.height, info.width, 3) for info in source.infos])
     embedder = create_embedder(config.reid, device) if config.association.mode != "spacetime" else None
     detect_track = DetectTrack(config, detector, source, clock)
     keep_crops = config.reid.crops_per_tracklet_kept if write_contact_sheets else 0

@@ -135,13 +135,28 @@ def person_nms(
     rows (x1, y1, x2, y2, confidence, class) in float32, grouped by image and best first within one, and
     the image of each row.
     """
+    return suppress_candidates(person_candidates(prediction, confidence, person), iou, person, max_det)
+
+
+def person_candidates(prediction: torch.Tensor, confidence: float, person: int) -> torch.Tensor:
+    """The first half of ``person_nms``, which reads the whole network output and so runs where it lies:
+    (n, 6) float32 rows (cx, cy, w, h, score, image) of the anchors that are persons."""
+    scores, best = prediction[:, 4:].max(1)
+    image, anchor = torch.nonzero((scores > confidence) & (best == person), as_tuple=True)
+    return torch.cat(
+        [prediction[image, :4, anchor].float(), scores[image, anchor, None].float(), image[:, None].float()], dim=1
+    )
+
+
+def suppress_candidates(
+    candidates: torch.Tensor, iou: float, person: int, max_det: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The second half of ``person_nms``: a few dozen candidates per frame, cheapest on the CPU (on a GPU,
+    a dozen small launches and a wait inside torchvision's NMS)."""
     from torchvision.ops import batched_nms
     from ultralytics.utils.ops import xywh2xyxy
 
-    scores, best = prediction[:, 4:].max(1)
-    image, anchor = torch.nonzero((scores > confidence) & (best == person), as_tuple=True)
-    boxes = xywh2xyxy(prediction[image, :4, anchor].float())
-    scores = scores[image, anchor].float()
+    boxes, scores, image = xywh2xyxy(candidates[:, :4]), candidates[:, 4], candidates[:, 5].long()
     kept = batched_nms(boxes, scores, image, iou)
     kept = kept[torch.sort(image[kept], stable=True).indices]  # by image, best first within each
     kept_image = image[kept]
@@ -211,6 +226,17 @@ class YoloDetector:
     def detect(self, images: Sequence[np.ndarray]) -> list[sv.Detections]:
         return self.submit(images).result()
 
+    def warm_up(self, frame_shapes: Sequence[tuple[int, ...]]) -> None:
+        """Detects blank frames in every batch that frames of these shapes make, twice: on a GPU, the first
+        forward at a new input shape picks cuDNN's algorithms and the second captures its CUDA graph, half
+        a second or more that would otherwise stall the cameras' first steps."""
+        if not (self._tensor_path and self.on_cuda):
+            return
+        for indices in batches_by_shape(frame_shapes, self.max_batch):
+            blank = [np.zeros(frame_shapes[index], dtype=np.uint8) for index in indices]
+            for _ in range(2):
+                self.detect(blank)
+
     def submit(self, images: Sequence[np.ndarray]) -> PendingDetections:
         """Starts detection on ``images``. On the GPU's tensor path it returns once the batch's work is queued
         (the frames must stay as they are until ``result``); ``predict`` detects before returning."""
@@ -260,17 +286,19 @@ class YoloDetector:
         return _Launched(indices, images, prediction, tuple(batch.shape[2:]), done)
 
     def _finish_batch(self, launched: _Launched) -> list[sv.Detections]:
-        """The batch's NMS and one copy of the boxes to the host, on a stream of their own: waiting for it
-        waits for this batch only, not for batches queued since on the detector's stream."""
+        """The batch's person candidates, found and copied to the host on a stream of their own (waiting for
+        them waits for this batch only, not for batches queued since on the detector's stream), then
+        suppressed and mapped back to frame pixels on the CPU."""
         from ultralytics.utils.ops import scale_boxes
 
         stream = self._nms_stream
-        with torch.inference_mode(), self._on(stream):
-            if launched.done is not None and stream is not None:
-                stream.wait_event(launched.done)
-            rows, image_of_row = self._suppress(launched.prediction)
+        with torch.inference_mode():
+            with self._on(stream):
+                if launched.done is not None and stream is not None:
+                    stream.wait_event(launched.done)
+                rows, image_of_row = self._suppress_to_host(launched.prediction)
             rows[:, :4] = scale_boxes(launched.canvas, rows[:, :4], launched.images[0].shape)
-            on_host = torch.cat([rows, image_of_row[:, None].float()], dim=1).cpu().numpy()
+            on_host = torch.cat([rows, image_of_row[:, None].float()], dim=1).numpy()
         bounds = np.searchsorted(on_host[:, 6], np.arange(1, len(launched.images)))
         return [self._detections(found[:, :6]) for found in np.split(on_host, bounds)]
 
@@ -281,17 +309,19 @@ class YoloDetector:
     def _eager_forward(self, batch: torch.Tensor) -> torch.Tensor:
         return prediction_of(self._network(batch))
 
-    def _suppress(self, prediction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Kept rows and the image of each: ``person_nms``, or Ultralytics' own for an end-to-end model
-        (whose output needs no NMS, only its filters)."""
+    def _suppress_to_host(self, prediction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kept rows and the image of each, on the CPU: ``person_nms`` (its candidates found on the network's
+        device, suppressed on the CPU), or Ultralytics' own for an end-to-end model (whose output needs no
+        NMS, only its filters)."""
         if not getattr(self._network, "end2end", False):
-            return person_nms(prediction, self.config.confidence, self.config.iou, self.person_class, self._max_det)
+            candidates = person_candidates(prediction, self.config.confidence, self.person_class).cpu()
+            return suppress_candidates(candidates, self.config.iou, self.person_class, self._max_det)
         from ultralytics.utils.nms import non_max_suppression
 
         kept = non_max_suppression(prediction, self.config.confidence, self.config.iou, classes=[self.person_class],
                                    max_det=self._max_det, end2end=True)
         images = [torch.full((len(rows),), index, device=prediction.device) for index, rows in enumerate(kept)]
-        return torch.cat(kept).float(), torch.cat(images)
+        return torch.cat(kept).float().cpu(), torch.cat(images).cpu()
 
     def _detections(self, rows: np.ndarray) -> sv.Detections:
         """Rows (x1, y1, x2, y2, confidence, class) in frame pixels as ``sv.Detections``, with the fields
