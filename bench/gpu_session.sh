@@ -28,6 +28,8 @@
 #                                               # (detection a step ahead), overlap off and on; 4 cameras
 #   TESTS=... PROFILE=1 bash bench/gpu_session.sh ab  # the same A/B without the overlap and 4-camera runs,
 #                                               # then (PROFILE=1) this package's run under py-spy
+#   bash bench/gpu_session.sh scan-bwd          # GPU 0: the CUDA backward scan's GPU tests, the checks and
+#                                               # kernel A/B, then the 256x128 s16 row with REIDCAM_SCAN_BWD=cuda
 #   bash bench/gpu_session.sh graphs-and-row    # GPU 0: detector-graphs; GPU 1: the CUDA kernels' tests, the
 #                                               # backend checks and the 256x128 s16 row
 #
@@ -134,6 +136,18 @@ ahead-ab|ab)
       --detector "$detector" --no-overlap --decode process >>"$OUT/pipeline.log" 2>&1
     python3 bench/pyspy_summary.py "$OUT/pyspy.txt" >"$OUT/pyspy_summary.txt" 2>&1
   fi
+  ;;
+scan-bwd)
+  # GPU 0: the CUDA backward scan (scan_bwd.cu) against float64 and Triton, then speed_vs_vit's checks and
+  # kernel-by-kernel timings (both backward kernels on the same inputs), then the row's training step with
+  # the CUDA backward (REIDCAM_SCAN_BWD=cuda) beside ViT-B's.
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda_scan_bwd.py \
+    tests/test_kernels_cuda_scan.py >"$OUT/checks.log" 2>&1
+  timeout 150 python3 bench/speed_vs_vit.py --quick --backends triton --no-graphs --no-plain-norm \
+    --no-triton-fwd >"$OUT/speed.log" 2>&1
+  REIDCAM_SCAN_BWD=cuda timeout 120 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton \
+    --no-plain-norm --no-triton-fwd --skip-core >"$OUT/speed_cbwd.log" 2>&1
   ;;
 graphs-and-row)
   # GPU 0: the detector-graphs phase; GPU 1 at the same time: the CUDA kernels' GPU tests, the backend checks,

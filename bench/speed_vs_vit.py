@@ -196,8 +196,8 @@ def check_core(settings: Settings) -> list[str]:
     bf16_factor = 5.0 if settings.smoke else 3.0
     for dtype in (torch.float32, torch.bfloat16):
         errors = {}
-        for label, kernel in _forward_kernels(settings):
-            with _forward_kernel(kernel):
+        for label, kernels in _scan_kernels(settings):
+            with _scan_kernel_env(kernels):
                 errors[label] = _errors(core_outputs("triton", xz, fwd, bwd, grad_out, dtype, device), exact)
         for ref in refs:
             try:
@@ -210,7 +210,7 @@ def check_core(settings: Settings) -> list[str]:
         if not refs_ok:
             failures.append(f"{dtype}: no reference backend ran")
             continue
-        for label, _ in _forward_kernels(settings):
+        for label, _ in _scan_kernels(settings):
             for name, err in errors[label].items():
                 ref_err = max(errors[b][name] for b in refs_ok)
                 if dtype == torch.float32:
@@ -223,27 +223,33 @@ def check_core(settings: Settings) -> list[str]:
     return failures
 
 
-def _forward_kernels(settings: Settings) -> list[tuple[str, str]]:
-    """(label, REIDCAM_SCAN_FWD) of each forward scan kernel to check: on a GPU the CUDA one (strict, so a
-    kernel that fails to compile is a failure) and the Triton one; in the interpreter only Triton."""
-    return [("triton", "triton")] if settings.smoke else [("triton", "cuda"), ("triton-tfwd", "triton")]
+def _scan_kernels(settings: Settings) -> list[tuple[str, dict[str, str]]]:
+    """(label, {REIDCAM_SCAN_FWD, REIDCAM_SCAN_BWD}) of each choice of scan kernels to check: on a GPU the CUDA
+    forward with each backward (strict, so a kernel that fails to compile is a failure) and the Triton forward;
+    in the interpreter only Triton."""
+    if settings.smoke:
+        return [("triton", {"REIDCAM_SCAN_FWD": "triton", "REIDCAM_SCAN_BWD": "triton"})]
+    return [("triton", {"REIDCAM_SCAN_FWD": "cuda", "REIDCAM_SCAN_BWD": "triton"}),
+            ("triton-cbwd", {"REIDCAM_SCAN_FWD": "cuda", "REIDCAM_SCAN_BWD": "cuda"}),
+            ("triton-tfwd", {"REIDCAM_SCAN_FWD": "triton", "REIDCAM_SCAN_BWD": "triton"})]
 
 
-class _forward_kernel:
-    """REIDCAM_SCAN_FWD set for a block, then restored."""
+class _scan_kernel_env:
+    """The scan kernels' environment variables set for a block, then restored."""
 
-    def __init__(self, kernel: str) -> None:
-        self.kernel = kernel
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
 
     def __enter__(self) -> None:
-        self.saved = os.environ.get("REIDCAM_SCAN_FWD")
-        os.environ["REIDCAM_SCAN_FWD"] = self.kernel
+        self.saved = {name: os.environ.get(name) for name in self.values}
+        os.environ.update(self.values)
 
     def __exit__(self, *exc: object) -> None:
-        if self.saved is None:
-            os.environ.pop("REIDCAM_SCAN_FWD", None)
-        else:
-            os.environ["REIDCAM_SCAN_FWD"] = self.saved
+        for name, value in self.saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _to64(p: DirectionParams) -> DirectionParams:
@@ -371,6 +377,7 @@ def core_microbench(settings: Settings) -> list[str]:
         lines.append(f"  {name:<28} {ms:8.3f} ms   memory floor {floor_bytes / HBM_BYTES_PER_S * 1e3:6.3f} ms"
                      f"   ({floor_bytes / (ms * 1e-3) / 1e9:7.0f} GB/s)")
     lines.append(f"  {'':<28} {'':>8}      exp floor of the scan {exp_floor_ms:6.3f} ms (MUFU)")
+    lines += _backward_scan_times(settings, fwd, bwd, scan, wx, length, dim)
     lines += _norm_times(settings, batch, length)
     with torch.inference_mode(), weight_memo(new_weight_memo()):  # as the embedder runs it
         for backend in [b for b in ("triton", "cuda") if b in settings.backends]:
@@ -378,6 +385,31 @@ def core_microbench(settings: Settings) -> list[str]:
             lines.append(f"  whole core fwd, {backend:<14} {ms:8.3f} ms")
     lines += _core_train_times(settings, fwd, bwd, length, dim)
     lines.append(f"  autotuned scan configs: fwd {_best(triton_scan._scan_fwd_tuned)}  bwd {_best(triton_scan._scan_bwd_tuned)}")
+    return lines
+
+
+def _backward_scan_times(settings: Settings, fwd: DirectionParams, bwd: DirectionParams, scan: list, wx: torch.Tensor,
+                         length: int, dim: int) -> list[str]:
+    """The backward scan alone at the training batch, Triton against CUDA on the same inputs (the A/B of
+    REIDCAM_SCAN_BWD); the floor counts the bf16 tensors read and written, not the CUDA kernel's scratch."""
+    from reidcam.reid.model.kernels import cuda_scan, mixer_core, triton_conv, triton_scan
+
+    batch = settings.train_batch
+    xz = torch.randn(batch, length, 2 * dim, device=settings.device, dtype=torch.bfloat16)
+    x, z = xz.chunk(2, dim=-1)
+    conv = [triton_conv.ConvParams(p.conv_weight, p.conv_bias) for p in (fwd, bwd)]
+    xc = triton_conv.biconv_forward(x, *conv)
+    dbl = mixer_core._x_proj_fp32(xc.view(2, -1, dim), wx)
+    tables = triton_scan.scan_tables(dbl, *scan, torch.bfloat16)
+    grad_out = torch.randn(batch, length, dim, device=settings.device, dtype=torch.bfloat16)
+    kernels = {"backward scan (Triton)": lambda: triton_scan.scan_backward(xc, z, dbl, tables, grad_out)}
+    if cuda_scan.backward_supports(xc, z, dbl, tables):
+        kernels["backward scan (CUDA)"] = lambda: mixer_core._CUDA_SCAN_BWD.backward(xc, z, dbl, tables, grad_out)
+    floor_bytes = 2 * batch * length * dim * 2 * 7  # per direction: xc, pre, z, g read; dz, dxc, ddt written
+    lines = []
+    for name, fn in kernels.items():
+        ms = median_ms(fn, settings)
+        lines.append(f"  {name + f' b{batch}':<28} {ms:8.3f} ms   memory floor {floor_bytes / HBM_BYTES_PER_S * 1e3:6.3f} ms")
     return lines
 
 
@@ -413,13 +445,17 @@ def _core_train_times(settings: Settings, fwd: DirectionParams, bwd: DirectionPa
     pb = DirectionParams(**dict(zip(FIELDS, leaves[7:])))
     grad_out = torch.randn(settings.train_batch, length, dim, device=device, dtype=torch.bfloat16)
     lines = []
-    for backend in [b for b in ("triton", "cuda") if b in settings.backends]:
+    runs = [(b, b, {}) for b in ("triton", "cuda") if b in settings.backends]
+    if "triton" in settings.backends and not settings.smoke:  # the A/B of REIDCAM_SCAN_BWD in the whole core
+        runs.insert(1, ("triton", "triton+cbwd", {"REIDCAM_SCAN_BWD": "cuda"}))
+    for backend, label, env in runs:
         def step() -> None:
             x, z = xz.chunk(2, dim=-1)
             out = bidirectional_mixer_core(x, z, pf, pb, backend=backend)
             torch.autograd.backward(out, grad_out)
-        ms = median_ms(step, settings)
-        lines.append(f"  core fwd+bwd batch {settings.train_batch}, {backend:<8} {ms:8.3f} ms")
+        with _scan_kernel_env(env):
+            ms = median_ms(step, settings)
+        lines.append(f"  core fwd+bwd batch {settings.train_batch}, {label:<11} {ms:8.3f} ms")
     return lines
 
 

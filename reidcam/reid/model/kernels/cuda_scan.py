@@ -13,6 +13,11 @@ four kernels takes about a second. Kernels run on PyTorch's current stream, so C
 ``REIDCAM_SCAN_FWD`` picks the forward kernel: ``auto`` (default: CUDA where it compiles, else Triton),
 ``cuda`` (an error if it cannot compile) or ``triton``.
 
+The backward scan of scan_bwd.cu (``CudaScanBackward``) computes triton_scan.scan_backward's gradients from the
+same tensors, with a thread per channel and the states in registers where the Triton kernel holds (token,
+state) tiles: 1.07 ms against 2.05 at batch 64 on an H200 (session 7). ``REIDCAM_SCAN_BWD`` chooses it the
+same way.
+
 The same machinery (``compile_source``, ``reidcam.cuda_driver``, ``_LazyKernels``) builds the conv forward of
 conv_fwd.cu (``CudaConv``): the function of triton_conv.biconv_forward at near the memory floor, where the
 Triton kernel ran at 92 us against ~35 (batch 256, 140 tokens, d_inner 768, bf16, H200).
@@ -38,7 +43,7 @@ from reidcam.cuda_driver import CudaDriver, CudaUnavailable
 from reidcam.devices import device_index
 
 from .triton_conv import D_CONV, ConvParams
-from .triton_scan import ScanTables
+from .triton_scan import GradBuffers, ScanGrads, ScanTables
 
 logger = logging.getLogger(__name__)
 
@@ -265,11 +270,97 @@ def forward_kernel_choice() -> str:
     return _kernel_choice("REIDCAM_SCAN_FWD")
 
 
-def _kernel_choice(variable: str) -> str:
-    choice = os.environ.get(variable, "auto").lower()
+def _kernel_choice(variable: str, default: str = "auto") -> str:
+    choice = os.environ.get(variable, default).lower()
     if choice not in ("auto", "cuda", "triton"):
         raise ValueError(f"{variable} must be auto, cuda or triton, not {choice!r}")
     return choice
+
+
+# --- the backward scan (scan_bwd.cu) ----------------------------------------------------------------------------
+
+BWD_SOURCE = Path(__file__).with_name("scan_bwd.cu")
+BWD_THREADS = 256  # channels per block
+BWD_STEPS = 4  # tokens between the checkpointed states (scan_bwd.cu says why 4)
+BWD_MAX_STATE = 16  # the kernel keeps a[N][threads] and per-state sums in shared memory: 45 KB at 16
+
+
+def backward_kernel_name(dtype: torch.dtype) -> str:
+    return f"bimamba_scan_bwd_{_DTYPE_NAMES[dtype]}"
+
+
+def compile_scan_backward(arch: int, d_state: int, threads: int = BWD_THREADS, steps: int = BWD_STEPS,
+                          defines: Mapping[str, int] | None = None, source: Path = BWD_SOURCE) -> CompiledSource:
+    """Compile scan_bwd.cu for sm_<arch> (e.g. 90) into a cubin; needs no GPU."""
+    return compile_source(source, arch, {"REIDCAM_N": d_state, "REIDCAM_THREADS": threads, "REIDCAM_STEPS": steps,
+                                         **(defines or {})})
+
+
+def checkpoint_count(length: int, steps: int = BWD_STEPS) -> int:
+    """States the backward keeps per (direction, sequence, state, channel): one before each sub-chunk but the first."""
+    return max(-(-length // steps) - 1, 0)
+
+
+class CudaScanBackward(_LazyKernels):
+    """The backward scan kernels of each device and d_state; compiles on first use, thread-safe. ``threads``,
+    ``steps`` and ``defines`` (more of scan_bwd.cu's macros) are for benches; the defaults are the designed ones."""
+
+    description = "CUDA backward scan"
+
+    def __init__(self, threads: int = BWD_THREADS, steps: int = BWD_STEPS, defines: Mapping[str, int] | None = None,
+                 source: Path = BWD_SOURCE) -> None:
+        super().__init__()
+        self.threads = threads
+        self.steps = steps
+        self.defines = dict(defines or {})
+        self.source = source
+
+    def kernels(self, device: torch.device, d_state: int) -> dict[str, ctypes.c_void_p]:
+        index = device_index(device)
+        names = [backward_kernel_name(dt) for dt in _DTYPE_NAMES]
+        return self._cached((index, d_state), lambda: self._load(
+            index, lambda arch: compile_scan_backward(arch, d_state, self.threads, self.steps, self.defines, self.source),
+            names, f", d_state {d_state}"))
+
+    def backward(self, xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables,
+                 grad_out: torch.Tensor) -> ScanGrads:
+        """triton_scan.scan_backward's gradients, from its arguments."""
+        _, bsz, length, dim = xc.shape
+        d_state = tables.a.shape[-1]
+        kernels = self.kernels(xc.device, d_state)
+        dev = xc.device
+        grad_out = grad_out.to(xc.dtype).contiguous()  # the kernel reads it in the compute dtype
+        out = GradBuffers.for_inputs(xc, d_state)
+        checkpoints = torch.empty((2, bsz, checkpoint_count(length, self.steps), d_state, dim), device=dev,
+                                  dtype=torch.float32)
+        if xc.numel():
+            tensors = [xc, z, grad_out, dbl, tables.dt_projection(), tables.dt_bias, tables.a2, tables.d_skip,
+                       out.dz, out.dxc, out.ddt, out.dbc, out.da_part, out.d_skip_part, out.dt_bias_part, checkpoints]
+            args = [ctypes.c_void_p(t.data_ptr()) for t in tensors] + [
+                ctypes.c_int(bsz), ctypes.c_int(length), ctypes.c_int(dim), ctypes.c_int(tables.dt.shape[-1]),
+                ctypes.c_longlong(z.stride(0)), ctypes.c_longlong(z.stride(1)),
+            ]
+            self._driver.ensure_context(device_index(dev))
+            stream = torch.cuda.current_stream(dev).cuda_stream
+            grid = (-(-dim // self.threads), 2 * bsz)
+            self._driver.launch(kernels[backward_kernel_name(xc.dtype)], grid, self.threads, args, stream)
+        return out.grads(tables, z.dtype)
+
+
+def backward_supports(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables) -> bool:
+    """Whether the CUDA backward handles these tensors: on a GPU, xc, z and dt in one dtype, bf16 or fp32;
+    d_state a multiple of 4 up to BWD_MAX_STATE; xc and dbl (fp32) contiguous, z's channels contiguous."""
+    d_state = tables.a.shape[-1]
+    return (xc.is_cuda and xc.dtype in _DTYPE_NAMES and z.dtype == xc.dtype == tables.dt.dtype
+            and xc.is_contiguous() and z.stride(-1) == 1 and dbl.dtype == torch.float32 and dbl.is_contiguous()
+            and d_state % 4 == 0 and 0 < d_state <= BWD_MAX_STATE)
+
+
+def backward_kernel_choice() -> str:
+    """REIDCAM_SCAN_BWD: auto (default: the CUDA kernel, or Triton's where NVRTC is missing), cuda or triton.
+    The CUDA backward took 1.07 ms against Triton's 2.05 at batch 64 on an H200, and the training step
+    68.6 against 93.3 ms (BENCHMARKS.md, session 7)."""
+    return _kernel_choice("REIDCAM_SCAN_BWD")
 
 
 # --- the conv forward (conv_fwd.cu) ---------------------------------------------------------------------------

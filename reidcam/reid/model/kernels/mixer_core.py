@@ -15,7 +15,8 @@ tables are stacked (small copies) for the batched matmuls and the scan kernels: 
 inside ``with weight_memo(memo):``, once per mixer for weights that the scope's owner keeps frozen
 (WeightTableMemo; the Embedder does this).
 Backward recomputes xc with the same conv kernel (cheaper in memory than keeping it), runs the scan
-backward kernel, does the x_proj / dt_proj weight and input gradients as batched matmuls, and finishes
+backward kernel (the CUDA kernel of scan_bwd.cu, or Triton's scan_backward where NVRTC is missing or with
+REIDCAM_SCAN_BWD=triton), does the x_proj / dt_proj weight and input gradients as batched matmuls, and finishes
 with biconv_backward.
 Only x, z, the small x_proj output (fp32), the scan tables and the parameters are kept for backward.
 """
@@ -32,7 +33,9 @@ import torch
 
 from . import cuda_scan
 from .triton_conv import D_CONV, ConvParams, biconv_backward, biconv_forward
-from .triton_scan import ScanParams, ScanTables, interpreting, scan_backward, scan_forward, scan_tables, weight_tables
+from .triton_scan import (
+    ScanGrads, ScanParams, ScanTables, interpreting, scan_backward, scan_forward, scan_tables, weight_tables,
+)
 
 # order of one direction's tensors in the Function's arguments (DirectionParams field names)
 FIELDS = ("conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "A_log", "D")
@@ -70,7 +73,7 @@ class _BiMambaCoreFn(torch.autograd.Function):
         tables = ctx.tables
         with torch.autocast(x.device.type, enabled=False):
             xc = _conv_forward(x, _conv(pf), _conv(pb))
-            grads = scan_backward(xc, z, dbl, tables, grad_out.to(x.dtype))
+            grads = _scan_backward(xc, z, dbl, tables, grad_out.to(x.dtype))
             ddt = grads.ddt.view(2, tokens, dim)
             d_dbl = torch.cat([torch.bmm(ddt, tables.dt_weight), grads.dbc.to(x.dtype)], dim=-1)
             d_dt_proj = torch.bmm(ddt.transpose(1, 2), tables.dt)
@@ -185,6 +188,7 @@ def weight_memo(memo: WeightTableMemo | None) -> Iterator[WeightTableMemo | None
 
 _CUDA_SCAN = cuda_scan.CudaScan()  # compiled kernels per device, like Triton's own cache: built on first use
 _CUDA_CONV = cuda_scan.CudaConv()
+_CUDA_SCAN_BWD = cuda_scan.CudaScanBackward()
 
 
 def _conv_forward(x: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams) -> torch.Tensor:
@@ -209,6 +213,20 @@ def _scan_forward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: 
             if choice == "cuda":
                 raise
     return scan_forward(xc, z, dbl, tables)
+
+
+def _scan_backward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables,
+                   grad_out: torch.Tensor) -> ScanGrads:
+    """The CUDA backward scan where it runs (REIDCAM_SCAN_BWD: auto by default, cuda, triton), else the
+    Triton one."""
+    choice = cuda_scan.backward_kernel_choice()
+    if choice != "triton" and cuda_scan.backward_supports(xc, z, dbl, tables):
+        try:
+            return _CUDA_SCAN_BWD.backward(xc, z, dbl, tables, grad_out)
+        except cuda_scan.CudaKernelUnavailable:
+            if choice == "cuda":
+                raise
+    return scan_backward(xc, z, dbl, tables, grad_out)
 
 
 def _x_proj_fp32(xc: torch.Tensor, x_proj: torch.Tensor) -> torch.Tensor:

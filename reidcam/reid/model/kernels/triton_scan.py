@@ -470,6 +470,39 @@ class ScanGrads:
     dt_bias: torch.Tensor  # (2, D) fp32
 
 
+@dataclass(frozen=True)
+class GradBuffers:
+    """What a backward scan kernel writes (either backend's): per-direction and per-sequence shares that
+    ``grads`` sums into ScanGrads."""
+
+    dz: torch.Tensor  # (2, B, L, D): one share per direction
+    dxc: torch.Tensor
+    ddt: torch.Tensor
+    dbc: torch.Tensor  # zeroed: kernels add into it
+    da_part: torch.Tensor  # (2, B, N, D) fp32
+    d_skip_part: torch.Tensor  # (2, B, D) fp32
+    dt_bias_part: torch.Tensor  # (2, B, D) fp32
+
+    @staticmethod
+    def for_inputs(xc: torch.Tensor, d_state: int) -> GradBuffers:
+        _, bsz, length, dim = xc.shape
+        dev, fp32 = xc.device, torch.float32
+        return GradBuffers(
+            dz=torch.empty_like(xc), dxc=torch.empty_like(xc), ddt=torch.empty_like(xc),
+            dbc=torch.zeros((2, bsz * length, 2 * d_state), device=dev, dtype=fp32),
+            da_part=torch.empty((2, bsz, d_state, dim), device=dev, dtype=fp32),
+            d_skip_part=torch.empty((2, bsz, dim), device=dev, dtype=fp32),
+            dt_bias_part=torch.empty((2, bsz, dim), device=dev, dtype=fp32),
+        )
+
+    def grads(self, tables: ScanTables, z_dtype: torch.dtype) -> ScanGrads:
+        da = self.da_part.sum(1).transpose(1, 2)  # (2, D, N): dL/dA
+        return ScanGrads(
+            dz=(self.dz[0] + self.dz[1]).to(z_dtype), dxc=self.dxc, ddt=self.ddt, dbc=self.dbc,
+            da_log=da * tables.a, d_skip=self.d_skip_part.sum(1), dt_bias=self.dt_bias_part.sum(1),
+        )
+
+
 def scan_backward(
     xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables, grad_out: torch.Tensor
 ) -> ScanGrads:
@@ -479,13 +512,7 @@ def scan_backward(
     d_state = tables.a.shape[-1]
     dev = xc.device
     grad_out = grad_out.contiguous()
-    dz = torch.empty_like(xc)  # one share per direction, summed below
-    dxc = torch.empty_like(xc)
-    ddt = torch.empty_like(xc)
-    dbc = torch.zeros((2, bsz * length, 2 * d_state), device=dev, dtype=torch.float32)
-    da_part = torch.empty((2, bsz, d_state, dim), device=dev, dtype=torch.float32)
-    d_skip_part = torch.empty((2, bsz, dim), device=dev, dtype=torch.float32)
-    dt_bias_part = torch.empty((2, bsz, dim), device=dev, dtype=torch.float32)
+    out = GradBuffers.for_inputs(xc, d_state)
     smallest_t = min(c.block_t for c in [*_BWD_CONFIGS, INTERPRETER_BLOCKS])
     n_state_chunks = triton.cdiv(length, smallest_t) + 1
     states = torch.empty((2, bsz, n_state_chunks, d_state, dim), device=dev, dtype=torch.float32)
@@ -494,12 +521,8 @@ def scan_backward(
         _bimamba_scan_bwd_kernel, _scan_bwd_tuned,
         lambda meta: (triton.cdiv(dim, meta["BLOCK_D"]), bsz, 2),
         xc, z, grad_out, dbl, tables.dt_projection(), tables.dt_bias, tables.a2, tables.d_skip,
-        dz, dxc, ddt, dbc, da_part, d_skip_part, dt_bias_part, states, dh_carry,
+        out.dz, out.dxc, out.ddt, out.dbc, out.da_part, out.d_skip_part, out.dt_bias_part, states, dh_carry,
         bsz, length, dim, rank, z.stride(0), z.stride(1), n_state_chunks,
         N=d_state,
     )
-    da = da_part.sum(1).transpose(1, 2)  # (2, D, N): dL/dA
-    return ScanGrads(
-        dz=(dz[0] + dz[1]).to(z.dtype), dxc=dxc, ddt=ddt, dbc=dbc,
-        da_log=da * tables.a, d_skip=d_skip_part.sum(1), dt_bias=dt_bias_part.sum(1),
-    )
+    return out.grads(tables, z.dtype)

@@ -1,0 +1,402 @@
+// Backward of the fused bidirectional selective scan, as a CUDA kernel compiled at first use (NVRTC).
+//
+// The same function as _bimamba_scan_bwd_kernel in triton_scan.py, with the same tensors: given the output's
+// gradient g, it writes each direction's share of dz, the scan's direct part of dxc, the gradient of the dt
+// pre-activation (ddt), adds dB and dC (sums over channels) into dbc, and leaves per-sequence partial sums
+// of dA, dD and the dt bias. Per direction, with steps s in the direction's order:
+//   delta = softplus(pre + dt_bias), h_s = exp2(delta_s a2) h_{s-1} + delta_s u_s B_s, y = D u + sum_n C_n h_n,
+//   gy = g z sigmoid(z) / 2 (this direction's share of the gated average),
+//   dh_s = C_s gy_s + exp2(delta_{s+1} a2) dh_{s+1} (the adjoint state), q = dh_s exp2(delta_s a2) h_{s-1}.
+//
+// A block is (THREADS channels, one sequence, one direction), a thread one channel; grid (channel blocks,
+// 2 * batch), the direction-major sequence index as in the forward's tensors.
+// Pass 1 walks the direction forward with the N states in registers and keeps the state every STEPS tokens
+// in a scratch (checkpoint k = the state before step (k + 1) STEPS; fp32, (2, B, checkpoints, N, D), so a
+// warp's stores and loads are coalesced over channels); the last sub-chunk needs no checkpoint and pass 1
+// stops before it. Pass 2 walks the sub-chunks of STEPS tokens in reverse: it recomputes their states from
+// the checkpoint and runs the adjoint back through them, state by state (the STEPS states of one state
+// index, not the N states of one token, are what it holds: ~4 STEPS + 3 N registers instead of STEPS N).
+// The adjoint state crosses sub-chunks in registers, premultiplied by the decay of the step after it.
+//
+// dB and dC of a token are sums over all channels: each thread has 2 STEPS values per state index. A warp
+// transposes them through its own rows of shared memory (no block barrier) every FLUSH state indices, each
+// lane then sums one value over the warp's 32 channels; once per sub-chunk the warps' sums meet in shared
+// memory and one thread per (token, state, B or C) adds the block's sum to dbc with one atomic, as the Triton
+// kernel does with one atomic per program.
+//
+// Threads past D take part in the barriers with zero inputs, so their shares of every sum are zero.
+//
+// No headers and no inline PTX: bf16 travels as its 16 bits (load: a shift; store: round to nearest even
+// by integer arithmetic), and exp2f is ex2.approx under --use_fast_math. REIDCAM_N is d_state (a multiple of
+// 4), REIDCAM_THREADS the block size (a multiple of 32), REIDCAM_STEPS the checkpoint interval (4 or 8).
+
+#ifndef REIDCAM_N
+#define REIDCAM_N 16
+#endif
+#ifndef REIDCAM_THREADS
+#define REIDCAM_THREADS 256
+#endif
+// Why 4 tokens between checkpoints: the scratch is 2 B ceil(L / 4) N D fp32 (214 MB at batch 64, 140 tokens,
+// d_inner 768, d_state 16: written once and read once, ~0.13 ms of HBM traffic on an H100, beside ~18 FP32/MUFU
+// instructions per (token, channel, state)); pass 2's registers and the warp rows grow with it, and at 8 the
+// shared memory of d_state 16 no longer fits the 48 KB of a static allocation.
+#ifndef REIDCAM_STEPS
+#define REIDCAM_STEPS 4
+#endif
+// Blocks per SM that ptxas must fit: 2 of 256 threads leaves 128 registers per thread.
+#ifndef REIDCAM_MIN_BLOCKS
+#define REIDCAM_MIN_BLOCKS 2
+#endif
+
+#define N REIDCAM_N
+#define THREADS REIDCAM_THREADS
+#define STEPS REIDCAM_STEPS
+#define WARPS (THREADS / 32)
+#define FLUSH 2                          // state indices per warp transposition
+#define WARP_VALUES (2 * STEPS * FLUSH)  // dB and dC values per thread and transposition: 16 or 32
+#define LANES_PER_VALUE (32 / WARP_VALUES)
+#define BLOCK_VALUES (2 * STEPS * N)     // dB and dC values of one sub-chunk
+#define LN2 0.6931471805599453f
+
+static_assert(N % 4 == 0, "d_state must be a multiple of 4");
+static_assert(STEPS == 4 || STEPS == 8, "a sub-chunk's B or C of one state is read as float4s");
+static_assert(THREADS % 32 == 0, "whole warps");
+
+typedef unsigned short bf16_bits;
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(bf16_bits x) { return __uint_as_float(((unsigned int)x) << 16); }
+
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(bf16_bits* p, float v) {
+    const unsigned int bits = __float_as_uint(v);
+    *p = (bf16_bits)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);  // round to nearest even (finite v)
+}
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
+
+// sigmoid(pre) = d delta / d pre = 1 - exp(-delta) for delta = softplus(pre), from delta: a series where the
+// difference would cancel (delta < 0.1: relative error below 1e-7), so that pre need not stay in a register.
+__device__ __forceinline__ float softplus_slope(float delta) {
+    const float series = delta * (1.0f - delta * (0.5f - delta * (1.0f / 6.0f - delta * (1.0f / 24.0f))));
+    return delta < 0.1f ? series : 1.0f - __expf(-delta);
+}
+
+// log(1 + exp(x)) with torch's threshold of 20 and a series where exp(x) is tiny, as _softplus in Triton.
+__device__ __forceinline__ float softplus(float x) {
+    const float e = __expf(fminf(x, 20.0f));
+    const float soft = e < 1e-3f ? e * (1.0f - e * (0.5f - e * (1.0f / 3.0f))) : __logf(1.0f + e);
+    return x > 20.0f ? x : soft;
+}
+
+struct SharedRows {
+    float a[N][THREADS];                               // the block's A log2(e), a row per state
+    float bc[2][2 * N][STEPS];                         // B then C of a sub-chunk's steps, double-buffered
+    float warp_rows[WARPS][32][WARP_VALUES + 4];       // a warp's dB/dC values by lane (padded: no conflicts)
+    float warp_sums[2][WARPS][BLOCK_VALUES];           // each warp's sums of a sub-chunk, double-buffered
+};
+
+// What one thread needs of its sequence, direction and channel. The tensors stay the kernel's arguments (read
+// from the constant bank, no registers); the offsets of the block's sequence are the same for the whole block.
+// Threads past D use channel 0 (real memory, whose values they discard).
+template <typename T>
+struct Lane {
+    const T *xc, *pre, *z, *g;
+    T *dz, *dxc, *ddt;
+    const float* dbl;
+    float* dbc;
+    long long seq_row;          // row of token 0 of the sequence in the (2, B*L, .) tensors
+    long long b_row;            // row of token 0 in g's (B*L, D)
+    long long z_row;            // element offset of token 0 in z
+    long long stride_zl;
+    int direction, L, D, R, channel;
+    bool live;                  // the channel is < D
+    __device__ int token(int step) const { return direction == 0 ? step : L - 1 - step; }
+    __device__ long long row(int t) const { return (seq_row + t) * D + channel; }  // xc, pre, dz, dxc, ddt
+    __device__ const float* bc_row(int t) const { return dbl + (seq_row + t) * (R + 2 * N) + R; }
+    __device__ float* dbc_row(int t) const { return dbc + (seq_row + t) * (2 * N); }
+};
+
+// B and C of sub-chunk k's steps: thread i < 2 N STEPS reads column i % 2N of step i / 2N (zero past the end).
+#define STAGED ((2 * N * STEPS + THREADS - 1) / THREADS)
+
+template <typename T>
+__device__ __forceinline__ void load_bc(float (&staged)[STAGED], const Lane<T>& lane, int k) {
+#pragma unroll
+    for (int j = 0; j < STAGED; ++j) {
+        const int i = threadIdx.x + j * THREADS;
+        const int step = k * STEPS + i / (2 * N);
+        const bool real = i < 2 * N * STEPS && step < lane.L;
+        staged[j] = real ? lane.bc_row(lane.token(step))[i % (2 * N)] : 0.0f;
+    }
+}
+
+__device__ __forceinline__ void store_bc(float (*bc)[STEPS], const float (&staged)[STAGED]) {
+#pragma unroll
+    for (int j = 0; j < STAGED; ++j) {
+        const int i = threadIdx.x + j * THREADS;
+        if (i < 2 * N * STEPS) bc[i % (2 * N)][i / (2 * N)] = staged[j];
+    }
+}
+
+__device__ __forceinline__ void read_steps(const float* row, float (&v)[STEPS]) {
+#pragma unroll
+    for (int q = 0; q < STEPS / 4; ++q) {
+        const float4 x = reinterpret_cast<const float4*>(row)[q];
+        v[4 * q] = x.x, v[4 * q + 1] = x.y, v[4 * q + 2] = x.z, v[4 * q + 3] = x.w;
+    }
+}
+
+__device__ __forceinline__ void write_steps(float* row, const float (&v)[STEPS]) {
+#pragma unroll
+    for (int q = 0; q < STEPS / 4; ++q)
+        reinterpret_cast<float4*>(row)[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+}
+
+// The warp's sum over its 32 channels of value (lane / LANES_PER_VALUE) of the rows just written. A lane reads
+// one value of WARP_VALUES channels, starting at a lane-dependent channel so that the lanes of a load hit
+// distinct banks (row stride WARP_VALUES + 4 words); the LANES_PER_VALUE partial sums meet by shuffles.
+__device__ __forceinline__ float warp_transpose_sum(float (*rows)[WARP_VALUES + 4]) {
+    __syncwarp();
+    const int lane = threadIdx.x % 32;
+    const int part = lane % LANES_PER_VALUE, value = lane / LANES_PER_VALUE;
+    const int rotation = LANES_PER_VALUE == 2 ? 4 * part : 0;  // 16 values: rows 80 bytes apart
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < WARP_VALUES; ++j) sum += rows[part * WARP_VALUES + (j + rotation) % WARP_VALUES][value];
+#pragma unroll
+    for (int offset = 1; offset < LANES_PER_VALUE; offset *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    __syncwarp();
+    return sum;
+}
+
+// The block's sums of the sub-chunk's dB and dC into dbc (2, B*L, 2N): one atomic per (step, state, B or C).
+// Value i of the sub-chunk: transposition f = i / WARP_VALUES, then (state f FLUSH + j, B or C, step) within it.
+template <typename T>
+__device__ __forceinline__ void add_block_sums(float (*warp_sums)[BLOCK_VALUES], const Lane<T>& lane, int k) {
+    for (int i = threadIdx.x; i < BLOCK_VALUES; i += THREADS) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) sum += warp_sums[w][i];
+        const int v = i % WARP_VALUES;
+        const int n = (i / WARP_VALUES) * FLUSH + v / (2 * STEPS);
+        const int which = (v / STEPS) % 2;
+        const int step = k * STEPS + v % STEPS;
+        if (step < lane.L) atomicAdd(lane.dbc_row(lane.token(step)) + which * N + n, sum);
+    }
+}
+
+// Pass 1: the states at every sub-chunk boundary but the last, into the checkpoints (this thread's channel).
+template <typename T>
+__device__ __forceinline__ void store_checkpoints(SharedRows& shared, float* __restrict__ checkpoints, float bias,
+                                                  const Lane<T>& lane, int sub_chunks) {
+    float h[N];
+#pragma unroll
+    for (int n = 0; n < N; ++n) h[n] = 0.0f;
+    float staged[STAGED];
+    load_bc(staged, lane, 0);
+    store_bc(shared.bc[0], staged);
+    __syncthreads();
+    for (int k = 0; k + 1 < sub_chunks; ++k) {
+        const int buffer = k & 1;
+        if (k + 2 < sub_chunks) load_bc(staged, lane, k + 1);
+        float delta[STEPS], du[STEPS];
+#pragma unroll
+        for (int s = 0; s < STEPS; ++s) {  // every step of these sub-chunks is a token
+            const long long row = lane.row(lane.token(k * STEPS + s));
+            const float u = lane.live ? to_float(lane.xc[row]) : 0.0f;
+            delta[s] = softplus(to_float(lane.pre[row]) + bias);
+            du[s] = delta[s] * u;
+        }
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+            float b[STEPS];
+            read_steps(shared.bc[buffer][n], b);
+            const float a = shared.a[n][threadIdx.x];
+#pragma unroll
+            for (int s = 0; s < STEPS; ++s) h[n] = fmaf(exp2f(delta[s] * a), h[n], du[s] * b[s]);
+        }
+        if (lane.live) {
+#pragma unroll
+            for (int n = 0; n < N; ++n) checkpoints[((long long)k * N + n) * lane.D] = h[n];
+        }
+        if (k + 2 < sub_chunks) store_bc(shared.bc[buffer ^ 1], staged);
+        __syncthreads();
+    }
+}
+
+// One sub-chunk's per-step inputs, and what the adjoint and the outputs need of them.
+struct StepInputs {
+    float u[STEPS], delta[STEPS], du[STEPS], gy[STEPS];
+    float dz_factor[STEPS];  // dz = dz_factor * y
+};
+
+// Steps past the end read the last token and zero what they read, so that every load is unconditional.
+template <typename T>
+__device__ __forceinline__ void load_steps(StepInputs& in, float bias, float& dskip_sum, const Lane<T>& lane, int k) {
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+        const int step = k * STEPS + s;
+        const bool real = lane.live && step < lane.L;
+        const int t = lane.token(min(step, lane.L - 1));
+        const long long row = lane.row(t);
+        const float u = real ? to_float(lane.xc[row]) : 0.0f;
+        const float p = to_float(lane.pre[row]) + bias;
+        const float zz = real ? to_float(lane.z[lane.z_row + t * lane.stride_zl]) : 0.0f;
+        const float gg = real ? to_float(lane.g[(lane.b_row + t) * lane.D + lane.channel]) : 0.0f;
+        const float sig_z = sigmoid(zz);
+        in.u[s] = u;
+        in.delta[s] = real ? softplus(p) : 0.0f;
+        in.du[s] = in.delta[s] * u;
+        in.gy[s] = gg * zz * sig_z * 0.5f;
+        in.dz_factor[s] = gg * 0.5f * sig_z * (1.0f + zz * (1.0f - sig_z));
+        dskip_sum = fmaf(in.gy[s], u, dskip_sum);  // zero past the end and past D
+    }
+}
+
+// Per-step sums over the states that the outputs need.
+struct StepSums {
+    float y[STEPS];        // D u + sum_n C_n h_n
+    float ddelta[STEPS];   // sum_n q_n a2_n (dL/d delta through the decays, times log2 e)
+    float dh_b[STEPS];     // sum_n dh_n B_n
+};
+
+// Pass 2 for one state index n of sub-chunk k: recompute its STEPS states from the checkpoint h, run the
+// adjoint back through them (carry: the adjoint entering from the later sub-chunk, times its first decay), and
+// write the thread's dB and dC values of this state into its warp row. q = dh_s exp2(delta_s a2) h_{s-1} is
+// the carry times the previous state: no difference of states, so no cancellation.
+__device__ __forceinline__ void adjoint_state(const StepInputs& in, StepSums& sums, float& carry, float& da, float a,
+                                              float h, const float* b_row, const float* c_row, float* warp_row) {
+    float b[STEPS], c[STEPS], decay[STEPS], hs[STEPS + 1];  // hs[s + 1] is h_s, hs[0] the checkpoint
+    read_steps(b_row, b);
+    read_steps(c_row, c);
+    hs[0] = h;
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+        decay[s] = exp2f(in.delta[s] * a);
+        hs[s + 1] = fmaf(decay[s], hs[s], in.du[s] * b[s]);
+        sums.y[s] = fmaf(c[s], hs[s + 1], sums.y[s]);
+    }
+    float db[STEPS], dc[STEPS];
+#pragma unroll
+    for (int s = STEPS - 1; s >= 0; --s) {
+        const float dh = fmaf(c[s], in.gy[s], carry);
+        carry = decay[s] * dh;
+        const float q = carry * hs[s];
+        sums.ddelta[s] = fmaf(q, a, sums.ddelta[s]);
+        da = fmaf(q, in.delta[s], da);
+        sums.dh_b[s] = fmaf(dh, b[s], sums.dh_b[s]);
+        db[s] = dh * in.du[s];
+        dc[s] = hs[s + 1] * in.gy[s];
+    }
+    write_steps(warp_row, db);
+    write_steps(warp_row + STEPS, dc);
+}
+
+template <typename T>
+__device__ __forceinline__ void store_step_grads(const StepInputs& in, const StepSums& sums, float skip, float& dbias_sum,
+                                                 const Lane<T>& lane, int k) {
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+        const int step = k * STEPS + s;
+        const float ddt = (sums.ddelta[s] * LN2 + in.u[s] * sums.dh_b[s]) * softplus_slope(in.delta[s]);
+        if (lane.live && step < lane.L) {
+            const long long row = lane.row(lane.token(step));
+            store(lane.dz + row, in.dz_factor[s] * sums.y[s]);
+            store(lane.dxc + row, fmaf(in.delta[s], sums.dh_b[s], skip * in.gy[s]));
+            store(lane.ddt + row, ddt);
+            dbias_sum += ddt;
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __restrict__ z, const T* __restrict__ g,
+                                         const float* __restrict__ dbl, const T* __restrict__ pre,
+                                         const float* __restrict__ dt_bias, const float* __restrict__ a2,
+                                         const float* __restrict__ dskip, T* __restrict__ dz, T* __restrict__ dxc,
+                                         T* __restrict__ ddt, float* __restrict__ dbc, float* __restrict__ da_part,
+                                         float* __restrict__ dskip_part, float* __restrict__ dbias_part,
+                                         float* __restrict__ checkpoint_base, int Bsz, int L, int D, int R,
+                                         long long stride_zb, long long stride_zl) {
+    __shared__ __align__(16) SharedRows shared;
+    const int seq = blockIdx.y;  // direction * Bsz + b
+    const int b = seq % Bsz;
+    const int d = blockIdx.x * THREADS + threadIdx.x;
+    const int dd = d < D ? d : 0;
+    const long long seq_row = (long long)seq * L;
+    Lane<T> lane;
+    lane.xc = xc, lane.pre = pre, lane.z = z, lane.g = g, lane.dz = dz, lane.dxc = dxc, lane.ddt = ddt;
+    lane.dbl = dbl, lane.dbc = dbc;
+    lane.seq_row = seq_row, lane.b_row = (long long)b * L, lane.z_row = b * stride_zb + dd;
+    lane.stride_zl = stride_zl;
+    lane.direction = seq / Bsz, lane.L = L, lane.D = D, lane.R = R, lane.channel = dd, lane.live = d < D;
+#pragma unroll
+    for (int n = 0; n < N; ++n) shared.a[n][threadIdx.x] = a2[(lane.direction * N + n) * D + dd];
+    const float bias = lane.live ? dt_bias[lane.direction * D + dd] : 0.0f;
+    const float skip = dskip[lane.direction * D + dd];
+    const int sub_chunks = (L + STEPS - 1) / STEPS;
+    float* checkpoints = checkpoint_base + (long long)seq * (sub_chunks - 1) * N * D + dd;
+
+    store_checkpoints(shared, checkpoints, bias, lane, sub_chunks);
+
+    float carry[N], da[N];
+#pragma unroll
+    for (int n = 0; n < N; ++n) carry[n] = 0.0f, da[n] = 0.0f;
+    float dskip_sum = 0.0f, dbias_sum = 0.0f;
+    const int warp = threadIdx.x / 32;
+    float* warp_row = shared.warp_rows[warp][threadIdx.x % 32];
+    float staged[STAGED];
+    load_bc(staged, lane, sub_chunks - 1);
+    store_bc(shared.bc[0], staged);
+    __syncthreads();
+    for (int k = sub_chunks - 1, buffer = 0; k >= 0; --k, buffer ^= 1) {
+        if (k > 0) load_bc(staged, lane, k - 1);
+        StepInputs in;
+        load_steps(in, bias, dskip_sum, lane, k);
+        StepSums sums;
+#pragma unroll
+        for (int s = 0; s < STEPS; ++s) sums.y[s] = skip * in.u[s], sums.ddelta[s] = 0.0f, sums.dh_b[s] = 0.0f;
+        const bool from_checkpoint = k > 0 && lane.live;  // the first sub-chunk starts from zero
+        const float* h0 = checkpoints + (long long)(from_checkpoint ? k - 1 : 0) * N * D;
+        float* warp_sums = shared.warp_sums[buffer][warp];
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+            const float h = from_checkpoint ? h0[(long long)n * D] : 0.0f;
+            adjoint_state(in, sums, carry[n], da[n], shared.a[n][threadIdx.x], h, shared.bc[buffer][n],
+                          shared.bc[buffer][N + n], warp_row + (n % FLUSH) * 2 * STEPS);
+            if (n % FLUSH == FLUSH - 1) {
+                const float sum = warp_transpose_sum(shared.warp_rows[warp]);
+                if (threadIdx.x % LANES_PER_VALUE == 0)
+                    warp_sums[n / FLUSH * WARP_VALUES + threadIdx.x % 32 / LANES_PER_VALUE] = sum;
+            }
+        }
+        store_step_grads(in, sums, skip, dbias_sum, lane, k);
+        if (k > 0) store_bc(shared.bc[buffer ^ 1], staged);
+        __syncthreads();
+        add_block_sums(shared.warp_sums[buffer], lane, k);
+    }
+    if (lane.live) {
+#pragma unroll
+        for (int n = 0; n < N; ++n) da_part[((long long)seq * N + n) * D + d] = da[n];
+        dskip_part[(long long)seq * D + d] = dskip_sum;
+        dbias_part[(long long)seq * D + d] = dbias_sum;
+    }
+}
+
+// xc, dz, dxc, ddt (2, B, L, D) and pre (2, B*L, D) in the compute dtype, z (B, L, D; strides given) in it too,
+// g (B, L, D) contiguous in it; dbl (2, B*L, R + 2N), dt_bias (2, D), a2 (2, N, D) = A log2(e), dskip (2, D)
+// fp32; dbc (2, B*L, 2N) fp32, zeroed by the caller; da_part (2, B, N, D), dskip_part and dbias_part (2, B, D)
+// fp32; checkpoints (2, B, ceil(L / STEPS) - 1, N, D) fp32 scratch. Grid (ceil(D / THREADS), 2 B).
+#define REIDCAM_SCAN_BWD_KERNEL(NAME, T)                                                                             \
+    extern "C" __global__ void __launch_bounds__(THREADS, REIDCAM_MIN_BLOCKS)                                      \
+        NAME(const T* xc, const T* z, const T* g, const float* dbl, const T* pre, const float* dt_bias,            \
+             const float* a2, const float* dskip, T* dz, T* dxc, T* ddt, float* dbc, float* da_part,               \
+             float* dskip_part, float* dbias_part, float* checkpoints, int Bsz, int L, int D, int R,                \
+             long long stride_zb, long long stride_zl) {                                                           \
+        scan_bwd<T>(xc, z, g, dbl, pre, dt_bias, a2, dskip, dz, dxc, ddt, dbc, da_part, dskip_part, dbias_part,    \
+                    checkpoints, Bsz, L, D, R, stride_zb, stride_zl);                                             \
+    }
+
+REIDCAM_SCAN_BWD_KERNEL(bimamba_scan_bwd_bf16, bf16_bits)
+REIDCAM_SCAN_BWD_KERNEL(bimamba_scan_bwd_f32, float)
