@@ -32,6 +32,8 @@
 #                                               # kernel A/B, then the 256x128 s16 row with REIDCAM_SCAN_BWD=cuda
 #   bash bench/gpu_session.sh graphs-and-row    # GPU 0: detector-graphs; GPU 1: the CUDA kernels' tests, the
 #                                               # backend checks and the 256x128 s16 row
+#   bash bench/gpu_session.sh bwd-variants      # GPU 0: the CUDA backward scan's compile-time variants and
+#                                               # Triton's backward timed on the same inputs (batch 64, 256)
 #
 # The pipeline and measure-all phases carry .whl and .gpu/shared: a copy of ../shared/data/vtest.avi and
 # models/yolov8n-from-tflite.pt (made here by bench/detector_from_tflite.py: the device has no LiteRT).
@@ -148,6 +150,13 @@ scan-bwd)
     --no-triton-fwd >"$OUT/speed.log" 2>&1
   REIDCAM_SCAN_BWD=cuda timeout 120 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton \
     --no-plain-norm --no-triton-fwd --skip-core >"$OUT/speed_cbwd.log" 2>&1
+  ;;
+bwd-variants)
+  # GPU 0: scan_bwd.cu's builds (block size, register cap, flush) at batch 64 and 256, 140 tokens, each one's
+  # gradients against the default build's, and Triton's scan_backward on the same inputs
+  # (bench/cuda_scan_bwd_variants.py; under 90 s of GPU time).
+  export CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0
+  timeout 150 python3 bench/cuda_scan_bwd_variants.py > "$OUT/bwd_variants.log" 2>&1
   ;;
 graphs-and-row)
   # GPU 0: the detector-graphs phase; GPU 1 at the same time: the CUDA kernels' GPU tests, the backend checks,

@@ -1,0 +1,290 @@
+"""Times the CUDA backward scan's compile-time variants on one GPU (scan_bwd.cu, cuda_scan.CudaScanBackward).
+
+    PYTHONPATH=. python bench/cuda_scan_bwd_variants.py [--batches 64,256] [--tokens 140] [--no-triton]
+    PYTHONPATH=. python bench/cuda_scan_bwd_variants.py --list [--all]   # compile only (no GPU): registers, spills
+
+Each build is scan_bwd.cu with other tuning macros: block size (REIDCAM_THREADS), blocks per SM that ptxas must
+fit (REIDCAM_MIN_BLOCKS, i.e. the register cap 65,536 / (threads * blocks)) and tokens between checkpoints
+(REIDCAM_STEPS). Inputs: bf16, d_inner 768, d_state 16, dt_rank 24, the model's parameter ranges, seeded, the
+same for every build. Prints ms per call (median of CUDA-event timings) of the whole
+``CudaScanBackward.backward`` (as bench/speed_vs_vit.py times it: with the dt projection, the buffers and the
+final sums) and of the kernel launch alone, each gradient's largest difference from the default build's
+(max |a - b| / max |b|; dbc is summed by atomics, so ~1e-5 is expected there, 0 elsewhere), and Triton's
+triton_scan.scan_backward on the same inputs as the reference line.
+
+Kept builds (sm_90, d_state 16; NVRTC's ptxas report as in tests/test_kernels_cuda_scan_bwd.py, no spills; rerun
+``--list`` to check): threads / min blocks per SM / steps -> registers, static shared memory
+
+    default            256 / 2 / 4   128 registers, 0 B spill, 46,080 B smem (2 blocks/SM: 16 warps)
+    128 threads        128 / 4 / 4   128 registers, 0 B spill, 23,552 B smem (4 blocks/SM: 16 warps)
+    64 threads          64 / 8 / 4   128 registers, 0 B spill, 12,288 B smem (8 blocks/SM: 16 warps)
+
+Rejected (``--list --all`` compiles them): every tighter register cap spills: 256 threads at 3 blocks/SM (80
+registers) 556 B, 128 at 5 (96) 356 B, 128 at 6 (80) 556 B, 64 at 10 (96) 432 B, 64 at 12 (80) 664 B; no cap
+(1 block/SM, 255 registers) spills too (256 threads: 196 B; 128: 216 B). 512 threads do not fit the 48 KB of
+static shared memory (a[N][THREADS] and the warp rows: 91 KB; the launch passes no dynamic shared memory); nor
+do 8 steps at 256 threads (70 KB); 8 steps at 128 threads fit (36,864 B) but spill 672 B at 128 registers. So
+every kept build runs 16 warps per SM and 1.45 waves at batch 64 (384, 768 or 1,536 blocks on 132 SMs).
+
+Measured (H200, session 7): kernel 0.954 / 0.951 / 0.972 ms at batch 64 and 2.933 / 2.905 / 2.971 at batch 256
+for 256 / 128 / 64 threads; Triton's whole backward 2.266 and 7.944. A temporary macro for the state indices per
+warp transposition (1, 2 or 4) changed the kernel by at most 4 % (0.913 at batch 64) and was not kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import re
+import statistics
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from reidcam.devices import device_index
+from reidcam.reid.model.kernels import cuda_scan, triton_scan
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from cubin_tools import kernel_reports  # noqa: E402  (tests/cubin_tools.py: ptxas' registers and spills)
+from speed_vs_vit import HBM_BYTES_PER_S, random_direction  # noqa: E402  (a sibling bench script)
+
+DIM, D_STATE, RANK = 768, 16, 24
+GRAD_NAMES = ("dz", "dxc", "ddt", "dbc", "da_log", "d_skip", "dt_bias")
+STORED_IN_COMPUTE_DTYPE = ("dz", "dxc", "ddt")  # bf16 here; the others fp32
+VARIANT_TOLERANCE = 1e-5  # the same per-channel arithmetic in every build; dbc's sums differ in order (atomics)
+TRITON_TOLERANCE = {name: 4e-3 if name in STORED_IN_COMPUTE_DTYPE else 2e-5 for name in GRAD_NAMES}  # the tests'
+
+
+def _build(threads: int, min_blocks: int, steps: int = cuda_scan.BWD_STEPS) -> tuple[int, int, dict]:
+    return threads, steps, {"REIDCAM_MIN_BLOCKS": min_blocks}
+
+
+# name: (threads per block, steps, macros). "default" passes nothing: the source's own defaults (256 / 2 / 4).
+VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
+    "default": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {}),
+    "128 threads": _build(128, 4),
+    "64 threads": _build(64, 8),
+}
+# compiled by --list --all only, to show why they are not timed (the docstring's numbers)
+REJECTED: dict[str, tuple[int, int, dict[str, int]]] = {
+    "256, 3 blocks (80 regs)": _build(256, 3),
+    "256, no cap": _build(256, 1),
+    "256, 8 steps": _build(256, 2, steps=8),
+    "512 threads": _build(512, 1),
+    "128, 5 blocks (96 regs)": _build(128, 5),
+    "128, 6 blocks (80 regs)": _build(128, 6),
+    "128, no cap": _build(128, 1),
+    "128, 8 steps": _build(128, 4, steps=8),
+    "64, 10 blocks (96 regs)": _build(64, 10),
+    "64, 12 blocks (80 regs)": _build(64, 12),
+}
+
+
+def compile_variant(build: tuple[int, int, dict[str, int]], arch: int) -> tuple[cuda_scan.CompiledSource | None, str]:
+    """(cubin or None, a one-line report): registers, spill bytes and static shared memory of the bf16 kernel
+    (the f32 kernel's too when they differ), or why it did not compile."""
+    threads, steps, defines = build
+    try:
+        compiled = cuda_scan.compile_scan_backward(arch, D_STATE, threads, steps, defines)
+    except cuda_scan.CudaKernelUnavailable as error:
+        reason = re.search(r"(too much shared data \([^)]*\)|static assertion failed[^\n]*)", str(error))
+        return None, f"does not compile: {reason.group(1) if reason else str(error)[:160]}"
+    reports = kernel_reports(compiled.log)
+    smem = max((int(x) for x in re.findall(r"(\d+) bytes smem", compiled.log)), default=0)
+    bf16 = reports[cuda_scan.backward_kernel_name(torch.bfloat16)]
+    f32 = reports[cuda_scan.backward_kernel_name(torch.float32)]
+    text = f"{bf16[0]} registers, {bf16[1]} B spill, {smem} B smem"
+    if f32 != bf16:
+        text += f" (f32 kernel: {f32[0]} registers, {f32[1]} B spill)"
+    spills = max(bf16[1], f32[1])
+    return (compiled if spills == 0 else None), text + ("" if spills == 0 else "  -> spills")
+
+
+def compile_all(builds: dict[str, tuple], arch: int) -> dict[str, tuple[cuda_scan.CompiledSource | None, str]]:
+    """NVRTC in threads (ctypes lets go of the GIL), the order of ``builds`` kept."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = pool.map(lambda build: compile_variant(build, arch), builds.values())
+        return dict(zip(builds, results))
+
+
+def describe(build: tuple[int, int, dict[str, int]]) -> str:
+    threads, steps, defines = build
+    return f"threads {threads}, min blocks {defines.get('REIDCAM_MIN_BLOCKS', 2)}, steps {steps}"
+
+
+class PrecompiledBackward(cuda_scan.CudaScanBackward):
+    """CudaScanBackward loading a cubin compiled beforehand (compile_all), so that each build compiles once."""
+
+    def __init__(self, build: tuple[int, int, dict[str, int]], compiled: cuda_scan.CompiledSource, arch: int) -> None:
+        threads, steps, defines = build
+        super().__init__(threads, steps, defines)
+        self.compiled, self.arch = compiled, arch
+
+    def kernels(self, device: torch.device, d_state: int) -> dict[str, ctypes.c_void_p]:
+        assert d_state == D_STATE
+        index = device_index(device)
+        names = [cuda_scan.backward_kernel_name(dt) for dt in (torch.bfloat16, torch.float32)]
+
+        def compiled_for(arch: int) -> cuda_scan.CompiledSource:
+            assert arch == self.arch, (arch, self.arch)
+            return self.compiled
+
+        return self._cached((index, d_state), lambda: self._load(index, compiled_for, names))
+
+    def kernel_only(self, xc, z, dbl, tables, grad_out):
+        """A function that launches the bf16 kernel alone, on buffers made once (what backward launches;
+        dbc is not zeroed between calls, which only the values notice)."""
+        _, bsz, length, dim = xc.shape
+        functions = self.kernels(xc.device, D_STATE)
+        grad_out = grad_out.to(xc.dtype).contiguous()
+        out = triton_scan.GradBuffers.for_inputs(xc, D_STATE)
+        checkpoints = torch.empty((2, bsz, cuda_scan.checkpoint_count(length, self.steps), D_STATE, dim),
+                                  device=xc.device, dtype=torch.float32)
+        tensors = [xc, z, grad_out, dbl, tables.dt_projection(), tables.dt_bias, tables.a2, tables.d_skip,
+                   out.dz, out.dxc, out.ddt, out.dbc, out.da_part, out.d_skip_part, out.dt_bias_part, checkpoints]
+        args = [ctypes.c_void_p(t.data_ptr()) for t in tensors] + [
+            ctypes.c_int(bsz), ctypes.c_int(length), ctypes.c_int(dim), ctypes.c_int(tables.dt.shape[-1]),
+            ctypes.c_longlong(z.stride(0)), ctypes.c_longlong(z.stride(1)),
+        ]
+        function = functions[cuda_scan.backward_kernel_name(xc.dtype)]
+        grid = (-(-dim // self.threads), 2 * bsz)
+        stream = torch.cuda.current_stream(xc.device).cuda_stream
+
+        def launch() -> None:
+            _ = tensors  # kept alive with the closure
+            self._driver.launch(function, grid, self.threads, args, stream)
+
+        self._driver.ensure_context(device_index(xc.device))
+        return launch
+
+
+def inputs(batch: int, tokens: int):
+    """The same inputs for every build: speed_vs_vit's parameters near Mamba's init, seeded; z a strided view
+    of xz as in the model; a bf16 grad_out (as speed_vs_vit's backward timings)."""
+    gen = torch.Generator().manual_seed(0)
+    device_gen = torch.Generator(device="cuda").manual_seed(0)
+    params = [random_direction(DIM, D_STATE, RANK, gen) for _ in range(2)]
+    scan = [triton_scan.ScanParams(p.dt_proj_weight.cuda(), p.dt_proj_bias.cuda(), p.A_log.cuda(), p.D.cuda())
+            for p in params]
+    xc = torch.randn(2, batch, tokens, DIM, device="cuda", generator=device_gen).to(torch.bfloat16)
+    z = torch.randn(batch, tokens, 2 * DIM, device="cuda", generator=device_gen).to(torch.bfloat16)[..., DIM:]
+    dbl = torch.randn(2, batch * tokens, RANK + 2 * D_STATE, device="cuda", generator=device_gen)
+    grad_out = torch.randn(batch, tokens, DIM, device="cuda", generator=device_gen).to(torch.bfloat16)
+    return xc, z, dbl, triton_scan.scan_tables(dbl, scan[0], scan[1], torch.bfloat16), grad_out
+
+
+def median_ms(fn, reps: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def differences(got: triton_scan.ScanGrads, want: dict[str, torch.Tensor]) -> dict[str, float]:
+    """max |got - want| / max |want| of each gradient."""
+    out = {}
+    for name in GRAD_NAMES:
+        a, b = getattr(got, name).float(), want[name]
+        out[name] = ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+    return out
+
+
+def summary(diffs: dict[str, float], tolerance: dict[str, float]) -> str:
+    worst = max(diffs, key=lambda name: diffs[name] / tolerance[name])
+    over = [name for name in GRAD_NAMES if diffs[name] > tolerance[name]]
+    others = max((diffs[n] for n in GRAD_NAMES if n != "dbc"), default=0.0)
+    return (f"max rel diff {diffs[worst]:.1e} ({worst}); dbc {diffs['dbc']:.1e}, others {others:.1e}; "
+            + ("ok" if not over else "OVER TOLERANCE: " + ", ".join(f"{n} {diffs[n]:.1e}" for n in over)))
+
+
+def list_builds(arch: int, with_rejected: bool) -> int:
+    builds = {**VARIANTS, **(REJECTED if with_rejected else {})}
+    results = compile_all(builds, arch)
+    print(f"scan_bwd.cu for sm_{arch}, d_state {D_STATE}:")
+    spilled = []
+    for name, (compiled, text) in results.items():
+        kept = name in VARIANTS
+        print(f"  {'kept    ' if kept else 'rejected'} {name:<26} {describe(builds[name]):<50} {text}")
+        if kept and compiled is None:
+            spilled.append(name)
+    if spilled:
+        print(f"kept builds that spill or fail on sm_{arch}: {', '.join(spilled)}")
+    return 1 if spilled else 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", default="64,256")
+    parser.add_argument("--tokens", type=int, default=140)
+    parser.add_argument("--reps", type=int, default=20, help="timed calls per median")
+    parser.add_argument("--no-triton", action="store_true", help="skip Triton's backward (its autotuning compiles)")
+    parser.add_argument("--list", action="store_true", help="only compile the builds and print their registers")
+    parser.add_argument("--all", action="store_true", help="with --list: the rejected builds too")
+    parser.add_argument("--arch", type=int, default=90, help="with --list: the sm_ to compile for")
+    args = parser.parse_args(argv)
+    if args.list:
+        return list_builds(args.arch, args.all)
+
+    major, minor = torch.cuda.get_device_capability()
+    arch = major * 10 + minor
+    props = torch.cuda.get_device_properties(0)
+    print(f"{torch.cuda.get_device_name()} ({props.multi_processor_count} SMs) | torch {torch.__version__}", flush=True)
+    compiled = compile_all(VARIANTS, arch)
+    scans = {}
+    for name, (cubin, text) in compiled.items():
+        print(f"  {name:<14} {describe(VARIANTS[name]):<50} sm_{arch}: {text}")
+        if cubin is not None:
+            scans[name] = PrecompiledBackward(VARIANTS[name], cubin, arch)
+    if "default" not in scans:
+        print("the default build did not compile without spills: nothing to compare against")
+        return 1
+    batches = [int(b) for b in args.batches.split(",")]
+    print(f"\nbackward scan, bf16, {args.tokens} tokens, d_inner {DIM}, d_state {D_STATE}, dt_rank {RANK}; "
+          f"ms per call (median of {args.reps}), whole backward() and the kernel alone\n")
+    print("| build | batch | blocks | backward() ms | kernel ms | gradients against the default build |")
+    print("| --- | --- | --- | --- | --- | --- |", flush=True)
+    data, references = {}, {}
+    failed = 0
+    for batch in batches:
+        data[batch] = inputs(batch, args.tokens)
+        for name, scan in scans.items():
+            grads = scan.backward(*data[batch])
+            torch.cuda.synchronize()
+            if name == "default":
+                references[batch] = {n: getattr(grads, n).float() for n in GRAD_NAMES}
+                check = "(reference)"
+            else:
+                diffs = differences(grads, references[batch])
+                check = summary(diffs, dict.fromkeys(GRAD_NAMES, VARIANT_TOLERANCE))
+                failed += "OVER" in check
+            del grads
+            call_ms = median_ms(lambda: scan.backward(*data[batch]), args.reps)
+            kernel_ms = median_ms(scan.kernel_only(*data[batch]), args.reps)
+            blocks = -(-DIM // scan.threads) * 2 * batch
+            print(f"| {name} | {batch} | {blocks} | {call_ms:.3f} | {kernel_ms:.3f} | {check} |", flush=True)
+    if not args.no_triton:
+        for batch in batches:  # after the CUDA rows: the first call autotunes (compiles) Triton's kernel
+            grads = triton_scan.scan_backward(*data[batch])
+            check = summary(differences(grads, references[batch]), TRITON_TOLERANCE)
+            del grads
+            ms = median_ms(lambda: triton_scan.scan_backward(*data[batch]), args.reps)
+            print(f"| Triton scan_backward | {batch} | - | {ms:.3f} | - | {check} |", flush=True)
+    floors = ", ".join(f"batch {b} {2 * b * args.tokens * DIM * 2 * 7 / HBM_BYTES_PER_S * 1e3:.3f} ms" for b in batches)
+    print(f"\nmemory floor as speed_vs_vit's (bf16 xc, pre, z, g read, dz, dxc, ddt written; "
+          f"{HBM_BYTES_PER_S / 1e12:.2f} TB/s): {floors}")
+    if failed:
+        print(f"{failed} build(s) differ from the default beyond {VARIANT_TOLERANCE:g}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
