@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import re
-import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,7 +47,9 @@ from reidcam.reid.model.kernels import cuda_scan, triton_scan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from cubin_tools import kernel_reports  # noqa: E402  (tests/cubin_tools.py: ptxas' registers and spills)
-from speed_vs_vit import HBM_BYTES_PER_S, random_direction  # noqa: E402  (a sibling bench script)
+from cuda_scan_variants import inputs as forward_inputs  # noqa: E402  (sibling bench scripts)
+from cuda_scan_variants import median_ms  # noqa: E402
+from speed_vs_vit import HBM_BYTES_PER_S  # noqa: E402
 
 DIM, D_STATE, RANK = 768, 16, 24
 GRAD_NAMES = ("dz", "dxc", "ddt", "dbc", "da_log", "d_skip", "dt_bias")
@@ -133,60 +134,13 @@ class PrecompiledBackward(cuda_scan.CudaScanBackward):
 
         return self._cached((index, d_state), lambda: self._load(index, compiled_for, names))
 
-    def kernel_only(self, xc, z, dbl, tables, grad_out):
-        """A function that launches the bf16 kernel alone, on buffers made once (what backward launches;
-        dbc is not zeroed between calls, which only the values notice)."""
-        _, bsz, length, dim = xc.shape
-        functions = self.kernels(xc.device, D_STATE)
-        grad_out = grad_out.to(xc.dtype).contiguous()
-        out = triton_scan.GradBuffers.for_inputs(xc, D_STATE)
-        checkpoints = torch.empty((2, bsz, cuda_scan.checkpoint_count(length, self.steps), D_STATE, dim),
-                                  device=xc.device, dtype=torch.float32)
-        tensors = [xc, z, grad_out, dbl, tables.dt_projection(), tables.dt_bias, tables.a2, tables.d_skip,
-                   out.dz, out.dxc, out.ddt, out.dbc, out.da_part, out.d_skip_part, out.dt_bias_part, checkpoints]
-        args = [ctypes.c_void_p(t.data_ptr()) for t in tensors] + [
-            ctypes.c_int(bsz), ctypes.c_int(length), ctypes.c_int(dim), ctypes.c_int(tables.dt.shape[-1]),
-            ctypes.c_longlong(z.stride(0)), ctypes.c_longlong(z.stride(1)),
-        ]
-        function = functions[cuda_scan.backward_kernel_name(xc.dtype)]
-        grid = (-(-dim // self.threads), 2 * bsz)
-        stream = torch.cuda.current_stream(xc.device).cuda_stream
-
-        def launch() -> None:
-            _ = tensors  # kept alive with the closure
-            self._driver.launch(function, grid, self.threads, args, stream)
-
-        self._driver.ensure_context(device_index(xc.device))
-        return launch
-
-
 def inputs(batch: int, tokens: int):
-    """The same inputs for every build: speed_vs_vit's parameters near Mamba's init, seeded; z a strided view
-    of xz as in the model; a bf16 grad_out (as speed_vs_vit's backward timings)."""
-    gen = torch.Generator().manual_seed(0)
-    device_gen = torch.Generator(device="cuda").manual_seed(0)
-    params = [random_direction(DIM, D_STATE, RANK, gen) for _ in range(2)]
-    scan = [triton_scan.ScanParams(p.dt_proj_weight.cuda(), p.dt_proj_bias.cuda(), p.A_log.cuda(), p.D.cuda())
-            for p in params]
-    xc = torch.randn(2, batch, tokens, DIM, device="cuda", generator=device_gen).to(torch.bfloat16)
-    z = torch.randn(batch, tokens, 2 * DIM, device="cuda", generator=device_gen).to(torch.bfloat16)[..., DIM:]
-    dbl = torch.randn(2, batch * tokens, RANK + 2 * D_STATE, device="cuda", generator=device_gen)
+    """The forward bench's inputs (the same for every build; z a strided view of xz as in the model) and a
+    bf16 grad_out (as speed_vs_vit's backward timings)."""
+    xc, z, dbl, tables = forward_inputs(batch, tokens, DIM, D_STATE, RANK)
+    device_gen = torch.Generator(device="cuda").manual_seed(1)
     grad_out = torch.randn(batch, tokens, DIM, device="cuda", generator=device_gen).to(torch.bfloat16)
-    return xc, z, dbl, triton_scan.scan_tables(dbl, scan[0], scan[1], torch.bfloat16), grad_out
-
-
-def median_ms(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return xc, z, dbl, tables, grad_out
 
 
 def differences(got: triton_scan.ScanGrads, want: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -268,7 +222,7 @@ def main(argv: list[str]) -> int:
                 failed += "OVER" in check
             del grads
             call_ms = median_ms(lambda: scan.backward(*data[batch]), args.reps)
-            kernel_ms = median_ms(scan.kernel_only(*data[batch]), args.reps)
+            kernel_ms = median_ms(scan.launcher(*data[batch])[0], args.reps)
             blocks = -(-DIM // scan.threads) * 2 * batch
             print(f"| {name} | {batch} | {blocks} | {call_ms:.3f} | {kernel_ms:.3f} | {check} |", flush=True)
     if not args.no_triton:

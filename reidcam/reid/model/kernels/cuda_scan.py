@@ -325,6 +325,15 @@ class CudaScanBackward(_LazyKernels):
     def backward(self, xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables,
                  grad_out: torch.Tensor) -> ScanGrads:
         """triton_scan.scan_backward's gradients, from its arguments."""
+        launch, out = self.launcher(xc, z, dbl, tables, grad_out)
+        if xc.numel():
+            launch()
+        return out.grads(tables, z.dtype)
+
+    def launcher(self, xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables,
+                 grad_out: torch.Tensor) -> tuple[Callable[[], None], GradBuffers]:
+        """The kernel's launch on buffers made once, and those buffers (for backward, and for benches that time
+        the kernel alone: a second launch adds into dbc again, which only the values notice)."""
         _, bsz, length, dim = xc.shape
         d_state = tables.a.shape[-1]
         kernels = self.kernels(xc.device, d_state)
@@ -333,18 +342,21 @@ class CudaScanBackward(_LazyKernels):
         out = GradBuffers.for_inputs(xc, d_state)
         checkpoints = torch.empty((2, bsz, checkpoint_count(length, self.steps), d_state, dim), device=dev,
                                   dtype=torch.float32)
-        if xc.numel():
-            tensors = [xc, z, grad_out, dbl, tables.dt_projection(), tables.dt_bias, tables.a2, tables.d_skip,
-                       out.dz, out.dxc, out.ddt, out.dbc, out.da_part, out.d_skip_part, out.dt_bias_part, checkpoints]
-            args = [ctypes.c_void_p(t.data_ptr()) for t in tensors] + [
-                ctypes.c_int(bsz), ctypes.c_int(length), ctypes.c_int(dim), ctypes.c_int(tables.dt.shape[-1]),
-                ctypes.c_longlong(z.stride(0)), ctypes.c_longlong(z.stride(1)),
-            ]
+        tensors = [xc, z, grad_out, dbl, tables.dt_projection(), tables.dt_bias, tables.a2, tables.d_skip,
+                   out.dz, out.dxc, out.ddt, out.dbc, out.da_part, out.d_skip_part, out.dt_bias_part, checkpoints]
+        args = [ctypes.c_void_p(t.data_ptr()) for t in tensors] + [
+            ctypes.c_int(bsz), ctypes.c_int(length), ctypes.c_int(dim), ctypes.c_int(tables.dt.shape[-1]),
+            ctypes.c_longlong(z.stride(0)), ctypes.c_longlong(z.stride(1)),
+        ]
+        function = kernels[backward_kernel_name(xc.dtype)]
+        grid = (-(-dim // self.threads), 2 * bsz)
+
+        def launch() -> None:
+            _ = tensors  # the launch reads them: kept alive with it
             self._driver.ensure_context(device_index(dev))
-            stream = torch.cuda.current_stream(dev).cuda_stream
-            grid = (-(-dim // self.threads), 2 * bsz)
-            self._driver.launch(kernels[backward_kernel_name(xc.dtype)], grid, self.threads, args, stream)
-        return out.grads(tables, z.dtype)
+            self._driver.launch(function, grid, self.threads, args, torch.cuda.current_stream(dev).cuda_stream)
+
+        return launch, out
 
 
 def backward_supports(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables) -> bool:
