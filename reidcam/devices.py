@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from reidcam.errors import ConfigError
@@ -46,3 +48,10 @@ def urgent_stream(device: torch.device) -> torch.cuda.Stream:
     import torch
 
     return torch.cuda.Stream(device, priority=-1)
+
+
+def on_stream(stream: torch.cuda.Stream | None) -> AbstractContextManager:
+    """``torch.cuda.stream(stream)``, or nothing for None (a CPU device, or no stream of its own)."""
+    import torch
+
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()

@@ -16,7 +16,6 @@ a one-line error that says how to provide them.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ from reidcam.app.config import DETECTOR_WEIGHTS_VARIABLE, DetectorConfig, shared
 from reidcam.detection.base import DoneDetections, PendingDetections
 from reidcam.detection.network_graphs import GraphedNetwork, prediction_of
 from reidcam.detection.upload import FrameUploader
-from reidcam.devices import urgent_stream
+from reidcam.devices import on_stream, urgent_stream
 from reidcam.errors import ConfigError, first_line
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -275,13 +274,14 @@ class YoloDetector:
         network = self._network
         dtype = torch.half if network.fp16 else torch.float
         geometry = letterbox_geometry(*images[0].shape[:2], self._imgsz, int(network.stride))
-        with torch.inference_mode(), self._on(self._stream):
+        with torch.inference_mode(), on_stream(self._stream):
             batch = letterbox_batch(self._uploader.upload(images), geometry, dtype)
             prediction = self._forward(batch)
             if isinstance(self._forward, GraphedNetwork):  # the next replay would overwrite it
                 prediction = prediction.clone()
-            done = torch.cuda.Event() if self._stream is not None else None
-            if done is not None:
+            done = None
+            if self._stream is not None:
+                done = torch.cuda.Event()
                 done.record(self._stream)
         return _Launched(indices, images, prediction, tuple(batch.shape[2:]), done)
 
@@ -293,18 +293,14 @@ class YoloDetector:
 
         stream = self._nms_stream
         with torch.inference_mode():
-            with self._on(stream):
-                if launched.done is not None and stream is not None:
+            with on_stream(stream):
+                if launched.done is not None:  # set where the detector has its streams
                     stream.wait_event(launched.done)
                 rows, image_of_row = self._suppress_to_host(launched.prediction)
             rows[:, :4] = scale_boxes(launched.canvas, rows[:, :4], launched.images[0].shape)
             on_host = torch.cat([rows, image_of_row[:, None].float()], dim=1).numpy()
         bounds = np.searchsorted(on_host[:, 6], np.arange(1, len(launched.images)))
         return [self._detections(found[:, :6]) for found in np.split(on_host, bounds)]
-
-    @staticmethod
-    def _on(stream: torch.cuda.Stream | None):
-        return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
     def _eager_forward(self, batch: torch.Tensor) -> torch.Tensor:
         return prediction_of(self._network(batch))

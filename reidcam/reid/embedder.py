@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reidcam.devices import resolve_device, urgent_stream
+from reidcam.devices import on_stream, resolve_device, urgent_stream
 from reidcam.errors import ConfigError, DataError
 from reidcam.reid.model import ReIDMamba, build_model
 from reidcam.reid.model.checkpoint import load_reid_checkpoint
@@ -157,8 +157,7 @@ class Embedder:
         if camera_indices is not None and len(camera_indices) != len(crops):
             raise DataError(f"{len(camera_indices)} camera indices for {len(crops)} crops")
         out = np.empty((len(crops), self.embed_dim), dtype=np.float32)
-        on_stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
-        with on_stream:
+        with on_stream(self._stream):
             for start in range(0, len(crops), self.batch_size):
                 stop = min(start + self.batch_size, len(crops))
                 cams = None if camera_indices is None else self._camera_tensor(camera_indices[start:stop])
