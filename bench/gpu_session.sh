@@ -32,6 +32,8 @@
 #                                               # kernel A/B, then the 256x128 s16 row with REIDCAM_SCAN_BWD=cuda
 #   bash bench/gpu_session.sh graphs-and-row    # GPU 0: detector-graphs; GPU 1: the CUDA kernels' tests, the
 #                                               # backend checks and the 256x128 s16 row
+#   bash bench/gpu_session.sh bwd-profile       # GPU 0: the CUDA backward scan's tests, then the kernel profile
+#   bash bench/gpu_session.sh train-graphs      # GPU 0: the training step as a CUDA graph: tests, row, trainer
 #   bash bench/gpu_session.sh bwd-variants      # GPU 0: the CUDA backward scan's compile-time variants and
 #                                               # Triton's backward timed on the same inputs (batch 64, 256)
 #
@@ -150,6 +152,26 @@ scan-bwd)
     --no-triton-fwd >"$OUT/speed.log" 2>&1
   REIDCAM_SCAN_BWD=cuda timeout 120 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton \
     --no-plain-norm --no-triton-fwd --skip-core >"$OUT/speed_cbwd.log" 2>&1
+  ;;
+bwd-profile)
+  # GPU 0: the CUDA backward scan's tests (the offline ptxas-report checks first), then the kernel profile of
+  # inference and the training step (bench/profile_model.py, 40 rows a phase).
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda_scan_bwd.py >"$OUT/checks.log" 2>&1
+  timeout 300 python3 bench/profile_model.py --out "$OUT" --rows 40 >"$OUT/profile.log" 2>&1
+  ;;
+train-graphs)
+  # GPU 0: the graphed training step's GPU tests, the 256x128 s16 row with training steps eager and as CUDA
+  # graphs (both models), then reidcam's trainer (synthetic data, ReIDMamba-S, bf16) without and with graphs.
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_train_graphs.py >"$OUT/checks.log" 2>&1
+  timeout 200 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton --no-plain-norm \
+    --no-triton-fwd --skip-core >"$OUT/speed.log" 2>&1
+  for graphs in false true; do
+    timeout 150 python3 bench/gpu_train.py --out "/tmp/train_$graphs" --epochs 2 --num-workers 12 \
+      train.eval_every=0 "train.cuda_graphs=$graphs" >"$OUT/train_$graphs.log" 2>&1
+    cp -f "/tmp/train_$graphs/gpu_train_summary.json" "$OUT/train_$graphs.json"
+  done
   ;;
 bwd-variants)
   # GPU 0: scan_bwd.cu's builds (block size, register cap, flush) at batch 64 and 256, 140 tokens, each one's

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reidcam.reid.engine.graphed_step import GraphedStep
 from reidcam.reid.model import build_model
 from reidcam.reid.model.scan import DirectionParams, available_backends, bidirectional_mixer_core, new_weight_memo, weight_memo
 
@@ -576,28 +577,35 @@ def _cuda_graph(fn: Callable[[], object], device: torch.device) -> Callable[[], 
     return graph.replay
 
 
-def train_step(model: nn.Module, size: Size, settings: Settings) -> tuple[float, float]:
-    """(ms per SGD step, peak GiB) at settings.train_batch, bf16 autocast, CE on the logits."""
+def train_step(model: nn.Module, size: Size, settings: Settings, graph: bool = False) -> tuple[float, float]:
+    """(ms per SGD step, peak GiB) at settings.train_batch, bf16 autocast, CE on the logits; with ``graph``,
+    forward, loss and backward replay as one CUDA graph, as ``reidcam train`` runs them (GraphedStep)."""
     device = settings.device
     model.train()
     images = torch.randn(settings.train_batch, 3, size.height, size.width, device=device)
     labels = torch.randint(0, settings.num_classes, (settings.train_batch,), device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
-    def step() -> None:
+    def forward_backward(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             out = model(images)
             logits = out.logits if hasattr(out, "logits") else [out]
             loss = sum(F.cross_entropy(lg.float(), labels) for lg in logits)
         loss.backward()
+        return loss.detach()
+
+    graphed = GraphedStep(forward_backward, list(model.parameters()), enabled=graph, warmup=2)
+
+    def step() -> None:
+        graphed(images, labels)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
     step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     ms = median_ms(step, settings, max_reps=10)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    del graphed
     return ms, peak
 
 
@@ -610,6 +618,7 @@ class Row:
     mamba_ips: dict[str, float]
     vit_train: tuple[float, float]
     mamba_train: dict[str, tuple[float, float]]
+    vit_train_graph: tuple[float, float] = (float("nan"), float("nan"))
 
 
 def measure_size(size: Size, settings: Settings, graphs: bool, problems: list[str],
@@ -623,10 +632,12 @@ def measure_size(size: Size, settings: Settings, graphs: bool, problems: list[st
     vit_ips = attempt(f"ViT-B {size.label} inference", lambda: images_per_s(vit, size, settings), problems)
     settings.stage(f"ViT-B/16 {size.label}: {vit_ips or float('nan'):,.0f} img/s; training step, batch {settings.train_batch}")
     vit_train = attempt(f"ViT-B {size.label} training", lambda: train_step(vit, size, settings), problems)
+    vit_train_graph = attempt(f"ViT-B {size.label} training in a CUDA graph",
+                              lambda: train_step(vit, size, settings, graph=True), problems) if graphs else None
     del vit
     mamba = make_reidmamba(size, settings.num_classes, settings.smoke).to(device)
     row = Row(size, mamba.interleave_index.numel(), 1 + size.grid[0] * size.grid[1],
-              vit_ips or float("nan"), {}, vit_train or nan2, {})
+              vit_ips or float("nan"), {}, vit_train or nan2, {}, vit_train_graph or nan2)
     settings.stage(f"ViT-B/16 {size.label}: train step {row.vit_train[0]:.1f} ms, peak {row.vit_train[1]:.2f} GiB")
     publish(row)
     for variant in mamba_variants(settings):
@@ -659,6 +670,13 @@ def _measure_variant(mamba: nn.Module, variant: str, row: Row, settings: Setting
     ms, gib = row.mamba_train[variant]
     settings.stage(f"{label}: train step {ms:.1f} ms, peak {gib:.2f} GiB (ViT-B {row.vit_train[0]:.1f} ms,"
                    f" {row.vit_train[1]:.2f} GiB)")
+    if graphs and variant == "triton":
+        row.mamba_train[f"{variant}+graph"] = attempt(
+            f"{label} training in a CUDA graph", lambda: train_step(mamba, size, settings, graph=True), problems
+        ) or nan2
+        ms, gib = row.mamba_train[f"{variant}+graph"]
+        settings.stage(f"{label}: train step in a CUDA graph {ms:.1f} ms, peak {gib:.2f} GiB (ViT-B"
+                       f" {row.vit_train_graph[0]:.1f} ms, {row.vit_train_graph[1]:.2f} GiB)")
 
 
 def mamba_variants(settings: Settings) -> list[str]:
@@ -694,11 +712,12 @@ def markdown(rows: list[Row], settings: Settings, device_name: str) -> str:
         f"Training step (forward, backward, SGD step; CE on {settings.num_classes} classes), batch"
         f" {settings.train_batch}: ms / peak GiB:",
         "",
-        _md_row(["input", "ViT-B/16", *trained]),
-        _md_row(["---"] * (len(trained) + 2)),
+        _md_row(["input", "ViT-B/16", "ViT-B/16+graph", *trained]),
+        _md_row(["---"] * (len(trained) + 3)),
     ]
     for r in rows:
-        cells = [f"{ms:.1f} / {gib:.2f}" for ms, gib in [r.vit_train, *[r.mamba_train.get(b, nan2) for b in trained]]]
+        timed = [r.vit_train, r.vit_train_graph, *[r.mamba_train.get(b, nan2) for b in trained]]
+        cells = [f"{ms:.1f} / {gib:.2f}" for ms, gib in timed]
         lines.append(_md_row([r.size.label, *cells]))
     return "\n".join(lines) + "\n"
 

@@ -80,6 +80,10 @@ class TrainSection(StrictModel):
     max_iters_per_epoch: int | None = Field(None, ge=1, description="Cut epochs short (smoke tests).")
     deterministic: bool = True
     find_unused_parameters: bool = False
+    cuda_graphs: bool = Field(
+        True, description="Replay forward, loss and backward as one CUDA graph (single-GPU runs; "
+        "engine/graphed_step.py)."
+    )
 
 
 class Recipe(StrictModel):

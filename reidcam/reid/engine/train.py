@@ -42,6 +42,7 @@ from reidcam.reid.engine.distributed import (
     shutdown,
 )
 from reidcam.reid.engine.evaluate import evaluate_model
+from reidcam.reid.engine.graphed_step import GraphedStep, graphs_usable
 from reidcam.reid.engine.optim import build_optimizer, build_schedule
 from reidcam.reid.engine.progress import EpochProgress
 from reidcam.reid.engine.run_log import RunLog
@@ -178,6 +179,7 @@ class Trainer:
         )
         self.start_epoch = self._resume() if resume else 0
         self.network = self._wrap(self.model)
+        self.forward_backward = self._graphed_step()
         self.run_log = RunLog(output) if context.is_main else None
         self.last_eval: dict[str, float] | None = None
 
@@ -208,6 +210,13 @@ class Trainer:
         return DistributedDataParallel(
             model, device_ids=device_ids, find_unused_parameters=self.recipe.train.find_unused_parameters
         )
+
+    def _graphed_step(self) -> GraphedStep:
+        why_not = graphs_usable(self.device, self.context.enabled)
+        if self.recipe.train.cuda_graphs and why_not is not None and self.device.type == "cuda":
+            log.info("train.cuda_graphs: the step runs eagerly (%s)", why_not)
+        enabled = self.recipe.train.cuda_graphs and why_not is None
+        return GraphedStep(self._forward_backward_body, list(self.model.parameters()), enabled=enabled)
 
     # ----------------------------------------------------------------------------------- state
     def _resume(self) -> int:
@@ -285,24 +294,27 @@ class Trainer:
         return record
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor) -> torch.Tensor:
-        """Forward, loss, backward, clip, step; returns the detached loss components."""
+        """Forward, loss, backward (a CUDA graph where it can be), clip, step; returns the detached loss components."""
         images = images.to(self.device, non_blocking=True)
         labels, camids = labels.to(self.device), camids.to(self.device)
-        autocast = torch.autocast(device_type="cuda", dtype=self.amp_dtype) if self.amp_dtype else None
-        if autocast is not None:
-            with autocast:
-                output = self.network(images, camids)
-        else:
-            output = self.network(images, camids)
-        losses = self.criterion(output.features, output.logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses["loss"]).backward()
+        components = self.forward_backward(images, labels, camids)
         if self.recipe.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.schedule.step_iteration()
+        return components
+
+    def _forward_backward_body(self, images: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor) -> torch.Tensor:
+        """What ``forward_backward`` runs or replays: the loss components, gradients left in the parameters."""
+        if self.amp_dtype is not None:
+            with torch.autocast(device_type="cuda", dtype=self.amp_dtype):
+                output = self.network(images, camids)
+        else:
+            output = self.network(images, camids)
+        losses = self.criterion(output.features, output.logits, labels)
+        self.scaler.scale(losses["loss"]).backward()
         return torch.stack([losses[key].detach().float() for key in LOSS_KEYS])
 
     def evaluate(self) -> dict[str, float]:
