@@ -4,7 +4,11 @@
     PYTHONPATH=. python bench/gpu_pipeline.py --device cpu --cameras 1 --frames 10 --scale 0.5   # a quick CPU check
 
 Each camera is vtest.avi cut to 16:9 (768x432) and scaled (2.5: 1920x1080), starting at its own
-frame so that cameras show different moments; the clips are written once into ``--work``. After an
+frame so that cameras show different moments; the clips are written once into ``--work``. With
+``--clocks together`` (the default since session 8) every camera films at once, as the issue's 16 cameras
+do, so a step holds a frame of each; ``--clocks staggered`` starts each camera's clock at its clip's moment
+of the source (4.7 s apart), which leaves 2-3 cameras overlapping and steps of ~2 frames: every pipeline
+number before session 8 was measured so. The "frames per step" column shows which. After an
 untimed warm-up run of one camera (first use compiles the GPU kernels), ``reidcam run`` runs
 in-process on all cameras (``reidcam.app.bench.time_pipeline``: scratch output, batched detection
 and ReID across cameras) and the script prints, per camera count, frames/s end to end and each
@@ -65,16 +69,23 @@ def cameras_once(count: int, frames: int, scale: float, folder: Path, detector: 
     return cams_yaml if cams_yaml.is_file() else write_cameras(count, frames, scale, folder, detector)
 
 
-def with_settings(cams_yaml: Path, settings: dict[tuple[str, str], object]) -> Path:
-    """cams.yaml with each ``(section, key)`` set to its value, or removed for None (reidcam's default)."""
+def with_settings(cams_yaml: Path, settings: dict[tuple[str, str], object], clocks: str = "together") -> Path:
+    """cams.yaml with each ``(section, key)`` set to its value, or removed for None (reidcam's default), and
+    with the cameras' clocks together (every start_time the first camera's: all cameras film at once, and a
+    step holds a frame of each) or staggered (each camera's clock starts at its clip's moment of the source)."""
     document = yaml.safe_load(cams_yaml.read_text())
+    cameras = document["cameras"]
+    if clocks == "together":
+        for camera in cameras:
+            camera["start_time"] = cameras[0]["start_time"]
     for (section, key), value in settings.items():
         keys = document.setdefault(section, {})
         keys.pop(key, None)
         if value is not None:
             keys[key] = value
-    cams_yaml.write_text(yaml.safe_dump(document, sort_keys=False))
-    return cams_yaml
+    run_yaml = cams_yaml.with_name(f"cams_run_{clocks}.yaml")  # beside the clips; the written cams.yaml stays
+    run_yaml.write_text(yaml.safe_dump(document, sort_keys=False))
+    return run_yaml
 
 
 def report_row(count: int, timing) -> str:
@@ -90,8 +101,10 @@ def report_row(count: int, timing) -> str:
     overlap = "on" if summary.overlap else "off"
     late_rate = getattr(summary, "late_rate", None)  # absent in older packages, which A/B runs time
     late = f"{late_rate:.1f}" if late_rate else "-"
+    steps = getattr(summary, "steps", 0)
+    per_step = f"{summary.total_frames / steps:.1f}" if steps else "-"
     return (
-        f"| {count} | {summary.total_frames} | {wall:.1f} | {rate:.1f} | {late} | {rate / count:.1f} | {crops} "
+        f"| {count} | {summary.total_frames} | {per_step} | {wall:.1f} | {rate:.1f} | {late} | {rate / count:.1f} | {crops} "
         f"| {shares} | {overlap} |"
     )
 
@@ -116,6 +129,10 @@ def main() -> None:
                         help="streams.decode (default: the cams.yaml value, auto: processes on a GPU)")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval (s): how long a thread may hold the GIL when another asks")
+    parser.add_argument("--clocks", choices=["together", "staggered"], default="together",
+                        help="together: every camera films at once (a step holds a frame of each camera); "
+                        "staggered: each camera's clock starts at its clip's moment of vtest.avi, 4.7 s apart, so "
+                        "that only 2-3 cameras overlap (the bench's only mode before session 8)")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "reidcam_gpu_pipeline")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -125,12 +142,12 @@ def main() -> None:
     header = [
         f"reidcam run, {width}x{height} cameras of vtest.avi, {args.frames} frames each, detector "
         f"{Path(args.detector).name}, device {args.device}, decoder threads per camera "
-        f"{args.decoder_threads or 'cores / cameras'}, decode in {args.decode or 'auto'}, detector graphs {GRAPH_NAMES[args.detector_graphs]}, overlap {OVERLAP_NAMES[args.overlap]}, GIL switch "
+        f"{args.decoder_threads or 'cores / cameras'}, clocks {args.clocks}, decode in {args.decode or 'auto'}, detector graphs {GRAPH_NAMES[args.detector_graphs]}, overlap {OVERLAP_NAMES[args.overlap]}, GIL switch "
         f"interval {sys.getswitchinterval() * 1e3:g} ms",
         "",
-        "| cameras | frames | wall s | frames/s | 2nd half frames/s | per camera | ReID crops/s | "
+        "| cameras | frames | frames per step | wall s | frames/s | 2nd half frames/s | per camera | ReID crops/s | "
         + " | ".join(STAGE_UNITS) + " | overlap |",
-        "|---" * (8 + len(STAGE_UNITS)) + "|",
+        "|---" * (9 + len(STAGE_UNITS)) + "|",
     ]
     lines = list(header)
     if args.warmup_frames > 0:
@@ -140,7 +157,8 @@ def main() -> None:
         folder = args.work / f"{count}cams_{args.frames}f_{width}"
         settings = {("streams", "decoder_threads"): args.decoder_threads, ("streams", "decode"): args.decode,
                     ("detector", "overlap"): args.overlap, ("detector", "cuda_graphs"): args.detector_graphs}
-        cams_yaml = with_settings(cameras_once(count, args.frames, args.scale, folder, args.detector), settings)
+        cams_yaml = with_settings(cameras_once(count, args.frames, args.scale, folder, args.detector), settings,
+                                  args.clocks)
         timing = time_pipeline(cams_yaml, device=args.device)
         if len(lines) == len(header):
             lines[0] += f"; {timing.machine}"

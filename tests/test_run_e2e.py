@@ -232,6 +232,9 @@ def test_bench_command_times_every_stage_and_writes_nothing_beside_the_config(cl
     assert rows["detect"][3] == "24" and rows["end-to-end"][3] == "24"  # 12 frames x 2 cameras
     assert float(rows["detect"][1]) > 0
     assert "cameras: west 12, east 12" in result.stdout
+    steps = next(line for line in result.stdout.splitlines() if line.startswith("steps:"))
+    count, per_step = steps.split()[1].rstrip(","), float(steps.split()[2])
+    assert int(count) * per_step == pytest.approx(24, abs=0.1)
     assert sorted(p.name for p in folder.iterdir()) == ["cams.yaml"]
 
 
@@ -240,6 +243,7 @@ def test_a_run_reports_the_rate_of_its_second_half(main_run):
     # 40 steps of three frames: the second half's 19 steps after the middle one, within the run's wall time
     assert summary.late_rate is not None
     assert summary.late_rate >= 19 * 3 / summary.wall_seconds
+    assert 1 <= summary.total_frames / summary.steps <= 3  # three cameras: at most a frame of each per step
 
 
 def test_late_frame_rate_skips_the_first_half_of_the_steps():

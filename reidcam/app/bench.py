@@ -89,6 +89,9 @@ def format_stage_table(summary: RunSummary, cpu_seconds: float) -> str:
     if summary.late_rate is not None:
         lines.append(f"{'2nd half':<10} {'':>8} {'':>8} {'':>7} {'frames':<7} {summary.late_rate:10.1f}"
                      "   (steps of the run's second half: no first-use compilation)")
+    if summary.steps:
+        lines.append(f"steps: {summary.steps}, {frames / summary.steps:.1f} frames each (a step batches the frames "
+                     "the cameras have at one moment: cameras whose clocks do not overlap batch nothing)")
     per_camera = ", ".join(f"{camera} {count}" for camera, count in summary.frames.items())
     lines.append(f"cameras: {per_camera}; tracklets {summary.tracklets}; identities {summary.identities}")
     lines.append(overlap_note(summary))

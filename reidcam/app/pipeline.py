@@ -292,6 +292,7 @@ class RunSummary:
     stages: dict[str, StageTime]
     overlap: bool = False  # detect and track overlapped the later stages: stage times sum to more than the wall
     late_rate: float | None = None  # frames/s over the second half of the steps (see ``late_frame_rate``)
+    steps: int = 0  # detection batches: frames per step tell how much the cameras' clocks overlap
 
     @property
     def total_frames(self) -> int:

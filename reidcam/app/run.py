@@ -132,6 +132,7 @@ def _run(
         stages=clock.stages,
         overlap=pipeline.overlap,
         late_rate=late_frame_rate(pipeline.step_marks),
+        steps=len(pipeline.step_marks),
     )
     logger.info(
         "run %d: %d frames in %.1f s (%.1f fps), %d tracklets, %d identities; %s",

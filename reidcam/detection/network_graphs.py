@@ -5,11 +5,11 @@ convolution launches of each YOLOv8n forward, while the GPU waited (py-spy, BENC
 A graph replays all of a forward's kernels with one launch.
 
 A shape is run eagerly the first time it is seen (the warm-up capture needs: cuDNN picks its algorithms,
-Ultralytics builds its anchors) and captured the second time; from then on it is replayed. A batch of fewer
-images than a captured one of the same image size is padded to it instead: the GPU then works on the
-missing images too (a fraction of a millisecond for YOLOv8n), where an eager forward costs the host ~10 ms.
-That matters because a step's batch is whatever frames the cameras have ready, so its size varies from step
-to step (9 % of the main thread went to eager forwards of such batches on 16 cameras, session 8). Ultralytics'
+Ultralytics builds its anchors) and captured the second time; from then on it is replayed. Where a graph
+of more images of the same size exists, the first sight replays it instead, padded: the GPU then works on
+the missing images too, where a first eager forward at a new batch size costs the host tens of
+milliseconds (cuDNN's algorithm search). A step's batch is whatever frames the cameras have ready, so its
+size varies at a run's start and end, and wherever cameras' clocks or frame rates differ. Ultralytics'
 Detect head caches its anchors for the last input shape and builds them from CPU tensors, which a capture
 cannot do: a capture therefore follows an eager run at its shape, and its record keeps the anchors that
 run made, so that a later shape's anchors never take their memory while the graph reads it.
@@ -69,12 +69,14 @@ class GraphedNetwork:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         shape = tuple(images.shape)
-        graphed = self._graphs.get(shape) or self._padded_graph(shape)
+        graphed = self._graphs.get(shape)
         if graphed is None and self._capturable(shape):
             graphed = self._try_capture(images)
+        if graphed is None:
+            graphed = self._padded_graph(shape)
+            self._seen.add(shape)
         if graphed is not None:
             return graphed.run(images)
-        self._seen.add(shape)
         return prediction_of(self._network(images))
 
     def _padded_graph(self, shape: tuple[int, ...]) -> _Graphed | None:
