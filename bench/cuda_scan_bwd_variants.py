@@ -67,6 +67,10 @@ VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
     "default": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {}),
     "128 threads": _build(128, 4),
     "64 threads": _build(64, 8),
+    # scan_bwd.cu's REIDCAM_BWD_DESIGN 1: the global loads issued ahead of their use (the file's comment says why)
+    "design 1": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {"REIDCAM_BWD_DESIGN": 1}),
+    "design 1, 128 threads": (128, cuda_scan.BWD_STEPS, {"REIDCAM_BWD_DESIGN": 1, "REIDCAM_MIN_BLOCKS": 4}),
+    "design 1, ahead 1": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {"REIDCAM_BWD_DESIGN": 1, "REIDCAM_AHEAD": 1}),
 }
 # compiled by --list --all only, to show why they are not timed (the docstring's numbers)
 REJECTED: dict[str, tuple[int, int, dict[str, int]]] = {
@@ -80,6 +84,7 @@ REJECTED: dict[str, tuple[int, int, dict[str, int]]] = {
     "128, 8 steps": _build(128, 4, steps=8),
     "64, 10 blocks (96 regs)": _build(64, 10),
     "64, 12 blocks (80 regs)": _build(64, 12),
+    "design 1, ahead 4": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {"REIDCAM_BWD_DESIGN": 1, "REIDCAM_AHEAD": 4}),
 }
 
 
@@ -112,7 +117,10 @@ def compile_all(builds: dict[str, tuple], arch: int) -> dict[str, tuple[cuda_sca
 
 def describe(build: tuple[int, int, dict[str, int]]) -> str:
     threads, steps, defines = build
-    return f"threads {threads}, min blocks {defines.get('REIDCAM_MIN_BLOCKS', 2)}, steps {steps}"
+    text = f"threads {threads}, min blocks {defines.get('REIDCAM_MIN_BLOCKS', 2)}, steps {steps}"
+    if "REIDCAM_BWD_DESIGN" in defines:
+        text += f", design {defines['REIDCAM_BWD_DESIGN']}, ahead {defines.get('REIDCAM_AHEAD', 2)}"
+    return text
 
 
 class PrecompiledBackward(cuda_scan.CudaScanBackward):
@@ -167,7 +175,7 @@ def list_builds(arch: int, with_rejected: bool) -> int:
     spilled = []
     for name, (compiled, text) in results.items():
         kept = name in VARIANTS
-        print(f"  {'kept    ' if kept else 'rejected'} {name:<26} {describe(builds[name]):<50} {text}")
+        print(f"  {'kept    ' if kept else 'rejected'} {name:<26} {describe(builds[name]):<64} {text}")
         if kept and compiled is None:
             spilled.append(name)
     if spilled:
@@ -195,7 +203,7 @@ def main(argv: list[str]) -> int:
     compiled = compile_all(VARIANTS, arch)
     scans = {}
     for name, (cubin, text) in compiled.items():
-        print(f"  {name:<14} {describe(VARIANTS[name]):<50} sm_{arch}: {text}")
+        print(f"  {name:<22} {describe(VARIANTS[name]):<64} sm_{arch}: {text}")
         if cubin is not None:
             scans[name] = PrecompiledBackward(VARIANTS[name], cubin, arch)
     if "default" not in scans:
