@@ -18,8 +18,18 @@ Kept builds (sm_90, d_state 16; NVRTC's ptxas report as in tests/test_kernels_cu
     default            256 / 2 / 4   128 registers, 0 B spill, 46,080 B smem (2 blocks/SM: 16 warps)
     128 threads        128 / 4 / 4   128 registers, 0 B spill, 23,552 B smem (4 blocks/SM: 16 warps)
     64 threads          64 / 8 / 4   128 registers, 0 B spill, 12,288 B smem (8 blocks/SM: 16 warps)
+    design 1           256 / 2 / 4   128 registers, 0 B spill, 46,080 B smem (REIDCAM_BWD_DESIGN 1, AHEAD 2)
+    design 1, 128 thr. 128 / 4 / 4   128 registers, 0 B spill, 23,552 B smem
+    design 1, ahead 1  256 / 2 / 4   128 registers, 0 B spill, 46,080 B smem
 
-Rejected (``--list --all`` compiles them): every tighter register cap spills: 256 threads at 3 blocks/SM (80
+Design 1 (scan_bwd.cu's comment): the same arithmetic with the global loads issued ahead of their use. Pass 2's
+loop, SASS per sub-chunk (4 tokens x 16 states) of the bf16 kernel: design 0 2,899 (45.3 per token, channel and
+state), design 1 2,519 (39.4; the branches around the step inputs' loads gone); the checkpoint loads ~200
+instead of ~40 instructions before their use, the 16 step-input loads issued together instead of 4-8 one after
+another. Prediction (not yet timed): design 0 waits on ~20 global latencies per sub-chunk and warp, design 1 on
+about one, so the kernel 0.93 -> 0.5-0.65 ms at batch 64 on an H200. AHEAD 4 spills (40 B), hence 2.
+
+Rejected (``--list --all`` compiles them; design 1 with AHEAD 4 spills 40 B): every tighter register cap spills: 256 threads at 3 blocks/SM (80
 registers) 556 B, 128 at 5 (96) 356 B, 128 at 6 (80) 556 B, 64 at 10 (96) 432 B, 64 at 12 (80) 664 B; no cap
 (1 block/SM, 255 registers) spills too (256 threads: 196 B; 128: 216 B). 512 threads do not fit the 48 KB of
 static shared memory (a[N][THREADS] and the warp rows: 91 KB; the launch passes no dynamic shared memory); nor
