@@ -18,8 +18,18 @@ Kept builds (sm_90, d_state 16; NVRTC's ptxas report as in tests/test_kernels_cu
     default            256 / 2 / 4   128 registers, 0 B spill, 46,080 B smem (2 blocks/SM: 16 warps)
     128 threads        128 / 4 / 4   128 registers, 0 B spill, 23,552 B smem (4 blocks/SM: 16 warps)
     64 threads          64 / 8 / 4   128 registers, 0 B spill, 12,288 B smem (8 blocks/SM: 16 warps)
+    design 1           256 / 2 / 4   128 registers, 0 B spill, 46,080 B smem (REIDCAM_BWD_DESIGN 1, AHEAD 2)
+    design 1, 128 thr. 128 / 4 / 4   128 registers, 0 B spill, 23,552 B smem
+    design 1, ahead 1  256 / 2 / 4   128 registers, 0 B spill, 46,080 B smem
 
-Rejected (``--list --all`` compiles them): every tighter register cap spills: 256 threads at 3 blocks/SM (80
+Design 1 (scan_bwd.cu's comment): the same arithmetic with the global loads issued ahead of their use. Pass 2's
+loop, SASS per sub-chunk (4 tokens x 16 states) of the bf16 kernel: design 0 2,899 (45.3 per token, channel and
+state), design 1 2,519 (39.4; the branches around the step inputs' loads gone); the checkpoint loads ~200
+instead of ~40 instructions before their use, the 16 step-input loads issued together instead of 4-8 one after
+another. Prediction (not yet timed): design 0 waits on ~20 global latencies per sub-chunk and warp, design 1 on
+about one, so the kernel 0.93 -> 0.5-0.65 ms at batch 64 on an H200. AHEAD 4 spills (40 B), hence 2.
+
+Rejected (``--list --all`` compiles them; design 1 with AHEAD 4 spills 40 B): every tighter register cap spills: 256 threads at 3 blocks/SM (80
 registers) 556 B, 128 at 5 (96) 356 B, 128 at 6 (80) 556 B, 64 at 10 (96) 432 B, 64 at 12 (80) 664 B; no cap
 (1 block/SM, 255 registers) spills too (256 threads: 196 B; 128: 216 B). 512 threads do not fit the 48 KB of
 static shared memory (a[N][THREADS] and the warp rows: 91 KB; the launch passes no dynamic shared memory); nor
@@ -67,6 +77,10 @@ VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
     "default": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {}),
     "128 threads": _build(128, 4),
     "64 threads": _build(64, 8),
+    # scan_bwd.cu's REIDCAM_BWD_DESIGN 1: the global loads issued ahead of their use (the file's comment says why)
+    "design 1": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {"REIDCAM_BWD_DESIGN": 1}),
+    "design 1, 128 threads": (128, cuda_scan.BWD_STEPS, {"REIDCAM_BWD_DESIGN": 1, "REIDCAM_MIN_BLOCKS": 4}),
+    "design 1, ahead 1": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {"REIDCAM_BWD_DESIGN": 1, "REIDCAM_AHEAD": 1}),
 }
 # compiled by --list --all only, to show why they are not timed (the docstring's numbers)
 REJECTED: dict[str, tuple[int, int, dict[str, int]]] = {
@@ -80,6 +94,7 @@ REJECTED: dict[str, tuple[int, int, dict[str, int]]] = {
     "128, 8 steps": _build(128, 4, steps=8),
     "64, 10 blocks (96 regs)": _build(64, 10),
     "64, 12 blocks (80 regs)": _build(64, 12),
+    "design 1, ahead 4": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {"REIDCAM_BWD_DESIGN": 1, "REIDCAM_AHEAD": 4}),
 }
 
 
@@ -112,7 +127,10 @@ def compile_all(builds: dict[str, tuple], arch: int) -> dict[str, tuple[cuda_sca
 
 def describe(build: tuple[int, int, dict[str, int]]) -> str:
     threads, steps, defines = build
-    return f"threads {threads}, min blocks {defines.get('REIDCAM_MIN_BLOCKS', 2)}, steps {steps}"
+    text = f"threads {threads}, min blocks {defines.get('REIDCAM_MIN_BLOCKS', 2)}, steps {steps}"
+    if "REIDCAM_BWD_DESIGN" in defines:
+        text += f", design {defines['REIDCAM_BWD_DESIGN']}, ahead {defines.get('REIDCAM_AHEAD', 2)}"
+    return text
 
 
 class PrecompiledBackward(cuda_scan.CudaScanBackward):
@@ -167,7 +185,7 @@ def list_builds(arch: int, with_rejected: bool) -> int:
     spilled = []
     for name, (compiled, text) in results.items():
         kept = name in VARIANTS
-        print(f"  {'kept    ' if kept else 'rejected'} {name:<26} {describe(builds[name]):<50} {text}")
+        print(f"  {'kept    ' if kept else 'rejected'} {name:<26} {describe(builds[name]):<64} {text}")
         if kept and compiled is None:
             spilled.append(name)
     if spilled:
@@ -195,7 +213,7 @@ def main(argv: list[str]) -> int:
     compiled = compile_all(VARIANTS, arch)
     scans = {}
     for name, (cubin, text) in compiled.items():
-        print(f"  {name:<14} {describe(VARIANTS[name]):<50} sm_{arch}: {text}")
+        print(f"  {name:<22} {describe(VARIANTS[name]):<64} sm_{arch}: {text}")
         if cubin is not None:
             scans[name] = PrecompiledBackward(VARIANTS[name], cubin, arch)
     if "default" not in scans:

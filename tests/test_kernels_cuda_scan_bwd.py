@@ -28,10 +28,14 @@ GRAD_NAMES = ("dz", "dxc", "ddt", "dbc", "da_log", "d_skip", "dt_bias")
 STORED_IN_COMPUTE_DTYPE = ("dz", "dxc", "ddt")  # the others are fp32 whatever the inputs
 
 
-@pytest.fixture(scope="module")
-def sm90() -> cuda_scan.CompiledSource:
+# scan_bwd.cu's REIDCAM_BWD_DESIGN values (0, the default: loads where they are needed; 1: loads issued ahead)
+DESIGNS = [0, 1]
+
+
+@pytest.fixture(scope="module", params=DESIGNS, ids=lambda d: f"design{d}")
+def sm90(request) -> cuda_scan.CompiledSource:
     try:
-        return cuda_scan.compile_scan_backward(90, d_state=16)
+        return cuda_scan.compile_scan_backward(90, d_state=16, defines={"REIDCAM_BWD_DESIGN": request.param})
     except cuda_scan.CudaKernelUnavailable as error:
         if "not found" in str(error):
             pytest.skip(str(error))
@@ -145,13 +149,14 @@ KERNEL_PARAMS = ("const {T}* xc, const {T}* z, const {T}* g, const float* dbl, c
 EMULATED_THREADS = 64  # two warps per block: the cross-warp sums and several blocks per sequence, at CPU speed
 
 
-@pytest.fixture(scope="module")
-def emulated(tmp_path_factory) -> ctypes.CDLL:
+@pytest.fixture(scope="module", params=DESIGNS, ids=lambda d: f"design{d}")
+def emulated(request, tmp_path_factory) -> ctypes.CDLL:
     if not cuda_emulation.available():
         pytest.skip("no g++ to emulate the kernel")
     kernels = {cuda_scan.backward_kernel_name(torch.bfloat16): KERNEL_PARAMS.format(T="bf16_bits"),
                cuda_scan.backward_kernel_name(torch.float32): KERNEL_PARAMS.format(T="float")}
-    defines = {"REIDCAM_N": 16, "REIDCAM_THREADS": EMULATED_THREADS, "REIDCAM_STEPS": cuda_scan.BWD_STEPS}
+    defines = {"REIDCAM_N": 16, "REIDCAM_THREADS": EMULATED_THREADS, "REIDCAM_STEPS": cuda_scan.BWD_STEPS,
+               "REIDCAM_BWD_DESIGN": request.param}
     return cuda_emulation.build(cuda_scan.BWD_SOURCE, kernels, defines, tmp_path_factory.mktemp("emulated"))
 
 

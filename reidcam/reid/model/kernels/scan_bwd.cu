@@ -47,8 +47,29 @@
 #ifndef REIDCAM_MIN_BLOCKS
 #define REIDCAM_MIN_BLOCKS 2
 #endif
+// How pass 1 and pass 2 get their global inputs (bench/cuda_scan_bwd_variants.py times the designs side by side):
+//   0: each sub-chunk loads what it needs where it needs it. The SASS shows why that is slow: the step inputs'
+//      loads sit behind the `real ?` conditions (a branch per token and tensor, so 4-8 global latencies one after
+//      another per sub-chunk), and each state's checkpoint is loaded just before its recurrence needs it
+//      (16 more global latencies per sub-chunk, from HBM: the scratch is ~4x the L2). At 16 warps per SM these
+//      latencies, not the ~45 instructions per (token, channel, state), bound the kernel (~0.3 ms of issue
+//      against ~0.93 measured).
+//   1: the loads are unconditional (clamped to a real token or channel, the value zeroed after), so that they
+//      issue together: pass 1 loads the next sub-chunk's xc and pre one sub-chunk ahead (8 registers, which
+//      pass 1 has to spare); pass 2 loads its sub-chunk's 16 step inputs together at its start (one latency per
+//      sub-chunk instead of 4-8), and each checkpoint AHEAD states before its state index needs it (AHEAD
+//      registers; ~150 instructions per state and 4 warps per scheduler hide an HBM latency in about 2).
+//      Not tried further: the step inputs one sub-chunk ahead (16 registers) or every checkpoint one
+//      sub-chunk ahead (16) spill 280-580 bytes at 128 registers, as do AHEAD 4 (40 B) and 6.
+#ifndef REIDCAM_BWD_DESIGN
+#define REIDCAM_BWD_DESIGN 0
+#endif
 
 #define N REIDCAM_N
+#ifndef REIDCAM_AHEAD
+#define REIDCAM_AHEAD 2  // design 1: how many states ahead pass 2 loads a checkpoint
+#endif
+#define AHEAD REIDCAM_AHEAD
 #define THREADS REIDCAM_THREADS
 #define STEPS REIDCAM_STEPS
 #define WARPS (THREADS / 32)
@@ -61,6 +82,8 @@
 static_assert(N % 4 == 0, "d_state must be a multiple of 4");
 static_assert(STEPS == 4 || STEPS == 8, "a sub-chunk's B or C of one state is read as float4s");
 static_assert(THREADS % 32 == 0, "whole warps");
+static_assert(REIDCAM_BWD_DESIGN == 0 || REIDCAM_BWD_DESIGN == 1, "designs 0 and 1");
+static_assert(AHEAD >= 1 && AHEAD <= N, "checkpoints 1 to N states ahead");
 
 typedef unsigned short bf16_bits;
 
@@ -186,6 +209,17 @@ __device__ __forceinline__ void add_block_sums(float (*warp_sums)[BLOCK_VALUES],
     }
 }
 
+// xc and pre of sub-chunk k (not the last: every step is a token), unconditional loads (past D: channel 0).
+template <typename T>
+__device__ __forceinline__ void load_xp(T (&x)[STEPS], T (&p)[STEPS], const Lane<T>& lane, int k) {
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+        const long long row = lane.row(lane.token(k * STEPS + s));
+        x[s] = lane.xc[row];
+        p[s] = lane.pre[row];
+    }
+}
+
 // Pass 1: the states at every sub-chunk boundary but the last, into the checkpoints (this thread's channel).
 template <typename T>
 __device__ __forceinline__ void store_checkpoints(SharedRows& shared, float* __restrict__ checkpoints, float bias,
@@ -196,11 +230,24 @@ __device__ __forceinline__ void store_checkpoints(SharedRows& shared, float* __r
     float staged[STAGED];
     load_bc(staged, lane, 0);
     store_bc(shared.bc[0], staged);
+#if REIDCAM_BWD_DESIGN == 1
+    T next_x[STEPS], next_p[STEPS];  // the next sub-chunk's xc and pre, loaded one sub-chunk ahead
+    if (sub_chunks > 1) load_xp(next_x, next_p, lane, 0);
+#endif
     __syncthreads();
     for (int k = 0; k + 1 < sub_chunks; ++k) {
         const int buffer = k & 1;
         if (k + 2 < sub_chunks) load_bc(staged, lane, k + 1);
         float delta[STEPS], du[STEPS];
+#if REIDCAM_BWD_DESIGN == 1
+#pragma unroll
+        for (int s = 0; s < STEPS; ++s) {
+            const float u = lane.live ? to_float(next_x[s]) : 0.0f;
+            delta[s] = softplus(to_float(next_p[s]) + bias);
+            du[s] = delta[s] * u;
+        }
+        if (k + 2 < sub_chunks) load_xp(next_x, next_p, lane, k + 1);
+#else
 #pragma unroll
         for (int s = 0; s < STEPS; ++s) {  // every step of these sub-chunks is a token
             const long long row = lane.row(lane.token(k * STEPS + s));
@@ -208,6 +255,7 @@ __device__ __forceinline__ void store_checkpoints(SharedRows& shared, float* __r
             delta[s] = softplus(to_float(lane.pre[row]) + bias);
             du[s] = delta[s] * u;
         }
+#endif
 #pragma unroll
         for (int n = 0; n < N; ++n) {
             float b[STEPS];
@@ -251,6 +299,47 @@ __device__ __forceinline__ void load_steps(StepInputs& in, float bias, float& ds
         in.gy[s] = gg * zz * sig_z * 0.5f;
         in.dz_factor[s] = gg * 0.5f * sig_z * (1.0f + zz * (1.0f - sig_z));
         dskip_sum = fmaf(in.gy[s], u, dskip_sum);  // zero past the end and past D
+    }
+}
+
+// Design 1: a sub-chunk's xc, pre, z and g as loaded (steps past the end read the last token), so that
+// the loads are issued together, before load_steps_from turns them into StepInputs.
+template <typename T>
+struct RawSteps {
+    T x[STEPS], p[STEPS], z[STEPS], g[STEPS];
+};
+
+template <typename T>
+__device__ __forceinline__ void load_raw_steps(RawSteps<T>& raw, const Lane<T>& lane, int k) {
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+        const int t = lane.token(min(k * STEPS + s, lane.L - 1));
+        const long long row = lane.row(t);
+        raw.x[s] = lane.xc[row];
+        raw.p[s] = lane.pre[row];
+        raw.z[s] = lane.z[lane.z_row + t * lane.stride_zl];
+        raw.g[s] = lane.g[(lane.b_row + t) * lane.D + lane.channel];
+    }
+}
+
+// load_steps' arithmetic on loaded values: the same StepInputs.
+template <typename T>
+__device__ __forceinline__ void load_steps_from(StepInputs& in, const RawSteps<T>& raw, float bias, float& dskip_sum,
+                                                const Lane<T>& lane, int k) {
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+        const bool real = lane.live && k * STEPS + s < lane.L;
+        const float u = real ? to_float(raw.x[s]) : 0.0f;
+        const float p = to_float(raw.p[s]) + bias;
+        const float zz = real ? to_float(raw.z[s]) : 0.0f;
+        const float gg = real ? to_float(raw.g[s]) : 0.0f;
+        const float sig_z = sigmoid(zz);
+        in.u[s] = u;
+        in.delta[s] = real ? softplus(p) : 0.0f;
+        in.du[s] = in.delta[s] * u;
+        in.gy[s] = gg * zz * sig_z * 0.5f;
+        in.dz_factor[s] = gg * 0.5f * sig_z * (1.0f + zz * (1.0f - sig_z));
+        dskip_sum = fmaf(in.gy[s], u, dskip_sum);
     }
 }
 
@@ -353,16 +442,32 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
     for (int k = sub_chunks - 1, buffer = 0; k >= 0; --k, buffer ^= 1) {
         if (k > 0) load_bc(staged, lane, k - 1);
         StepInputs in;
+#if REIDCAM_BWD_DESIGN == 1
+        RawSteps<T> raw;
+        load_raw_steps(raw, lane, k);
+        load_steps_from(in, raw, bias, dskip_sum, lane, k);
+#else
         load_steps(in, bias, dskip_sum, lane, k);
+#endif
         StepSums sums;
 #pragma unroll
         for (int s = 0; s < STEPS; ++s) sums.y[s] = skip * in.u[s], sums.ddelta[s] = 0.0f, sums.dh_b[s] = 0.0f;
         const bool from_checkpoint = k > 0 && lane.live;  // the first sub-chunk starts from zero
         const float* h0 = checkpoints + (long long)(from_checkpoint ? k - 1 : 0) * N * D;
+#if REIDCAM_BWD_DESIGN == 1
+        float h_ahead[AHEAD];  // checkpoints AHEAD states ahead: states n and n + AHEAD share a register
+#pragma unroll
+        for (int n = 0; n < AHEAD; ++n) h_ahead[n] = from_checkpoint ? h0[(long long)n * D] : 0.0f;
+#endif
         float* warp_sums = shared.warp_sums[buffer][warp];
 #pragma unroll
         for (int n = 0; n < N; ++n) {
+#if REIDCAM_BWD_DESIGN == 1
+            const float h = h_ahead[n % AHEAD];
+            if (n + AHEAD < N) h_ahead[n % AHEAD] = from_checkpoint ? h0[(long long)(n + AHEAD) * D] : 0.0f;
+#else
             const float h = from_checkpoint ? h0[(long long)n * D] : 0.0f;
+#endif
             adjoint_state(in, sums, carry[n], da[n], shared.a[n][threadIdx.x], h, shared.bc[buffer][n],
                           shared.bc[buffer][N + n], warp_row + (n % FLUSH) * 2 * STEPS);
             if (n % FLUSH == FLUSH - 1) {
