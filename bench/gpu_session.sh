@@ -34,6 +34,7 @@
 #                                               # backend checks and the 256x128 s16 row
 #   bash bench/gpu_session.sh bwd-profile       # GPU 0: the CUDA backward scan's tests, then the kernel profile
 #   bash bench/gpu_session.sh train-graphs      # GPU 0: the training step as a CUDA graph: tests, row, trainer
+#   bash bench/gpu_session.sh bwd-and-pipeline  # GPU 0: backward designs timed, detector graph tests, pipeline 1/4/16
 #   bash bench/gpu_session.sh bwd-variants      # GPU 0: the CUDA backward scan's compile-time variants and
 #                                               # Triton's backward timed on the same inputs (batch 64, 256)
 #
@@ -48,7 +49,7 @@ phase=${1:?usage: gpu_session.sh detector-graphs|pipeline-profile|table-and-uplo
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ] || [ "$phase" = switch-interval-ab ] || [ "$phase" = conv-and-decode ] || [ "$phase" = table-and-upload ] || [ "$phase" = pipeline-profile ] || [ "$phase" = detector-graphs ] || [ "$phase" = graphs-and-row ] || [ "$phase" = ahead-ab ] || [ "$phase" = ab ]; then
+if [ "$phase" = pipeline ] || [ "$phase" = measure-all ] || [ "$phase" = detector-and-pipeline ] || [ "$phase" = table-and-pipeline ] || [ "$phase" = switch-interval-ab ] || [ "$phase" = conv-and-decode ] || [ "$phase" = table-and-upload ] || [ "$phase" = pipeline-profile ] || [ "$phase" = detector-graphs ] || [ "$phase" = graphs-and-row ] || [ "$phase" = ahead-ab ] || [ "$phase" = ab ] || [ "$phase" = bwd-and-pipeline ]; then
   wheels=(.whl/*.whl); else
   wheels=(.whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl); fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -172,6 +173,20 @@ train-graphs)
       train.eval_every=0 "train.cuda_graphs=$graphs" >"$OUT/train_$graphs.log" 2>&1
     cp -f "/tmp/train_$graphs/gpu_train_summary.json" "$OUT/train_$graphs.json"
   done
+  ;;
+bwd-and-pipeline)
+  # GPU 0: the backward scan's designs timed (bench/cuda_scan_bwd_variants.py), the detector's graph tests, then
+  # the pipeline on 1, 4 and 16 cameras filming at once (--clocks together), and 16 with staggered clocks
+  # (the bench's only mode before session 8).
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared TRITON_INTERPRET=0
+  timeout 150 python3 bench/cuda_scan_bwd_variants.py --batches 64,256 --no-triton >"$OUT/bwd_variants.log" 2>&1
+  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_detection.py tests/test_upload.py \
+    -k "graph or ring or head or submitted or warm" >"$OUT/checks.log" 2>&1
+  detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
+  timeout 240 python3 bench/gpu_pipeline.py --device cuda --cameras 1,4,16 --frames 100 --detector "$detector" \
+    --no-overlap --decode process >>"$OUT/pipeline.log" 2>&1
+  timeout 90 python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 --detector "$detector" \
+    --no-overlap --decode process --clocks staggered --warmup-frames 0 >>"$OUT/pipeline.log" 2>&1
   ;;
 bwd-variants)
   # GPU 0: scan_bwd.cu's builds (block size, register cap, flush) at batch 64 and 256, 140 tokens, each one's
