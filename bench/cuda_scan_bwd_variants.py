@@ -26,8 +26,11 @@ Design 1 (scan_bwd.cu's comment): the same arithmetic with the global loads issu
 loop, SASS per sub-chunk (4 tokens x 16 states) of the bf16 kernel: design 0 2,899 (45.3 per token, channel and
 state), design 1 2,519 (39.4; the branches around the step inputs' loads gone); the checkpoint loads ~200
 instead of ~40 instructions before their use, the 16 step-input loads issued together instead of 4-8 one after
-another. Prediction (not yet timed): design 0 waits on ~20 global latencies per sub-chunk and warp, design 1 on
-about one, so the kernel 0.93 -> 0.5-0.65 ms at batch 64 on an H200. AHEAD 4 spills (40 B), hence 2.
+another. Prediction: design 0 waits on ~20 global latencies per sub-chunk and warp, design 1 on about one, so the
+kernel 0.93 -> 0.5-0.65 ms at batch 64 on an H200. AHEAD 4 spills (40 B), hence 2. Measured (H200, session 8,
+kernel alone, batch 64 / 256): design 0 0.956 / 2.866 ms (128 threads 0.922 / 2.825, 64 threads 0.944 /
+2.887); design 1 0.570 / 1.883 (128 threads 0.558 / 1.847; ahead 1 0.597 / 1.952), the same gradients. Design 1
+is the default since; the rows above it in the kept list were measured as design 0.
 
 Rejected (``--list --all`` compiles them; design 1 with AHEAD 4 spills 40 B): every tighter register cap spills: 256 threads at 3 blocks/SM (80
 registers) 556 B, 128 at 5 (96) 356 B, 128 at 6 (80) 556 B, 64 at 10 (96) 432 B, 64 at 12 (80) 664 B; no cap
@@ -74,13 +77,12 @@ def _build(threads: int, min_blocks: int, steps: int = cuda_scan.BWD_STEPS) -> t
 
 # name: (threads per block, steps, macros). "default" passes nothing: the source's own defaults (256 / 2 / 4).
 VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
-    "default": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {}),
+    "default": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {}),  # design 1 since session 8
     "128 threads": _build(128, 4),
     "64 threads": _build(64, 8),
-    # scan_bwd.cu's REIDCAM_BWD_DESIGN 1: the global loads issued ahead of their use (the file's comment says why)
-    "design 1": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {"REIDCAM_BWD_DESIGN": 1}),
-    "design 1, 128 threads": (128, cuda_scan.BWD_STEPS, {"REIDCAM_BWD_DESIGN": 1, "REIDCAM_MIN_BLOCKS": 4}),
-    "design 1, ahead 1": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {"REIDCAM_BWD_DESIGN": 1, "REIDCAM_AHEAD": 1}),
+    "ahead 1": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {"REIDCAM_AHEAD": 1}),
+    # scan_bwd.cu's REIDCAM_BWD_DESIGN 0: the loads where they are needed (the default until session 8)
+    "design 0": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {"REIDCAM_BWD_DESIGN": 0}),
 }
 # compiled by --list --all only, to show why they are not timed (the docstring's numbers)
 REJECTED: dict[str, tuple[int, int, dict[str, int]]] = {
@@ -94,7 +96,7 @@ REJECTED: dict[str, tuple[int, int, dict[str, int]]] = {
     "128, 8 steps": _build(128, 4, steps=8),
     "64, 10 blocks (96 regs)": _build(64, 10),
     "64, 12 blocks (80 regs)": _build(64, 12),
-    "design 1, ahead 4": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {"REIDCAM_BWD_DESIGN": 1, "REIDCAM_AHEAD": 4}),
+    "ahead 4": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {"REIDCAM_AHEAD": 4}),
 }
 
 
@@ -127,10 +129,8 @@ def compile_all(builds: dict[str, tuple], arch: int) -> dict[str, tuple[cuda_sca
 
 def describe(build: tuple[int, int, dict[str, int]]) -> str:
     threads, steps, defines = build
-    text = f"threads {threads}, min blocks {defines.get('REIDCAM_MIN_BLOCKS', 2)}, steps {steps}"
-    if "REIDCAM_BWD_DESIGN" in defines:
-        text += f", design {defines['REIDCAM_BWD_DESIGN']}, ahead {defines.get('REIDCAM_AHEAD', 2)}"
-    return text
+    return (f"threads {threads}, min blocks {defines.get('REIDCAM_MIN_BLOCKS', 2)}, steps {steps}, "
+            f"design {defines.get('REIDCAM_BWD_DESIGN', 1)}, ahead {defines.get('REIDCAM_AHEAD', 2)}")
 
 
 class PrecompiledBackward(cuda_scan.CudaScanBackward):

@@ -61,8 +61,10 @@
 //      registers; ~150 instructions per state and 4 warps per scheduler hide an HBM latency in about 2).
 //      Not tried further: the step inputs one sub-chunk ahead (16 registers) or every checkpoint one
 //      sub-chunk ahead (16) spill 280-580 bytes at 128 registers, as do AHEAD 4 (40 B) and 6.
+// Design 1 is the default: on an H200 (session 8) the kernel took 0.570 ms against design 0's 0.956 at batch
+// 64, 1.883 against 2.866 at batch 256, with the same gradients (bench/cuda_scan_bwd_variants.py).
 #ifndef REIDCAM_BWD_DESIGN
-#define REIDCAM_BWD_DESIGN 0
+#define REIDCAM_BWD_DESIGN 1
 #endif
 
 #define N REIDCAM_N
