@@ -84,11 +84,12 @@ def test_the_pool_tracks_every_camera_as_the_main_thread_does(kind):
     assert confirmed > 200  # the comparison saw real tracks (some 600 boxes), not only empty frames
 
 
-def test_workers_end_with_the_pool_and_a_killed_one_is_a_one_line_error():
+def test_workers_leave_ctrl_c_to_the_run_end_with_the_pool_and_a_killed_one_is_a_one_line_error():
     pool = TrackerPool(spec(), CAMERAS, workers=2)
     steps = step_inputs(4)
-    pool.track(steps[0])
     pids = pool.pids
+    os.kill(pids[0], signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
+    assert len(pool.track(steps[0])) == len(steps[0])
     os.kill(pids[1], signal.SIGKILL)
     with pytest.raises(WorkerError, match=r"^tracker process 1 \(cameras b, d\): ended unexpectedly \(killed by SIGKILL\)$"):
         pool.track(steps[1])
