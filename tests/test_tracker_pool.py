@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -98,10 +99,24 @@ def test_workers_leave_ctrl_c_to_the_run_end_with_the_pool_and_a_killed_one_is_a
         assert not _alive(pid)
 
 
+def test_a_stuck_worker_is_a_one_line_error_and_closing_kills_it(monkeypatch):
+    monkeypatch.setattr("reidcam.tracking.tracker_pool.STEP_TIMEOUT_S", 0.5)
+    monkeypatch.setattr("reidcam.tracking.tracker_pool.JOIN_S", 0.2)
+    pool = TrackerPool(spec(), {"a": 10.0, "b": 10.0}, workers=1)
+    os.kill(pool.pids[0], signal.SIGSTOP)
+    inputs = [TrackInput("a", walkers(0, 1)[0], 0.0), TrackInput("b", walkers(1, 1)[0], 0.0)]
+    with pytest.raises(WorkerError, match=r"^tracker process 0 \(cameras a, b\): no answer to its step within 0.5 s$"):
+        pool.track(inputs)
+    started = time.monotonic()
+    pool.close()
+    assert time.monotonic() - started < 1.0
+    assert not _alive(pool.pids[0])
+
+
 def test_a_tracker_that_raises_in_a_worker_is_a_one_line_error_naming_its_camera():
-    with TrackerPool(spec(), CAMERAS, workers=2) as pool:
+    with TrackerPool(spec(), {"a": 10.0, "c": 10.0}, workers=1) as pool:
         bad = [TrackInput("c", walkers(0, 1)[0], "not a time")]  # the tracker's clock arithmetic fails
-        with pytest.raises(WorkerError, match=r"^tracker process 0 \(cameras a, c, e\): camera c: TypeError: "):
+        with pytest.raises(WorkerError, match=r"^tracker process 0 \(cameras a, c\): camera c: TypeError: "):
             pool.track(bad)
 
 

@@ -55,7 +55,7 @@ AUTO_MIN_CPUS = 8
 AUTO_MAX_WORKERS = 4
 START_TIMEOUT_S = 60.0  # a spawned worker imports numpy, supervision and trackers: seconds on a busy machine
 STEP_TIMEOUT_S = 30.0  # a step's tracking takes milliseconds; this long means a worker is stuck
-JOIN_S = 2.0  # how long closing waits for the workers to end before it terminates them
+JOIN_S = 2.0  # how long closing waits for the workers to end before it kills them
 ROW = "_reidcam_row"  # the data column that tells which input row a track is
 
 PackedArray = tuple[str, tuple[int, ...], bytes]
@@ -166,7 +166,7 @@ class TrackerPool:
         return [tracks[position] for position in range(len(inputs))]
 
     def close(self) -> None:
-        """Ask every worker to stop, wait for them together, terminate the ones that do not end."""
+        """Ask every worker to stop, wait for them together, kill the ones that do not end."""
         for worker in self._workers:
             worker.ask_to_stop()
         deadline = time.monotonic() + JOIN_S
@@ -210,7 +210,7 @@ class TrackerWorker:
         try:
             self._conn.send(requests)
         except (OSError, ValueError):  # the worker has gone (ValueError: the pipe is closed)
-            raise self._ended_error() from None
+            raise self._ended_error("step") from None
 
     def receive(self, expected: int) -> list[TrackReply]:
         kind, *rest = self._next_message(STEP_TIMEOUT_S, "step")
@@ -229,23 +229,25 @@ class TrackerWorker:
 
     def close(self, deadline: float) -> None:
         self._process.join(max(deadline - time.monotonic(), 0.0))
-        if self._process.is_alive():
-            self._process.terminate()
+        if self._process.is_alive():  # stuck (or stopped: SIGTERM would wait for it to go on); it holds nothing
+            self._process.kill()
             self._process.join(JOIN_S)
         self._conn.close()
 
     def _next_message(self, timeout: float, waiting_for: str) -> tuple:
         try:
             if not self._conn.poll(timeout):
-                raise self._failure(f"no answer to its {waiting_for} within {timeout:.0f} s")
+                raise self._failure(f"no answer to its {waiting_for} within {timeout:g} s")
             return self._conn.recv()
         except (EOFError, OSError):
-            raise self._ended_error() from None
+            raise self._ended_error(waiting_for) from None
 
-    def _ended_error(self) -> WorkerError:
+    def _ended_error(self, waiting_for: str) -> WorkerError:
         self._process.join(JOIN_S)
-        code = self._process.exitcode
-        how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        how = _exit_status(self._process.exitcode)
+        if waiting_for == "start":  # as a script without the guard does: its children run it again, and fail
+            return self._failure(f"ended before it was ready ({how}); a script that starts tracker processes "
+                                 "needs an `if __name__ == \"__main__\":` guard, or set tracker.processes: 0")
         return self._failure(f"ended unexpectedly ({how})")
 
     def _error_of(self, line: str, details: str, is_config: bool) -> ConfigError | WorkerError:
@@ -255,6 +257,15 @@ class TrackerWorker:
 
     def _failure(self, what: str) -> WorkerError:
         return WorkerError(f"tracker process {self.number} (cameras {', '.join(self.camera_ids)}): {what}")
+
+
+def _exit_status(code: int | None) -> str:
+    if code is None or code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 def _request(item: TrackInput) -> tuple:
@@ -289,7 +300,7 @@ def _unpack(packed: PackedArray | None) -> np.ndarray | None:
 
 def worker_main(spec: TrackerSpec, frame_rates: dict[str, float], conn: Connection, log_level: int) -> None:
     """The child process: build its cameras' trackers, then track each step it is sent until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run stops it: a None message, end of file, terminate
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run stops it: a None message, end of file, or a kill
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     try:
         trackers = {camera_id: CameraTracker(spec, fps) for camera_id, fps in frame_rates.items()}
