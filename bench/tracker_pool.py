@@ -9,7 +9,8 @@ wall milliseconds, the main thread's own CPU milliseconds (``time.thread_time``:
 thread pays, the number that matters on a many-core host where the workers have cores of their own), and
 the CPU of all the processes (the main one, all its threads, and the workers). First it times the wire formats the pool
 could use: a step's request (16 cameras' detections) and reply (track rows and ids), pickled and
-unpickled as whole ``sv.Detections``, as bare numpy arrays, and as the raw bytes the pool sends.
+unpickled as whole ``sv.Detections``, as bare numpy arrays, and as the raw bytes the pool sends, and the
+main thread's rebuilding of the tracks from the reply's rows.
 On a machine with fewer cores than workers + 1 the workers compete with the main thread: read the wall
 column there as an upper bound. Linux (the workers' CPU is read from /proc).
 """
@@ -92,7 +93,17 @@ def wire_formats(step: list[TrackInput]) -> list[tuple[str, float, int]]:
         ("reply: tracked sv.Detections", *per_call_us(lambda: found)),
         ("reply: numpy rows and ids", *per_call_us(lambda: rows)),
         ("reply: raw bytes (the pool's)", *per_call_us(lambda: [(_pack(r), _pack(t)) for r, t in rows])),
+        ("tracks rebuilt from rows, found[rows] (no pickling)", rebuild_us(found, rows), 0),
     ]
+
+
+def rebuild_us(found: list[sv.Detections], rows: list[tuple[np.ndarray, np.ndarray]], repeats: int = 2000) -> float:
+    """Microseconds the main thread spends turning a step's replies into tracks (``sv.Detections.select``)."""
+    started = time.thread_time()
+    for _ in range(repeats):
+        for detections, (kept, _) in zip(found, rows):
+            detections[kept]
+    return (time.thread_time() - started) / repeats * 1e6
 
 
 def cpu_seconds(pid: int) -> float:
@@ -146,7 +157,8 @@ def main() -> None:
     rates = {f"cam{camera}": FPS for camera in range(args.cameras)}
     settings: list[tuple[str, Callable[[], CameraTrackers]]] = [("in the main thread", lambda: LocalTrackers(spec, rates))]
     for workers in args.workers:
-        settings.append((f"{workers} worker processes", lambda workers=workers: TrackerPool(spec, rates, workers)))
+        label = f"{workers} worker process{'es' if workers > 1 else ''}"
+        settings.append((label, lambda workers=workers: TrackerPool(spec, rates, workers)))
     logger.info("\n| trackers | wall ms/step | main thread CPU ms/step | all processes CPU ms/step |\n|---|---|---|---|")
     for label, make in settings:
         wall, thread, tree = time_trackers(make, steps)

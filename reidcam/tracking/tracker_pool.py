@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 AUTO_MIN_CAMERAS = 8
 AUTO_MIN_CPUS = 8
 AUTO_MAX_WORKERS = 4
+AUTO_CAMERAS_PER_WORKER = 4  # fewer, and a message carries too little tracking to be worth its cost
+AUTO_CPUS_PER_WORKER = 4  # the decoders, the detector's threads and the main thread need the rest
 START_TIMEOUT_S = 60.0  # a spawned worker imports numpy, supervision and trackers: seconds on a busy machine
 STEP_TIMEOUT_S = 30.0  # a step's tracking takes milliseconds; this long means a worker is stuck
 JOIN_S = 2.0  # how long closing waits for the workers to end before it kills them
@@ -94,7 +96,7 @@ def worker_count(processes: int | Literal["auto"], cameras: int, cpus: int | Non
     cpus = available_cpus() if cpus is None else cpus
     if cameras < AUTO_MIN_CAMERAS or cpus < AUTO_MIN_CPUS:
         return 0
-    return min(AUTO_MAX_WORKERS, cameras // 4, cpus // 4)
+    return min(AUTO_MAX_WORKERS, cameras // AUTO_CAMERAS_PER_WORKER, cpus // AUTO_CPUS_PER_WORKER)
 
 
 def open_trackers(
@@ -131,6 +133,8 @@ class TrackerPool:
     """Every camera's tracker in one of ``workers`` processes; closing it (or leaving the ``with``) ends them."""
 
     def __init__(self, spec: TrackerSpec, frame_rates: Mapping[str, float], workers: int) -> None:
+        if not 1 <= workers <= len(frame_rates):
+            raise ValueError(f"{workers} tracker processes for {len(frame_rates)} cameras")
         context = multiprocessing.get_context("spawn")
         camera_ids = list(frame_rates)
         self._workers: list[TrackerWorker] = []
