@@ -13,6 +13,8 @@ numpy arrays or whole ``sv.Detections`` costs several times more, bench/tracker_
 of a camera is which of its input rows are confirmed tracks, with their track ids. The main thread
 rebuilds the tracks from its own detections (``found[rows]``), so they equal the in-process tracker's
 field for field, ``data`` included: every tracker of the ``trackers`` package returns rows of its input.
+Measured on 16 cameras of ~8 people (BENCHMARKS.md, session 8): the main thread pays ~1 ms of CPU per
+step instead of the 8 ms its own trackers took (2-core CPU machine); a fifth of that is the rebuild.
 
 ``tracker.processes: auto`` picks no workers below ``AUTO_MIN_CAMERAS`` (8) cameras or
 ``AUTO_MIN_CPUS`` (8) CPUs (the CI's 2 cores, small setups: a step's few ms of tracking are not worth
