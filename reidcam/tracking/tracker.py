@@ -75,8 +75,9 @@ class CameraTracker:
         self._uses_frame = spec.uses_frame
         self._clock_origin: float | None = None
 
-    def update(self, detections: sv.Detections, image: np.ndarray, timestamp: float) -> sv.Detections:
-        """Track one frame; ``timestamp`` (seconds) lets the Kalman step follow dropped frames."""
+    def update(self, detections: sv.Detections, image: np.ndarray | None, timestamp: float) -> sv.Detections:
+        """Track one frame; ``timestamp`` (seconds) lets the Kalman step follow dropped frames. ``image`` is read
+        only by a tracker that ``uses_frame``."""
         if self._clock_origin is None:
             self._clock_origin = timestamp
         elapsed = max(timestamp - self._clock_origin, 0.0)
