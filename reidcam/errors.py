@@ -18,6 +18,10 @@ class DataError(ReidcamError):
     """A dataset, video or image is missing or not in the expected layout."""
 
 
+class WorkerError(ReidcamError):
+    """A worker process of the run (a tracker process) died, hung or failed: the run cannot go on without it."""
+
+
 def first_line(error: BaseException) -> str:
     """An exception's message cut to its first line (its type's name when it has none), for a one-line error."""
     text = str(error).strip()

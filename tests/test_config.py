@@ -145,3 +145,19 @@ def test_the_example_config_is_valid_and_documents_the_defaults():
     for section in ("detector", "tracker", "reid", "association", "storage", "streams"):
         assert getattr(example, section) == getattr(defaults, section), section
     assert example.sync_tolerance_s is None and example.out is None
+
+
+@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), (0, 0), (3, 3)])
+def test_tracker_processes_is_a_count_or_auto(tmp_path, value, expected):
+    config = load_config(write(tmp_path, SMALLEST + f"tracker: {{processes: {value}}}\n"))
+    assert config.tracker.processes == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "many", "1.5", "true"])
+def test_tracker_processes_rejects_anything_else_in_one_line(tmp_path, value):
+    message = config_error(write(tmp_path, SMALLEST + f"tracker: {{processes: {value}}}\n"))
+    assert "tracker.processes:" in message and "'auto'" in message
+
+
+def test_tracker_processes_defaults_to_auto(tmp_path):
+    assert load_config(write(tmp_path, SMALLEST)).tracker.processes == "auto"

@@ -19,10 +19,10 @@ import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from reidcam.errors import ConfigError
 from reidcam.weights import DEFAULT_REID_MODEL
@@ -113,6 +113,12 @@ class DetectorConfig(StrictModel):
 class TrackerConfig(StrictModel):
     type: Literal["bytetrack", "botsort", "ocsort", "sort"] = "bytetrack"
     params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the trackers class")
+    processes: Annotated[StrictInt, Field(ge=0)] | Literal["auto"] = Field(
+        default="auto",
+        description="worker processes that run the cameras' trackers off the main thread (0: in the main thread); "
+        "auto: none below 8 cameras or 8 CPUs, else min(4, cameras // 4, CPUs // 4). A tracker that needs the "
+        "frame (BoT-SORT with enable_cmc) always tracks in the main thread",
+    )
 
 
 class ReidConfig(StrictModel):

@@ -110,7 +110,7 @@ class DecoderProcess(CameraFeed):
             name=f"decoder-{camera.id}",
             daemon=True,
         )
-        with _sigint_ignored():  # Ctrl-C is the run's to handle: it stops the decoders in order
+        with sigint_ignored():  # Ctrl-C is the run's to handle: it stops the decoders in order
             self._process.start()
         child_end.close()
         # slots are freed from whichever thread drops a frame's last array, and a drop inside a send
@@ -318,7 +318,7 @@ class _SlotWriter:
 
 
 @contextmanager
-def _sigint_ignored() -> Iterator[None]:
+def sigint_ignored() -> Iterator[None]:
     """SIGINT ignored while a child starts, so that it starts ignoring it (a spawned Python keeps an ignored
     SIGINT): Ctrl-C in a terminal reaches the whole process group. Only the main thread may set handlers."""
     if threading.current_thread() is not threading.main_thread():

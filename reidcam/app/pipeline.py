@@ -40,7 +40,8 @@ from reidcam.errors import ConfigError
 from reidcam.storage.repository import Store
 from reidcam.tracking.association import Associator, IdentityEvent, Topology
 from reidcam.tracking.gallery import Gallery
-from reidcam.tracking.tracker import CameraTracker, TrackerSpec
+from reidcam.tracking.tracker import TrackerSpec
+from reidcam.tracking.tracker_pool import TrackInput, open_trackers
 from reidcam.tracking.tracklets import CropCandidate, KeptCrop, Tracklet, TrackletBook, select_crops
 from reidcam.weights import DEFAULT_REID_MODEL, DEFAULT_REID_WEIGHTS
 
@@ -105,7 +106,11 @@ class StageClock:
 
 
 class DetectTrack:
-    """Detection batched over the cameras of a step, then each camera's own tracker."""
+    """Detection batched over the cameras of a step, then each camera's own tracker.
+
+    The trackers run in the main thread or in worker processes (``tracker.processes``); the processes
+    live as long as this object: close it, or use it as a context manager.
+    """
 
     def __init__(
         self,
@@ -117,9 +122,20 @@ class DetectTrack:
         self.source = source
         self.detector = detector
         self.clock = clock or StageClock()
-        spec = TrackerSpec.from_config(config.tracker)
-        self.trackers = {cid: CameraTracker(spec, stream.fps) for cid, stream in source.streams.items()}
         self.geometry = {camera.id: CameraGeometry.from_config(camera) for camera in config.cameras}
+        spec = TrackerSpec.from_config(config.tracker)
+        frame_rates = {camera_id: stream.fps for camera_id, stream in source.streams.items()}
+        self.trackers = open_trackers(spec, frame_rates, config.tracker.processes)
+
+    def close(self) -> None:
+        """End the tracker processes, if any."""
+        self.trackers.close()
+
+    def __enter__(self) -> DetectTrack:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def steps(self) -> Iterator[list[TrackedFrame]]:
         """Each step's tracked frames. A step's detection is started before the step before it is tracked
@@ -152,13 +168,15 @@ class DetectTrack:
     def _track(self, frames: Sequence[Frame], pending: PendingDetections) -> list[TrackedFrame]:
         with self.clock.measure("detect", 0):
             detections = pending.result()
-        tracked = []
         with self.clock.measure("track", len(frames)):
-            for frame, found in zip(frames, detections):
-                found = self.geometry[frame.camera_id].inside_roi(found)
-                tracks = self.trackers[frame.camera_id].update(found, frame.image, frame.timestamp)
-                tracked.append(TrackedFrame(frame.camera_id, frame.index, frame.timestamp, frame.image, tracks))
-        return tracked
+            tracks = self.trackers.track([
+                TrackInput(frame.camera_id, self.geometry[frame.camera_id].inside_roi(found), frame.timestamp, frame.image)
+                for frame, found in zip(frames, detections)
+            ])
+        return [
+            TrackedFrame(frame.camera_id, frame.index, frame.timestamp, frame.image, found)
+            for frame, found in zip(frames, tracks)
+        ]
 
 
 def build_detector(config: CamsConfig, device: str, frame_shapes: Sequence[tuple[int, ...]] = ()) -> Detector:
@@ -182,7 +200,8 @@ def tracked_frames(
         config.cameras, config.streams, datetime.now(timezone.utc), max_frames, config.sync_tolerance_s,
         gpu=bool(getattr(detector, "on_cuda", False)),
     )
-    yield from DetectTrack(config, detector, source).frames()
+    with DetectTrack(config, detector, source) as detect_track:
+        yield from detect_track.frames()
 
 
 class Embedder(Protocol):

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -60,23 +60,18 @@ def run_from_config(
     url = database_url(db_url or config.storage.db or out / DB_NAME)
     device = str(resolve_device(device))
     detects_on_gpu = resolve_device(config.detector.device or device).type == "cuda"
-    source = open_cameras(
-        config.cameras, config.streams, datetime.now(timezone.utc), max_frames, config.sync_tolerance_s,
-        gpu=detects_on_gpu,
-    )
-    try:
+    with ExitStack() as stack:  # whatever was opened is closed, the last opened first, however the run ends
+        source = open_cameras(
+            config.cameras, config.streams, datetime.now(timezone.utc), max_frames, config.sync_tolerance_s,
+            gpu=detects_on_gpu,
+        )
+        stack.callback(source.close)
         detect_track, embedding, observers = _build_stages(
             config, source, device, out, write_video, write_contact_sheets, show_progress
         )
-        store = Store(url, commit_every=config.storage.commit_every)
-    except BaseException:
-        source.close()
-        raise
-    try:
+        stack.callback(detect_track.close)
+        store = stack.enter_context(closing(Store(url, commit_every=config.storage.commit_every)))
         return _run(config, Path(sources), store, detect_track, embedding, observers, out, write_contact_sheets)
-    finally:
-        source.close()
-        store.close()
 
 
 def _run(
@@ -159,7 +154,6 @@ def _build_stages(
     clock = StageClock()
     detector = build_detector(config, device, [(info.height, info.width, 3) for info in source.infos])
     embedder = create_embedder(config.reid, device) if config.association.mode != "spacetime" else None
-    detect_track = DetectTrack(config, detector, source, clock)
     keep_crops = config.reid.crops_per_tracklet_kept if write_contact_sheets else 0
     camera_indices = {camera.id: index for index, camera in enumerate(config.cameras)}
     embedding = EmbeddingStage(embedder, config.reid, camera_indices, keep_crops, clock)
@@ -170,6 +164,7 @@ def _build_stages(
         from reidcam.app.visualize import AnnotatedVideos
 
         observers.append(AnnotatedVideos(out / "videos", {info.camera_id: info.fps for info in source.infos}))
+    detect_track = DetectTrack(config, detector, source, clock)  # last: it may start tracker processes
     return detect_track, embedding, observers
 
 

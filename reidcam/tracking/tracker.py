@@ -54,6 +54,11 @@ class TrackerSpec:
             raise ConfigError(f"{key}: unknown parameter of {config.type}; expected one of {expected}")
         return cls(kind=config.type, params={**DEFAULT_PARAMS[config.type], **config.params})
 
+    @property
+    def uses_frame(self) -> bool:
+        """Whether the tracker reads the image (BoT-SORT's camera motion compensation, when enabled)."""
+        return self.kind in USES_FRAME and bool(self.params.get("enable_cmc", True))
+
 
 class CameraTracker:
     """One camera's tracker: detections of a frame in, confirmed tracks out.
@@ -67,23 +72,25 @@ class CameraTracker:
             self._tracker = TRACKER_CLASSES[spec.kind](frame_rate=frame_rate, **spec.params)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"tracker.params: {error}") from None
-        self._uses_frame = spec.kind in USES_FRAME
+        self._uses_frame = spec.uses_frame
         self._clock_origin: float | None = None
 
-    def update(self, detections: sv.Detections, image: np.ndarray, timestamp: float) -> sv.Detections:
-        """Track one frame; ``timestamp`` (seconds) lets the Kalman step follow dropped frames."""
+    def update(self, detections: sv.Detections, image: np.ndarray | None, timestamp: float) -> sv.Detections:
+        """Track one frame; ``timestamp`` (seconds) lets the Kalman step follow dropped frames. ``image`` is read
+        only by a tracker that ``uses_frame``."""
         if self._clock_origin is None:
             self._clock_origin = timestamp
         elapsed = max(timestamp - self._clock_origin, 0.0)
         tracked = self._tracker.update(detections, frame=image if self._uses_frame else None, timestamp=elapsed)
         if tracked.tracker_id is None or len(tracked) == 0:
-            return _empty_tracks()
+            return empty_tracks()
         confirmed = tracked[tracked.tracker_id >= 0]
         confirmed.tracker_id = confirmed.tracker_id + 1
         return confirmed
 
 
-def _empty_tracks() -> sv.Detections:
+def empty_tracks() -> sv.Detections:
+    """No tracks, with the fields (tracker_id, confidence) that tracks of a frame have."""
     empty = sv.Detections.empty()
     empty.tracker_id = np.empty(0, dtype=int)
     empty.confidence = np.empty(0, dtype=np.float32)
