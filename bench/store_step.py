@@ -258,7 +258,8 @@ def main() -> None:
         print(f"store ms/step ({what}): best {min(per_step):.3f}, median {statistics.median(per_step):.3f} "
               f"(runs: {', '.join(f'{v:.3f}' for v in per_step)})")
         parts = ", ".join(f"{part} {1e3 * best[part + suffix] / args.steps:.3f}" for part in PARTS)
-        print(f"  best run, ms/step: {parts}; end of run (close all, commit, finish) {1e3 * best['finish' + suffix]:.1f} ms")
+        end = 1e3 * best["finish" + suffix]
+        print(f"  best run, ms/step: {parts}; end of run (close all, commit, finish) {end:.1f} ms")
     print(f"database digest: {' '.join(sorted(digests))}")
 
 
