@@ -52,7 +52,7 @@ class BulkStatement:
             connection.execute(self.statement, [dict(zip(self.params, row)) for row in rows])
         elif not self._positional:
             connection.exec_driver_sql(self.sql, [dict(zip(self.params, row)) for row in rows])
-        elif self._reorder is not None:  # single-parameter statements never need it: itemgetter gives tuples here
+        elif self._reorder is not None:  # never for one parameter, where itemgetter would give a bare value
             connection.exec_driver_sql(self.sql, [self._reorder(row) for row in rows])
         else:
             connection.exec_driver_sql(self.sql, list(rows))
