@@ -25,7 +25,7 @@ from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import supervision as sv
@@ -407,24 +407,27 @@ class MultiCameraPipeline:
             observer.close()
 
     def _record(self, tracked: Sequence[TrackedFrame]) -> None:
+        """The step's boxes as sightings; the tracklets that start in it are inserted together, after."""
+        started: list[Tracklet] = []
         for frame in tracked:
             self.frames[frame.camera_id] = frame.index
             track_ids = [] if frame.detections.tracker_id is None else frame.detections.tracker_id.tolist()
-            started = self.book.observe(frame.camera_id, frame.index, frame.timestamp, track_ids)
-            self.store.add_tracklets(started)
+            started += self.book.observe(frame.camera_id, frame.index, frame.timestamp, track_ids)
             self._add_sightings(frame)
+        self.store.add_tracklets(started)
 
     def _add_sightings(self, frame: TrackedFrame) -> None:
+        """The frame's boxes, handed to the store as arrays; the store builds the rows when it writes them."""
         detections = frame.detections
         if len(detections) == 0:
             return
         feet = self.detect_track.geometry[frame.camera_id].ground_points(detections.xyxy)
         confidences = detections.confidence if detections.confidence is not None else np.ones(len(detections))
-        tracklets, rows = [], []
-        for box, confidence, local_id, foot in zip(detections.xyxy, confidences, detections.tracker_id, feet):
-            tracklets.append(self.book.get(frame.camera_id, int(local_id)))
-            rows.append(_sighting_row(frame, box, float(confidence), int(local_id), foot))
-        self.store.add_sightings(tracklets, rows)
+        local_ids = detections.tracker_id.tolist()
+        tracklets = [self.book.get(frame.camera_id, local_id) for local_id in local_ids]
+        self.store.add_frame_sightings(
+            frame.camera_id, frame.index, frame.timestamp, detections.xyxy, confidences, local_ids, feet, tracklets
+        )
 
     def _log_events(self, events: Sequence[IdentityEvent]) -> None:
         if not events:
@@ -439,21 +442,3 @@ class MultiCameraPipeline:
         self.store.save_embeddings(self._closed_since_commit)
         self.store.commit(self.frames)
         self._closed_since_commit = []
-
-
-def _sighting_row(
-    frame: TrackedFrame, box: np.ndarray, confidence: float, local_id: int, foot: np.ndarray
-) -> dict[str, Any]:
-    return {
-        "camera_id": frame.camera_id,
-        "frame": frame.index,
-        "timestamp": frame.timestamp,
-        "x1": float(box[0]),
-        "y1": float(box[1]),
-        "x2": float(box[2]),
-        "y2": float(box[3]),
-        "confidence": confidence,
-        "local_track_id": local_id,
-        "foot_x": float(foot[0]),
-        "foot_y": float(foot[1]),
-    }
