@@ -22,6 +22,11 @@ The same machinery (``compile_source``, ``reidcam.cuda_driver``, ``_LazyKernels`
 conv_fwd.cu (``CudaConv``): the function of triton_conv.biconv_forward at near the memory floor, where the
 Triton kernel ran at 92 us against ~35 (batch 256, 140 tokens, d_inner 768, bf16, H200).
 ``REIDCAM_CONV_FWD`` chooses it the same way.
+
+Its backward, conv_bwd.cu (``CudaConvBackward``), computes triton_conv.biconv_backward's dx and weight and bias
+sums from the same tensors, reading x and the output gradient once and adding each block's sums with atomics,
+where the Triton kernel writes and reads back per-chunk partials (89.6 us per call at batch 64 on an H200).
+``REIDCAM_CONV_BWD`` chooses it the same way.
 """
 
 from __future__ import annotations
@@ -464,3 +469,118 @@ def conv_supports(x: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams) -> bo
 def conv_kernel_choice() -> str:
     """REIDCAM_CONV_FWD: auto (default: CUDA where it compiles, else Triton), cuda or triton."""
     return _kernel_choice("REIDCAM_CONV_FWD")
+
+
+# --- the conv backward (conv_bwd.cu) --------------------------------------------------------------------------
+
+CONV_BWD_SOURCE = Path(__file__).with_name("conv_bwd.cu")
+CONV_BWD_TOKENS = 16  # tokens per warp (conv_bwd.cu: 144 registers for bf16 c2, no spills; 128 spill)
+CONV_BWD_MAX_WARPS = 4  # chunks of one sequence per block, whose weight-gradient sums meet in shared memory
+# channels per lane of each dtype's kernels, widest first (one 32-bit word per row and lane: bf16 c2, fp32 c1)
+CONV_BWD_CHANNELS = {torch.bfloat16: (2, 1), torch.float32: (1,)}
+CONV_BWD_SUMS = 5  # fp32 sums per (direction, channel): 4 taps and the bias
+
+
+def conv_backward_kernel_name(dtype: torch.dtype, channels: int) -> str:
+    return f"bimamba_conv_bwd_{_DTYPE_NAMES[dtype]}_c{channels}"
+
+
+def conv_backward_warps(length: int, tokens: int = CONV_BWD_TOKENS, max_warps: int = CONV_BWD_MAX_WARPS) -> int:
+    """Warps per block (consecutive chunks of one sequence): the most whose idle share of the warps launched
+    is under a quarter, so that the last segment of a sequence is not mostly idle (140 tokens: 9 chunks, 3)."""
+    chunks = max(-(-length // tokens), 1)
+    return next(w for w in range(max_warps, 0, -1) if 4 * (-(-chunks // w) * w - chunks) < -(-chunks // w) * w)
+
+
+def conv_backward_channel_options(x: torch.Tensor, dxc: torch.Tensor) -> list[int]:
+    """Channels per lane whose word loads fit x and dxc, widest first."""
+    return [ch for ch in CONV_BWD_CHANNELS[x.dtype]
+            if x.shape[-1] % ch == 0 and x.stride(0) % ch == 0 and x.stride(1) % ch == 0
+            and x.data_ptr() % (ch * x.element_size()) == 0 and dxc.data_ptr() % (ch * dxc.element_size()) == 0]
+
+
+@dataclass(frozen=True)
+class ConvGrads:
+    """biconv_backward's results: dx in x's dtype, and ``sums`` (2, 5 D) fp32, per direction the weight
+    gradient (D, 4) then the bias gradient (D,), as conv_bwd.cu adds into it."""
+
+    dx: torch.Tensor
+    sums: torch.Tensor
+
+    @classmethod
+    def empty(cls, x: torch.Tensor) -> ConvGrads:
+        """dx uninitialised and the sums zeroed (the kernel adds into them)."""
+        bsz, length, dim = x.shape
+        return cls(dx=torch.empty((bsz, length, dim), device=x.device, dtype=x.dtype),
+                   sums=torch.zeros((2, CONV_BWD_SUMS * dim), device=x.device, dtype=torch.float32))
+
+    def direction(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dweight (D, 4), dbias (D,)) of direction ``index`` (0 forward, 1 backward): views of ``sums``."""
+        dim = self.dx.shape[-1]
+        return self.sums[index, : D_CONV * dim].view(dim, D_CONV), self.sums[index, D_CONV * dim:]
+
+    def as_tuple(self) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        return self.dx, self.direction(0), self.direction(1)
+
+
+class CudaConvBackward(_LazyKernels):
+    """The conv backward kernels of each device; compiles on first use, thread-safe. ``tokens``, ``max_warps``
+    and ``defines`` (more of conv_bwd.cu's macros) are for tests and benches; the defaults are the designed ones."""
+
+    description = "CUDA conv backward"
+
+    def __init__(self, tokens: int = CONV_BWD_TOKENS, max_warps: int = CONV_BWD_MAX_WARPS,
+                 defines: Mapping[str, int] | None = None, source: Path = CONV_BWD_SOURCE) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.max_warps = max_warps
+        self.defines = {"REIDCAM_CONV_BWD_TOKENS": tokens, "REIDCAM_CONV_BWD_MAX_WARPS": max_warps, **(defines or {})}
+        self.source = source
+
+    def kernels(self, device: torch.device) -> dict[str, ctypes.c_void_p]:
+        index = device_index(device)
+        names = [conv_backward_kernel_name(dt, ch) for dt, options in CONV_BWD_CHANNELS.items() for ch in options]
+        return self._cached((index,), lambda: self._load(index, self.compile, names))
+
+    def compile(self, arch: int) -> CompiledSource:
+        return compile_source(self.source, arch, self.defines)
+
+    def backward(self, x: torch.Tensor, dxc: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams,
+                 channels: int | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor],
+                                                       tuple[torch.Tensor, torch.Tensor]]:
+        """dx, (dweight, dbias) forward, (dweight, dbias) backward: triton_conv.biconv_backward's results from
+        its arguments. ``channels`` per lane picks a kernel (tests, benches); by default the widest that fits."""
+        bsz, length, dim = x.shape
+        dxc = dxc.to(x.dtype).contiguous()  # the kernel reads it in the compute dtype, (2, B, L, D) dense
+        kernels = self.kernels(x.device)
+        options = conv_backward_channel_options(x, dxc)
+        channels = channels or options[0]
+        if channels not in options:
+            raise ValueError(f"{channels} channels per lane do not fit x {tuple(x.shape)}, strides {x.stride()}")
+        out = ConvGrads.empty(x)
+        if x.numel() == 0:
+            return out.as_tuple()
+        params = [_conv_param(t) for t in (conv_f.weight, conv_f.bias, conv_b.weight, conv_b.bias)]
+        warps = conv_backward_warps(length, self.tokens, self.max_warps)
+        args = [ctypes.c_void_p(t.data_ptr()) for t in (x, dxc, *params, out.dx, out.sums)] + [
+            ctypes.c_int(bsz), ctypes.c_int(length), ctypes.c_int(dim),
+            ctypes.c_longlong(x.stride(0)), ctypes.c_longlong(x.stride(1)), ctypes.c_int(warps),
+        ]
+        segments = -(-(-(-length // self.tokens)) // warps)
+        blocks = bsz * segments * -(-dim // (32 * channels))
+        self._driver.ensure_context(device_index(x.device))
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        self._driver.launch(kernels[conv_backward_kernel_name(x.dtype, channels)], (blocks, 1), 32 * warps, args,
+                            stream)
+        return out.as_tuple()
+
+
+def conv_backward_supports(x: torch.Tensor, dxc: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams) -> bool:
+    """Whether the CUDA conv backward handles these tensors: the forward's conditions (conv_supports), and dxc
+    (2, B, L, D) on x's device."""
+    return conv_supports(x, conv_f, conv_b) and dxc.device == x.device and dxc.shape == (2, *x.shape)
+
+
+def conv_backward_kernel_choice() -> str:
+    """REIDCAM_CONV_BWD: auto (default: CUDA where it compiles, else Triton), cuda or triton."""
+    return _kernel_choice("REIDCAM_CONV_BWD")

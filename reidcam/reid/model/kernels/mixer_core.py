@@ -17,7 +17,8 @@ inside ``with weight_memo(memo):``, once per mixer for weights that the scope's 
 Backward recomputes xc with the same conv kernel (cheaper in memory than keeping it), runs the scan
 backward kernel (the CUDA kernel of scan_bwd.cu, or Triton's scan_backward where NVRTC is missing or with
 REIDCAM_SCAN_BWD=triton), does the x_proj / dt_proj weight and input gradients as batched matmuls, and finishes
-with biconv_backward.
+with the conv backward: the CUDA kernel of conv_bwd.cu (cuda_scan.CudaConvBackward) where it compiles, else
+Triton's biconv_backward (REIDCAM_CONV_BWD chooses: auto, cuda, triton).
 Only x, z, the small x_proj output (fp32), the scan tables and the parameters are kept for backward.
 """
 
@@ -79,7 +80,7 @@ class _BiMambaCoreFn(torch.autograd.Function):
             d_dt_proj = torch.bmm(ddt.transpose(1, 2), tables.dt)
             d_x_proj = torch.bmm(d_dbl.transpose(1, 2), xc.view(2, tokens, dim))
             dxc = torch.baddbmm(grads.dxc.view(2, tokens, dim), d_dbl, x_proj)
-            dx, (dwf, dbf), (dwb, dbb) = biconv_backward(x, dxc.view(2, bsz, length, dim), _conv(pf), _conv(pb))
+            dx, (dwf, dbf), (dwb, dbb) = _conv_backward(x, dxc.view(2, bsz, length, dim), _conv(pf), _conv(pb))
         per_direction = [
             [dwf, dbf, d_x_proj[0], d_dt_proj[0], grads.dt_bias[0], grads.da_log[0], grads.d_skip[0]],
             [dwb, dbb, d_x_proj[1], d_dt_proj[1], grads.dt_bias[1], grads.da_log[1], grads.d_skip[1]],
@@ -189,6 +190,7 @@ def weight_memo(memo: WeightTableMemo | None) -> Iterator[WeightTableMemo | None
 _CUDA_SCAN = cuda_scan.CudaScan()  # compiled kernels per device, like Triton's own cache: built on first use
 _CUDA_CONV = cuda_scan.CudaConv()
 _CUDA_SCAN_BWD = cuda_scan.CudaScanBackward()
+_CUDA_CONV_BWD = cuda_scan.CudaConvBackward()
 
 
 def _conv_forward(x: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams) -> torch.Tensor:
@@ -201,6 +203,19 @@ def _conv_forward(x: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams) -> to
             if choice == "cuda":
                 raise
     return biconv_forward(x, conv_f, conv_b)
+
+
+def _conv_backward(x: torch.Tensor, dxc: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The CUDA conv backward where it runs (REIDCAM_CONV_BWD: auto, cuda, triton), else the Triton one."""
+    choice = cuda_scan.conv_backward_kernel_choice()
+    if choice != "triton" and cuda_scan.conv_backward_supports(x, dxc, conv_f, conv_b):
+        try:
+            return _CUDA_CONV_BWD.backward(x, dxc, conv_f, conv_b)
+        except cuda_scan.CudaKernelUnavailable:
+            if choice == "cuda":
+                raise
+    return biconv_backward(x, dxc, conv_f, conv_b)
 
 
 def _scan_forward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: Any) -> torch.Tensor:

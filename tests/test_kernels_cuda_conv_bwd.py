@@ -1,0 +1,322 @@
+"""The CUDA conv backward (kernels/conv_bwd.cu, cuda_scan.CudaConvBackward) against its definition.
+
+Without a GPU: NVRTC compiles the source for sm_90 without spills, and the kernel runs on the CPU, one OS thread
+per CUDA thread (cuda_emulation.py), against a float64 autograd of the conv (depthwise causal conv1d + bias +
+SiLU, both directions) and against the Triton backward (in Triton's interpreter), on ragged shapes; the launch
+arithmetic and the REIDCAM_CONV_BWD dispatch run anywhere. With a GPU (run on the device, see
+bench/NOTES-speed.md): the compiled kernels against float64 and against the Triton backward, and the dispatch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reidcam.reid.model.kernels import cuda_scan
+
+pytest.importorskip("triton")
+
+import cuda_emulation  # noqa: E402
+from cubin_tools import kernel_reports  # noqa: E402
+
+from reidcam.reid.model.kernels.triton_conv import ConvParams, biconv_backward  # noqa: E402
+
+KERNELS = {cuda_scan.conv_backward_kernel_name(dt, ch): (dt, ch)
+           for dt, options in cuda_scan.CONV_BWD_CHANNELS.items() for ch in options}
+GRAD_NAMES = ("dx", "dwf", "dbf", "dwb", "dbb")
+
+
+@pytest.fixture(scope="module")
+def sm90() -> cuda_scan.CompiledSource:
+    try:
+        return cuda_scan.CudaConvBackward().compile(90)
+    except cuda_scan.CudaKernelUnavailable as error:
+        if "not found" in str(error):
+            pytest.skip(str(error))
+        raise
+
+
+def test_every_kernel_compiles_for_sm90_without_spills(sm90):
+    reports = kernel_reports(sm90.log)
+    assert set(reports) == set(KERNELS)
+    for name, (registers, spills) in reports.items():
+        print(f"{name}: {registers} registers, {spills} bytes of spill (sm_90)")
+        assert spills == 0, (name, reports)
+        # bf16 c2 holds 60 rows and 40 sums and parameters: 144 (12 warps per SM); capped at 128 it spills
+        assert registers <= (160 if name.endswith("_c2") else 128), (name, reports)
+
+
+def test_the_block_sums_fit_a_static_shared_allocation(sm90):
+    sizes = [int(x) for x in re.findall(r"(\d+) bytes smem", sm90.log)]
+    # MAX_WARPS rows of 10 sums per channel of the block: 10 KB for bf16 c2
+    assert sizes and max(sizes) <= cuda_scan.CONV_BWD_MAX_WARPS * 10 * 64 * 4, sizes
+
+
+# ---- launch arithmetic and dispatch, anywhere ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("length", "warps"), [(1, 1), (16, 1), (17, 2), (48, 3), (80, 3), (112, 4), (140, 3),
+                                               (256, 4), (257, 4)])
+def test_the_warps_per_block_leave_under_a_quarter_idle(length, warps):
+    assert cuda_scan.conv_backward_warps(length) == warps
+
+
+@pytest.mark.parametrize(("dtype", "width", "view", "expected"), [
+    (torch.bfloat16, 1536, slice(0, 768), [2, 1]),
+    (torch.bfloat16, 1536, slice(1, 769), [1]),
+    (torch.bfloat16, 7, slice(0, 7), [1]),
+    (torch.float32, 1536, slice(0, 768), [1]),
+])
+def test_the_widest_kernel_that_fits_comes_first(dtype, width, view, expected):
+    x = torch.zeros(2, 5, width, dtype=dtype)[..., view]
+    dxc = torch.zeros(2, *x.shape, dtype=dtype)
+    assert cuda_scan.conv_backward_channel_options(x, dxc) == expected
+
+
+def test_the_backward_choice_defaults_to_auto(monkeypatch):
+    monkeypatch.delenv("REIDCAM_CONV_BWD", raising=False)
+    assert cuda_scan.conv_backward_kernel_choice() == "auto"
+    monkeypatch.setenv("REIDCAM_CONV_BWD", "CUDA")
+    assert cuda_scan.conv_backward_kernel_choice() == "cuda"
+    monkeypatch.setenv("REIDCAM_CONV_BWD", "fast")
+    with pytest.raises(ValueError, match="REIDCAM_CONV_BWD"):
+        cuda_scan.conv_backward_kernel_choice()
+
+
+def test_cpu_tensors_are_not_for_the_cuda_backward():
+    conv = ConvParams(torch.randn(8, 4), torch.randn(8))
+    x = torch.randn(2, 3, 8)
+    assert not cuda_scan.conv_backward_supports(x, torch.randn(2, 2, 3, 8), conv, conv)
+
+
+@pytest.fixture()
+def dispatch(monkeypatch):
+    """mixer_core._conv_backward with both kernels replaced by recorders; ``unavailable`` makes CUDA fail."""
+    from reidcam.reid.model.kernels import mixer_core
+
+    calls: list[str] = []
+    state = {"unavailable": False}
+
+    def cuda(x, dxc, conv_f, conv_b):
+        if state["unavailable"]:
+            raise cuda_scan.CudaKernelUnavailable("no NVRTC")
+        calls.append("cuda")
+
+    monkeypatch.setattr(mixer_core._CUDA_CONV_BWD, "backward", cuda)
+    monkeypatch.setattr(mixer_core, "biconv_backward", lambda x, dxc, conv_f, conv_b: calls.append("triton"))
+    monkeypatch.setattr(cuda_scan, "conv_backward_supports", lambda x, dxc, conv_f, conv_b: True)
+    monkeypatch.delenv("REIDCAM_CONV_BWD", raising=False)
+    return lambda: mixer_core._conv_backward(None, None, None, None), calls, state
+
+
+def test_the_conv_backward_is_chosen_by_the_environment(dispatch, monkeypatch):
+    run, calls, state = dispatch
+    run()  # auto
+    monkeypatch.setenv("REIDCAM_CONV_BWD", "triton")
+    run()
+    monkeypatch.setenv("REIDCAM_CONV_BWD", "cuda")
+    run()
+    assert calls == ["cuda", "triton", "cuda"]
+
+
+def test_auto_falls_back_to_triton_where_the_cuda_backward_cannot_build_and_cuda_raises(dispatch, monkeypatch):
+    run, calls, state = dispatch
+    state["unavailable"] = True
+    run()
+    assert calls == ["triton"]
+    monkeypatch.setenv("REIDCAM_CONV_BWD", "cuda")
+    with pytest.raises(cuda_scan.CudaKernelUnavailable):
+        run()
+
+
+# ---- inputs and the float64 definition ----------------------------------------------------------------------
+
+
+def conv_inputs(bsz: int, length: int, dim: int, dtype: torch.dtype, device: str, strided: bool = False,
+                seed: int = 0):
+    """x (B, L, D) (``strided``: rows of a twice as wide tensor, as in_proj's first half), dxc (2, B, L, D) and
+    both directions' ConvParams at the model's ranges, on ``device``."""
+    gen = torch.Generator().manual_seed(seed)
+    if strided:
+        x = torch.randn(bsz, length, 2 * dim, generator=gen).to(device, dtype)[..., :dim]
+    else:
+        x = torch.randn(bsz, length, dim, generator=gen).to(device, dtype)
+    dxc = torch.randn(2, bsz, length, dim, generator=gen).to(device, dtype)
+    params = [ConvParams((torch.randn(dim, 4, generator=gen) * 0.5).to(device),
+                         (torch.randn(dim, generator=gen) * 0.1).to(device)) for _ in range(2)]
+    return x, dxc, params
+
+
+def reference_grads(x: torch.Tensor, dxc: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams
+                    ) -> dict[str, torch.Tensor]:
+    """dx and both directions' weight and bias gradients in float64, by autograd through the conv: silu of the
+    depthwise causal conv1d (forward), and of the causal conv of the time-flipped sequence flipped back
+    (backward direction), from the same values as the kernels."""
+    length, dim = x.shape[1:]
+    leaves = [t.detach().double().requires_grad_(True) for t in (x, conv_f.weight, conv_f.bias, conv_b.weight,
+                                                                 conv_b.bias)]
+    xd, wf, bf, wb, bb = leaves
+    seq = xd.transpose(1, 2)  # (B, D, L)
+
+    def causal(s: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.silu(F.conv1d(s, w[:, None, :], b, padding=3, groups=dim)[..., :length]).transpose(1, 2)
+
+    out = torch.stack([causal(seq, wf, bf), causal(seq.flip(-1), wb, bb).flip(1)])
+    out.backward(dxc.double())
+    return dict(zip(GRAD_NAMES, (g.grad for g in leaves)))
+
+
+def as_dict(result) -> dict[str, torch.Tensor]:
+    dx, (dwf, dbf), (dwb, dbb) = result
+    return dict(zip(GRAD_NAMES, (dx, dwf, dbf, dwb, dbb)))
+
+
+def relative_errors(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, float]:
+    errors = {}
+    for name in GRAD_NAMES:
+        value, want = got[name].double().cpu(), expected[name].double().cpu()
+        assert value.shape == want.shape, (name, value.shape, want.shape)
+        errors[name] = ((value - want).norm() / want.norm().clamp_min(1e-30)).item()
+    return errors
+
+
+def check_dtypes(got: dict[str, torch.Tensor], x: torch.Tensor) -> None:
+    assert got["dx"].dtype == x.dtype and got["dx"].is_contiguous()
+    assert all(got[name].dtype == torch.float32 for name in GRAD_NAMES[1:])
+
+
+# fp32: fp32 arithmetic in another order; bf16: dx's own rounding (2^-9 of each value, ~2^-10 in norm), and fp32
+# sums of exact bf16 inputs for the weight and bias gradients
+TOLERANCE = {torch.float32: dict.fromkeys(GRAD_NAMES, 1e-5),
+             torch.bfloat16: {name: 4e-3 if name == "dx" else 1e-5 for name in GRAD_NAMES}}
+
+
+# ---- on the CPU: the kernel emulated, one OS thread per CUDA thread -------------------------------------------
+
+KERNEL_PARAMS = ("const {T}* x, const {T}* dxc, const float* wf, const float* bf, const float* wb, const float* bb, "
+                 "{T}* dx, float* grads, int Bsz, int L, int D, long long stride_xb, long long stride_xl, int warps")
+# 16: the designed chunk (one to three warps on these lengths); 4: several warps and segments per sequence at
+# CPU-sized lengths
+EMULATED_TOKENS = [16, 4]
+
+
+@pytest.fixture(scope="module", params=EMULATED_TOKENS, ids=lambda t: f"tokens{t}")
+def emulated(request, tmp_path_factory) -> tuple[ctypes.CDLL, int]:
+    if not cuda_emulation.available():
+        pytest.skip("no g++ to emulate the kernel")
+    kernels = {name: KERNEL_PARAMS.format(T="bf16_bits" if dtype == torch.bfloat16 else "float")
+               for name, (dtype, _) in KERNELS.items()}
+    defines = {"REIDCAM_CONV_BWD_TOKENS": request.param, "REIDCAM_CONV_BWD_MAX_WARPS": cuda_scan.CONV_BWD_MAX_WARPS}
+    library = cuda_emulation.build(cuda_scan.CONV_BWD_SOURCE, kernels, defines, tmp_path_factory.mktemp("emulated"))
+    return library, request.param
+
+
+class EmulatedConvBackward(cuda_scan.CudaConvBackward):
+    """CudaConvBackward with its launch replaced by the CPU emulation of the same kernel."""
+
+    def __init__(self, library: ctypes.CDLL, tokens: int) -> None:
+        super().__init__(tokens=tokens)
+        self.library = library
+        self._driver = self
+
+    def kernels(self, device):
+        return {name: f"emu_{name}" for name in KERNELS}
+
+    def ensure_context(self, device: int) -> None:
+        pass
+
+    def launch(self, function: str, grid, threads, args, stream) -> None:
+        getattr(self.library, function)(ctypes.c_int(grid[0]), ctypes.c_int(grid[1]), ctypes.c_int(threads), *args)
+
+
+def run_emulated(emulated, monkeypatch, x, dxc, conv_f, conv_b, channels=None) -> dict[str, torch.Tensor]:
+    monkeypatch.setattr(cuda_scan.torch.cuda, "current_stream", lambda device: type("S", (), {"cuda_stream": 0}))
+    monkeypatch.setattr(cuda_scan, "device_index", lambda device: 0)
+    library, tokens = emulated
+    return as_dict(EmulatedConvBackward(library, tokens).backward(x, dxc, conv_f, conv_b, channels=channels))
+
+
+# L: shorter than the taps (1, 2, 3), not a multiple of any chunk (37); D: not a multiple of a block (70: two
+# blocks of 64 channels; 33: odd, the one-channel kernel); batch 1 and 3
+EMULATED_SHAPES = [(3, 37, 70), (1, 1, 70), (3, 2, 33), (1, 3, 6), (1, 20, 33)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", EMULATED_SHAPES)
+def test_the_emulated_kernel_equals_the_float64_definition(emulated, monkeypatch, dtype, shape):
+    x, dxc, (conv_f, conv_b) = conv_inputs(*shape, dtype, "cpu", strided=shape[0] == 3)
+    expected = reference_grads(x, dxc, conv_f, conv_b)
+    for channels in cuda_scan.conv_backward_channel_options(x, dxc):
+        got = run_emulated(emulated, monkeypatch, x, dxc, conv_f, conv_b, channels)
+        check_dtypes(got, x)
+        errors = relative_errors(got, expected)
+        assert all(errors[name] < TOLERANCE[dtype][name] for name in GRAD_NAMES), (channels, errors)
+
+
+def test_the_emulated_kernel_equals_the_triton_backward(emulated, monkeypatch):
+    """Against Triton's own kernel (its interpreter here): same function, same interface."""
+    from reidcam.reid.model.kernels.triton_scan import interpreting
+
+    if not interpreting():
+        pytest.skip("runs Triton in its CPU interpreter")
+    x, dxc, (conv_f, conv_b) = conv_inputs(2, 11, 40, torch.float32, "cpu", strided=True, seed=3)
+    got = run_emulated(emulated, monkeypatch, x, dxc, conv_f, conv_b)
+    errors = relative_errors(got, as_dict(biconv_backward(x, dxc, conv_f, conv_b)))
+    assert all(error < 1e-5 for error in errors.values()), errors
+
+
+# ---- on a GPU ---------------------------------------------------------------------------------------------
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("strided", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1, 768), (3, 2, 770), (3, 3, 33), (1, 140, 768), (3, 141, 70), (2, 37, 6)])
+def test_every_cuda_kernel_equals_the_float64_definition(dtype, strided, shape):
+    x, dxc, (conv_f, conv_b) = conv_inputs(*shape, dtype, "cuda", strided=strided)
+    expected = reference_grads(x, dxc, conv_f, conv_b)
+    conv = cuda_scan.CudaConvBackward()
+    for channels in cuda_scan.conv_backward_channel_options(x, dxc):
+        got = as_dict(conv.backward(x, dxc, conv_f, conv_b, channels=channels))
+        check_dtypes(got, x)
+        errors = relative_errors(got, expected)
+        # the GPU's fast-math exp and reciprocal: ~1e-6 relative
+        limits = {name: max(limit, 1e-5) for name, limit in TOLERANCE[dtype].items()}
+        assert all(errors[name] < limits[name] for name in GRAD_NAMES), (channels, errors)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 131, 300), (4, 140, 768)])
+def test_cuda_backward_equals_the_triton_backward(dtype, shape):
+    x, dxc, (conv_f, conv_b) = conv_inputs(*shape, dtype, "cuda", strided=True, seed=1)
+    got = as_dict(cuda_scan.CudaConvBackward().backward(x, dxc, conv_f, conv_b))
+    errors = relative_errors(got, as_dict(biconv_backward(x, dxc, conv_f, conv_b)))
+    # both compute in fp32 in different orders; in bf16 a dx value may round the other way (one ulp)
+    limit = {torch.float32: 2e-5, torch.bfloat16: 4e-3}[dtype]
+    assert all(errors[name] < (limit if name == "dx" else 2e-5) for name in GRAD_NAMES), errors
+
+
+@gpu
+@pytest.mark.parametrize("choice, runs_cuda", [("triton", False), (None, True), ("cuda", True), ("auto", True)])
+def test_the_mixer_core_picks_the_backward_by_env(monkeypatch, choice, runs_cuda):
+    """REIDCAM_CONV_BWD: auto by default (the CUDA kernel where it compiles), cuda, or triton."""
+    from reidcam.reid.model.kernels import mixer_core
+
+    x, dxc, (conv_f, conv_b) = conv_inputs(2, 9, 64, torch.bfloat16, "cuda", strided=True)
+    if choice is None:
+        monkeypatch.delenv("REIDCAM_CONV_BWD", raising=False)
+    else:
+        monkeypatch.setenv("REIDCAM_CONV_BWD", choice)
+    ran = []
+    monkeypatch.setattr(mixer_core, "biconv_backward", lambda *args: ran.append("triton") or biconv_backward(*args))
+    monkeypatch.setattr(mixer_core._CUDA_CONV_BWD, "backward",
+                        lambda *args: ran.append("cuda") or cuda_scan.CudaConvBackward().backward(*args))
+    mixer_core._conv_backward(x, dxc, conv_f, conv_b)
+    assert ran == (["cuda"] if runs_cuda else ["triton"])
