@@ -225,14 +225,15 @@ def check_core(settings: Settings) -> list[str]:
 
 
 def _scan_kernels(settings: Settings) -> list[tuple[str, dict[str, str]]]:
-    """(label, {REIDCAM_SCAN_FWD, REIDCAM_SCAN_BWD}) of each choice of scan kernels to check: on a GPU the CUDA
-    forward with each backward (strict, so a kernel that fails to compile is a failure) and the Triton forward;
-    in the interpreter only Triton."""
+    """(label, {REIDCAM_SCAN_FWD, REIDCAM_SCAN_BWD, REIDCAM_CONV_BWD}) of each choice of kernels to check: on a GPU
+    the CUDA forward with the Triton backwards and with the CUDA backwards (scan and conv; strict, so a kernel that
+    fails to compile is a failure), and the Triton forward; in the interpreter only Triton."""
+    triton = {"REIDCAM_SCAN_FWD": "triton", "REIDCAM_SCAN_BWD": "triton", "REIDCAM_CONV_BWD": "triton"}
     if settings.smoke:
-        return [("triton", {"REIDCAM_SCAN_FWD": "triton", "REIDCAM_SCAN_BWD": "triton"})]
-    return [("triton", {"REIDCAM_SCAN_FWD": "cuda", "REIDCAM_SCAN_BWD": "triton"}),
-            ("triton-cbwd", {"REIDCAM_SCAN_FWD": "cuda", "REIDCAM_SCAN_BWD": "cuda"}),
-            ("triton-tfwd", {"REIDCAM_SCAN_FWD": "triton", "REIDCAM_SCAN_BWD": "triton"})]
+        return [("triton", triton)]
+    return [("triton", {**triton, "REIDCAM_SCAN_FWD": "cuda"}),
+            ("triton-cbwd", {"REIDCAM_SCAN_FWD": "cuda", "REIDCAM_SCAN_BWD": "cuda", "REIDCAM_CONV_BWD": "cuda"}),
+            ("triton-tfwd", triton)]
 
 
 class _scan_kernel_env:
@@ -379,6 +380,7 @@ def core_microbench(settings: Settings) -> list[str]:
                      f"   ({floor_bytes / (ms * 1e-3) / 1e9:7.0f} GB/s)")
     lines.append(f"  {'':<28} {'':>8}      exp floor of the scan {exp_floor_ms:6.3f} ms (MUFU)")
     lines += _backward_scan_times(settings, fwd, bwd, scan, wx, length, dim)
+    lines += _conv_backward_times(settings, fwd, bwd, length, dim)
     lines += _norm_times(settings, batch, length)
     with torch.inference_mode(), weight_memo(new_weight_memo()):  # as the embedder runs it
         for backend in [b for b in ("triton", "cuda") if b in settings.backends]:
@@ -411,6 +413,32 @@ def _backward_scan_times(settings: Settings, fwd: DirectionParams, bwd: Directio
     for name, fn in kernels.items():
         ms = median_ms(fn, settings)
         lines.append(f"  {name + f' b{batch}':<28} {ms:8.3f} ms   memory floor {floor_bytes / HBM_BYTES_PER_S * 1e3:6.3f} ms")
+    return lines
+
+
+def _conv_backward_times(settings: Settings, fwd: DirectionParams, bwd: DirectionParams, length: int,
+                         dim: int) -> list[str]:
+    """The conv backward alone at the training batch, Triton against CUDA on the same inputs (the A/B of
+    REIDCAM_CONV_BWD; "CUDA t12": conv_bwd.cu with 12-token chunks, 126 registers against 16's 144); the floor
+    counts x and both directions' dxc read and dx written (bf16), not the weight sums."""
+    from reidcam.reid.model.kernels import cuda_scan, mixer_core, triton_conv
+
+    batch = settings.train_batch
+    xz = torch.randn(batch, length, 2 * dim, device=settings.device, dtype=torch.bfloat16)
+    x = xz.chunk(2, dim=-1)[0]
+    dxc = torch.randn(2, batch, length, dim, device=settings.device, dtype=torch.bfloat16)
+    conv = [triton_conv.ConvParams(p.conv_weight, p.conv_bias) for p in (fwd, bwd)]
+    kernels = {"conv backward (Triton)": lambda: triton_conv.biconv_backward(x, dxc, *conv)}
+    if cuda_scan.conv_backward_supports(x, dxc, *conv):
+        kernels["conv backward (CUDA)"] = lambda: mixer_core._CUDA_CONV_BWD.backward(x, dxc, *conv)
+        twelve = cuda_scan.CudaConvBackward(tokens=12)
+        kernels["conv backward (CUDA t12)"] = lambda: twelve.backward(x, dxc, *conv)
+    floor_bytes = batch * length * dim * 2 * 4  # x, dxc (two directions) read, dx written
+    lines = []
+    for name, fn in kernels.items():
+        ms = median_ms(fn, settings)
+        lines.append(f"  {name + f' b{batch}':<28} {ms:8.3f} ms   memory floor {floor_bytes / HBM_BYTES_PER_S * 1e3:6.3f} ms"
+                     f"   ({floor_bytes / (ms * 1e-3) / 1e9:7.0f} GB/s)")
     return lines
 
 
@@ -447,8 +475,9 @@ def _core_train_times(settings: Settings, fwd: DirectionParams, bwd: DirectionPa
     grad_out = torch.randn(settings.train_batch, length, dim, device=device, dtype=torch.bfloat16)
     lines = []
     runs = [(b, b, {}) for b in ("triton", "cuda") if b in settings.backends]
-    if "triton" in settings.backends and not settings.smoke:  # the A/B of REIDCAM_SCAN_BWD in the whole core
+    if "triton" in settings.backends and not settings.smoke:  # the A/Bs of REIDCAM_SCAN_BWD and _CONV_BWD
         runs.insert(1, ("triton", "triton+cbwd", {"REIDCAM_SCAN_BWD": "cuda"}))
+        runs.insert(2, ("triton", "tconv-bwd", {"REIDCAM_CONV_BWD": "triton"}))
     for backend, label, env in runs:
         def step() -> None:
             x, z = xz.chunk(2, dim=-1)

@@ -9,8 +9,10 @@ bench/NOTES-speed.md): the compiled kernels against float64 and against the Trit
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,13 +23,16 @@ from reidcam.reid.model.kernels import cuda_scan
 pytest.importorskip("triton")
 
 import cuda_emulation  # noqa: E402
-from cubin_tools import kernel_reports  # noqa: E402
+from cubin_tools import NVDISASM, kernel_reports, kernel_sass  # noqa: E402
 
 from reidcam.reid.model.kernels.triton_conv import ConvParams, biconv_backward  # noqa: E402
 
 KERNELS = {cuda_scan.conv_backward_kernel_name(dt, ch): (dt, ch)
            for dt, options in cuda_scan.CONV_BWD_CHANNELS.items() for ch in options}
 GRAD_NAMES = ("dx", "dwf", "dbf", "dwb", "dbb")
+TOKENS = cuda_scan.CONV_BWD_TOKENS
+# the SASS opcode of a load or store of one lane's channels of a row: CH * itemsize bytes
+WIDTH_OPCODE = {2: "E.U16", 4: "E"}
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +59,36 @@ def test_the_block_sums_fit_a_static_shared_allocation(sm90):
     sizes = [int(x) for x in re.findall(r"(\d+) bytes smem", sm90.log)]
     # MAX_WARPS rows of 10 sums per channel of the block: 10 KB for bf16 c2
     assert sizes and max(sizes) <= cuda_scan.CONV_BWD_MAX_WARPS * 10 * 64 * 4, sizes
+
+
+def kernel_opcodes(cubin: bytes, tmp_path: Path) -> dict[str, collections.Counter]:
+    """Opcode counts of each kernel (with their modifiers, less .CONSTANT: the read-only path)."""
+    if not NVDISASM.exists():
+        pytest.skip("this Triton has no bundled nvdisasm")
+    opcodes = {}
+    for name, lines in kernel_sass(cubin, tmp_path).items():
+        found = (re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", line) for line in lines)
+        opcodes[name] = collections.Counter(op.group(1).replace(".CONSTANT", "") for op in found if op)
+    return opcodes
+
+
+def test_each_row_is_loaded_and_stored_once_and_the_sums_leave_by_atomics(sm90, tmp_path):
+    for name, ops in kernel_opcodes(sm90.cubin, tmp_path).items():
+        dtype, channels = KERNELS[name]
+        width = WIDTH_OPCODE[channels * torch.empty((), dtype=dtype).element_size()]
+        assert {op: n for op, n in ops.items() if op.startswith("STG")} == {f"STG.{width}": TOKENS}, (name, ops)
+        # x's TOKENS + 6 rows and both directions' TOKENS + 3 gradient rows (+ the biases where they share the width)
+        rows = TOKENS + 6 + 2 * (TOKENS + 3)
+        assert rows <= ops[f"LDG.{width}"] <= rows + 2 * channels, (name, ops)
+        assert not [op for op in ops if op.startswith(("LDL", "STL"))], (name, ops)
+        assert 0 < sum(n for op, n in ops.items() if op.startswith(("RED", "ATOM"))) <= 4, (name, ops)
+
+
+def test_silu_grad_costs_one_exponential_and_one_reciprocal_per_gradient_row(sm90, tmp_path):
+    for name, ops in kernel_opcodes(sm90.cubin, tmp_path).items():
+        rows = 2 * (TOKENS + 3) * KERNELS[name][1]  # both directions, the 3 halo rows recomputed
+        assert ops["MUFU.EX2"] == rows, (name, ops)
+        assert rows <= ops["MUFU.RCP"] <= rows + 4, (name, ops)  # + the block index divisions
 
 
 # ---- launch arithmetic and dispatch, anywhere ---------------------------------------------------------------
