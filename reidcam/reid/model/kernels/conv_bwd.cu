@@ -12,17 +12,20 @@
 // then the biases (D,).
 //
 // Memory: x read once, both directions' dxc read once, dx written once: 8 bytes per (token, channel) in
-// bf16, ~14 us at batch 64, 140 tokens, d_inner 768 on an H200. The math (~45 FP32 instructions and four
-// MUFU per (token, channel): an EX2 and an RCP per direction's silu') stays under that. So the layout is the
-// forward's: a warp owns a chunk of TOKENS tokens of one sequence, a lane CH adjacent channels (bf16: two,
-// one 32-bit word per row, so that a row of x, dxc or dx is one register and a warp moves 128 contiguous
-// bytes; fp32: one). A lane loads its TOKENS + 6 rows of x (t0-3 .. t0+TOKENS+2) and the TOKENS + 3 rows
+// bf16, 55 MB and ~14 us at batch 64, 140 tokens, d_inner 768 on an H200. The math is about as long: per
+// (token, channel) the bf16 c2 kernel issues ~79 instructions (sm_90 SASS: ~43 FP32, 4.75 MUFU, an EX2 and
+// an RCP per direction's silu' with the halo, the rest addressing, predicates, bf16 unpacking and rounding),
+// ~17 us of issue at that shape, so expect ~20-30 us rather than the floor.
+//
+// The layout is the forward's: a warp owns a chunk of TOKENS tokens of one sequence, a lane CH adjacent
+// channels (bf16: two, one 32-bit word per row, so that a row of x, dxc or dx is one register and a warp moves
+// 128 contiguous bytes; fp32: one). A lane loads its TOKENS + 6 rows of x (t0-3 .. t0+TOKENS+2) and the TOKENS + 3 rows
 // of each direction's dxc that its tokens' dx reads (forward t0 .. t0+TOKENS+2, backward t0-3 ..
 // t0+TOKENS-1) into registers, every load issued before the first use (unrolled, read-only), then walks the
 // TOKENS + 3 gradient rows once, keeping the last four of each direction: the halo rows are recomputed by
 // the neighbouring chunk too (3/16 more math) and read twice, the second time mostly from L2.
 //
-// Weight and bias gradients: a lane sums its tokens' products in registers; the WARPS warps of a block are
+// Weight and bias gradients: a lane sums its tokens' products in registers; the warps of a block are
 // consecutive chunks of one sequence and the same channels, so their sums meet in shared memory and the
 // block adds its 10 values per channel with one atomicAdd each, coalesced (the lanes of a warp add to
 // consecutive addresses). At batch 64, 140 tokens (9 chunks, 3 warps per block), d_inner 768: 1.5 M atomic
@@ -32,6 +35,9 @@
 // part of its 90 us. The atomic sums are not bitwise deterministic from run to run.
 //
 // Threads past D and warps past the sequence's end take part in the barrier with zero sums.
+//
+// Registers (sm_90, TOKENS 16): bf16 c2 144 (60 loaded rows, 40 parameters and sums; capped at 128 it spills),
+// so 12 warps per SM in blocks of 3; bf16 c1 and fp32 c1 ~120. Shared memory: 10 KB (c2), 5 KB (c1).
 //
 // No headers and no inline PTX: bf16 travels as its 16 bits (load: a shift; store: round to nearest even by
 // integer arithmetic, as in scan_bwd.cu), so the kernel also runs in the g++ emulation of the tests.
@@ -126,7 +132,9 @@ __device__ __forceinline__ void chunk_backward(const T* __restrict__ x, const T*
     Row<T, CH> win[WINDOW], up_f[GRAD_ROWS], up_b[GRAD_ROWS];
     const T* x_row = x + (long long)b * stride_xb + (long long)(t0 - 3) * stride_xl + d;  // row t0-3
 #pragma unroll
-    for (int i = 0; i < WINDOW; ++i) win[i] = load_row<T, CH>(x_row + i * stride_xl, (unsigned int)(t0 - 3 + i) < (unsigned int)L);
+    for (int i = 0; i < WINDOW; ++i) {
+        win[i] = load_row<T, CH>(x_row + i * stride_xl, (unsigned int)(t0 - 3 + i) < (unsigned int)L);  // 0 <= t < L
+    }
     const T* f_row = dxc + ((long long)b * L + t0) * D + d;               // forward direction, row t0
     const T* b_row = dxc + ((long long)(Bsz + b) * L + t0 - 3) * D + d;   // backward direction, row t0-3
 #pragma unroll
