@@ -308,6 +308,39 @@ def test_the_emulated_kernel_equals_the_triton_backward(emulated, monkeypatch):
     assert all(error < 1e-5 for error in errors.values()), errors
 
 
+def test_the_mixer_core_trains_through_the_emulated_backward(emulated, monkeypatch):
+    """The whole core's backward with REIDCAM_CONV_BWD=cuda (the kernel emulated, the rest in Triton's interpreter)
+    against the torch backend: the gradients reach x and the conv parameters in the autograd Function's shapes."""
+    from mixer_fixtures import random_direction
+
+    from reidcam.reid.model.kernels import mixer_core
+    from reidcam.reid.model.scan import DirectionParams, bidirectional_mixer_core
+
+    monkeypatch.setattr(cuda_scan.torch.cuda, "current_stream", lambda device: type("S", (), {"cuda_stream": 0}))
+    monkeypatch.setattr(cuda_scan, "device_index", lambda device: 0)
+    monkeypatch.setattr(mixer_core, "_CUDA_CONV_BWD", EmulatedConvBackward(*emulated))
+    monkeypatch.setattr(cuda_scan, "conv_backward_supports", lambda x, dxc, conv_f, conv_b: True)
+    monkeypatch.setattr(mixer_core, "biconv_backward", lambda *args: pytest.fail("the Triton conv backward ran"))
+    monkeypatch.setenv("REIDCAM_CONV_BWD", "cuda")
+    gen = torch.Generator().manual_seed(4)
+    directions = [random_direction(12, 4, 3, gen, dt_max=2.0, perturbed=True) for _ in range(2)]
+    xz = torch.randn(2, 17, 24, generator=gen)
+    grad_out = torch.randn(2, 17, 12, generator=gen)
+    fields = ("conv_weight", "conv_bias")
+    grads = {}
+    for backend in ("triton", "torch"):
+        leaf_xz = xz.clone().requires_grad_(True)
+        params = [DirectionParams(**{f: getattr(p, f).clone().requires_grad_(True) for f in mixer_core.FIELDS})
+                  for p in directions]
+        x, z = leaf_xz.chunk(2, dim=-1)
+        out = bidirectional_mixer_core(x, z, *params, backend=backend)
+        leaves = [leaf_xz] + [getattr(p, f) for p in params for f in fields]
+        grads[backend] = torch.autograd.grad(out, leaves, grad_out)
+    for got, want in zip(grads["triton"], grads["torch"]):
+        assert got.shape == want.shape
+        assert ((got - want).norm() / want.norm()).item() < 1e-4
+
+
 # ---- on a GPU ---------------------------------------------------------------------------------------------
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
