@@ -79,7 +79,7 @@ def test_a_source_failing_mid_run_is_a_one_line_error_and_keeps_the_records(
     result = cli("run", "--sources", cams_yaml, "--out", tmp_path / "out", "--device", "cpu")
     assert result.code == 2
     assert result.stderr.strip().splitlines()[-1] == "reidcam: error: camera west: stream lost mid-run"
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
     db = tmp_path / "out" / "reidcam.db"
     assert query(db, "SELECT status FROM runs") == [("failed",)]
     committed = query(db, "SELECT camera_id, frames FROM cameras ORDER BY camera_id")
