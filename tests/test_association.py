@@ -29,6 +29,10 @@ def tracklet(
     return item
 
 
+def unit_of(vector: np.ndarray) -> np.ndarray:
+    return vector / np.linalg.norm(vector)
+
+
 def associator(mode: str = "combined", links: list[dict] | None = None, **settings) -> Associator:
     config = AssociationConfig(mode=mode, **settings)
     return Associator(config, Topology([TopologyLink(**link) for link in links or []], config))
@@ -192,3 +196,55 @@ def test_refine_splits_a_tracklet_unlike_the_rest():
     splits = [e for e in events if e.kind == "split"]
     assert len(splits) == 1 and splits[0].other_global_id == identity and splits[0].tracklet is stray
     assert stray.global_id == splits[0].global_id != identity
+
+
+def test_a_settled_identity_keeps_its_appearance_until_its_tracklets_change():
+    assoc = associator()
+    gallery = assoc.gallery
+    first, second = tracklet("cam1", 1, 0, 5, unit(1, 0)), tracklet("cam2", 1, 8, 12, unit(1, 1))
+    identity = gallery.create(first)
+    live = identity.embedding()
+    first.add_embedding(unit(0, 1), quality=1.0)  # an open tracklet's appearance still grows
+    assert not np.allclose(identity.embedding(), live)
+    first.closed = True
+    settled = identity.embedding()
+    assert identity.embedding() is settled  # kept: its only tracklet has ended
+    gallery.attach(second, identity)
+    both = first.embedding_sum + second.embedding_sum
+    np.testing.assert_allclose(identity.embedding(), both / np.linalg.norm(both), atol=1e-6)
+    second.closed = True
+    gallery.detach(second)
+    np.testing.assert_allclose(identity.embedding(), settled)
+    other = gallery.create(second)
+    gallery.merge(identity, other)
+    assert identity.embedding() is not settled and other.embedding() is None
+
+
+def test_identity_costs_from_one_product_equal_the_pairwise_rule():
+    """Distances of every ready tracklet to every identity at once, space and time checked only under the
+    threshold: the same costs as pricing each pair on its own (cosine distance, feasibility)."""
+    from reidcam.tracking.association import INFEASIBLE
+    from reidcam.tracking.gallery import cosine_distance
+
+    rng = np.random.default_rng(3)
+    assoc = associator(threshold=0.5)
+    base = rng.normal(size=DIM)
+    for index in range(40):
+        start = float(rng.uniform(0, 60))
+        item = tracklet(f"cam{index % 4}", index + 1, start, start + 5, unit_of(base + rng.normal(scale=0.9, size=DIM)))
+        item.closed = index % 3 > 0
+        assoc.gallery.create(item)
+    ready = [tracklet(f"cam{k}", 100 + k, 30 + k, 40 + k, unit_of(base + rng.normal(scale=0.9, size=DIM)))
+             for k in range(4)]
+    ready.append(tracklet("cam0", 200, 30, 40, None))  # no appearance yet: joins nobody
+    identities = assoc.gallery.active()
+    costs = assoc._identity_costs(ready, identities)
+    joinable = 0
+    for row, item in enumerate(ready):
+        for column, identity in enumerate(identities):
+            mine, theirs = item.embedding, identity.embedding()
+            distance = cosine_distance(mine, theirs) if mine is not None and theirs is not None else np.inf
+            ok = distance < 0.5 and assoc.feasible(item, identity)
+            joinable += ok
+            assert costs[row, column] == (pytest.approx(distance, abs=1e-6) if ok else INFEASIBLE)
+    assert 0 < joinable < costs.size  # both outcomes are exercised
