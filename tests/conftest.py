@@ -22,6 +22,12 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 # report, and the tests that read it found none on the GPU machine (session 8: the same kernel compiled
 # earlier in the process). The driver's compute cache setting turns NVRTC's off too.
 os.environ.setdefault("CUDA_CACHE_DISABLE", "1")
+# Ultralytics gives its logger a handler on the sys.stdout of the moment it is first imported. Imported
+# inside a test that uses capsys, that is the test's capture, closed when the test ends: a later test that
+# loads a detector then logs into a closed file, and "--- Logging error ---" with a traceback lands in its
+# stderr (test_run_overlap and test_run_tracker_processes failed so, depending on the order of the tests).
+# Imported here, the handler writes to pytest's session-long capture instead.
+import ultralytics.utils  # noqa: E402, F401
 
 CLIP_FRAMES = 40
 CLIP_START = 270  # source frame where 2 to 4 people walk in each half of the plaza

@@ -86,7 +86,7 @@ def test_a_killed_tracker_process_is_a_one_line_error_and_keeps_the_records(
     assert result.stderr.strip().splitlines()[-1] == (
         "reidcam: error: tracker process 0 (cameras west): ended unexpectedly (killed by SIGKILL)"
     )
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
     db = tmp_path / "out" / "reidcam.db"
     assert query(db, "SELECT status FROM runs") == [("failed",)]
     committed = query(db, "SELECT camera_id, frames FROM cameras ORDER BY camera_id")
