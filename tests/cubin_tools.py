@@ -1,15 +1,31 @@
-"""Reading what NVRTC compiled, for the tests of the CUDA kernels (test_kernels_cuda_scan.py, _conv.py):
-ptxas' register and spill report from the compile log, and each kernel's SASS from Triton's nvdisasm."""
+"""Reading what NVRTC compiled, for the tests of the CUDA kernels (test_kernels_cuda_*.py): the compile itself
+(skipped where no NVRTC is found), ptxas' register and spill report from the compile log, and each kernel's SASS
+and opcode counts from Triton's nvdisasm."""
 
 from __future__ import annotations
 
+import collections
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import triton
 
+from reidcam.reid.model.kernels import cuda_scan
+
 NVDISASM = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+
+
+def compiled_or_skip(compile_source: Callable[[], cuda_scan.CompiledSource]) -> cuda_scan.CompiledSource:
+    """``compile_source()``, or a skip where this machine has no NVRTC; any other compile error fails."""
+    try:
+        return compile_source()
+    except cuda_scan.CudaKernelUnavailable as error:
+        if "not found" in str(error):
+            pytest.skip(str(error))
+        raise
 
 
 def kernel_reports(log: str) -> dict[str, tuple[int, int]]:
@@ -36,3 +52,14 @@ def kernel_sass(cubin: bytes, tmp_path: Path) -> dict[str, list[str]]:
         elif current:
             kernels[current].append(line)
     return kernels
+
+
+def kernel_opcodes(cubin: bytes, tmp_path: Path) -> dict[str, collections.Counter]:
+    """Opcode counts of each kernel (with their modifiers, less .CONSTANT: the read-only path)."""
+    if not NVDISASM.exists():
+        pytest.skip("this Triton has no bundled nvdisasm")
+    opcodes = {}
+    for name, lines in kernel_sass(cubin, tmp_path).items():
+        found = (re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", line) for line in lines)
+        opcodes[name] = collections.Counter(op.group(1).replace(".CONSTANT", "") for op in found if op)
+    return opcodes

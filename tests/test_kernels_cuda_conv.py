@@ -10,10 +10,8 @@ issue's shape.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +24,7 @@ from reidcam.reid.model.kernels import cuda_scan
 
 pytest.importorskip("triton")
 
-from cubin_tools import NVDISASM, kernel_reports, kernel_sass  # noqa: E402
+from cubin_tools import compiled_or_skip, kernel_opcodes, kernel_reports  # noqa: E402
 
 TOKENS = cuda_scan.CONV_TOKENS
 KERNELS = {cuda_scan.conv_kernel_name(dt, ch): (dt, ch) for dt, options in cuda_scan.CONV_CHANNELS.items()
@@ -37,23 +35,7 @@ WIDTH_OPCODE = {2: "E.U16", 4: "E", 8: "E.64", 16: "E.128"}
 
 @pytest.fixture(scope="module")
 def sm90() -> cuda_scan.CompiledSource:
-    try:
-        return cuda_scan.CudaConv().compile(90)
-    except cuda_scan.CudaKernelUnavailable as error:
-        if "not found" in str(error):
-            pytest.skip(str(error))
-        raise
-
-
-def kernel_opcodes(cubin: bytes, tmp_path: Path) -> dict[str, collections.Counter]:
-    """Opcode counts of each kernel (with their modifiers, less .CONSTANT: the read-only path)."""
-    if not NVDISASM.exists():
-        pytest.skip("this Triton has no bundled nvdisasm")
-    opcodes = {}
-    for name, lines in kernel_sass(cubin, tmp_path).items():
-        found = (re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", line) for line in lines)
-        opcodes[name] = collections.Counter(op.group(1).replace(".CONSTANT", "") for op in found if op)
-    return opcodes
+    return compiled_or_skip(lambda: cuda_scan.CudaConv().compile(90))
 
 
 def test_every_kernel_compiles_for_sm90_without_spills(sm90):

@@ -9,7 +9,6 @@ bench/NOTES-speed.md): the compiled kernels against float64 and against the Trit
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import json
 import os
@@ -27,7 +26,7 @@ from reidcam.reid.model.kernels import cuda_scan
 pytest.importorskip("triton")
 
 import cuda_emulation  # noqa: E402
-from cubin_tools import NVDISASM, kernel_reports, kernel_sass  # noqa: E402
+from cubin_tools import compiled_or_skip, kernel_opcodes, kernel_reports  # noqa: E402
 
 from reidcam.reid.model.kernels.triton_conv import ConvParams, biconv_backward  # noqa: E402
 
@@ -41,12 +40,7 @@ WIDTH_OPCODE = {2: "E.U16", 4: "E"}
 
 @pytest.fixture(scope="module")
 def sm90() -> cuda_scan.CompiledSource:
-    try:
-        return cuda_scan.CudaConvBackward().compile(90)
-    except cuda_scan.CudaKernelUnavailable as error:
-        if "not found" in str(error):
-            pytest.skip(str(error))
-        raise
+    return compiled_or_skip(lambda: cuda_scan.CudaConvBackward().compile(90))
 
 
 def test_every_kernel_compiles_for_sm90_without_spills(sm90):
@@ -63,17 +57,6 @@ def test_the_block_sums_fit_a_static_shared_allocation(sm90):
     sizes = [int(x) for x in re.findall(r"(\d+) bytes smem", sm90.log)]
     # MAX_WARPS rows of 10 sums per channel of the block: 10 KB for bf16 c2
     assert sizes and max(sizes) <= cuda_scan.CONV_BWD_MAX_WARPS * 10 * 64 * 4, sizes
-
-
-def kernel_opcodes(cubin: bytes, tmp_path: Path) -> dict[str, collections.Counter]:
-    """Opcode counts of each kernel (with their modifiers, less .CONSTANT: the read-only path)."""
-    if not NVDISASM.exists():
-        pytest.skip("this Triton has no bundled nvdisasm")
-    opcodes = {}
-    for name, lines in kernel_sass(cubin, tmp_path).items():
-        found = (re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", line) for line in lines)
-        opcodes[name] = collections.Counter(op.group(1).replace(".CONSTANT", "") for op in found if op)
-    return opcodes
 
 
 def test_each_row_is_loaded_and_stored_once_and_the_sums_leave_by_atomics(sm90, tmp_path):

@@ -17,17 +17,12 @@ from reidcam.reid.model.kernels import cuda_scan
 
 pytest.importorskip("triton")
 
-from cubin_tools import kernel_reports, kernel_sass  # noqa: E402
+from cubin_tools import compiled_or_skip, kernel_reports, kernel_sass  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def sm90() -> cuda_scan.CompiledScan:
-    try:
-        return cuda_scan.compile_scan(90, d_state=16)
-    except cuda_scan.CudaScanUnavailable as error:
-        if "not found" in str(error):
-            pytest.skip(str(error))
-        raise
+    return compiled_or_skip(lambda: cuda_scan.compile_scan(90, d_state=16))
 
 
 def token_loops(cubin: bytes, tmp_path: Path) -> dict[str, list[dict[str, int]]]:

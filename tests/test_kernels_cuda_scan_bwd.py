@@ -10,7 +10,6 @@ dispatch (REIDCAM_SCAN_BWD).
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ from reidcam.reid.model.kernels import cuda_scan
 pytest.importorskip("triton")
 
 import cuda_emulation  # noqa: E402
-from cubin_tools import kernel_reports  # noqa: E402
+from cubin_tools import compiled_or_skip, kernel_reports  # noqa: E402
 
 from reidcam.reid.model.kernels import triton_scan  # noqa: E402
 
@@ -28,18 +27,14 @@ GRAD_NAMES = ("dz", "dxc", "ddt", "dbc", "da_log", "d_skip", "dt_bias")
 STORED_IN_COMPUTE_DTYPE = ("dz", "dxc", "ddt")  # the others are fp32 whatever the inputs
 
 
-# scan_bwd.cu's REIDCAM_BWD_DESIGN values (0, the default: loads where they are needed; 1: loads issued ahead)
+# scan_bwd.cu's REIDCAM_BWD_DESIGN values (0: loads where they are needed; 1, the default: loads issued ahead)
 DESIGNS = [0, 1]
 
 
 @pytest.fixture(scope="module", params=DESIGNS, ids=lambda d: f"design{d}")
 def sm90(request) -> cuda_scan.CompiledSource:
-    try:
-        return cuda_scan.compile_scan_backward(90, d_state=16, defines={"REIDCAM_BWD_DESIGN": request.param})
-    except cuda_scan.CudaKernelUnavailable as error:
-        if "not found" in str(error):
-            pytest.skip(str(error))
-        raise
+    return compiled_or_skip(
+        lambda: cuda_scan.compile_scan_backward(90, d_state=16, defines={"REIDCAM_BWD_DESIGN": request.param}))
 
 
 def test_the_kernels_compile_for_sm90_without_spilling(sm90):
