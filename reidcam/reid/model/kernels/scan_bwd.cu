@@ -281,6 +281,19 @@ struct StepInputs {
     float dz_factor[STEPS];  // dz = dz_factor * y
 };
 
+// Step s of a sub-chunk from its loaded values (u, z and g zero past the end and past D; p = pre + bias), for
+// both designs' loads.
+__device__ __forceinline__ void set_step(StepInputs& in, int s, bool real, float u, float p, float zz, float gg,
+                                         float& dskip_sum) {
+    const float sig_z = sigmoid(zz);
+    in.u[s] = u;
+    in.delta[s] = real ? softplus(p) : 0.0f;
+    in.du[s] = in.delta[s] * u;
+    in.gy[s] = gg * zz * sig_z * 0.5f;
+    in.dz_factor[s] = gg * 0.5f * sig_z * (1.0f + zz * (1.0f - sig_z));
+    dskip_sum = fmaf(in.gy[s], u, dskip_sum);  // zero past the end and past D
+}
+
 // Steps past the end read the last token and zero what they read, so that every load is unconditional.
 template <typename T>
 __device__ __forceinline__ void load_steps(StepInputs& in, float bias, float& dskip_sum, const Lane<T>& lane, int k) {
@@ -294,13 +307,7 @@ __device__ __forceinline__ void load_steps(StepInputs& in, float bias, float& ds
         const float p = to_float(lane.pre[row]) + bias;
         const float zz = real ? to_float(lane.z[lane.z_row + t * lane.stride_zl]) : 0.0f;
         const float gg = real ? to_float(lane.g[(lane.b_row + t) * lane.D + lane.channel]) : 0.0f;
-        const float sig_z = sigmoid(zz);
-        in.u[s] = u;
-        in.delta[s] = real ? softplus(p) : 0.0f;
-        in.du[s] = in.delta[s] * u;
-        in.gy[s] = gg * zz * sig_z * 0.5f;
-        in.dz_factor[s] = gg * 0.5f * sig_z * (1.0f + zz * (1.0f - sig_z));
-        dskip_sum = fmaf(in.gy[s], u, dskip_sum);  // zero past the end and past D
+        set_step(in, s, real, u, p, zz, gg, dskip_sum);
     }
 }
 
@@ -335,13 +342,7 @@ __device__ __forceinline__ void load_steps_from(StepInputs& in, const RawSteps<T
         const float p = to_float(raw.p[s]) + bias;
         const float zz = real ? to_float(raw.z[s]) : 0.0f;
         const float gg = real ? to_float(raw.g[s]) : 0.0f;
-        const float sig_z = sigmoid(zz);
-        in.u[s] = u;
-        in.delta[s] = real ? softplus(p) : 0.0f;
-        in.du[s] = in.delta[s] * u;
-        in.gy[s] = gg * zz * sig_z * 0.5f;
-        in.dz_factor[s] = gg * 0.5f * sig_z * (1.0f + zz * (1.0f - sig_z));
-        dskip_sum = fmaf(in.gy[s], u, dskip_sum);
+        set_step(in, s, real, u, p, zz, gg, dskip_sum);
     }
 }
 
