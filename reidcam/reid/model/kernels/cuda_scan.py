@@ -192,6 +192,25 @@ class _LazyKernels:
         return functions
 
 
+class _SourceKernels(_LazyKernels):
+    """Kernels of one .cu file with one set of macros, the same for every d_state: one key per device."""
+
+    def __init__(self, source: Path, defines: Mapping[str, int]) -> None:
+        super().__init__()
+        self.source = source
+        self.defines = dict(defines)
+
+    def kernel_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def kernels(self, device: torch.device) -> dict[str, ctypes.c_void_p]:
+        index = device_index(device)
+        return self._cached((index,), lambda: self._load(index, self.compile, self.kernel_names()))
+
+    def compile(self, arch: int) -> CompiledSource:
+        return compile_source(self.source, arch, self.defines)
+
+
 class CudaScan(_LazyKernels):
     """The compiled kernels of each device and d_state; compiles on first use, thread-safe.
     ``threads`` and ``defines`` (compile_scan's) are for the variant bench; the defaults are the tuned ones."""
@@ -394,7 +413,7 @@ def conv_kernel_name(dtype: torch.dtype, channels: int) -> str:
     return f"bimamba_conv_fwd_{_DTYPE_NAMES[dtype]}_c{channels}"
 
 
-class CudaConv(_LazyKernels):
+class CudaConv(_SourceKernels):
     """The conv forward kernels of each device; compiles on first use, thread-safe. ``tokens``, ``threads``
     and ``defines`` (more of conv_fwd.cu's macros) are for benches; the defaults are the designed ones."""
 
@@ -402,19 +421,12 @@ class CudaConv(_LazyKernels):
 
     def __init__(self, tokens: int = CONV_TOKENS, threads: int = CONV_THREADS, defines: Mapping[str, int] | None = None,
                  source: Path = CONV_SOURCE) -> None:
-        super().__init__()
+        super().__init__(source, {"REIDCAM_CONV_TOKENS": tokens, "REIDCAM_CONV_THREADS": threads, **(defines or {})})
         self.tokens = tokens
         self.threads = threads
-        self.defines = {"REIDCAM_CONV_TOKENS": tokens, "REIDCAM_CONV_THREADS": threads, **(defines or {})}
-        self.source = source
 
-    def kernels(self, device: torch.device) -> dict[str, ctypes.c_void_p]:
-        index = device_index(device)
-        names = [conv_kernel_name(dt, ch) for dt, options in CONV_CHANNELS.items() for ch in options]
-        return self._cached((index,), lambda: self._load(index, self.compile, names))
-
-    def compile(self, arch: int) -> CompiledSource:
-        return compile_source(self.source, arch, self.defines)
+    def kernel_names(self) -> list[str]:
+        return [conv_kernel_name(dt, ch) for dt, options in CONV_CHANNELS.items() for ch in options]
 
     def forward(self, x: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams,
                 channels: int | None = None) -> torch.Tensor:
@@ -523,7 +535,7 @@ class ConvGrads:
         return self.dx, self.direction(0), self.direction(1)
 
 
-class CudaConvBackward(_LazyKernels):
+class CudaConvBackward(_SourceKernels):
     """The conv backward kernels of each device; compiles on first use, thread-safe. ``tokens``, ``max_warps``
     and ``defines`` (more of conv_bwd.cu's macros) are for tests and benches; the defaults are the designed ones."""
 
@@ -531,19 +543,13 @@ class CudaConvBackward(_LazyKernels):
 
     def __init__(self, tokens: int = CONV_BWD_TOKENS, max_warps: int = CONV_BWD_MAX_WARPS,
                  defines: Mapping[str, int] | None = None, source: Path = CONV_BWD_SOURCE) -> None:
-        super().__init__()
+        super().__init__(source, {"REIDCAM_CONV_BWD_TOKENS": tokens, "REIDCAM_CONV_BWD_MAX_WARPS": max_warps,
+                                  **(defines or {})})
         self.tokens = tokens
         self.max_warps = max_warps
-        self.defines = {"REIDCAM_CONV_BWD_TOKENS": tokens, "REIDCAM_CONV_BWD_MAX_WARPS": max_warps, **(defines or {})}
-        self.source = source
 
-    def kernels(self, device: torch.device) -> dict[str, ctypes.c_void_p]:
-        index = device_index(device)
-        names = [conv_backward_kernel_name(dt, ch) for dt, options in CONV_BWD_CHANNELS.items() for ch in options]
-        return self._cached((index,), lambda: self._load(index, self.compile, names))
-
-    def compile(self, arch: int) -> CompiledSource:
-        return compile_source(self.source, arch, self.defines)
+    def kernel_names(self) -> list[str]:
+        return [conv_backward_kernel_name(dt, ch) for dt, options in CONV_BWD_CHANNELS.items() for ch in options]
 
     def backward(self, x: torch.Tensor, dxc: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams,
                  channels: int | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor],
