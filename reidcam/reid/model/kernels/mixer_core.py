@@ -27,8 +27,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import weakref
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 
@@ -187,61 +187,54 @@ def weight_memo(memo: WeightTableMemo | None) -> Iterator[WeightTableMemo | None
         _MEMO.reset(token)
 
 
+T = TypeVar("T")
+
 _CUDA_SCAN = cuda_scan.CudaScan()  # compiled kernels per device, like Triton's own cache: built on first use
 _CUDA_CONV = cuda_scan.CudaConv()
 _CUDA_SCAN_BWD = cuda_scan.CudaScanBackward()
 _CUDA_CONV_BWD = cuda_scan.CudaConvBackward()
 
 
-def _conv_forward(x: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams) -> torch.Tensor:
-    """The CUDA conv forward where it runs (REIDCAM_CONV_FWD: auto, cuda, triton), else the Triton one."""
-    choice = cuda_scan.conv_kernel_choice()
-    if choice != "triton" and cuda_scan.conv_supports(x, conv_f, conv_b):
+def _cuda_or_triton(choice: str, supports: Callable[[], bool], cuda: Callable[[], T], triton: Callable[[], T]) -> T:
+    """The CUDA kernel where ``choice`` (an env variable's auto, cuda or triton) allows it and it takes these
+    tensors, else the Triton one. A CUDA kernel that cannot be built falls back under auto and raises under cuda."""
+    if choice != "triton" and supports():
         try:
-            return _CUDA_CONV.forward(x, conv_f, conv_b)
+            return cuda()
         except cuda_scan.CudaKernelUnavailable:
             if choice == "cuda":
                 raise
-    return biconv_forward(x, conv_f, conv_b)
+    return triton()
+
+
+def _conv_forward(x: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams) -> torch.Tensor:
+    """The CUDA conv forward where it runs (REIDCAM_CONV_FWD: auto, cuda, triton), else the Triton one."""
+    return _cuda_or_triton(cuda_scan.conv_kernel_choice(), lambda: cuda_scan.conv_supports(x, conv_f, conv_b),
+                           lambda: _CUDA_CONV.forward(x, conv_f, conv_b), lambda: biconv_forward(x, conv_f, conv_b))
 
 
 def _conv_backward(x: torch.Tensor, dxc: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams
                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """The CUDA conv backward where it runs (REIDCAM_CONV_BWD: auto, cuda, triton), else the Triton one."""
-    choice = cuda_scan.conv_backward_kernel_choice()
-    if choice != "triton" and cuda_scan.conv_backward_supports(x, dxc, conv_f, conv_b):
-        try:
-            return _CUDA_CONV_BWD.backward(x, dxc, conv_f, conv_b)
-        except cuda_scan.CudaKernelUnavailable:
-            if choice == "cuda":
-                raise
-    return biconv_backward(x, dxc, conv_f, conv_b)
+    return _cuda_or_triton(cuda_scan.conv_backward_kernel_choice(),
+                           lambda: cuda_scan.conv_backward_supports(x, dxc, conv_f, conv_b),
+                           lambda: _CUDA_CONV_BWD.backward(x, dxc, conv_f, conv_b),
+                           lambda: biconv_backward(x, dxc, conv_f, conv_b))
 
 
 def _scan_forward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: Any) -> torch.Tensor:
     """The CUDA forward scan where it runs (REIDCAM_SCAN_FWD: auto, cuda, triton), else the Triton one."""
-    choice = cuda_scan.forward_kernel_choice()
-    if choice != "triton" and cuda_scan.supports(xc, tables):
-        try:
-            return _CUDA_SCAN.forward(xc, z, dbl, tables)
-        except cuda_scan.CudaScanUnavailable:
-            if choice == "cuda":
-                raise
-    return scan_forward(xc, z, dbl, tables)
+    return _cuda_or_triton(cuda_scan.forward_kernel_choice(), lambda: cuda_scan.supports(xc, tables),
+                           lambda: _CUDA_SCAN.forward(xc, z, dbl, tables), lambda: scan_forward(xc, z, dbl, tables))
 
 
 def _scan_backward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables,
                    grad_out: torch.Tensor) -> ScanGrads:
     """The CUDA backward scan where it runs (REIDCAM_SCAN_BWD: auto by default, cuda, triton), else the
     Triton one."""
-    choice = cuda_scan.backward_kernel_choice()
-    if choice != "triton" and cuda_scan.backward_supports(xc, z, dbl, tables):
-        try:
-            return _CUDA_SCAN_BWD.backward(xc, z, dbl, tables, grad_out)
-        except cuda_scan.CudaKernelUnavailable:
-            if choice == "cuda":
-                raise
-    return scan_backward(xc, z, dbl, tables, grad_out)
+    return _cuda_or_triton(cuda_scan.backward_kernel_choice(), lambda: cuda_scan.backward_supports(xc, z, dbl, tables),
+                           lambda: _CUDA_SCAN_BWD.backward(xc, z, dbl, tables, grad_out),
+                           lambda: scan_backward(xc, z, dbl, tables, grad_out))
 
 
 def _x_proj_fp32(xc: torch.Tensor, x_proj: torch.Tensor) -> torch.Tensor:
