@@ -6,6 +6,7 @@ import csv
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from reidcam.errors import ConfigError, DataError
@@ -40,18 +41,10 @@ def write_run(path: Path, shift: float) -> None:
         item = Tracklet(camera, local_id, first_frame=frames[0], first_time=T0 + frames[0] / 10)
         store.add_tracklets([item])
         for frame in frames:
-            box = {"x1": 10.0 + frame + shift, "y1": 20.0, "x2": 30.0 + frame + shift, "y2": 100.5}
-            row = {
-                "camera_id": camera,
-                "frame": frame,
-                "timestamp": T0 + (frame - 1) / 10,
-                "confidence": 0.87654,
-                "local_track_id": local_id,
-                "foot_x": 20.0 + frame,
-                "foot_y": 100.5,
-                **box,
-            }
-            store.add_sightings([item], [row])
+            xyxy = np.array([[10.0 + frame + shift, 20.0, 30.0 + frame + shift, 100.5]])
+            feet = np.array([[20.0 + frame, 100.5]])
+            store.add_frame_sightings(camera, frame, T0 + (frame - 1) / 10, xyxy, np.array([0.87654]), [local_id],
+                                      feet, [item])
         if global_id is not None:
             item.global_id = global_id
             known = global_id == 1 and camera == "cam2"

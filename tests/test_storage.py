@@ -29,20 +29,12 @@ class Camera:
     start_time: datetime | None = None
 
 
-def sighting(camera: str, frame: int, local_id: int) -> dict:
-    return {
-        "camera_id": camera,
-        "frame": frame,
-        "timestamp": T0 + (frame - 1) / 10,
-        "x1": 10.0,
-        "y1": 20.0,
-        "x2": 40.0,
-        "y2": 110.0,
-        "confidence": 0.9,
-        "local_track_id": local_id,
-        "foot_x": 25.0,
-        "foot_y": 110.0,
-    }
+def add_sighting(store: Store, tracklet: Tracklet, frame: int) -> None:
+    """One box of ``tracklet`` in ``frame``, handed over as the pipeline hands a frame's boxes."""
+    store.add_frame_sightings(
+        tracklet.camera_id, frame, T0 + (frame - 1) / 10, np.array([[10.0, 20.0, 40.0, 110.0]]), np.array([0.9]),
+        [tracklet.local_id], np.array([[25.0, 110.0]]), [tracklet],
+    )
 
 
 def new_store(path: Path, commit_every: int = 2) -> Store:
@@ -87,11 +79,11 @@ def test_sightings_get_their_tracklets_global_id_whenever_it_comes(tmp_path):
     path = tmp_path / "store.db"
     store = new_store(path)
     first = open_tracklet(store, "cam1", 1, 1)
-    store.add_sightings([first], [sighting("cam1", 1, 1)])
+    add_sighting(store, first, 1)
     store.commit()
     first.global_id = 1
     store.apply_events([IdentityEvent("create", 1, T0, first)])
-    store.add_sightings([first], [sighting("cam1", 2, 1)])
+    add_sighting(store, first, 2)
     store.commit()
     store.close()
     assert rows(path, "SELECT frame, global_id FROM sightings ORDER BY frame") == [(1, 1), (2, 1)]
@@ -107,7 +99,7 @@ def test_merge_and_split_rewrite_identities_everywhere(tmp_path):
     b = open_tracklet(store, "cam2", 1, 30)
     c = open_tracklet(store, "cam2", 2, 60)
     for item, global_id in ((a, 1), (b, 2), (c, 2)):
-        store.add_sightings([item], [sighting(item.camera_id, item.first_frame, item.local_id)])
+        add_sighting(store, item, item.first_frame)
         item.global_id = global_id
     store.apply_events(
         [IdentityEvent("create", 1, T0, a), IdentityEvent("create", 2, T0, b), IdentityEvent("assign", 2, T0, c)]
@@ -145,10 +137,11 @@ def test_abandoned_run_keeps_exactly_what_was_committed(tmp_path):
     path = tmp_path / "store.db"
     store = new_store(path)
     item = open_tracklet(store, "cam1", 1, 1)
-    store.add_sightings([item], [sighting("cam1", 1, 1)])
+    add_sighting(store, item, 1)
     store.commit({"cam1": 1})
     late = open_tracklet(store, "cam2", 1, 5)
-    store.add_sightings([item, late], [sighting("cam1", 2, 1), sighting("cam2", 5, 1)])
+    add_sighting(store, item, 2)
+    add_sighting(store, late, 5)
     store.apply_events([IdentityEvent("create", 1, T0, late)])
     store.abandon("interrupted")
     store.close()

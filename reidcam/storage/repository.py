@@ -240,14 +240,6 @@ class Store:
         values = np.column_stack((xyxy, confidences, feet)).tolist()
         self._pending.append(_FrameSightings(camera_id, frame, timestamp, values, list(local_ids), list(tracklets)))
 
-    def add_sightings(self, tracklets: Sequence[Any], rows: Sequence[dict[str, Any]]) -> None:
-        """Queue sighting rows given as column dicts (without ids); written as ``add_frame_sightings``'."""
-        for tracklet, row in zip(tracklets, rows):
-            values = [row[name] for name in ("x1", "y1", "x2", "y2", "confidence", "foot_x", "foot_y")]
-            frame = _FrameSightings(row["camera_id"], row["frame"], row["timestamp"], [values], [row["local_track_id"]],
-                                    [tracklet])
-            self._pending.append(frame)
-
     def apply_events(self, events: Sequence[Any]) -> None:
         """Log ``association.IdentityEvent`` objects and carry them into identities, tracklets and sightings.
 
