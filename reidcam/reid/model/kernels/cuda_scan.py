@@ -93,7 +93,7 @@ def _nvrtc_library() -> ctypes.CDLL:
 @dataclass(frozen=True)
 class CompiledSource:
     cubin: bytes
-    log: str  # NVRTC's log, with ptxas' register and spill report
+    log: str  # NVRTC's log: ptxas' register and spill report, absent on a hit of NVRTC's cache (CUDA_CACHE_DISABLE=1)
 
 
 CompiledScan = CompiledSource
