@@ -26,8 +26,12 @@ os.environ.setdefault("CUDA_CACHE_DISABLE", "1")
 # inside a test that uses capsys, that is the test's capture, closed when the test ends: a later test that
 # loads a detector then logs into a closed file, and "--- Logging error ---" with a traceback lands in its
 # stderr (test_run_overlap and test_run_tracker_processes failed so, depending on the order of the tests).
-# Imported here, the handler writes to pytest's session-long capture instead.
-import ultralytics.utils  # noqa: E402, F401
+# Imported here, the handler writes to pytest's session-long capture instead. (The GPU machine runs the
+# kernel tests without Ultralytics installed.)
+try:
+    import ultralytics.utils  # noqa: F401
+except ImportError:
+    pass
 
 CLIP_FRAMES = 40
 CLIP_START = 270  # source frame where 2 to 4 people walk in each half of the plaza
