@@ -58,7 +58,7 @@ class _BiMambaCoreFn(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             xc = _conv_forward(x, _conv(pf), _conv(pb))
             x_proj, weights = _weight_tables(params, x.dtype)
-            dbl = _x_proj_fp32(xc.view(2, bsz * length, dim), x_proj)
+            dbl = _bmm_fp32(xc.view(2, bsz * length, dim), x_proj.transpose(1, 2))
             tables = scan_tables(dbl, _scan(pf), _scan(pb), x.dtype, weights)
             out = _scan_forward(xc, z, dbl, tables)
         ctx.save_for_backward(x, z, dbl, x_proj, *params)
@@ -77,8 +77,8 @@ class _BiMambaCoreFn(torch.autograd.Function):
             grads = _scan_backward(xc, z, dbl, tables, grad_out.to(x.dtype))
             ddt = grads.ddt.view(2, tokens, dim)
             d_dbl = torch.cat([torch.bmm(ddt, tables.dt_weight), grads.dbc.to(x.dtype)], dim=-1)
-            d_dt_proj = torch.bmm(ddt.transpose(1, 2), tables.dt)
-            d_x_proj = torch.bmm(d_dbl.transpose(1, 2), xc.view(2, tokens, dim))
+            d_dt_proj = _bmm_fp32(ddt.transpose(1, 2), tables.dt)
+            d_x_proj = _bmm_fp32(d_dbl.transpose(1, 2), xc.view(2, tokens, dim))
             dxc = torch.baddbmm(grads.dxc.view(2, tokens, dim), d_dbl, x_proj)
             dx, (dwf, dbf), (dwb, dbb) = _conv_backward(x, dxc.view(2, bsz, length, dim), _conv(pf), _conv(pb))
         per_direction = [
@@ -237,15 +237,16 @@ def _scan_backward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables:
                            lambda: scan_backward(xc, z, dbl, tables, grad_out))
 
 
-def _x_proj_fp32(xc: torch.Tensor, x_proj: torch.Tensor) -> torch.Tensor:
-    """(2, tokens, dt_rank + 2 d_state) fp32: the scan reads dt, B and C as fp32, which saves it a
-    conversion per (token, state) load; cuBLAS writes fp32 directly from bf16 inputs where it can."""
-    if xc.dtype != torch.float32 and xc.is_cuda:
+def _bmm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b in fp32 from inputs in the compute dtype: cuBLAS writes fp32 directly where it can, which spares a
+    cast kernel. Used for the x_proj output (the scan reads dt, B and C as fp32, which saves it a conversion
+    per (token, state) load) and for the x_proj and dt_proj weight gradients (their parameters are fp32)."""
+    if a.dtype != torch.float32 and a.is_cuda:
         try:
-            return torch.bmm(xc, x_proj.transpose(1, 2), out_dtype=torch.float32)
+            return torch.bmm(a, b, out_dtype=torch.float32)
         except (TypeError, RuntimeError):  # a torch without bmm(out_dtype=)
             pass
-    return torch.bmm(xc, x_proj.transpose(1, 2)).float()
+    return torch.bmm(a, b).float()
 
 
 def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
