@@ -79,7 +79,7 @@ class _BiMambaCoreFn(torch.autograd.Function):
             d_dbl = torch.cat([torch.bmm(ddt, tables.dt_weight), grads.dbc.to(x.dtype)], dim=-1)
             d_dt_proj = _bmm_fp32(ddt.transpose(1, 2), tables.dt)
             d_x_proj = _bmm_fp32(d_dbl.transpose(1, 2), xc.view(2, tokens, dim))
-            dxc = torch.baddbmm(grads.dxc.view(2, tokens, dim), d_dbl, x_proj)
+            dxc = grads.dxc.view(2, tokens, dim).baddbmm_(d_dbl, x_proj)  # in place: out of place copies dxc first
             dx, (dwf, dbf), (dwb, dbb) = _conv_backward(x, dxc.view(2, bsz, length, dim), _conv(pf), _conv(pb))
         per_direction = [
             [dwf, dbf, d_x_proj[0], d_dt_proj[0], grads.dt_bias[0], grads.da_log[0], grads.d_skip[0]],
