@@ -5,7 +5,8 @@ after another, so a block's threads share them), ``__syncthreads`` and ``__syncw
 ``__shfl_xor_sync`` goes through a per-warp exchange array, ``atomicAdd`` is an atomic_ref. That checks what a
 compiler cannot: the indexing, the barriers' placement (a missing one shows as a wrong sum under the OS's
 interleaving, not always), the warp transposition and the reductions. Fast-math intrinsics become the libm
-functions, so results differ from the GPU's in the last bits only.
+functions, so results differ from the GPU's in the last bits only; libdevice's fp16 conversions, which the kernels
+declare, become g++'s _Float16 conversions, rounding to nearest even as the GPU's do (the same bits).
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ static inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcp
 #define __logf(x) std::log(x)
 using std::min;
 using std::max;
+extern "C" inline float __nv_half2float(unsigned short h) { _Float16 f; std::memcpy(&f, &h, 2); return f; }
+extern "C" inline unsigned short __nv_float2half_rn(float v) {
+    const _Float16 f = static_cast<_Float16>(v);
+    unsigned short h;
+    std::memcpy(&h, &f, 2);
+    return h;
+}
 
 static std::barrier<>* emu_block_barrier;
 static std::vector<std::barrier<>*> emu_warp_barriers;

@@ -4,8 +4,8 @@ Without a GPU: NVRTC compiles the source for sm_90 as a user's machine would, an
 to its design (no spills, registers for 16 warps per SM, each thread's rows read once with the intended
 vector width, one MUFU.EX2 and one MUFU.RCP per output); the choice of kernel per tensor and the
 REIDCAM_CONV_FWD dispatch run anywhere. With a GPU (run on the device, see bench/NOTES-speed.md): every
-kernel equals a float64 definition on ragged shapes and strided rows, and the Triton kernel on the
-issue's shape.
+kernel (fp32, bf16, fp16) equals a float64 definition on ragged shapes and strided rows, and the Triton kernel
+on the issue's shape.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_every_kernel_compiles_for_sm90_without_spills(sm90):
     assert set(reports) == set(KERNELS)
     for name, (registers, spills) in reports.items():
         assert spills == 0, (name, reports)
-        # bf16 c4 keeps 22 rows of 4 channels and 40 parameters: at 128 registers two-warp blocks still
+        # bf16 and fp16 c4 keep 22 rows of 4 channels and 40 parameters: at 128 registers two-warp blocks still
         # pack 16 warps per SM; the narrower kernels need far fewer
         assert registers <= (128 if name.endswith("_c4") else 80), (name, reports)
 
@@ -74,6 +74,9 @@ def test_silu_costs_one_exponential_and_one_reciprocal_per_output(sm90, tmp_path
     (torch.bfloat16, 1540, slice(0, 770), [2, 1]),
     (torch.bfloat16, 1536, slice(1, 769), [1]),
     (torch.bfloat16, 770, slice(0, 768), [2, 1]),  # the row stride, not D, rules out c4
+    (torch.float16, 768, slice(0, 768), [4, 2, 1]),  # fp16: bf16's kernels, both 2 bytes
+    (torch.float16, 1540, slice(0, 770), [2, 1]),
+    (torch.float16, 1536, slice(1, 769), [1]),
     (torch.float32, 1536, slice(0, 768), [2, 1]),
     (torch.float32, 7, slice(0, 6), [1]),
 ])
@@ -102,6 +105,7 @@ def test_cpu_tensors_and_other_tap_counts_are_not_for_the_cuda_kernel():
         x = torch.randn(2, 3, 8, device="cuda")
         gpu = ConvParams(conv.weight.cuda(), conv.bias.cuda())
         assert cuda_scan.conv_supports(x, gpu, gpu)
+        assert cuda_scan.conv_supports(x.bfloat16(), gpu, gpu) and cuda_scan.conv_supports(x.half(), gpu, gpu)
         assert not cuda_scan.conv_supports(x, ConvParams(torch.randn(8, 3, device="cuda"), gpu.bias), gpu)
         assert not cuda_scan.conv_supports(x.double(), gpu, gpu)
         assert not cuda_scan.conv_supports(x, conv, gpu)  # parameters left on the CPU
@@ -187,7 +191,7 @@ def reference(x: torch.Tensor, conv_f, conv_b) -> torch.Tensor:
 
 
 @gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["contiguous", "view", "offset"])
 @pytest.mark.parametrize("shape", [(1, 1, 768), (3, 3, 770), (1, 140, 768), (3, 141, 6), (3, 17, 770)])
 def test_every_cuda_kernel_equals_the_float64_definition(dtype, layout, shape):
@@ -206,15 +210,17 @@ def test_every_cuda_kernel_equals_the_float64_definition(dtype, layout, shape):
         if dtype == torch.float32:
             assert (got - expected).abs().max().item() < 1e-5, channels
             assert ((got - expected).norm() / expected.norm()).item() < 2e-6, channels
-        else:  # the output's own rounding: half a bf16 ulp is at most 2^-8 of the value
-            torch.testing.assert_close(got, expected, rtol=2**-8, atol=1e-5, msg=f"c{channels}")
+        else:  # the output's own rounding: half a bf16 ulp is at most 2^-8 of the value, half an fp16 one 2^-11
+            rtol = 2**-8 if dtype == torch.bfloat16 else 2**-10  # fp16: twice that, for the fast-math silu
+            torch.testing.assert_close(got, expected, rtol=rtol, atol=1e-5, msg=f"c{channels}")
 
 
 @gpu
-def test_the_mixer_core_runs_the_cuda_conv_by_default(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_mixer_core_runs_the_cuda_conv_by_default(monkeypatch, dtype):
     from reidcam.reid.model.kernels import mixer_core
 
-    x, (conv_f, conv_b) = conv_inputs(2, 20, 64, torch.bfloat16, "view")
+    x, (conv_f, conv_b) = conv_inputs(2, 20, 64, dtype, "view")
     monkeypatch.delenv("REIDCAM_CONV_FWD", raising=False)
     monkeypatch.setattr(mixer_core, "biconv_forward", lambda *args: pytest.fail("the Triton conv ran"))
     got = mixer_core._conv_forward(x, conv_f, conv_b)
@@ -224,8 +230,8 @@ def test_the_mixer_core_runs_the_cuda_conv_by_default(monkeypatch):
 @gpu
 @pytest.mark.slow
 def test_the_cuda_conv_equals_the_triton_kernel_on_the_issue_shape():
-    """Batch 256, 140 tokens, d_inner 768, x a view of in_proj's output (bf16), and a ragged fp32 case. Run
-    in a child process: the test session runs Triton in its interpreter (conftest), far too slow here."""
+    """Batch 256, 140 tokens, d_inner 768, x a view of in_proj's output (bf16 and fp16), and a ragged fp32 case.
+    Run in a child process: the test session runs Triton in its interpreter (conftest), far too slow here."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "tests"), env.get("PYTHONPATH", "")])
@@ -234,8 +240,9 @@ def test_the_cuda_conv_equals_the_triton_kernel_on_the_issue_shape():
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     # both compute in fp32, in different orders: a bf16 output may round the other way (one ulp, at most
-    # 2^-7 of the value), rarely
+    # 2^-7 of the value), rarely; an fp16 one (2^-10) up to 8 times as often, its ulp being 8 times finer
     assert results["bf16"]["within"] and results["bf16"]["differing"] < 5e-3, results
+    assert results["f16"]["within"] and results["f16"]["differing"] < 4e-2, results
     assert results["f32"]["within"] and results["f32"]["max_abs"] < 1e-5, results
 
 
@@ -245,7 +252,8 @@ def _triton_vs_cuda() -> dict[str, dict[str, float]]:
 
     results = {}
     gen = torch.Generator().manual_seed(0)
-    cases = (("bf16", torch.bfloat16, (256, 140, 768)), ("f32", torch.float32, (3, 141, 770)))
+    cases = (("bf16", torch.bfloat16, (256, 140, 768)), ("f16", torch.float16, (256, 140, 768)),
+             ("f32", torch.float32, (3, 141, 770)))
     for name, dtype, (bsz, length, dim) in cases:
         x = torch.randn(bsz, length, 2 * dim, generator=gen).to(dtype).cuda()[..., :dim]
         conv = [ConvParams((torch.randn(dim, 4, generator=gen) * 0.5).cuda(), (torch.randn(dim, generator=gen) * 0.1).cuda())
@@ -253,7 +261,7 @@ def _triton_vs_cuda() -> dict[str, dict[str, float]]:
         got = cuda_scan.CudaConv().forward(x, *conv).float()
         expected = biconv_forward(x, *conv).float()
         diff = (got - expected).abs()
-        rtol = 2**-7 if dtype == torch.bfloat16 else 1e-5
+        rtol = {torch.bfloat16: 2**-7, torch.float16: 2**-10, torch.float32: 1e-5}[dtype]
         results[name] = {
             "within": bool((diff <= rtol * expected.abs() + 1e-5).all()),
             "max_abs": diff.max().item(),

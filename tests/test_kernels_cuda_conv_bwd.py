@@ -4,7 +4,8 @@ Without a GPU: NVRTC compiles the source for sm_90 without spills, and the kerne
 per CUDA thread (cuda_emulation.py), against a float64 autograd of the conv (depthwise causal conv1d + bias +
 SiLU, both directions) and against the Triton backward (in Triton's interpreter), on ragged shapes; the launch
 arithmetic and the REIDCAM_CONV_BWD dispatch run anywhere. With a GPU (run on the device, see
-bench/NOTES-speed.md): the compiled kernels against float64 and against the Triton backward, and the dispatch.
+bench/NOTES-speed.md): the compiled kernels (fp32, bf16, fp16) against float64 and against the Triton backward, and
+the dispatch.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def test_every_kernel_compiles_for_sm90_without_spills(sm90):
     for name, (registers, spills) in reports.items():
         print(f"{name}: {registers} registers, {spills} bytes of spill (sm_90)")
         assert spills == 0, (name, reports)
-        # bf16 c2 holds 60 rows and 40 sums and parameters: 144 (12 warps per SM); capped at 128 it spills
+        # bf16 and fp16 c2 hold 60 rows and 40 sums and parameters: 144 (12 warps per SM); capped at 128 they spill
         assert registers <= (160 if name.endswith("_c2") else 128), (name, reports)
 
 
@@ -91,6 +92,8 @@ def test_the_warps_per_block_leave_under_a_quarter_idle(length, warps):
     (torch.bfloat16, 1536, slice(0, 768), [2, 1]),
     (torch.bfloat16, 1536, slice(1, 769), [1]),
     (torch.bfloat16, 7, slice(0, 7), [1]),
+    (torch.float16, 1536, slice(0, 768), [2, 1]),  # fp16: bf16's kernels, both 2 bytes
+    (torch.float16, 1536, slice(1, 769), [1]),
     (torch.float32, 1536, slice(0, 768), [1]),
 ])
 def test_the_widest_kernel_that_fits_comes_first(dtype, width, view, expected):
@@ -212,9 +215,11 @@ def check_dtypes(got: dict[str, torch.Tensor], x: torch.Tensor) -> None:
 
 
 # fp32: fp32 arithmetic in another order; bf16: dx's own rounding (2^-9 of each value, ~2^-10 in norm), and fp32
-# sums of exact bf16 inputs for the weight and bias gradients
-TOLERANCE = {torch.float32: dict.fromkeys(GRAD_NAMES, 1e-5),
-             torch.bfloat16: {name: 4e-3 if name == "dx" else 1e-5 for name in GRAD_NAMES}}
+# sums of exact bf16 inputs for the weight and bias gradients; fp16: dx's rounding 8 times finer (2e-4 in norm under
+# emulation), a quarter of bf16's bound. The inputs are randn and dx a few units: nowhere near fp16's 65504.
+TOLERANCE = {dtype: {name: limit if name == "dx" else 1e-5 for name in GRAD_NAMES}
+             for dtype, limit in ((torch.float32, 1e-5), (torch.bfloat16, 4e-3), (torch.float16, 1e-3))}
+C_TYPES = {torch.float32: "float", torch.bfloat16: "bf16_bits", torch.float16: "f16_bits"}  # T in conv_bwd.cu
 
 
 # ---- on the CPU: the kernel emulated, one OS thread per CUDA thread -------------------------------------------
@@ -230,8 +235,7 @@ EMULATED_TOKENS = [16, 4]
 def emulated(request, tmp_path_factory) -> tuple[ctypes.CDLL, int]:
     if not cuda_emulation.available():
         pytest.skip("no g++ to emulate the kernel")
-    kernels = {name: KERNEL_PARAMS.format(T="bf16_bits" if dtype == torch.bfloat16 else "float")
-               for name, (dtype, _) in KERNELS.items()}
+    kernels = {name: KERNEL_PARAMS.format(T=C_TYPES[dtype]) for name, (dtype, _) in KERNELS.items()}
     defines = {"REIDCAM_CONV_BWD_TOKENS": request.param, "REIDCAM_CONV_BWD_MAX_WARPS": cuda_scan.CONV_BWD_MAX_WARPS}
     library = cuda_emulation.build(cuda_scan.CONV_BWD_SOURCE, kernels, defines, tmp_path_factory.mktemp("emulated"))
     return library, request.param
@@ -267,7 +271,7 @@ def run_emulated(emulated, monkeypatch, x, dxc, conv_f, conv_b, channels=None) -
 EMULATED_SHAPES = [(3, 37, 70), (1, 1, 70), (3, 2, 33), (1, 3, 6), (1, 20, 33)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", EMULATED_SHAPES)
 def test_the_emulated_kernel_equals_the_float64_definition(emulated, monkeypatch, dtype, shape):
     x, dxc, (conv_f, conv_b) = conv_inputs(*shape, dtype, "cpu", strided=shape[0] == 3)
@@ -330,7 +334,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 
 
 @gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("strided", [False, True])
 @pytest.mark.parametrize("shape", [(1, 1, 768), (3, 2, 770), (3, 3, 33), (1, 140, 768), (3, 141, 70), (2, 37, 6)])
 def test_every_cuda_kernel_equals_the_float64_definition(dtype, strided, shape):
@@ -347,24 +351,25 @@ def test_every_cuda_kernel_equals_the_float64_definition(dtype, strided, shape):
 
 
 @gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(2, 37, 70), (1, 19, 130)])  # small: Triton runs in its interpreter here
 def test_cuda_backward_equals_the_triton_backward(dtype, shape):
     x, dxc, (conv_f, conv_b) = conv_inputs(*shape, dtype, "cuda", strided=True, seed=1)
     got = as_dict(cuda_scan.CudaConvBackward().backward(x, dxc, conv_f, conv_b))
     errors = relative_errors(got, as_dict(biconv_backward(x, dxc, conv_f, conv_b)))
-    # both compute in fp32 in different orders; in bf16 a dx value may round the other way (one ulp)
-    limit = {torch.float32: 2e-5, torch.bfloat16: 4e-3}[dtype]
+    # both compute in fp32 in different orders; in bf16 or fp16 a dx value may round the other way (one ulp)
+    limit = {torch.float32: 2e-5, torch.bfloat16: 4e-3, torch.float16: 1e-3}[dtype]
     assert all(errors[name] < (limit if name == "dx" else 2e-5) for name in GRAD_NAMES), errors
 
 
 @gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("choice, runs_cuda", [("triton", False), (None, True), ("cuda", True), ("auto", True)])
-def test_the_mixer_core_picks_the_backward_by_env(monkeypatch, choice, runs_cuda):
-    """REIDCAM_CONV_BWD: auto by default (the CUDA kernel where it compiles), cuda, or triton."""
+def test_the_mixer_core_picks_the_backward_by_env(monkeypatch, choice, runs_cuda, dtype):
+    """REIDCAM_CONV_BWD: auto by default (the CUDA kernel where it compiles), cuda, or triton; bf16 and fp16 alike."""
     from reidcam.reid.model.kernels import mixer_core
 
-    x, dxc, (conv_f, conv_b) = conv_inputs(2, 9, 64, torch.bfloat16, "cuda", strided=True)
+    x, dxc, (conv_f, conv_b) = conv_inputs(2, 9, 64, dtype, "cuda", strided=True)
     if choice is None:
         monkeypatch.delenv("REIDCAM_CONV_BWD", raising=False)
     else:
@@ -380,8 +385,8 @@ def test_the_mixer_core_picks_the_backward_by_env(monkeypatch, choice, runs_cuda
 @gpu
 @pytest.mark.slow
 def test_the_cuda_backward_equals_the_triton_kernel_on_the_training_shape():
-    """Batch 64, 140 tokens, d_inner 768, x a view of in_proj's output (bf16), and a ragged fp32 case. Run in a
-    child process: the test session runs Triton in its interpreter (conftest), far too slow here."""
+    """Batch 64, 140 tokens, d_inner 768, x a view of in_proj's output (bf16 and fp16), and a ragged fp32 case. Run
+    in a child process: the test session runs Triton in its interpreter (conftest), far too slow here."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "tests"), env.get("PYTHONPATH", "")])
@@ -389,14 +394,15 @@ def test_the_cuda_backward_equals_the_triton_kernel_on_the_training_shape():
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
-    for name, limit in (("bf16", 4e-3), ("f32", 2e-5)):
+    for name, limit in (("bf16", 4e-3), ("f16", 1e-3), ("f32", 2e-5)):
         assert errors[name]["dx"] < limit and all(errors[name][g] < 2e-5 for g in GRAD_NAMES[1:]), errors
 
 
 def _triton_vs_cuda() -> dict[str, dict[str, float]]:
     """The child of the test above: the CUDA backward against triton_conv.biconv_backward (compiled)."""
     results = {}
-    for name, dtype, shape in (("bf16", torch.bfloat16, (64, 140, 768)), ("f32", torch.float32, (3, 141, 770))):
+    for name, dtype, shape in (("bf16", torch.bfloat16, (64, 140, 768)), ("f16", torch.float16, (64, 140, 768)),
+                               ("f32", torch.float32, (3, 141, 770))):
         x, dxc, (conv_f, conv_b) = conv_inputs(*shape, dtype, "cuda", strided=True, seed=2)
         got = as_dict(cuda_scan.CudaConvBackward().backward(x, dxc, conv_f, conv_b))
         results[name] = relative_errors(got, as_dict(biconv_backward(x, dxc, conv_f, conv_b)))

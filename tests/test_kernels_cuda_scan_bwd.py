@@ -3,7 +3,7 @@
 Without a GPU: NVRTC compiles the source for sm_90 as a user's machine would, with no spilling; and the kernel
 runs on the CPU, one OS thread per CUDA thread (cuda_emulation.py), against a float64 autograd of the forward
 scan and against the Triton backward (in Triton's interpreter), on ragged shapes. With a GPU (run on the device,
-see bench/NOTES-speed.md): the same comparisons with the compiled kernel, fp32 and bf16, and the mixer core's
+see bench/NOTES-speed.md): the same comparisons with the compiled kernel, fp32, bf16 and fp16, and the mixer core's
 dispatch (REIDCAM_SCAN_BWD).
 """
 
@@ -25,6 +25,8 @@ from reidcam.reid.model.kernels import triton_scan  # noqa: E402
 
 GRAD_NAMES = ("dz", "dxc", "ddt", "dbc", "da_log", "d_skip", "dt_bias")
 STORED_IN_COMPUTE_DTYPE = ("dz", "dxc", "ddt")  # the others are fp32 whatever the inputs
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # the kernel's builds
+C_TYPES = {torch.float32: "float", torch.bfloat16: "bf16_bits", torch.float16: "f16_bits"}  # T in scan_bwd.cu
 
 
 # scan_bwd.cu's REIDCAM_BWD_DESIGN values (0: loads where they are needed; 1, the default: loads issued ahead)
@@ -39,7 +41,7 @@ def sm90(request) -> cuda_scan.CompiledSource:
 
 def test_the_kernels_compile_for_sm90_without_spilling(sm90):
     reports = kernel_reports(sm90.log)
-    assert set(reports) == {cuda_scan.backward_kernel_name(dt) for dt in (torch.bfloat16, torch.float32)}
+    assert set(reports) == {cuda_scan.backward_kernel_name(dt) for dt in DTYPES}
     for name, (registers, spills) in reports.items():
         print(f"{name}: {registers} registers, {spills} bytes of spill (sm_90, d_state 16)")
         assert spills == 0, (name, reports)
@@ -127,9 +129,11 @@ def check_dtypes(got: triton_scan.ScanGrads, xc: torch.Tensor, z: torch.Tensor) 
 
 
 # fp32: the brief's 1e-4 relative error; bf16: the outputs' own rounding (2^-9 of each value, ~2^-10 in norm)
-# for what is stored in bf16, and fp32 sums of exact bf16 inputs for the rest
-TOLERANCE = {torch.float32: {name: 1e-4 for name in GRAD_NAMES},
-             torch.bfloat16: {name: 4e-3 if name in STORED_IN_COMPUTE_DTYPE else 1e-4 for name in GRAD_NAMES}}
+# for what is stored in bf16, and fp32 sums of exact bf16 inputs for the rest; fp16: its outputs' rounding is 8
+# times finer (2^-12; 2-4e-4 in norm under emulation), and a bound of a quarter of bf16's tells the two apart. The
+# inputs are randn and the outputs a few units: nowhere near fp16's largest value, 65504.
+TOLERANCE = {dtype: {name: limit if name in STORED_IN_COMPUTE_DTYPE else 1e-4 for name in GRAD_NAMES}
+             for dtype, limit in ((torch.float32, 1e-4), (torch.bfloat16, 4e-3), (torch.float16, 1e-3))}
 # the ragged shapes: L not a multiple of the checkpoint interval (131, 7, 1) and one that is (140); D not a
 # multiple of the block (33, 130, 300) and of the warp (33), one block and several
 SHAPES = [(2, 131, 300), (1, 140, 256), (3, 7, 33), (2, 1, 130)]
@@ -148,8 +152,7 @@ EMULATED_THREADS = 64  # two warps per block: the cross-warp sums and several bl
 def emulated(request, tmp_path_factory) -> ctypes.CDLL:
     if not cuda_emulation.available():
         pytest.skip("no g++ to emulate the kernel")
-    kernels = {cuda_scan.backward_kernel_name(torch.bfloat16): KERNEL_PARAMS.format(T="bf16_bits"),
-               cuda_scan.backward_kernel_name(torch.float32): KERNEL_PARAMS.format(T="float")}
+    kernels = {cuda_scan.backward_kernel_name(dt): KERNEL_PARAMS.format(T=C_TYPES[dt]) for dt in DTYPES}
     defines = {"REIDCAM_N": 16, "REIDCAM_THREADS": EMULATED_THREADS, "REIDCAM_STEPS": cuda_scan.BWD_STEPS,
                "REIDCAM_BWD_DESIGN": request.param}
     return cuda_emulation.build(cuda_scan.BWD_SOURCE, kernels, defines, tmp_path_factory.mktemp("emulated"))
@@ -164,8 +167,7 @@ class EmulatedBackward(cuda_scan.CudaScanBackward):
         self._driver = self
 
     def kernels(self, device, d_state):
-        return {cuda_scan.backward_kernel_name(dt): f"emu_{cuda_scan.backward_kernel_name(dt)}"
-                for dt in (torch.bfloat16, torch.float32)}
+        return {cuda_scan.backward_kernel_name(dt): f"emu_{cuda_scan.backward_kernel_name(dt)}" for dt in DTYPES}
 
     def ensure_context(self, device: int) -> None:
         pass
@@ -180,7 +182,7 @@ def run_emulated(library, monkeypatch, xc, z, dbl, tables, grad_out) -> triton_s
     return EmulatedBackward(library).backward(xc, z, dbl, tables, grad_out)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(2, 23, 70), (1, 5, 40), (2, 1, 33)])
 def test_the_emulated_kernel_equals_the_float64_definition(emulated, monkeypatch, dtype, shape):
     xc, z, dbl, tables, grad_out = scan_inputs(*shape, dtype, "cpu")
@@ -207,7 +209,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 
 
 @gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_cuda_backward_equals_the_float64_definition(dtype, shape):
     xc, z, dbl, tables, grad_out = scan_inputs(*shape, dtype, "cuda")
@@ -218,21 +220,22 @@ def test_cuda_backward_equals_the_float64_definition(dtype, shape):
 
 
 @gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(2, 131, 300), (4, 140, 768)])
 def test_cuda_backward_equals_the_triton_backward(dtype, shape):
     xc, z, dbl, tables, grad_out = scan_inputs(*shape, dtype, "cuda", seed=1)
     got = cuda_scan.CudaScanBackward().backward(xc, z, dbl, tables, grad_out)
     expected = triton_scan.scan_backward(xc, z, dbl, tables, grad_out)
     errors = relative_errors(got, {name: getattr(expected, name) for name in GRAD_NAMES})
-    # both compute in fp32 in different orders; in bf16 an output may round the other way (one ulp)
-    limit = {torch.float32: 2e-5, torch.bfloat16: 4e-3}[dtype]
+    # both compute in fp32 in different orders; in bf16 or fp16 an output may round the other way (one ulp)
+    limit = {torch.float32: 2e-5, torch.bfloat16: 4e-3, torch.float16: 1e-3}[dtype]
     assert all(errors[name] < (limit if name in STORED_IN_COMPUTE_DTYPE else 2e-5) for name in GRAD_NAMES), errors
 
 
 @gpu
-def test_cuda_backward_is_deterministic_but_for_the_atomic_sums():
-    xc, z, dbl, tables, grad_out = scan_inputs(2, 50, 520, torch.bfloat16, "cuda", seed=2)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_backward_is_deterministic_but_for_the_atomic_sums(dtype):
+    xc, z, dbl, tables, grad_out = scan_inputs(2, 50, 520, dtype, "cuda", seed=2)
     scan = cuda_scan.CudaScanBackward()
     first, second = (scan.backward(xc, z, dbl, tables, grad_out) for _ in range(2))
     for name in ("dz", "dxc", "ddt", "da_log", "d_skip", "dt_bias"):
@@ -241,12 +244,28 @@ def test_cuda_backward_is_deterministic_but_for_the_atomic_sums():
 
 
 @gpu
+def test_cuda_backward_in_fp16_overflows_to_infinity_as_triton_does():
+    """fp16 training's loss scaler lowers its scale where a gradient overflows, so the kernel's fp16 stores must
+    round what exceeds 65504 to infinity (cvt.rn), not wrap or saturate: at a scale of 2^14 some of dz, dxc and ddt
+    do (so in the CPU emulation), and the Triton backward's too."""
+    xc, z, dbl, tables, grad_out = scan_inputs(2, 23, 70, torch.float16, "cuda", seed=4)
+    grad_out = (grad_out.float() * 2**14).half()
+    got = cuda_scan.CudaScanBackward().backward(xc, z, dbl, tables, grad_out)
+    expected = triton_scan.scan_backward(xc, z, dbl, tables, grad_out)
+    for name in STORED_IN_COMPUTE_DTYPE:
+        overflowed = getattr(got, name).isinf()
+        assert overflowed.any() and overflowed.sum() == getattr(expected, name).isinf().sum(), name
+        assert not getattr(got, name).isnan().any(), name
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("choice, runs_cuda", [("triton", False), (None, True), ("cuda", True), ("auto", True)])
-def test_the_mixer_core_picks_the_backward_by_env(monkeypatch, choice, runs_cuda):
-    """REIDCAM_SCAN_BWD: auto by default (the CUDA kernel where it compiles), cuda, or triton."""
+def test_the_mixer_core_picks_the_backward_by_env(monkeypatch, choice, runs_cuda, dtype):
+    """REIDCAM_SCAN_BWD: auto by default (the CUDA kernel where it compiles), cuda, or triton; bf16 and fp16 alike."""
     from reidcam.reid.model.kernels import mixer_core
 
-    xc, z, dbl, tables, grad_out = scan_inputs(2, 9, 64, torch.bfloat16, "cuda")
+    xc, z, dbl, tables, grad_out = scan_inputs(2, 9, 64, dtype, "cuda")
     if choice is None:
         monkeypatch.delenv("REIDCAM_SCAN_BWD", raising=False)
     else:

@@ -36,11 +36,12 @@
 //
 // Threads past D and warps past the sequence's end take part in the barrier with zero sums.
 //
-// Registers (sm_90, TOKENS 16): bf16 c2 144 (60 loaded rows, 40 parameters and sums; capped at 128 it spills),
-// so 12 warps per SM in blocks of 3; bf16 c1 and fp32 c1 ~120. Shared memory: 10 KB (c2), 5 KB (c1).
+// Registers (sm_90, TOKENS 16): bf16 and fp16 c2 144 (60 loaded rows, 40 parameters and sums; capped at 128 they
+// spill), so 12 warps per SM in blocks of 3; bf16, fp16 and fp32 c1 ~120. Shared memory: 10 KB (c2), 5 KB (c1).
 //
 // No headers and no inline PTX: bf16 travels as its 16 bits (load: a shift; store: round to nearest even by
-// integer arithmetic, as in scan_bwd.cu), so the kernel also runs in the g++ emulation of the tests.
+// integer arithmetic), fp16 as its own (f16_bits: libdevice's conversions), both as in scan_bwd.cu, so the kernel
+// also runs in the g++ emulation of the tests. The fp16 kernels are the bf16 ones' twins.
 // REIDCAM_CONV_BWD_TOKENS is TOKENS, REIDCAM_CONV_BWD_MAX_WARPS the most warps per block; the launcher passes
 // the block's warp count (it picks it per sequence length) and assumes the TOKENS it compiled with.
 
@@ -57,6 +58,11 @@
 #define SUMS 10  // per channel: 4 + 4 weight taps, 2 biases
 
 typedef unsigned short bf16_bits;
+// fp16's 16 bits, a type of their own (bf16_bits is the unsigned short) for Row and store to specialise on; its
+// conversions are libdevice's (one instruction each; rounding to fp16 handles subnormals and overflow)
+enum class f16_bits : unsigned short {};
+extern "C" __device__ float __nv_half2float(unsigned short);
+extern "C" __device__ unsigned short __nv_float2half_rn(float);
 
 // CH adjacent values of one row as loaded (one load of CH * sizeof(T) bytes), widened where they are read
 template <typename T, int CH> struct Row;
@@ -67,6 +73,16 @@ template <> struct Row<bf16_bits, 2> {
 template <> struct Row<bf16_bits, 1> {
     bf16_bits q;
     __device__ __forceinline__ float operator[](int) const { return __uint_as_float(((unsigned int)q) << 16); }
+};
+template <> struct Row<f16_bits, 2> {
+    unsigned int q;
+    __device__ __forceinline__ float operator[](int c) const {
+        return __nv_half2float((unsigned short)(c ? q >> 16 : q));
+    }
+};
+template <> struct Row<f16_bits, 1> {
+    f16_bits q;
+    __device__ __forceinline__ float operator[](int) const { return __nv_half2float((unsigned short)q); }
 };
 template <> struct Row<float, 1> {
     float q;
@@ -89,6 +105,11 @@ __device__ __forceinline__ void store(float* p, const float (&v)[1]) { *p = v[0]
 __device__ __forceinline__ void store(bf16_bits* p, const float (&v)[1]) { *p = (bf16_bits)bf16_round(v[0]); }
 __device__ __forceinline__ void store(bf16_bits* p, const float (&v)[2]) {
     *reinterpret_cast<unsigned int*>(p) = bf16_round(v[0]) | (bf16_round(v[1]) << 16);
+}
+
+__device__ __forceinline__ void store(f16_bits* p, const float (&v)[1]) { *p = (f16_bits)__nv_float2half_rn(v[0]); }
+__device__ __forceinline__ void store(f16_bits* p, const float (&v)[2]) {
+    *reinterpret_cast<unsigned int*>(p) = __nv_float2half_rn(v[0]) | ((unsigned int)__nv_float2half_rn(v[1]) << 16);
 }
 
 // silu'(p) = s (1 + p (1 - s)), s = sigmoid(p): one EX2 and one RCP
@@ -261,4 +282,6 @@ __device__ __forceinline__ void conv_bwd(const T* __restrict__ x, const T* __res
 
 REIDCAM_CONV_BWD_KERNEL(bimamba_conv_bwd_bf16_c2, bf16_bits, 2)
 REIDCAM_CONV_BWD_KERNEL(bimamba_conv_bwd_bf16_c1, bf16_bits, 1)
+REIDCAM_CONV_BWD_KERNEL(bimamba_conv_bwd_f16_c2, f16_bits, 2)
+REIDCAM_CONV_BWD_KERNEL(bimamba_conv_bwd_f16_c1, f16_bits, 1)
 REIDCAM_CONV_BWD_KERNEL(bimamba_conv_bwd_f32_c1, float, 1)

@@ -32,7 +32,9 @@
 // The _c2 and _c1 kernels serve shapes the wide one does not fit (D, a row stride or x's base not a
 // multiple of its vector).
 //
-// No headers: bf16 travels as its 16 bits (load: a shift; store: cvt.rn.bf16x2.f32), as in scan_fwd.cu.
+// No headers: bf16 travels as its 16 bits (load: a shift; store: cvt.rn.bf16x2.f32), as in scan_fwd.cu, and fp16 as
+// its own (f16_bits; load: libdevice's __nv_half2float; store: cvt.rn.f16x2.f32): the fp16 kernels are the bf16
+// ones' twins.
 // REIDCAM_CONV_TOKENS and REIDCAM_CONV_THREADS are TOKENS and THREADS; the launcher's grid assumes the
 // values it compiled with.
 
@@ -46,6 +48,9 @@
 #define WINDOW (TOKENS + 6)  // rows t0-3 .. t0+TOKENS+2
 
 typedef unsigned short bf16_bits;
+// fp16's 16 bits, a type of their own for Row and store to specialise on (bf16_bits is the unsigned short); a scalar
+// type, as in scan_fwd.cu
+enum class f16_bits : unsigned short {};
 
 
 // CH adjacent fp32 values (a weight row, biases); the vector loads need a base aligned to their size
@@ -82,6 +87,25 @@ template <> struct Row<bf16_bits, 1> {
     bf16_bits q;
     __device__ __forceinline__ float operator[](int) const { return __uint_as_float(((unsigned int)q) << 16); }
 };
+// fp16 widened by libdevice's conversion (NVRTC links libdevice): one instruction, and one per value of the window,
+// where the same cvt.f32.f16 as inline PTX was repeated for every tap that reads the value (186 conversions of 88
+// values in the c4 kernel, 122 registers) since the compiler does not merge inline PTX
+extern "C" __device__ float __nv_half2float(unsigned short);
+template <> struct Row<f16_bits, 4> {
+    uint2 q;
+    __device__ __forceinline__ float operator[](int c) const { return widen(c < 2 ? q.x : q.y, c); }
+    static __device__ __forceinline__ float widen(unsigned int w, int c) {
+        return __nv_half2float((unsigned short)(c % 2 ? w >> 16 : w));
+    }
+};
+template <> struct Row<f16_bits, 2> {
+    unsigned int q;
+    __device__ __forceinline__ float operator[](int c) const { return Row<f16_bits, 4>::widen(q, c); }
+};
+template <> struct Row<f16_bits, 1> {
+    f16_bits q;
+    __device__ __forceinline__ float operator[](int) const { return __nv_half2float((unsigned short)q); }
+};
 template <> struct Row<float, 2> {
     float2 q;
     __device__ __forceinline__ float operator[](int c) const { return c ? q.y : q.x; }
@@ -94,6 +118,12 @@ template <> struct Row<float, 1> {
 __device__ __forceinline__ unsigned int pack_bf16x2(float lo, float hi) {
     unsigned int r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ unsigned int pack_f16x2(float lo, float hi) {
+    unsigned int r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
 }
 
@@ -111,6 +141,18 @@ __device__ __forceinline__ void store(bf16_bits* p, const float (&v)[2]) {
 }
 __device__ __forceinline__ void store(bf16_bits* p, const float (&v)[4]) {
     *reinterpret_cast<uint2*>(p) = make_uint2(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]));
+}
+
+__device__ __forceinline__ void store(f16_bits* p, const float (&v)[1]) {
+    unsigned short r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(v[0]));
+    *p = (f16_bits)r;
+}
+__device__ __forceinline__ void store(f16_bits* p, const float (&v)[2]) {
+    *reinterpret_cast<unsigned int*>(p) = pack_f16x2(v[0], v[1]);
+}
+__device__ __forceinline__ void store(f16_bits* p, const float (&v)[4]) {
+    *reinterpret_cast<uint2*>(p) = make_uint2(pack_f16x2(v[0], v[1]), pack_f16x2(v[2], v[3]));
 }
 
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
@@ -192,5 +234,8 @@ __device__ __forceinline__ void conv_fwd(const T* __restrict__ x, const float* _
 REIDCAM_CONV_KERNEL(bimamba_conv_fwd_bf16_c4, bf16_bits, 4)
 REIDCAM_CONV_KERNEL(bimamba_conv_fwd_bf16_c2, bf16_bits, 2)
 REIDCAM_CONV_KERNEL(bimamba_conv_fwd_bf16_c1, bf16_bits, 1)
+REIDCAM_CONV_KERNEL(bimamba_conv_fwd_f16_c4, f16_bits, 4)
+REIDCAM_CONV_KERNEL(bimamba_conv_fwd_f16_c2, f16_bits, 2)
+REIDCAM_CONV_KERNEL(bimamba_conv_fwd_f16_c1, f16_bits, 1)
 REIDCAM_CONV_KERNEL(bimamba_conv_fwd_f32_c2, float, 2)
 REIDCAM_CONV_KERNEL(bimamba_conv_fwd_f32_c1, float, 1)

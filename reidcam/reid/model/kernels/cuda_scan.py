@@ -8,7 +8,8 @@ needs five, and ran at 0.61-0.65 ms per block at batch 256, twice what tying ViT
 
 Why NVRTC and the driver API rather than a C++ extension: every CUDA build of PyTorch ships libnvrtc, and
 libcuda comes with the driver, so nothing needs nvcc, a host compiler or PyTorch's headers; compiling the
-four kernels takes about a second. Kernels run on PyTorch's current stream, so CUDA graphs capture them.
+forward's six kernels (two variants in each of bf16, fp16 and fp32) takes about a second. Kernels run on PyTorch's
+current stream, so CUDA graphs capture them.
 
 ``REIDCAM_SCAN_FWD`` picks the forward kernel: ``auto`` (default: CUDA where it compiles, else Triton),
 ``cuda`` (an error if it cannot compile) or ``triton``.
@@ -56,8 +57,10 @@ SOURCE = Path(__file__).with_name("scan_fwd.cu")
 THREADS = 256  # channels (c1) or channel pairs (c2) per block
 # the kernel variants of each dtype, tried on a new shape, the default first: "c1" one channel per thread,
 # "c2" two (fewer loads and less loop overhead per channel, more registers)
-VARIANTS = {torch.bfloat16: ("c1", "c2"), torch.float32: ("c1", "c2")}
-_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float32: "f32"}
+VARIANTS = {torch.bfloat16: ("c1", "c2"), torch.float16: ("c1", "c2"), torch.float32: ("c1", "c2")}
+# every kernel has a build per compute dtype: bf16, fp16 (the training recipes' autocast, with a loss scaler; its
+# kernels are the bf16 ones' twins, with the GPU's fp16 conversions) and fp32
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "f32"}
 
 
 CudaKernelUnavailable = CudaUnavailable  # NVRTC or the driver could not be loaded, or a kernel did not compile
@@ -286,7 +289,7 @@ def _variant_fits(variant: str, tensors: list[torch.Tensor], z: torch.Tensor, di
 
 
 def supports(xc: torch.Tensor, tables: ScanTables) -> bool:
-    """Whether the CUDA kernel handles these tensors: on a GPU, bf16 or fp32, d_state a multiple of 4."""
+    """Whether the CUDA kernel handles these tensors: on a GPU, bf16, fp16 or fp32, d_state a multiple of 4."""
     return xc.is_cuda and xc.dtype in _DTYPE_NAMES and tables.a.shape[-1] % 4 == 0
 
 
@@ -384,7 +387,7 @@ class CudaScanBackward(_LazyKernels):
 
 
 def backward_supports(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables) -> bool:
-    """Whether the CUDA backward handles these tensors: on a GPU, xc, z and dt in one dtype, bf16 or fp32;
+    """Whether the CUDA backward handles these tensors: on a GPU, xc, z and dt in one dtype, bf16, fp16 or fp32;
     d_state a multiple of 4 up to BWD_MAX_STATE; xc and dbl (fp32) contiguous, z's channels contiguous."""
     d_state = tables.a.shape[-1]
     return (xc.is_cuda and xc.dtype in _DTYPE_NAMES and z.dtype == xc.dtype == tables.dt.dtype
@@ -405,8 +408,8 @@ CONV_SOURCE = Path(__file__).with_name("conv_fwd.cu")
 CONV_THREADS = 64  # channel groups per block
 CONV_TOKENS = 16  # tokens per thread
 # channels per thread of each dtype's kernels, widest first; a call runs the first that fits its tensors
-# (bf16 c4 and fp32 c2 move 8 bytes per load and store; conv_fwd.cu says why c4 rather than c2 for bf16)
-CONV_CHANNELS = {torch.bfloat16: (4, 2, 1), torch.float32: (2, 1)}
+# (bf16 and fp16 c4 and fp32 c2 move 8 bytes per load and store; conv_fwd.cu says why c4 rather than c2 for bf16)
+CONV_CHANNELS = {torch.bfloat16: (4, 2, 1), torch.float16: (4, 2, 1), torch.float32: (2, 1)}
 
 
 def conv_kernel_name(dtype: torch.dtype, channels: int) -> str:
@@ -469,7 +472,7 @@ def _conv_param(t: torch.Tensor) -> torch.Tensor:
 
 
 def conv_supports(x: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams) -> bool:
-    """Whether the CUDA conv handles these tensors: x (B, L, D) on a GPU, bf16 or fp32, contiguous
+    """Whether the CUDA conv handles these tensors: x (B, L, D) on a GPU, bf16, fp16 or fp32, contiguous
     channels; 4-tap weights and a bias per channel, on x's device."""
     if not (x.is_cuda and x.dtype in CONV_CHANNELS and x.dim() == 3 and x.stride(-1) == 1):
         return False
@@ -488,8 +491,8 @@ def conv_kernel_choice() -> str:
 CONV_BWD_SOURCE = Path(__file__).with_name("conv_bwd.cu")
 CONV_BWD_TOKENS = 16  # tokens per warp (conv_bwd.cu: 144 registers for bf16 c2, no spills; 128 spill)
 CONV_BWD_MAX_WARPS = 4  # chunks of one sequence per block, whose weight-gradient sums meet in shared memory
-# channels per lane of each dtype's kernels, widest first (one 32-bit word per row and lane: bf16 c2, fp32 c1)
-CONV_BWD_CHANNELS = {torch.bfloat16: (2, 1), torch.float32: (1,)}
+# channels per lane of each dtype's kernels, widest first (one 32-bit word per row and lane: bf16, fp16 c2; fp32 c1)
+CONV_BWD_CHANNELS = {torch.bfloat16: (2, 1), torch.float16: (2, 1), torch.float32: (1,)}
 CONV_BWD_SUMS = 5  # fp32 sums per (direction, channel): 4 taps and the bias
 
 

@@ -257,7 +257,7 @@ def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
 def bidirectional_mixer_core_triton(x: torch.Tensor, z: torch.Tensor, fwd: Any, bwd: Any) -> torch.Tensor:
     """(y_fwd + y_bwd) / 2 gated by silu(z), (B, L, d_inner), for DirectionParams fwd and bwd.
 
-    Same function as the reference backends. The compute dtype is x's dtype (bf16 under autocast):
+    Same function as the reference backends. The compute dtype is x's dtype (bf16 or fp16 under autocast):
     xc, the x_proj output and the result are stored in it; the x_proj matmul runs in it with fp32
     accumulation; every other parameter is read in fp32, and states and sums are fp32.
     """

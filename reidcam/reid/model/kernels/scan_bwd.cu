@@ -98,6 +98,17 @@ __device__ __forceinline__ void store(bf16_bits* p, float v) {
     *p = (bf16_bits)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);  // round to nearest even (finite v)
 }
 
+// fp16 travels as its 16 bits too, in a type of its own (bf16_bits is the unsigned short) for to_float and store
+// to overload on. Its conversions are libdevice's (NVRTC links it): one instruction each, still no inline PTX (the
+// g++ emulation of the tests supplies them), where an integer float -> fp16 rounding would need the subnormal and
+// overflow cases (the loss scaler of fp16 training looks for the infinities) in a dozen instructions.
+enum class f16_bits : unsigned short {};
+extern "C" __device__ float __nv_half2float(unsigned short);
+extern "C" __device__ unsigned short __nv_float2half_rn(float);
+
+__device__ __forceinline__ float to_float(f16_bits x) { return __nv_half2float((unsigned short)x); }
+__device__ __forceinline__ void store(f16_bits* p, float v) { *p = (f16_bits)__nv_float2half_rn(v); }
+
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
 
 // sigmoid(pre) = d delta / d pre = 1 - exp(-delta) for delta = softplus(pre), from delta: a series where the
@@ -507,4 +518,5 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
     }
 
 REIDCAM_SCAN_BWD_KERNEL(bimamba_scan_bwd_bf16, bf16_bits)
+REIDCAM_SCAN_BWD_KERNEL(bimamba_scan_bwd_f16, f16_bits)
 REIDCAM_SCAN_BWD_KERNEL(bimamba_scan_bwd_f32, float)

@@ -14,8 +14,9 @@
 // both directions sharing one shared-memory buffer, computed the same bits 30 % slower on an H200
 // (0.579 vs 0.447 ms at batch 256; bench/NOTES-speed.md, attempt 34), so change it only with a timing.
 //
-// No headers: bf16 travels as its 16 bits (load: a shift; store: cvt.rn.bf16x2.f32), so NVRTC needs no
-// include path. REIDCAM_N is d_state, REIDCAM_THREADS the block size.
+// No headers: bf16 travels as its 16 bits (load: a shift; store: cvt.rn.bf16x2.f32), and fp16 as its own
+// (f16_bits; load: cvt.f32.f16; store: cvt.rn.f16x2.f32), so NVRTC needs no include path. REIDCAM_N is d_state,
+// REIDCAM_THREADS the block size.
 
 #ifndef REIDCAM_N
 #define REIDCAM_N 16
@@ -43,6 +44,9 @@
 #define AHEAD REIDCAM_AHEAD  // CHUNK must be a multiple of it
 
 typedef unsigned short bf16_bits;
+// fp16's 16 bits, a type of their own for load and store to overload on (bf16_bits is the unsigned short). A scalar
+// one: a struct of an unsigned short cost the fp16 c1 kernel 10 more instructions per token (gating direction)
+enum class f16_bits : unsigned short {};
 
 
 __device__ __forceinline__ void load(const float* p, float (&v)[1]) { v[0] = *p; }
@@ -58,6 +62,26 @@ __device__ __forceinline__ void load(const bf16_bits* p, float (&v)[2]) {
     v[1] = __uint_as_float(q & 0xffff0000u);
 }
 
+// The low or the high half of w as fp32: cvt.f32.f16 on a half of a 32-bit register, into which the value is
+// loaded as bf16's are. Converted from a 16-bit register (or by libdevice's __nv_half2float, as conv_fwd.cu does),
+// the c1 kernel spilled 16 bytes at its 80 registers.
+__device__ __forceinline__ float low_f16_to_float(unsigned int w) {
+    float r;
+    asm("{.reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, lo;}" : "=f"(r) : "r"(w));
+    return r;
+}
+__device__ __forceinline__ float high_f16_to_float(unsigned int w) {
+    float r;
+    asm("{.reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, hi;}" : "=f"(r) : "r"(w));
+    return r;
+}
+__device__ __forceinline__ void load(const f16_bits* p, float (&v)[1]) { v[0] = low_f16_to_float((unsigned int)*p); }
+__device__ __forceinline__ void load(const f16_bits* p, float (&v)[2]) {
+    const unsigned int q = *reinterpret_cast<const unsigned int*>(p);
+    v[0] = low_f16_to_float(q);
+    v[1] = high_f16_to_float(q);
+}
+
 __device__ __forceinline__ void store(float* p, const float (&v)[1]) { *p = v[0]; }
 __device__ __forceinline__ void store(float* p, const float (&v)[2]) { *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]); }
 __device__ __forceinline__ void store(bf16_bits* p, const float (&v)[1]) {
@@ -68,6 +92,17 @@ __device__ __forceinline__ void store(bf16_bits* p, const float (&v)[1]) {
 __device__ __forceinline__ void store(bf16_bits* p, const float (&v)[2]) {
     unsigned int r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(v[1]), "f"(v[0]));
+    *reinterpret_cast<unsigned int*>(p) = r;
+}
+
+__device__ __forceinline__ void store(f16_bits* p, const float (&v)[1]) {
+    unsigned short r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(v[0]));
+    *p = (f16_bits)r;
+}
+__device__ __forceinline__ void store(f16_bits* p, const float (&v)[2]) {
+    unsigned int r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(v[1]), "f"(v[0]));  // v[0] in the low half, as bf16x2
     *reinterpret_cast<unsigned int*>(p) = r;
 }
 
@@ -243,5 +278,7 @@ __device__ __forceinline__ void scan_fwd(const T* xc, const T* z, const float* d
 
 REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c1, bf16_bits, 1)
 REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_bf16_c2, bf16_bits, 2)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f16_c1, f16_bits, 1)
+REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f16_c2, f16_bits, 2)
 REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f32_c1, float, 1)
 REIDCAM_SCAN_KERNEL(bimamba_scan_fwd_f32_c2, float, 2)
