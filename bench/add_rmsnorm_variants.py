@@ -1,0 +1,86 @@
+"""Times the fused add + RMSNorm's backward (kernels/add_rmsnorm.py) at several row blockings, on one GPU.
+
+    PYTHONPATH=. python bench/add_rmsnorm_variants.py [--batches 64,256] [--tokens 140] [--dim 384]
+
+The backward kernel gives each program ``_BWD_ROW_BLOCKS`` blocks of ``_ROWS`` rows, so that few partial
+weight-gradient rows are left to sum. At the training shape (batch 64, 140 tokens: 8,960 rows) eight blocks of
+eight rows make 140 programs for 132 SMs, one program of 4 warps per SM, and the profile showed 31 us a call
+against the forward's 10.5 over the same rows. Prints us per backward (the kernel and the partial rows' sum)
+for each blocking, and each one's largest gradient difference from the first. The backwards are timed as a
+CUDA graph of REPEATS of them (median of CUDA-event timings of its replays): one eager call is ~10x longer on
+the host than on the GPU, and CUDA events around it would time the host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from reidcam.reid.model.kernels import add_rmsnorm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cuda_scan_variants import median_ms  # noqa: E402  (sibling bench script)
+
+REPEATS = 20
+BLOCKINGS = [(8, 8), (8, 4), (8, 2), (8, 1), (4, 2), (16, 1)]  # (rows per block, blocks per program)
+
+
+def backward_of(batch: int, tokens: int, dim: int):
+    """A callable running the backward of one add + norm with drop-path scales, and the gradients it gives."""
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(0)
+    hidden = torch.randn(batch, tokens, dim, device=dev, generator=gen).bfloat16().requires_grad_()
+    residual = torch.randn(batch, tokens, dim, device=dev, generator=gen).requires_grad_()
+    weight = (1 + 0.1 * torch.randn(dim, device=dev, generator=gen)).requires_grad_()
+    scale = torch.rand(batch, device=dev, generator=gen) + 0.5
+    normed, res_out = add_rmsnorm.add_rms_norm(hidden, residual, weight, 1e-5, scale, torch.bfloat16)
+    d_normed = torch.randn_like(normed)
+    d_res = torch.randn_like(res_out)
+
+    def run() -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad((normed, res_out), (hidden, residual, weight), (d_normed, d_res), retain_graph=True)
+
+    return run
+
+
+def graphed_us(run) -> float:
+    """GPU microseconds per call of ``run``, replayed REPEATS times in one CUDA graph."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(REPEATS):
+            run()
+    return 1000 * median_ms(graph.replay) / REPEATS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", default="64,256")
+    parser.add_argument("--tokens", type=int, default=140)
+    parser.add_argument("--dim", type=int, default=384)
+    args = parser.parse_args()
+    print(f"# {torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs")
+    print("| batch | rows per block | blocks per program | programs | us | max rel diff |")
+    print("|---|---|---|---|---|---|")
+    for batch in (int(b) for b in args.batches.split(",")):
+        run = backward_of(batch, args.tokens, args.dim)
+        reference = None
+        for rows, blocks in BLOCKINGS:
+            add_rmsnorm._ROWS, add_rmsnorm._BWD_ROW_BLOCKS = rows, blocks
+            grads = run()
+            reference = reference or grads
+            diff = max(((g.float() - r.float()).abs().max() / r.float().abs().max()).item()
+                       for g, r in zip(grads, reference))
+            programs = -(-batch * args.tokens // (rows * blocks))
+            print(f"| {batch} | {rows} | {blocks} | {programs} | {graphed_us(run):.1f} | {diff:.1e} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
