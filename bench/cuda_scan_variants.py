@@ -1,9 +1,11 @@
 """Times the CUDA forward scan's compile-time variants on one GPU (issue 6, bench/NOTES-speed.md attempt 31).
 
-    PYTHONPATH=. python bench/cuda_scan_variants.py [--batches 256,64] [--tokens 140,1164]
+    PYTHONPATH=. python bench/cuda_scan_variants.py [--batches 32,64,128,256] [--tokens 140,1164]
 
-Each build is scan_fwd.cu with other tuning macros (block size, register caps, tokens staged per barrier),
-each of its bf16 kernels timed: c1 (one channel per thread), c2 (two).
+First the split kernels (the two directions in parallel threads) against the unsplit ones, side by side per
+batch, with what REIDCAM_SCAN_FWD_SPLIT=auto picks there. Then each build: scan_fwd.cu with other tuning
+macros (block size, register caps, tokens staged per barrier), each of its bf16 kernels timed: c1 (one channel
+per thread), c2 (two); the "split" builds time the split kernels, the others the unsplit ones.
 Inputs: bf16, d_inner 768, d_state 16, dt_rank 24, the model's parameter ranges. Prints ms per call
 (median of CUDA-event timings) and the output's largest difference from the default variant's.
 """
@@ -32,6 +34,10 @@ VARIANTS: dict[str, tuple[int, dict[str, int]]] = {
     "chunk 16": (cuda_scan.THREADS, {"REIDCAM_CHUNK": 16}),
     "chunk 8": (cuda_scan.THREADS, {"REIDCAM_CHUNK": 8}),
     "128 threads, 7/4 blocks": _variant(128, 7, 4),
+    # the split kernels: 16-token chunks by default; 32 spills 8 bytes in c1 (a per-chunk reload), 8 stages less
+    "split": (cuda_scan.THREADS, {}),
+    "split, chunk 32": (cuda_scan.THREADS, {"REIDCAM_SPLIT_CHUNK": 32}),
+    "split, chunk 8": (cuda_scan.THREADS, {"REIDCAM_SPLIT_CHUNK": 8}),
 }
 
 
@@ -62,9 +68,33 @@ def median_ms(fn, reps: int = 20) -> float:
     return statistics.median(times)
 
 
+def split_table(shapes: list[tuple[int, int]]) -> None:
+    """Per shape: the unsplit and split kernels of each variant, and what auto picks (the variant is the faster
+    one, as CudaScan times them; split or not by use_split)."""
+    scans = {split: cuda_scan.CudaScan(split=split) for split in ("off", "on", "auto")}
+    variants = cuda_scan.VARIANTS[torch.bfloat16]
+    print("| batch, tokens | blocks (unsplit c1) / wave | " +
+          " | ".join(f"{v} unsplit | {v} split" for v in variants) + " | auto splits c1 |")
+    print("| --- | --- |" + " --- | --- |" * len(variants) + " --- |")
+    for batch, tokens in shapes:
+        xc, z, dbl, tables = inputs(batch, tokens)
+        cells = []
+        for variant in variants:
+            for split in ("off", "on"):
+                scan = scans[split]
+                scan.kernels(xc.device, 16).choice[(xc.dtype, batch, tokens, 768)] = variant
+                cells.append(f"{median_ms(lambda: scan.forward(xc, z, dbl, tables)):.3f} ms")
+        kernels = scans["auto"].kernels(xc.device, 16)
+        blocks = -(-768 // cuda_scan.THREADS) * batch
+        wave = kernels.waves[cuda_scan.kernel_name(torch.bfloat16, "c1")]
+        auto = scans["auto"].splits(kernels, "c1", xc, z)
+        print(f"| {batch}, {tokens} | {blocks} / {wave} | " + " | ".join(cells) + f" | {'yes' if auto else 'no'} |",
+              flush=True)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batches", default="256,64")
+    parser.add_argument("--batches", default="32,64,128,256")
     parser.add_argument("--tokens", default="140,1164")
     parser.add_argument("--sources", nargs="*", type=Path, default=[],
                         help="other scan_fwd.cu files (e.g. an earlier commit's) timed as builds of their own")
@@ -72,8 +102,11 @@ def main(argv: list[str]) -> int:
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__}", flush=True)
     shapes = [(b, t) for t in map(int, args.tokens.split(",")) for b in map(int, args.batches.split(","))
               if b * t <= 256 * 1164]
-    scans = {name: cuda_scan.CudaScan(threads, defines) for name, (threads, defines) in VARIANTS.items()}
-    scans.update({f"source {path.name}": cuda_scan.CudaScan(source=path) for path in args.sources})
+    split_table(shapes)
+    print()
+    scans = {name: cuda_scan.CudaScan(threads, defines, split="on" if name.startswith("split") else "off")
+             for name, (threads, defines) in VARIANTS.items()}
+    scans.update({f"source {path.name}": cuda_scan.CudaScan(source=path, split="off") for path in args.sources})
     print("| build | kernel | " + " | ".join(f"batch {b}, {t} tokens" for b, t in shapes) + " |")
     print("| --- | --- |" + " --- |" * len(shapes))
     reference = {}

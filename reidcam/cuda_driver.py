@@ -9,6 +9,7 @@ PyTorch's own kernel launches.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 
 
 class CudaUnavailable(RuntimeError):
@@ -20,6 +21,7 @@ class CudaDriver:
 
     HOST_REGISTER_PORTABLE = 0x01  # CU_MEMHOSTREGISTER_PORTABLE: locked for every context, not only the current one
     HOST_ALREADY_REGISTERED = 712  # CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED
+    NOT_FOUND = 500  # CUDA_ERROR_NOT_FOUND: no kernel of that name in the module
 
     def __init__(self) -> None:
         try:
@@ -29,6 +31,9 @@ class CudaDriver:
         self.lib.cuLaunchKernel.argtypes = [
             ctypes.c_void_p, *[ctypes.c_uint] * 6, ctypes.c_uint, ctypes.c_void_p,
             ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p,
+        ]
+        self.lib.cuOccupancyMaxActiveBlocksPerMultiprocessor.argtypes = [
+            ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t,
         ]
         self.lib.cuMemHostRegister_v2.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
         self.lib.cuMemHostUnregister.argtypes = [ctypes.c_void_p]
@@ -54,13 +59,17 @@ class CudaDriver:
         if not context.value:
             self.make_context_current(device)
 
-    def load(self, cubin: bytes, names: list[str]) -> dict[str, ctypes.c_void_p]:
+    def load(self, cubin: bytes, names: list[str], optional: Sequence[str] = ()) -> dict[str, ctypes.c_void_p]:
+        """The kernels ``names`` of ``cubin``, and those of ``optional`` that it has."""
         module = ctypes.c_void_p()
         self.check(self.lib.cuModuleLoadData(ctypes.byref(module), cubin), "cuModuleLoadData")
         functions = {}
-        for name in names:
+        for name in [*names, *optional]:
             function = ctypes.c_void_p()
-            self.check(self.lib.cuModuleGetFunction(ctypes.byref(function), module, name.encode()), name)
+            result = self.lib.cuModuleGetFunction(ctypes.byref(function), module, name.encode())
+            if result == self.NOT_FOUND and name in optional:
+                continue
+            self.check(result, name)
             functions[name] = function
         return functions
 
@@ -68,6 +77,14 @@ class CudaDriver:
         pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
         result = self.lib.cuLaunchKernel(function, grid[0], grid[1], 1, threads, 1, 1, 0, stream, pointers, None)
         self.check(result, "cuLaunchKernel")
+
+    def max_active_blocks(self, function: ctypes.c_void_p, threads: int) -> int:
+        """Blocks of ``threads`` threads of ``function`` that one SM holds at once (its registers, shared memory
+        and launch bounds allow)."""
+        blocks = ctypes.c_int()
+        self.check(self.lib.cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(blocks), function, threads, 0),
+                   "cuOccupancyMaxActiveBlocksPerMultiprocessor")
+        return blocks.value
 
     def host_register(self, address: int, size: int) -> int:
         """Page-lock ``size`` bytes at ``address`` for every context: 0, or the driver's error code (a refusal is

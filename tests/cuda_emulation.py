@@ -7,12 +7,20 @@ compiler cannot: the indexing, the barriers' placement (a missing one shows as a
 interleaving, not always), the warp transposition and the reductions. Fast-math intrinsics become the libm
 functions, so results differ from the GPU's in the last bits only; libdevice's fp16 conversions, which the kernels
 declare, become g++'s _Float16 conversions, rounding to nearest even as the GPU's do (the same bits).
+
+Inline PTX (``asm("op %0, %1;" : "=f"(r) : "f"(x))``) becomes a call of the shim's function of that op
+(``r = emu_op(x)``, dots as underscores): the few ops the kernels use are defined below, another one fails to
+compile. A braced PTX block is known by its text (``_PTX_BLOCKS``). ``emu_set_lag(first, last, us)`` makes
+threads first .. last - 1 start every barrier phase ``us`` microseconds late, so that the others do their share
+of each phase first: a read of what a lagging thread writes in the same phase (a missing barrier) then fails
+every time rather than under some interleavings.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -22,6 +30,7 @@ SHIM = r"""
 #include <algorithm>
 #include <atomic>
 #include <barrier>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <thread>
@@ -29,7 +38,9 @@ SHIM = r"""
 
 struct EmuDim { unsigned x, y, z; };
 static thread_local EmuDim threadIdx, blockIdx;
+struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
+static inline float2 make_float2(float x, float y) { return {x, y}; }
 static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 static inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
 static inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
@@ -48,7 +59,15 @@ extern "C" inline unsigned short __nv_float2half_rn(float v) {
 static std::barrier<>* emu_block_barrier;
 static std::vector<std::barrier<>*> emu_warp_barriers;
 static float emu_exchange[1024];
-static inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
+static int emu_lag_first = 0, emu_lag_last = 0, emu_lag_us = 0;
+static inline void emu_lag() {
+    if ((int)threadIdx.x >= emu_lag_first && (int)threadIdx.x < emu_lag_last)
+        std::this_thread::sleep_for(std::chrono::microseconds(emu_lag_us));
+}
+static inline void __syncthreads() {
+    emu_block_barrier->arrive_and_wait();
+    emu_lag();
+}
 static inline void __syncwarp(unsigned = 0xffffffffu) { emu_warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
 static inline float __shfl_xor_sync(unsigned, float v, int offset) {
     emu_exchange[threadIdx.x] = v;
@@ -58,6 +77,24 @@ static inline float __shfl_xor_sync(unsigned, float v, int offset) {
     return r;
 }
 static inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
+
+// the inline PTX ops (see the module's docstring)
+static inline float emu_ex2_approx_ftz_f32(float x) { return std::exp2(x); }
+static inline unsigned short emu_cvt_rn_bf16_f32(float x) {  // round to nearest even; NaN stays NaN
+    const unsigned int u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+static inline unsigned int emu_cvt_rn_bf16x2_f32(float high, float low) {
+    return ((unsigned int)emu_cvt_rn_bf16_f32(high) << 16) | emu_cvt_rn_bf16_f32(low);
+}
+static inline float emu_cvt_f32_f16_low(unsigned int w) { return __nv_half2float((unsigned short)(w & 0xffffu)); }
+static inline float emu_cvt_f32_f16_high(unsigned int w) { return __nv_half2float((unsigned short)(w >> 16)); }
+static inline unsigned short emu_cvt_rn_f16_f32(float x) { return __nv_float2half_rn(x); }
+static inline unsigned int emu_cvt_rn_f16x2_f32(float high, float low) {
+    return ((unsigned int)__nv_float2half_rn(high) << 16) | __nv_float2half_rn(low);
+}
+static inline void emu_barrier_sync(int) { __syncthreads(); }
 
 #define __device__
 #define __global__
@@ -83,11 +120,18 @@ static void emu_launch(int grid_x, int grid_y, int threads, Body body) {
                 pool.emplace_back([=] {
                     threadIdx = {(unsigned)t, 0, 0};
                     blockIdx = {(unsigned)bx, (unsigned)by, 0};
+                    emu_lag();
                     body();
                 });
             for (auto& thread : pool) thread.join();
             for (auto* w : warps) delete w;
         }
+}
+
+extern "C" void emu_set_lag(int first, int last, int microseconds) {
+    emu_lag_first = first;
+    emu_lag_last = last;
+    emu_lag_us = microseconds;
 }
 """
 
@@ -104,7 +148,8 @@ def build(source: Path, kernels: Mapping[str, str], defines: Mapping[str, int], 
         names = ", ".join(p.strip().rsplit(" ", 1)[1].lstrip("*") for p in params.split(","))
         wrappers.append(f'extern "C" void emu_{name}(int grid_x, int grid_y, int threads, {params}) '
                         f"{{ emu_launch(grid_x, grid_y, threads, [=] {{ {name}({names}); }}); }}")
-    text = "".join(f"#define {k} {v}\n" for k, v in defines.items()) + SHIM + source.read_text() + LAUNCHER
+    kernel_source = translate_asm(source.read_text())
+    text = "".join(f"#define {k} {v}\n" for k, v in defines.items()) + SHIM + kernel_source + LAUNCHER
     text += "\n".join(wrappers) + "\n"
     key = hashlib.sha256(text.encode()).hexdigest()[:16]
     library = workdir / f"emu_{key}.so"
@@ -114,3 +159,44 @@ def build(source: Path, kernels: Mapping[str, str], defines: Mapping[str, int], 
         subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-w", "-o", library, cpp],
                        check=True, capture_output=True, text=True)
     return ctypes.CDLL(str(library))
+
+
+_ASM = re.compile(r'asm\s*(?:volatile\s*)?\(\s*"([^"]*)"\s*((?::[^;]*?)?)\)\s*;')
+
+
+def translate_asm(source: str) -> str:
+    """Each inline PTX statement of ``source`` as a call of the shim's function of its op (module docstring)."""
+    return _ASM.sub(_asm_call, source)
+
+
+# braced PTX blocks of the kernels, as one op each: scan_fwd.cu's fp16 loads (one half of a 32-bit register to fp32)
+_PTX_BLOCKS = {
+    "{.reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, lo;}": "cvt.f32.f16.low %0, %1",
+    "{.reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, hi;}": "cvt.f32.f16.high %0, %1",
+}
+
+
+def _asm_call(match: re.Match) -> str:
+    text = match.group(1).strip()
+    op, *operands = _PTX_BLOCKS.get(text, text).rstrip(";").replace(",", " ").split()
+    sections = match.group(2).split(":")[1:]  # outputs, inputs, clobbers
+    expressions = [_operand_expressions(part) for part in sections[:2]]
+    outputs = expressions[0] if expressions else []
+    bound = outputs + (expressions[1] if len(expressions) > 1 else [])
+    arguments = [bound[int(o[1:])] if o.startswith("%") else o for o in operands]
+    call = f"emu_{op.replace('.', '_')}({', '.join(arguments[len(outputs):])})"
+    if len(outputs) > 1 or arguments[:len(outputs)] != outputs:
+        raise ValueError(f"inline PTX with other than one leading output: {match.group(0)}")
+    return f"{outputs[0]} = {call};" if outputs else f"{call};"
+
+
+def _operand_expressions(section: str) -> list[str]:
+    """The C expressions of an asm operand list: ``"=f"(r), "f"(v[0])`` -> ["r", "v[0]"]."""
+    expressions = []
+    for start in (m.end() for m in re.finditer(r'"[^"]*"\s*\(', section)):
+        depth, end = 1, start
+        while depth:
+            depth += {"(": 1, ")": -1}.get(section[end], 0)
+            end += 1
+        expressions.append(section[start:end - 1].strip())
+    return expressions

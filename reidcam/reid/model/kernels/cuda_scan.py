@@ -14,6 +14,11 @@ current stream, so CUDA graphs capture them.
 ``REIDCAM_SCAN_FWD`` picks the forward kernel: ``auto`` (default: CUDA where it compiles, else Triton),
 ``cuda`` (an error if it cannot compile) or ``triton``.
 
+The split kernels of the same file run a sequence's two directions in different threads, in parallel: twice
+the threads, each with half the serial work, for grids that leave the GPU's block slots empty (the training
+batch of 64 filled 192 of an H200's 396). ``REIDCAM_SCAN_FWD_SPLIT`` chooses them: ``auto`` (default: where
+the unsplit grid is less than SPLIT_BELOW_WAVES full waves, ``use_split``), ``on`` or ``off``.
+
 The backward scan of scan_bwd.cu (``CudaScanBackward``) computes triton_scan.scan_backward's gradients from the
 same tensors, with a thread per channel and the states in registers where the Triton kernel holds (token,
 state) tiles: 1.07 ms against 2.05 at batch 64 on an H200 (session 7). ``REIDCAM_SCAN_BWD`` chooses it the
@@ -38,8 +43,8 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +74,24 @@ CudaScanUnavailable = CudaKernelUnavailable  # the scan's callers' name for it
 
 def kernel_name(dtype: torch.dtype, variant: str) -> str:
     return f"bimamba_scan_fwd_{_DTYPE_NAMES[dtype]}_{variant}"
+
+
+def split_kernel_name(dtype: torch.dtype, variant: str) -> str:
+    """The variant's split kernel: a block's threads split between the two directions (scan_fwd.cu)."""
+    return f"bimamba_scan_fwd_split_{_DTYPE_NAMES[dtype]}_{variant}"
+
+
+# The split kernels run where the unsplit grid is less than this many full waves (SMs x the blocks one SM
+# holds). Below one wave block slots stay empty for the whole scan, and the split's twice as many blocks of half
+# the serial work fill them (batch 64 at d_inner 768: 192 blocks for 396 slots on an H200). From one wave on the
+# SMs hold all the blocks they can at their issue limit, so the split only reorders the same work and adds its
+# scratch traffic: on an H200 the unsplit kernel took 158 us for its 280 steps at 2 blocks per SM (batch 64)
+# and 0.448 ms for two waves of them at 3 (batch 256), 0.28 and 0.27 us per step and block. A first estimate,
+# to be set from bench/cuda_scan_variants.py, which times both side by side.
+SPLIT_BELOW_WAVES = 1.0
+# The split kernels index in int: xc's and z's elements below this (half of int's range, which leaves room
+# for the indices one token past either end of a sequence).
+SPLIT_INDEX_LIMIT = 2**30
 
 
 def channels_per_thread(variant: str) -> int:
@@ -156,6 +179,18 @@ def _nvrtc_text(nvrtc: ctypes.CDLL, program: ctypes.c_void_p, size_fn: str, get_
 class _DeviceKernels:
     functions: dict[str, ctypes.c_void_p]
     choice: dict[tuple, str]  # (dtype, batch, length, channels) -> variant, timed on first use
+    waves: dict[str, int] = field(default_factory=dict)  # unsplit kernel -> blocks of one full wave on the device
+
+
+@dataclass
+class _Launch:
+    """One launch of a forward: the kernel, its grid and arguments, and the split kernels' scratch (kept with
+    the arguments that point at it)."""
+
+    function: ctypes.c_void_p
+    grid: tuple[int, int]
+    args: list
+    scratch: torch.Tensor | None = None
 
 
 class _LazyKernels:
@@ -177,8 +212,9 @@ class _LazyKernels:
             return self._kernels[key]
 
     def _load(self, device: int, compile_for: Callable[[int], CompiledSource], names: list[str],
-              detail: str = "") -> dict[str, ctypes.c_void_p]:
-        """The kernels ``names`` of compile_for(arch)'s cubin, loaded in the device's context."""
+              detail: str = "", optional: Sequence[str] = ()) -> dict[str, ctypes.c_void_p]:
+        """The kernels ``names`` of compile_for(arch)'s cubin, loaded in the device's context, and those of
+        ``optional`` that it has."""
         if self._failed is not None:
             raise CudaKernelUnavailable(self._failed)
         try:
@@ -186,7 +222,7 @@ class _LazyKernels:
             major, minor = torch.cuda.get_device_capability(device)
             compiled = compile_for(major * 10 + minor)
             self._driver.ensure_context(device)
-            functions = self._driver.load(compiled.cubin, names)
+            functions = self._driver.load(compiled.cubin, names, optional)
         except CudaKernelUnavailable as error:
             self._failed = str(error)
             logger.warning("%s unavailable, the Triton one runs instead: %s", self.description, error)
@@ -216,27 +252,33 @@ class _SourceKernels(_LazyKernels):
 
 class CudaScan(_LazyKernels):
     """The compiled kernels of each device and d_state; compiles on first use, thread-safe.
-    ``threads`` and ``defines`` (compile_scan's) are for the variant bench; the defaults are the tuned ones."""
+    ``threads`` and ``defines`` (compile_scan's) are for the variant bench; the defaults are the tuned ones.
+    ``split`` (auto, on, off) overrides REIDCAM_SCAN_FWD_SPLIT, for tests and benches."""
 
     description = "CUDA forward scan"
 
-    def __init__(self, threads: int = THREADS, defines: Mapping[str, int] | None = None, source: Path = SOURCE) -> None:
+    def __init__(self, threads: int = THREADS, defines: Mapping[str, int] | None = None, source: Path = SOURCE,
+                 split: str | None = None) -> None:
         super().__init__()
         self.threads = threads
         self.defines = dict(defines or {})
         self.source = source
+        self.split = None if split is None else _split_choice(split, "split")
 
     def kernels(self, device: torch.device, d_state: int) -> _DeviceKernels:
         key = (device_index(device), d_state)
         return self._cached(key, lambda: self._build(*key))
 
     def _build(self, device: int, d_state: int) -> _DeviceKernels:
-        names = [kernel_name(dt, v) for dt, variants in VARIANTS.items() for v in variants]
+        unsplit = [kernel_name(dt, v) for dt, variants in VARIANTS.items() for v in variants]
+        split = [split_kernel_name(dt, v) for dt, variants in VARIANTS.items() for v in variants]
         functions = self._load(
-            device, lambda arch: compile_scan(arch, d_state, self.threads, self.defines, self.source), names,
-            f", d_state {d_state}",
+            device, lambda arch: compile_scan(arch, d_state, self.threads, self.defines, self.source), unsplit,
+            f", d_state {d_state}", optional=split,  # a source without them (an earlier one, a bench's) runs unsplit
         )
-        return _DeviceKernels(functions=functions, choice={})
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        waves = {name: sms * self._driver.max_active_blocks(functions[name], self.threads) for name in unsplit}
+        return _DeviceKernels(functions=functions, choice={}, waves=waves)
 
     def forward(self, xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables) -> torch.Tensor:
         """Gated, averaged output (B, L, D) of both scan directions; the arguments of triton_scan.scan_forward."""
@@ -255,25 +297,47 @@ class CudaScan(_LazyKernels):
         stream = torch.cuda.current_stream(xc.device).cuda_stream
         self._driver.ensure_context(device_index(xc.device))
         if key not in kernels.choice and len(options) > 1 and not torch.cuda.is_current_stream_capturing():
-            kernels.choice[key] = self._fastest(kernels, options, xc.dtype, bsz, dim, args, stream)
+            kernels.choice[key] = self._fastest({v: self._plan(kernels, v, xc, z, args) for v in options}, stream)
         variant = kernels.choice.get(key, options[0])
         variant = variant if variant in options else options[0]
-        self._launch(kernels, xc.dtype, variant, bsz, dim, args, stream)
+        self._launch(self._plan(kernels, variant, xc, z, args), stream)
         return out
 
-    def _launch(self, kernels, dtype, variant, bsz, dim, args, stream) -> None:
-        grid = (-(-dim // (self.threads * channels_per_thread(variant))), bsz)
-        self._driver.launch(kernels.functions[kernel_name(dtype, variant)], grid, self.threads, args, stream)
+    def _plan(self, kernels: _DeviceKernels, variant: str, xc: torch.Tensor, z: torch.Tensor, args: list) -> _Launch:
+        """The variant's launch for these tensors: its split kernel (with a fresh scratch) where ``splits`` says
+        so, else the unsplit one."""
+        _, bsz, length, dim = xc.shape
+        channels = self.threads * channels_per_thread(variant)  # per block of the unsplit kernel
+        grid = (-(-dim // channels), bsz)
+        if not self.splits(kernels, variant, xc, z):
+            return _Launch(kernels.functions[kernel_name(xc.dtype, variant)], grid, args)
+        # the forward direction's y, then the backward one's, each (B, L, D), each element written before it is read
+        scratch = torch.empty((2, bsz, length, dim), device=xc.device, dtype=torch.float32)
+        return _Launch(kernels.functions[split_kernel_name(xc.dtype, variant)], (-(-dim // (channels // 2)), bsz),
+                       [*args, ctypes.c_void_p(scratch.data_ptr())], scratch)
 
-    def _fastest(self, kernels, options, dtype, bsz, dim, args, stream) -> str:
-        """Time each variant twice on this shape (the kernel only writes its output, so reruns are harmless)."""
+    def splits(self, kernels: _DeviceKernels, variant: str, xc: torch.Tensor, z: torch.Tensor) -> bool:
+        """Whether the variant runs its split kernel on these tensors: ``use_split`` of this object's choice (else
+        REIDCAM_SCAN_FWD_SPLIT's), where the source has the split kernel and its int indices reach every element."""
+        if split_kernel_name(xc.dtype, variant) not in kernels.functions or not split_fits(xc, z):
+            return False
+        _, bsz, _, dim = xc.shape
+        blocks = -(-dim // (self.threads * channels_per_thread(variant))) * bsz
+        return use_split(self.split or forward_split_choice(), blocks, kernels.waves[kernel_name(xc.dtype, variant)])
+
+    def _launch(self, launch: _Launch, stream: int) -> None:
+        self._driver.launch(launch.function, launch.grid, self.threads, launch.args, stream)
+
+    def _fastest(self, launches: dict[str, _Launch], stream: int) -> str:
+        """Time each variant's launch twice on this shape (a kernel only writes its output and its own scratch, so
+        reruns are harmless)."""
         times = {}
-        for variant in options:
-            self._launch(kernels, dtype, variant, bsz, dim, args, stream)  # warm-up
+        for variant, launch in launches.items():
+            self._launch(launch, stream)  # warm-up
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             for _ in range(2):
-                self._launch(kernels, dtype, variant, bsz, dim, args, stream)
+                self._launch(launch, stream)
             end.record()
             end.synchronize()
             times[variant] = start.elapsed_time(end)
@@ -295,6 +359,32 @@ def supports(xc: torch.Tensor, tables: ScanTables) -> bool:
 
 def forward_kernel_choice() -> str:
     return _kernel_choice("REIDCAM_SCAN_FWD")
+
+
+def forward_split_choice() -> str:
+    """REIDCAM_SCAN_FWD_SPLIT: auto (default: the split kernels where ``use_split`` finds the unsplit grid
+    small), on (always) or off (never)."""
+    return _split_choice(os.environ.get("REIDCAM_SCAN_FWD_SPLIT", "auto"), "REIDCAM_SCAN_FWD_SPLIT")
+
+
+def _split_choice(choice: str, what: str) -> str:
+    choice = choice.lower()
+    if choice not in ("auto", "on", "off"):
+        raise ValueError(f"{what} must be auto, on or off, not {choice!r}")
+    return choice
+
+
+def use_split(choice: str, blocks: int, wave: int) -> bool:
+    """Whether the split kernel runs for an unsplit grid of ``blocks`` where one full wave is ``wave`` blocks
+    (SMs x the blocks one SM holds): under ``auto`` where the grid is less than SPLIT_BELOW_WAVES waves."""
+    return choice == "on" or (choice == "auto" and blocks < SPLIT_BELOW_WAVES * wave)
+
+
+def split_fits(xc: torch.Tensor, z: torch.Tensor) -> bool:
+    """Whether the split kernels' int indices reach every element of xc (2, B, L, D) and z (B, L, D; strided)."""
+    _, bsz, length, dim = xc.shape
+    z_extent = (bsz - 1) * z.stride(0) + (length - 1) * z.stride(1) + dim
+    return max(xc.numel(), z_extent) < SPLIT_INDEX_LIMIT
 
 
 def _kernel_choice(variable: str, default: str = "auto") -> str:

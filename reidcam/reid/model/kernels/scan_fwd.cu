@@ -10,6 +10,9 @@
 // pointer arithmetic and the loop control serve twice the work. Each thread loads the next token's u and
 // pre before it computes the current one, so the load latency overlaps the exponentials.
 //
+// The split kernels (their section, below scan_fwd) compute the same output with the two directions in
+// different threads, in parallel, for grids too small to fill the GPU.
+//
 // This is the measured form: a rewrite with plain next-token registers instead of the one-slot ring, and
 // both directions sharing one shared-memory buffer, computed the same bits 30 % slower on an H200
 // (0.579 vs 0.447 ms at batch 256; bench/NOTES-speed.md, attempt 34), so change it only with a timing.
@@ -265,6 +268,285 @@ __device__ __forceinline__ void scan_fwd(const T* xc, const T* z, const float* d
     scan_direction<0, CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, b, d, Bsz, L, D, R, stride_zb, stride_zl);
     scan_direction<1, CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, b, d, Bsz, L, D, R, stride_zb, stride_zl);
 }
+
+// ---- The split forward: the two directions of a sequence in parallel ------------------------------------------
+//
+// Why: the kernels above give a thread both directions, 2L steps one after the other. At the training batch
+// (64 sequences, 140 tokens, d_inner 768) their grid is 192 blocks for 132 SMs x 3 slots, 1-2 blocks (8-16 warps)
+// per SM, and the forward took 158 us on an H200, against 0.448 ms for four times the work at batch 256. The
+// split kernels give the two directions to different threads: twice the threads, each with half the serial
+// work (L steps), for grids that leave block slots empty (cuda_scan.py chooses).
+//
+// Design: a block is HALF = THREADS / 2 channel groups of one sequence, both directions: its first HALF threads
+// (whole warps) scan forward, the others backward, over the same channels; grid (ceil(D / (HALF CH)), B), the
+// threads of (ceil(D / (THREADS CH)), B, 2), at the unsplit kernels' launch bounds. Per token and channel the
+// arithmetic is theirs (B and C staged in shared memory a chunk per barrier, inputs loaded a token ahead); what
+// differs is what becomes of y. The directions meet in the middle of the sequence: in its first steps a
+// direction stores its pre-gate y in the scratch ys (2, B, L, D), fp32; in its later steps it loads the other
+// direction's y of its token, stored there chunks before, and stores out = (y_f + y_b) / 2 silu(z) as the
+// unsplit kernels' backward direction does, but from an unrounded y_f (fp32: the same arithmetic; bf16: the
+// unsplit kernels round y_f to bf16 first, so the outputs differ by up to that rounding, the split one the
+// closer to the exact). The barrier that ends each chunk orders the other's store before the load: a direction gates
+// step s only where the other reached s's token in a chunk before the one in which s's inputs are loaded (at
+// step s - AHEAD): finishing_step, a rule of the step alone, the same in both directions. The few tokens near
+// the middle that neither may gate (12 of 140 at 16-token chunks) both store, and the block's threads gate
+// them after the last barrier (gate_stored).
+//
+// Why not blocks of one direction, the second of the two to finish gating both (a __threadfence, then an
+// atomic counter per (sequence, channel block), reset by that block): the counters must start zeroed and be
+// shared by no two launches in flight (concurrent streams, graph replays), and the last block gates all L
+// tokens alone after its scan, a serial tail of L loads per thread while its partner's slot idles. Here every
+// synchronisation is a block barrier, a launch leaves no state behind (it reads only scratch it wrote, so
+// repeated launches and graph replays need no reset), and the gating is spread over the scan's later steps.
+// The costs: y's round trip through the scratch, 8 bytes per (token, channel) plus out's 2, mostly in L2, where
+// the unsplit kernels write out twice and read it once (6); a block stages two directions' B and C
+// (SPLIT_STAGED registers per thread, twice the unsplit kernels' STAGED at the same chunk, hence 16-token
+// chunks); and an index computation per load, the indices depending on the direction (SplitScan).
+//
+// The two directions run different code (template DIR) and meet at barrier.sync without .aligned, which
+// threads may reach from different instructions; __syncthreads is bar.sync, the .aligned form, which every
+// thread of the block must execute at the same instruction.
+
+// Tokens per chunk. 16: at 32 the 8 staged registers per thread spilled 8 bytes at 3 blocks per SM (80 registers).
+#ifndef REIDCAM_SPLIT_CHUNK
+#define REIDCAM_SPLIT_CHUNK 16
+#endif
+#define SPLIT_CHUNK REIDCAM_SPLIT_CHUNK
+#define HALF (REIDCAM_THREADS / 2)  // the threads of one direction
+#define SPLIT_ROWS_PER_PASS (HALF / (2 * REIDCAM_N))
+#define SPLIT_STAGED (SPLIT_CHUNK / SPLIT_ROWS_PER_PASS)
+static_assert(SPLIT_ROWS_PER_PASS > 0 && SPLIT_CHUNK % SPLIT_ROWS_PER_PASS == 0,
+              "a direction's threads stage whole rows");
+static_assert(SPLIT_CHUNK % AHEAD == 0, "a chunk holds whole rings of loads ahead");
+
+// The first step a direction gates rather than stores: the first s >= AHEAD whose token the other direction
+// reached (its step L - 1 - s) in an earlier chunk than step s - AHEAD, where s's inputs are loaded, rounded up to
+// a multiple of AHEAD (the ring slot of a step is then its index in either kind of loop); L where there is none.
+// The condition holds from this step on and never for both steps of a token, so each token is gated by at most
+// one direction, and those that neither gates are L - first .. first - 1.
+__device__ __forceinline__ int finishing_step(int L) {
+    int s = max(AHEAD, (L - 1 + AHEAD) / 2 + 1);  // below it, the other's step is not even earlier
+    while (s < L && (L - 1 - s) / SPLIT_CHUNK >= (s - AHEAD) / SPLIT_CHUNK) ++s;
+    return min((s + AHEAD - 1) / AHEAD * AHEAD, L);
+}
+
+__device__ __forceinline__ void split_barrier() { asm volatile("barrier.sync 0;" ::: "memory"); }
+
+// B and C of the direction's steps step0 .. step0 + SPLIT_CHUNK - 1, staged as load_bc does but by the
+// direction's HALF threads (lane = the thread's index among them).
+template <int DIR>
+__device__ __forceinline__ void load_bc_split(float (&staged)[SPLIT_STAGED], const float* dbl_seq, int lane, int step0,
+                                              int L, int E, int R) {
+    const int first = step0 + lane / (2 * REIDCAM_N);
+    const long long pass = (DIR == 0 ? 1 : -1) * (long long)SPLIT_ROWS_PER_PASS * E;
+    const float* p = dbl_seq + (long long)(DIR == 0 ? first : L - 1 - first) * E + R + lane % (2 * REIDCAM_N);
+#pragma unroll
+    for (int j = 0; j < SPLIT_STAGED; ++j) staged[j] = first + j * SPLIT_ROWS_PER_PASS < L ? p[j * pass] : 0.0f;
+}
+
+__device__ __forceinline__ void store_bc_split(float (*bc)[2 * REIDCAM_N], const float (&staged)[SPLIT_STAGED],
+                                               int lane) {
+    const int row0 = lane / (2 * REIDCAM_N), k = lane % (2 * REIDCAM_N);
+#pragma unroll
+    for (int j = 0; j < SPLIT_STAGED; ++j) bc[row0 + j * SPLIT_ROWS_PER_PASS][k] = staged[j];
+}
+
+// What one thread of the split kernels carries from step to step. Element indices are int (cuda_scan.py runs the
+// split kernels where every index of xc and z is below 2^30): xc, pre and ys share a layout, so one index (and a
+// shift of B L D) addresses all of them and out, each address one IMAD.WIDE from the kernel parameter; a first
+// version with a 64-bit pointer per tensor spilled 88 bytes at the 80 registers of 3 blocks per SM.
+template <int CH>
+struct SplitScan {
+    float a[CH][REIDCAM_N], h[CH][REIDCAM_N], bias[CH], skip[CH];
+    float u_ring[AHEAD][CH], pre_ring[AHEAD][CH], y_ring[AHEAD][CH], z_ring[AHEAD][CH];
+    int i;   // the step's token in xc, pre and ys (and in out, less the backward direction's B L D)
+    int iz;  // z's index of the token loaded next
+};
+
+// What the steps of a split launch read besides the thread's state.
+template <typename T>
+struct SplitArgs {
+    const T* __restrict__ xc;
+    const T* __restrict__ z;
+    const T* __restrict__ pre;
+    T* __restrict__ out;
+    float* ys;  // written and read by the block's threads in turn: no __restrict__, no read-only loads
+    int rows;   // B L D: from the forward direction's rows of ys to the backward one's
+    int D, stride_zl;
+    bool live;
+};
+
+// One token's inputs of the step AHEAD on, into ring slot r: u and the dt pre-activation; where that step gates,
+// also the other direction's y (stored chunks before) and z.
+template <int DIR, int CH, typename T>
+__device__ __forceinline__ void load_ahead(SplitScan<CH>& st, const SplitArgs<T>& g, int r, bool gates) {
+    const int ahead = st.i + AHEAD * (DIR == 0 ? g.D : -g.D);
+    load(g.xc + ahead, st.u_ring[r]);
+    load(g.pre + ahead, st.pre_ring[r]);
+    if (gates) {
+        load(g.ys + (DIR == 0 ? ahead + g.rows : ahead - g.rows), st.y_ring[r]);
+        load(g.z + st.iz, st.z_ring[r]);
+    }
+}
+
+// One step of a direction: scan_direction's, with y stored in ys (GATE false) or averaged with the other
+// direction's, gated and stored in out (GATE true). `next` says whether a step AHEAD on exists, `next_gates`
+// whether it gates.
+template <int DIR, bool GATE, int CH, typename T>
+__device__ __forceinline__ void split_step(SplitScan<CH>& st, const SplitArgs<T>& g, int r, const float* bc_row,
+                                           bool next, bool next_gates) {
+    float u[CH], delta[CH], du[CH], y[CH], y_other[CH], zz[CH];
+#pragma unroll
+    for (int c = 0; c < CH; ++c) {
+        u[c] = st.u_ring[r][c];
+        delta[c] = softplus(st.pre_ring[r][c] + st.bias[c]);
+        du[c] = delta[c] * u[c];
+        y[c] = st.skip[c] * u[c];
+        y_other[c] = st.y_ring[r][c];
+        zz[c] = st.z_ring[r][c];
+    }
+    if (next) load_ahead<DIR>(st, g, r, next_gates);
+    st.iz += DIR == 0 ? g.stride_zl : -g.stride_zl;
+    const float4* row = reinterpret_cast<const float4*>(bc_row);
+#pragma unroll
+    for (int q = 0; q < REIDCAM_N / 4; ++q) {
+        const float4 bq = row[q];
+        const float4 cq = row[REIDCAM_N / 4 + q];
+        const float bn[4] = {bq.x, bq.y, bq.z, bq.w};
+        const float cn[4] = {cq.x, cq.y, cq.z, cq.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+#pragma unroll
+            for (int c = 0; c < CH; ++c) {
+                const int n = 4 * q + k;
+                st.h[c][n] = fmaf(exp2_approx(delta[c] * st.a[c][n]), st.h[c][n], du[c] * bn[k]);
+                y[c] = fmaf(cn[k], st.h[c][n], y[c]);
+            }
+        }
+    }
+    if (GATE) {
+#pragma unroll
+        for (int c = 0; c < CH; ++c) y[c] = (y_other[c] + y[c]) * 0.5f * silu(zz[c]);
+        if (g.live) store(g.out + (DIR == 0 ? st.i : st.i - g.rows), y);
+    } else if (g.live) {
+        store(g.ys + st.i, y);
+    }
+    st.i += DIR == 0 ? g.D : -g.D;
+}
+
+// One direction's scan in the split kernels, its steps below first_gating storing y, the others gating.
+template <int DIR, int CH, typename T>
+__device__ __forceinline__ void scan_split_direction(const SplitArgs<T>& g, const float* __restrict__ dbl,
+                                                     const float* __restrict__ dt_bias, const float* __restrict__ a2,
+                                                     const float* __restrict__ dskip, int lane, int b, int dd,
+                                                     int first_gating, int Bsz, int L, int R, int stride_zb) {
+    __shared__ __align__(16) float bc[2][SPLIT_CHUNK][2 * REIDCAM_N];  // one per direction (instantiation)
+    const int E = R + 2 * REIDCAM_N, D = g.D;
+    SplitScan<CH> st;
+#pragma unroll
+    for (int c = 0; c < CH; ++c) {
+#pragma unroll
+        for (int n = 0; n < REIDCAM_N; ++n) {
+            st.a[c][n] = a2[(DIR * REIDCAM_N + n) * D + dd + c];
+            st.h[c][n] = 0.0f;
+        }
+        st.bias[c] = dt_bias[DIR * D + dd + c];
+        st.skip[c] = dskip[DIR * D + dd + c];
+    }
+    const int seq_row = (DIR * Bsz + b) * L;
+    const float* dbl_seq = dbl + (long long)seq_row * E;
+    const int first = DIR == 0 ? 0 : L - 1;
+    st.i = (seq_row + first) * D + dd - AHEAD * (DIR == 0 ? D : -D);  // as if AHEAD steps before the first
+    st.iz = b * stride_zb + first * g.stride_zl + dd;
+#pragma unroll
+    for (int r = 0; r < AHEAD; ++r) {  // the first AHEAD steps: none gates
+        if (r < L) load_ahead<DIR>(st, g, r, false);
+        st.iz += DIR == 0 ? g.stride_zl : -g.stride_zl;
+        st.i += DIR == 0 ? D : -D;
+    }
+
+    float staged[SPLIT_STAGED];
+    load_bc_split<DIR>(staged, dbl_seq, lane, 0, L, E, R);
+    store_bc_split(bc[0], staged, lane);
+    split_barrier();
+    for (int step0 = 0, buffer = 0; step0 < L; step0 += SPLIT_CHUNK, buffer ^= 1) {
+        const bool more = step0 + SPLIT_CHUNK < L;
+        if (more) load_bc_split<DIR>(staged, dbl_seq, lane, step0 + SPLIT_CHUNK, L, E, R);
+        const int steps = min(SPLIT_CHUNK, L - step0);
+        const int stores = min(steps, max(first_gating - step0, 0));  // a multiple of AHEAD, or steps
+#pragma unroll 1
+        for (int s0 = 0; s0 < stores; s0 += AHEAD) {
+#pragma unroll
+            for (int r = 0; r < AHEAD; ++r) {  // the ring slot of step step0 + s0 + r is r
+                if (s0 + r >= stores) break;
+                const int step = step0 + s0 + r;
+                split_step<DIR, false>(st, g, r, bc[buffer][s0 + r], step + AHEAD < L, step + AHEAD >= first_gating);
+            }
+        }
+#pragma unroll 1
+        for (int s0 = stores; s0 < steps; s0 += AHEAD) {
+#pragma unroll
+            for (int r = 0; r < AHEAD; ++r) {
+                if (s0 + r >= steps) break;
+                split_step<DIR, true>(st, g, r, bc[buffer][s0 + r], step0 + s0 + r + AHEAD < L, true);
+            }
+        }
+        if (more) store_bc_split(bc[buffer ^ 1], staged, lane);
+        split_barrier();  // also orders this chunk's stores of y before the other direction's loads of them
+    }
+}
+
+// The tokens both directions stored (L - first_gating .. first_gating - 1): their gated average, every other
+// token by each direction's threads. After the block's last barrier.
+template <int CH, typename T>
+__device__ __forceinline__ void gate_stored(const SplitArgs<T>& g, int first_gating, int dir, int b, int dd, int L,
+                                            int stride_zb) {
+    for (int t = L - first_gating + dir; t < first_gating; t += 2) {
+        const int i = (b * L + t) * g.D + dd;  // out's index, and the forward direction's in ys
+        float y_f[CH], y_b[CH], zz[CH], y[CH];
+        load(g.ys + i, y_f);
+        load(g.ys + (i + g.rows), y_b);
+        load(g.z + (b * stride_zb + t * g.stride_zl + dd), zz);
+#pragma unroll
+        for (int c = 0; c < CH; ++c) y[c] = (y_f[c] + y_b[c]) * 0.5f * silu(zz[c]);
+        store(g.out + i, y);
+    }
+}
+
+template <int CH, typename T>
+__device__ __forceinline__ void scan_fwd_split(const T* xc, const T* z, const float* dbl, const T* pre,
+                                               const float* dt_bias, T* out, const float* a2, const float* dskip,
+                                               int Bsz, int L, int D, int R, long long stride_zb, long long stride_zl,
+                                               float* ys) {
+    const int dir = threadIdx.x / HALF, lane = threadIdx.x % HALF;
+    const int b = blockIdx.y;
+    const int d = (blockIdx.x * HALF + lane) * CH;
+    const bool live = d < D;
+    const int dd = live ? d : 0;  // threads past D keep the block's barriers and compute on channel 0
+    const SplitArgs<T> g{xc, z, pre, out, ys, Bsz * L * D, D, (int)stride_zl, live};
+    const int first_gating = finishing_step(L);
+    if (dir == 0)
+        scan_split_direction<0, CH>(g, dbl, dt_bias, a2, dskip, lane, b, dd, first_gating, Bsz, L, R, (int)stride_zb);
+    else
+        scan_split_direction<1, CH>(g, dbl, dt_bias, a2, dskip, lane, b, dd, first_gating, Bsz, L, R, (int)stride_zb);
+    if (live) gate_stored<CH>(g, first_gating, dir, b, dd, L, (int)stride_zb);
+}
+
+// The unsplit kernels' arguments (below), then ys: (2, B, L, D) fp32 scratch, of which the kernel reads only
+// what it wrote in the same launch.
+#define REIDCAM_SCAN_SPLIT_KERNEL(NAME, T, CH)                                                                    \
+    extern "C" __global__ void __launch_bounds__(REIDCAM_THREADS, REIDCAM_MIN_BLOCKS_C##CH)                     \
+        NAME(const T* xc, const T* z, const float* dbl, const T* pre, const float* dt_bias, T* out, const float* a2, \
+             const float* dskip, int Bsz, int L, int D, int R, long long stride_zb, long long stride_zl, float* ys) { \
+        scan_fwd_split<CH>(xc, z, dbl, pre, dt_bias, out, a2, dskip, Bsz, L, D, R, stride_zb, stride_zl, ys);  \
+    }
+
+REIDCAM_SCAN_SPLIT_KERNEL(bimamba_scan_fwd_split_bf16_c1, bf16_bits, 1)
+REIDCAM_SCAN_SPLIT_KERNEL(bimamba_scan_fwd_split_bf16_c2, bf16_bits, 2)
+REIDCAM_SCAN_SPLIT_KERNEL(bimamba_scan_fwd_split_f16_c1, f16_bits, 1)
+REIDCAM_SCAN_SPLIT_KERNEL(bimamba_scan_fwd_split_f16_c2, f16_bits, 2)
+REIDCAM_SCAN_SPLIT_KERNEL(bimamba_scan_fwd_split_f32_c1, float, 1)
+REIDCAM_SCAN_SPLIT_KERNEL(bimamba_scan_fwd_split_f32_c2, float, 2)
 
 // xc (2, B, L, D), pre (2, B*L, D) and z (B, L, D; strides given) in the compute dtype; dbl (2, B*L, R + 2N),
 // dt_bias (2, D), a2 (2, N, D) = A * log2(e) and dskip (2, D) fp32; out (B, L, D) in the compute dtype.
