@@ -174,8 +174,9 @@ class _LazyKernels:
             return self._kernels[key]
 
     def _load(self, device: int, compile_for: Callable[[int], CompiledSource], names: list[str],
-              detail: str = "") -> dict[str, ctypes.c_void_p]:
-        """The kernels ``names`` of compile_for(arch)'s cubin, loaded in the device's context."""
+              detail: str = "", dynamic_shared: int = 0) -> dict[str, ctypes.c_void_p]:
+        """The kernels ``names`` of compile_for(arch)'s cubin, loaded in the device's context, each allowed
+        ``dynamic_shared`` bytes of dynamic shared memory where that is not 0."""
         if self._failed is not None:
             raise CudaKernelUnavailable(self._failed)
         try:
@@ -184,6 +185,9 @@ class _LazyKernels:
             compiled = compile_for(major * 10 + minor)
             self._driver.ensure_context(device)
             functions = self._driver.load(compiled.cubin, names)
+            if dynamic_shared:
+                for function in functions.values():
+                    self._driver.allow_dynamic_shared(function, dynamic_shared)
         except CudaKernelUnavailable as error:
             self._failed = str(error)
             logger.warning("%s unavailable, the Triton one runs instead: %s", self.description, error)
@@ -307,17 +311,43 @@ BWD_SOURCE = Path(__file__).with_name("scan_bwd.cu")
 BWD_THREADS = 256  # channels per block
 BWD_STEPS = 4  # tokens between the checkpointed states (scan_bwd.cu says why 4)
 BWD_MAX_STATE = 16  # the kernel keeps a[N][threads] and per-state sums in shared memory: 45 KB at 16
+BWD_DESIGN = 1  # REIDCAM_BWD_DESIGN where the defines name none (every build gets it; scan_bwd.cu's default too)
+BWD_SHARED_DESIGNS = (3,)  # the designs whose shared memory is dynamic (over the 48 KB of a static allocation)
 
 
 def backward_kernel_name(dtype: torch.dtype) -> str:
     return f"bimamba_scan_bwd_{_DTYPE_NAMES[dtype]}"
 
 
+def backward_design(defines: Mapping[str, int] | None) -> int:
+    return int((defines or {}).get("REIDCAM_BWD_DESIGN", BWD_DESIGN))
+
+
+def backward_shared_bytes(threads: int, d_state: int, steps: int, design: int) -> int:
+    """sizeof(SharedRows) of scan_bwd.cu, which every build gets as REIDCAM_SHARED_BYTES and asserts equal: the
+    count that a launch of a design with dynamic shared memory passes (backward_dynamic_bytes)."""
+    warps = threads // 32
+    common = d_state * threads + 2 * 2 * d_state * steps + 2 * warps * 2 * steps * d_state  # a, bc, warp_sums
+    if design in BWD_SHARED_DESIGNS:  # FLUSH 1, the values by column; carry, da and dz_factor by thread
+        own = warps * 2 * steps * (32 + 4) + (2 * d_state + steps) * threads
+    else:  # FLUSH 2, the values by row
+        own = threads * (2 * steps * 2 + 4)
+    return 4 * (common + own)
+
+
+def backward_dynamic_bytes(threads: int, d_state: int, steps: int, design: int) -> int:
+    """The dynamic shared memory a launch of the design passes: 0 where it is static."""
+    return backward_shared_bytes(threads, d_state, steps, design) if design in BWD_SHARED_DESIGNS else 0
+
+
 def compile_scan_backward(arch: int, d_state: int, threads: int = BWD_THREADS, steps: int = BWD_STEPS,
                           defines: Mapping[str, int] | None = None, source: Path = BWD_SOURCE) -> CompiledSource:
-    """Compile scan_bwd.cu for sm_<arch> (e.g. 90) into a cubin; needs no GPU."""
-    return compile_source(source, arch, {"REIDCAM_N": d_state, "REIDCAM_THREADS": threads, "REIDCAM_STEPS": steps,
-                                         **(defines or {})})
+    """Compile scan_bwd.cu for sm_<arch> (e.g. 90) into a cubin; needs no GPU. The design and its shared memory
+    count go to every build, so that the source checks the count that the launch passes."""
+    design = backward_design(defines)
+    return compile_source(source, arch, {
+        "REIDCAM_N": d_state, "REIDCAM_THREADS": threads, "REIDCAM_STEPS": steps, "REIDCAM_BWD_DESIGN": design,
+        "REIDCAM_SHARED_BYTES": backward_shared_bytes(threads, d_state, steps, design), **(defines or {})})
 
 
 def checkpoint_count(length: int, steps: int = BWD_STEPS) -> int:
@@ -338,13 +368,21 @@ class CudaScanBackward(_LazyKernels):
         self.steps = steps
         self.defines = dict(defines or {})
         self.source = source
+        self.design = backward_design(self.defines)
+
+    def dynamic_shared(self, d_state: int) -> int:
+        """The dynamic shared memory of this build's launches: 0 where the design's is static."""
+        return backward_dynamic_bytes(self.threads, d_state, self.steps, self.design)
+
+    def compile(self, arch: int, d_state: int) -> CompiledSource:
+        return compile_scan_backward(arch, d_state, self.threads, self.steps, self.defines, self.source)
 
     def kernels(self, device: torch.device, d_state: int) -> dict[str, ctypes.c_void_p]:
         index = device_index(device)
         names = [backward_kernel_name(dt) for dt in _DTYPE_NAMES]
         return self._cached((index, d_state), lambda: self._load(
-            index, lambda arch: compile_scan_backward(arch, d_state, self.threads, self.steps, self.defines, self.source),
-            names, f", d_state {d_state}"))
+            index, lambda arch: self.compile(arch, d_state), names, f", d_state {d_state}",
+            self.dynamic_shared(d_state)))
 
     def backward(self, xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables,
                  grad_out: torch.Tensor) -> ScanGrads:
@@ -374,11 +412,12 @@ class CudaScanBackward(_LazyKernels):
         ]
         function = kernels[backward_kernel_name(xc.dtype)]
         grid = (-(-dim // self.threads), 2 * bsz)
+        shared = self.dynamic_shared(d_state)
 
         def launch() -> None:
             _ = tensors  # the launch reads them: kept alive with it
             self._driver.ensure_context(device_index(dev))
-            self._driver.launch(function, grid, self.threads, args, torch.cuda.current_stream(dev).cuda_stream)
+            self._driver.launch(function, grid, self.threads, args, torch.cuda.current_stream(dev).cuda_stream, shared)
 
         return launch, out
 
