@@ -255,6 +255,45 @@ def test_the_emulated_design_3_equals_design_1(emulation_dir, monkeypatch, dtype
     torch.testing.assert_close(three.dbc, one.dbc, rtol=1e-5, atol=1e-6)
 
 
+class RecordingDriver:
+    """The driver calls that CudaScanBackward makes, recorded instead of made."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def ensure_context(self, device: int) -> None:
+        pass
+
+    def load(self, cubin: bytes, names: list[str]) -> dict[str, str]:
+        return {name: name for name in names}
+
+    def allow_dynamic_shared(self, function: str, size: int) -> None:
+        self.calls.append(("allow", function, size))
+
+    def launch(self, function: str, grid, threads, args, stream, shared_bytes: int = 0) -> None:
+        self.calls.append(("launch", function, grid, threads, shared_bytes))
+
+
+@pytest.mark.parametrize("design, threads", [(1, 256), (3, 256), (3, 128)])
+def test_the_launch_passes_the_designs_dynamic_shared_memory(monkeypatch, design, threads):
+    """Design 3's kernels are allowed its shared memory once loaded, and each launch passes it; designs 0 and 1
+    pass none. (The bench's PrecompiledBackward goes the same way: it replaces only compile.)"""
+    scan = cuda_scan.CudaScanBackward(threads=threads, defines={"REIDCAM_BWD_DESIGN": design})
+    scan._driver = driver = RecordingDriver()
+    monkeypatch.setattr(scan, "compile", lambda arch, d_state: cuda_scan.CompiledSource(cubin=b"", log=""))
+    monkeypatch.setattr(cuda_scan.torch.cuda, "get_device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(cuda_scan.torch.cuda, "current_stream", lambda device: type("S", (), {"cuda_stream": 0}))
+    monkeypatch.setattr(cuda_scan, "device_index", lambda device: 0)
+    xc, z, dbl, tables, grad_out = scan_inputs(2, 9, 300, torch.float32, "cpu")
+    launch, _ = scan.launcher(xc, z, dbl, tables, grad_out)
+    launch()
+    dynamic = cuda_scan.backward_shared_bytes(threads, 16, cuda_scan.BWD_STEPS, 3) if design == 3 else 0
+    names = [cuda_scan.backward_kernel_name(dt) for dt in (torch.bfloat16, torch.float32)]
+    allowed = sorted(call for call in driver.calls if call[0] == "allow")
+    assert allowed == ([("allow", name, dynamic) for name in names] if dynamic else [])
+    assert driver.calls[-1] == ("launch", names[1], (-(-300 // threads), 4), threads, dynamic)
+
+
 # ---- on a GPU ---------------------------------------------------------------------------------------------
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -282,6 +321,24 @@ def test_cuda_backward_equals_the_triton_backward(dtype, shape):
     # both compute in fp32 in different orders; in bf16 an output may round the other way (one ulp)
     limit = {torch.float32: 2e-5, torch.bfloat16: 4e-3}[dtype]
     assert all(errors[name] < (limit if name in STORED_IN_COMPUTE_DTYPE else 2e-5) for name in GRAD_NAMES), errors
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape, threads", [((2, 131, 300), 256), ((3, 140, 768), 256), ((2, 131, 300), 128)])
+def test_cuda_design_3_equals_design_1(dtype, shape, threads):
+    """Design 3 (80 registers, dynamic shared memory) against the default: every per-channel gradient bit for bit,
+    dbc up to the order of its sums; and against the float64 definition."""
+    xc, z, dbl, tables, grad_out = scan_inputs(*shape, dtype, "cuda", seed=5)
+    one = cuda_scan.CudaScanBackward().backward(xc, z, dbl, tables, grad_out)
+    three = cuda_scan.CudaScanBackward(threads=threads, defines={"REIDCAM_BWD_DESIGN": 3}).backward(
+        xc, z, dbl, tables, grad_out)
+    for name in GRAD_NAMES:
+        if name != "dbc":
+            assert torch.equal(getattr(one, name), getattr(three, name)), name
+    assert ((three.dbc - one.dbc).abs().max() / one.dbc.abs().max()).item() < 1e-5  # 2e-7 in the CPU emulation
+    errors = relative_errors(three, reference_grads(xc, z, dbl, tables, grad_out))
+    assert all(errors[name] < TOLERANCE[dtype][name] for name in GRAD_NAMES), errors
 
 
 @gpu

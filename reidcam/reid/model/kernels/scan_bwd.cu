@@ -16,19 +16,21 @@
 // stops before it. Pass 2 walks the sub-chunks of STEPS tokens in reverse: it recomputes their states from
 // the checkpoint and runs the adjoint back through them, state by state (the STEPS states of one state
 // index, not the N states of one token, are what it holds: ~4 STEPS + 3 N registers instead of STEPS N).
-// The adjoint state crosses sub-chunks in registers, premultiplied by the decay of the step after it.
+// The adjoint state crosses sub-chunks in registers (design 3: shared memory), premultiplied by the decay of the
+// step after it.
 //
 // dB and dC of a token are sums over all channels: each thread has 2 STEPS values per state index. A warp
-// transposes them through its own rows of shared memory (no block barrier) every FLUSH state indices, each
-// lane then sums one value over the warp's 32 channels; once per sub-chunk the warps' sums meet in shared
-// memory and one thread per (token, state, B or C) adds the block's sum to dbc with one atomic, as the Triton
-// kernel does with one atomic per program.
+// transposes them through its own rows of shared memory (no block barrier) every FLUSH state indices (design 3:
+// its columns, every state index), each lane then sums one value over the warp's 32 channels; once per sub-chunk
+// the warps' sums meet in shared memory and one thread per (token, state, B or C) adds the block's sum to dbc
+// with one atomic, as the Triton kernel does with one atomic per program.
 //
 // Threads past D take part in the barriers with zero inputs, so their shares of every sum are zero.
 //
 // No headers and no inline PTX: bf16 travels as its 16 bits (load: a shift; store: round to nearest even
 // by integer arithmetic), and exp2f is ex2.approx under --use_fast_math. REIDCAM_N is d_state (a multiple of
-// 4), REIDCAM_THREADS the block size (a multiple of 32), REIDCAM_STEPS the checkpoint interval (4 or 8).
+// 4), REIDCAM_THREADS the block size (a multiple of 32), REIDCAM_STEPS the checkpoint interval (4 or 8),
+// REIDCAM_SHARED_BYTES the block's shared memory as cuda_scan.backward_shared_bytes counts it (asserted below).
 
 #ifndef REIDCAM_N
 #define REIDCAM_N 16
@@ -57,6 +59,22 @@
 //      registers; ~150 instructions per state and 4 warps per scheduler hide an HBM latency in about 2).
 //      Not tried further: the step inputs one sub-chunk ahead (16 registers) or every checkpoint one
 //      sub-chunk ahead (16) spill 280-580 bytes at 128 registers, as do AHEAD 4 (40 B) and 6.
+//   3: design 1's loads and arithmetic in 80 registers, so that 3 blocks of 256 threads (or 6 of 128) fit an SM:
+//      24 warps per SM instead of 16 (6 per scheduler against the latencies that bound design 1), and batch 64's
+//      384 blocks in one wave of 396 slots (132 SMs) instead of 1.45 waves of 264. Design 1 capped at 80
+//      registers spills 632 B. What left the registers: pass 2's carry and dA sum of each state (2 N registers
+//      live through the pass, each read and written once per state and sub-chunk) and the sub-chunk's dz_factor
+//      while its states run move to the thread's column of shared memory (Column); the dB/dC transposition goes
+//      by columns, one state index at a time (FLUSH 1: one address register, where the rotated rows of design 1
+//      take one per value read, 8 at FLUSH 1); add_block_sums states its trip count (the open loop kept the
+//      indices of 4 unrolled iterations live). The per-channel arithmetic and its order are design 1's: every
+//      gradient bit for bit but dbc, whose warp sums add the channels in another order. Shared memory, dynamic
+//      (over the 48 KB of a static allocation): 71,680 B at 256 threads, 36,352 at 128; with the driver's 1 KB
+//      per block, 3 (6) blocks take 218 (224) of the 228 KB of an H100/H200 SM. Pass 2's loop, SASS per
+//      sub-chunk of the bf16 kernel: 2,364 (36.9 per token, channel and state) against design 1's 2,519, of them
+//      305 LDS/STS against 253. 80 registers is a fit at the edge: ptxas' spill choices flip with edits that
+//      change no arithmetic (8-64 B seen, e.g. with the transposition's addresses behind a helper function, or
+//      the dskip and dbias sums in shared memory too), and the compile test guards the builds.
 // Design 1 is the default: on an H200 (session 8) the kernel took 0.570 ms against design 0's 0.956 at batch
 // 64, 1.883 against 2.866 at batch 256, with the same gradients (bench/cuda_scan_bwd_variants.py).
 #ifndef REIDCAM_BWD_DESIGN
@@ -70,7 +88,7 @@
 
 #define N REIDCAM_N
 #ifndef REIDCAM_AHEAD
-#define REIDCAM_AHEAD 2  // design 1: how many states ahead pass 2 loads a checkpoint
+#define REIDCAM_AHEAD 2  // designs 1 and 3: how many states ahead pass 2 loads a checkpoint
 #endif
 #define AHEAD REIDCAM_AHEAD
 #define THREADS REIDCAM_THREADS
@@ -133,7 +151,11 @@ struct SharedRows {
 #endif
 };
 
-// The launch's shared memory, static or dynamic (cuda_scan.backward_shared_bytes, passed to every build).
+// The count of the launch's dynamic shared memory (design 3) comes from cuda_scan.backward_shared_bytes, which
+// every build gets: a layout change that it does not follow stops the build instead of overrunning the launch's.
+#ifndef REIDCAM_SHARED_BYTES
+#error "REIDCAM_SHARED_BYTES: cuda_scan.backward_shared_bytes(threads, d_state, steps, design)"
+#endif
 static_assert(sizeof(SharedRows) == REIDCAM_SHARED_BYTES, "cuda_scan.backward_shared_bytes disagrees with SharedRows");
 
 // What one thread needs of its sequence, direction and channel. The tensors stay the kernel's arguments (read
