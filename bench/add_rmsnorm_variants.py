@@ -6,23 +6,20 @@ The backward kernel gives each program ``_BWD_ROW_BLOCKS`` blocks of ``_ROWS`` r
 weight-gradient rows are left to sum. At the training shape (batch 64, 140 tokens: 8,960 rows) eight blocks of
 eight rows make 140 programs for 132 SMs, one program of 4 warps per SM, and the profile showed 31 us a call
 against the forward's 10.5 over the same rows. Prints us per backward (the kernel and the partial rows' sum)
-for each blocking, and each one's largest gradient difference from the first. The backwards are timed as a
-CUDA graph of REPEATS of them (median of CUDA-event timings of its replays): one eager call is ~10x longer on
-the host than on the GPU, and CUDA events around it would time the host.
+for each blocking, and each one's largest gradient difference from the first. The times are the profiler's
+kernel records over REPEATS calls: one eager call is ~10x longer on the host than on the GPU, so CUDA events
+around it would time the host.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from reidcam.reid.model.kernels import add_rmsnorm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cuda_scan_variants import median_ms  # noqa: E402  (sibling bench script)
 
 REPEATS = 20
 BLOCKINGS = [(8, 8), (8, 4), (8, 2), (8, 1), (4, 2), (16, 1)]  # (rows per block, blocks per program)
@@ -46,18 +43,19 @@ def backward_of(batch: int, tokens: int, dim: int):
     return run
 
 
-def graphed_us(run) -> float:
-    """GPU microseconds per call of ``run``, replayed REPEATS times in one CUDA graph."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
+def gpu_us(run) -> tuple[float, float]:
+    """GPU microseconds per call of ``run`` from the profiler's kernel records: the backward kernel's, and all of
+    its kernels' (the partial rows' sum with it)."""
+    for _ in range(3):
         run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(REPEATS):
             run()
-    return 1000 * median_ms(graph.replay) / REPEATS
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    norm = sum(e.device_time_total for e in kernels if "add_rmsnorm_bwd" in e.key)
+    return norm / REPEATS, sum(e.device_time_total for e in kernels) / REPEATS
 
 
 def main() -> None:
@@ -67,8 +65,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     args = parser.parse_args()
     print(f"# {torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs")
-    print("| batch | rows per block | blocks per program | programs | us | max rel diff |")
-    print("|---|---|---|---|---|---|")
+    print("| batch | rows per block | blocks per program | programs | kernel us | all kernels us | max rel diff |")
+    print("|---|---|---|---|---|---|---|")
     for batch in (int(b) for b in args.batches.split(",")):
         run = backward_of(batch, args.tokens, args.dim)
         reference = None
@@ -79,7 +77,9 @@ def main() -> None:
             diff = max(((g.float() - r.float()).abs().max() / r.float().abs().max()).item()
                        for g, r in zip(grads, reference))
             programs = -(-batch * args.tokens // (rows * blocks))
-            print(f"| {batch} | {rows} | {blocks} | {programs} | {graphed_us(run):.1f} | {diff:.1e} |", flush=True)
+            kernel, everything = gpu_us(run)
+            print(f"| {batch} | {rows} | {blocks} | {programs} | {kernel:.1f} | {everything:.1f} | {diff:.1e} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,18 @@ final sums) and of the kernel launch alone, each gradient's largest difference f
 (max |a - b| / max |b|; dbc is summed by atomics, so ~1e-5 is expected there, 0 elsewhere), and Triton's
 triton_scan.scan_backward on the same inputs as the reference line.
 
-Kept builds (sm_90, d_state 16; NVRTC's ptxas report as in tests/test_kernels_cuda_scan_bwd.py, no spills; rerun
-``--list`` to check): threads / min blocks per SM / steps -> registers, static shared memory
+Kept builds (sm_90, d_state 16; NVRTC 13.0's ptxas report as in tests/test_kernels_cuda_scan_bwd.py; rerun
+``--list`` to check): threads / min blocks per SM / steps -> registers, spills, shared memory (static, or dynamic:
+design 3), blocks per SM. A kept build that spills on the machine's NVRTC is timed all the same, its line marked.
 
     default            256 / 2 / 4   128 registers, 0 B spill, 46,080 B smem (design 1, AHEAD 2; 2 blocks/SM: 16 warps)
     128 threads        128 / 4 / 4   128 registers, 0 B spill, 23,552 B smem (4 blocks/SM: 16 warps)
     ahead 1            256 / 2 / 4   128 registers, 0 B spill, 46,080 B smem
     design 0           256 / 2 / 4   128 registers, 0 B spill, 46,080 B smem (the default until session 8)
+    design 3           256 / 3 / 4    80 registers, 0 B spill, 71,680 B dynamic (3 blocks/SM: 24 warps)
+    design 3, 128 thr. 128 / 6 / 4    80 registers, 0 B spill, 36,352 B dynamic (6 blocks/SM: 24 warps)
+    design 3, 128 x 5  128 / 5 / 4    96 registers, 8 B spill (bf16; f32 0), 36,352 B dynamic (5 blocks/SM: 20 warps)
+    design 3, 256 x 2  256 / 2 / 4   128 registers, 0 B spill, 71,680 B dynamic (2 blocks/SM: 16 warps; beside design 1)
 
 Design 1 (scan_bwd.cu's comment): the same arithmetic with the global loads issued ahead of their use. Pass 2's
 loop, SASS per sub-chunk (4 tokens x 16 states) of the bf16 kernel: design 0 2,899 (45.3 per token, channel and
@@ -30,12 +35,25 @@ kernel alone, batch 64 / 256): design 0 0.956 / 2.866 ms (128 threads 0.922 / 2.
 2.887); design 1 0.570 / 1.883 (128 threads 0.558 / 1.847; ahead 1 0.597 / 1.952), the same gradients. Design 1
 is the default since. 64 threads spill as design 1 (16 B), so that build is now among the rejected.
 
-Rejected (``--list --all`` compiles them; design 1 with AHEAD 4 spills 40 B): every tighter register cap spills: 256 threads at 3 blocks/SM (80
-registers) 556 B, 128 at 5 (96) 356 B, 128 at 6 (80) 556 B, 64 at 10 (96) 432 B, 64 at 12 (80) 664 B; no cap
-(1 block/SM, 255 registers) spills too (256 threads: 196 B; 128: 216 B). 512 threads do not fit the 48 KB of
-static shared memory (a[N][THREADS] and the warp rows: 91 KB; the launch passes no dynamic shared memory); nor
-do 8 steps at 256 threads (70 KB); 8 steps at 128 threads fit (36,864 B) but spill 672 B at 128 registers. So
-every kept build runs 16 warps per SM and 1.45 waves at batch 64 (384, 768 or 1,536 blocks on 132 SMs).
+Design 3 (scan_bwd.cu's comment): design 1 in 80 registers, for 24 warps per SM, since design 1 was latency-bound
+at 16 and ran batch 64's 384 blocks in 1.45 waves (one wave of 396 slots at 3 blocks/SM). Pass 2's carry and dA
+sums and dz_factor live in the thread's column of dynamic shared memory, the dB/dC transposition goes by columns,
+one state index at a time (design 1's rotated rows cost 8 address registers at FLUSH 1), add_block_sums states its
+trip count. Pass 2's loop, SASS per sub-chunk of the bf16 kernel (f32): design 1 2,519 (2,409), design 3 2,364
+(2,236; 36.9 per token, channel and state) at 80 registers, 2,293 at 128 (256 x 2); LDS/STS 305 against 253. The
+per-channel gradients equal design 1's bit for bit in the CPU emulation (dbc: another order of the warp sums).
+The 8 B of the 96-register build: one value stored before pass 2 and loaded once per sub-chunk. Prediction: the
+kernel 0.570 -> 0.40-0.48 ms at batch 64 (no half-empty second wave, 1.5x the warps against latency) and 1.883
+-> 1.35-1.6 ms at batch 256; the risks are shared memory (3 blocks leave 28 KB of L1; ~20 % more LDS/STS) and
+the 24 warps hiding less than their count says.
+
+Rejected (``--list --all`` compiles them; design 1 with AHEAD 4 spills 40 B): every tighter register cap spills
+design 1: 256 threads at 3 blocks/SM (80 registers) 556 B (632 with NVRTC 13.0), 128 at 5 (96) 356 B, 128 at 6
+(80) 556 B, 64 at 10 (96) 432 B, 64 at 12 (80) 664 B; no cap (1 block/SM, 255 registers) spills too (256 threads:
+196 B; 128: 216 B). 512 threads do not fit the 48 KB of static shared memory (a[N][THREADS] and the warp rows:
+91 KB; designs 0 and 1 pass no dynamic shared memory); nor do 8 steps at 256 threads (70 KB); 8 steps at 128
+threads fit (36,864 B) but spill 672 B at 128 registers. So every kept build of designs 0 and 1 runs 16 warps per
+SM and 1.45 waves at batch 64 (384, 768 or 1,536 blocks on 132 SMs); design 3 runs 24 warps and one wave.
 
 Measured (H200, session 7): kernel 0.954 / 0.951 / 0.972 ms at batch 64 and 2.933 / 2.905 / 2.971 at batch 256
 for 256 / 128 / 64 threads; Triton's whole backward 2.266 and 7.944. A temporary macro for the state indices per
@@ -48,7 +66,6 @@ import os
 
 os.environ.setdefault("CUDA_CACHE_DISABLE", "1")  # NVRTC 12.9+'s cache would leave repeated builds without ptxas' report
 import argparse
-import ctypes
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -56,7 +73,6 @@ from pathlib import Path
 
 import torch
 
-from reidcam.devices import device_index
 from reidcam.reid.model.kernels import cuda_scan, triton_scan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -66,14 +82,18 @@ from cuda_scan_variants import median_ms  # noqa: E402
 from speed_vs_vit import HBM_BYTES_PER_S  # noqa: E402
 
 DIM, D_STATE, RANK = 768, 16, 24
+SHARED_PER_SM, RESERVED_PER_BLOCK = 228 * 1024, 1024  # H100, H200: shared memory per SM, the driver's per block
 GRAD_NAMES = ("dz", "dxc", "ddt", "dbc", "da_log", "d_skip", "dt_bias")
 STORED_IN_COMPUTE_DTYPE = ("dz", "dxc", "ddt")  # bf16 here; the others fp32
 VARIANT_TOLERANCE = 1e-5  # the same per-channel arithmetic in every build; dbc's sums differ in order (atomics)
 TRITON_TOLERANCE = {name: 4e-3 if name in STORED_IN_COMPUTE_DTYPE else 2e-5 for name in GRAD_NAMES}  # the tests'
 
 
-def _build(threads: int, min_blocks: int, steps: int = cuda_scan.BWD_STEPS) -> tuple[int, int, dict]:
-    return threads, steps, {"REIDCAM_MIN_BLOCKS": min_blocks}
+def _build(threads: int, min_blocks: int, steps: int = cuda_scan.BWD_STEPS, design: int | None = None,
+           ) -> tuple[int, int, dict]:
+    """(threads, steps, macros); ``design`` None: the source's default."""
+    designs = {} if design is None else {"REIDCAM_BWD_DESIGN": design}
+    return threads, steps, {"REIDCAM_MIN_BLOCKS": min_blocks, **designs}
 
 
 # name: (threads per block, steps, macros). "default" passes nothing: the source's own defaults (256 / 2 / 4).
@@ -83,6 +103,11 @@ VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
     "ahead 1": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {"REIDCAM_AHEAD": 1}),
     # scan_bwd.cu's REIDCAM_BWD_DESIGN 0: the loads where they are needed (the default until session 8)
     "design 0": (cuda_scan.BWD_THREADS, cuda_scan.BWD_STEPS, {"REIDCAM_BWD_DESIGN": 0}),
+    # design 3: design 1 in 80 registers, 24 warps per SM (dynamic shared memory); 96 and 128 registers beside
+    "design 3": _build(256, 3, design=3),
+    "design 3, 128 threads": _build(128, 6, design=3),
+    "design 3, 128 x 5": _build(128, 5, design=3),
+    "design 3, 256 x 2": _build(256, 2, design=3),
 }
 # compiled by --list --all only, to show why they are not timed (the docstring's numbers)
 REJECTED: dict[str, tuple[int, int, dict[str, int]]] = {
@@ -101,9 +126,18 @@ REJECTED: dict[str, tuple[int, int, dict[str, int]]] = {
 }
 
 
+def blocks_per_sm(threads: int, registers: int, shared: int) -> int:
+    """Resident blocks per SM of an H100/H200: registers allocated per warp by 256, shared memory with the
+    driver's 1 KB per block, at most 64 warps and 32 blocks."""
+    warps = threads // 32
+    by_registers = 65536 // (-(-registers * 32 // 256) * 256) // warps
+    return min(by_registers, SHARED_PER_SM // (shared + RESERVED_PER_BLOCK), 64 // warps, 32)
+
+
 def compile_variant(build: tuple[int, int, dict[str, int]], arch: int) -> tuple[cuda_scan.CompiledSource | None, str]:
-    """(cubin or None, a one-line report): registers, spill bytes and static shared memory of the bf16 kernel
-    (the f32 kernel's too when they differ), or why it did not compile."""
+    """(cubin, or None where it did not compile; a one-line report): registers, spill bytes, static and dynamic
+    shared memory and blocks per SM of the bf16 kernel (the f32 kernel's registers too when they differ), or why
+    it did not compile. A build that spills ends its report with "-> spills"."""
     threads, steps, defines = build
     try:
         compiled = cuda_scan.compile_scan_backward(arch, D_STATE, threads, steps, defines)
@@ -111,14 +145,16 @@ def compile_variant(build: tuple[int, int, dict[str, int]], arch: int) -> tuple[
         reason = re.search(r"(too much shared data \([^)]*\)|static assertion failed[^\n]*)", str(error))
         return None, f"does not compile: {reason.group(1) if reason else str(error)[:160]}"
     reports = kernel_reports(compiled.log)
-    smem = max((int(x) for x in re.findall(r"(\d+) bytes smem", compiled.log)), default=0)
+    static = max((int(x) for x in re.findall(r"(\d+) bytes smem", compiled.log)), default=0)
+    dynamic = cuda_scan.backward_dynamic_bytes(threads, D_STATE, steps, cuda_scan.backward_design(defines))
     bf16 = reports[cuda_scan.backward_kernel_name(torch.bfloat16)]
     f32 = reports[cuda_scan.backward_kernel_name(torch.float32)]
-    text = f"{bf16[0]} registers, {bf16[1]} B spill, {smem} B smem"
+    blocks = blocks_per_sm(threads, max(bf16[0], f32[0]), static + dynamic)
+    text = (f"{bf16[0]} registers, {bf16[1]} B spill, {static} B smem"
+            + (f" + {dynamic} B dynamic" if dynamic else "") + f", {blocks} blocks/SM ({blocks * threads // 32} warps)")
     if f32 != bf16:
         text += f" (f32 kernel: {f32[0]} registers, {f32[1]} B spill)"
-    spills = max(bf16[1], f32[1])
-    return (compiled if spills == 0 else None), text + ("" if spills == 0 else "  -> spills")
+    return compiled, text + ("" if max(bf16[1], f32[1]) == 0 else "  -> spills")
 
 
 def compile_all(builds: dict[str, tuple], arch: int) -> dict[str, tuple[cuda_scan.CompiledSource | None, str]]:
@@ -126,6 +162,10 @@ def compile_all(builds: dict[str, tuple], arch: int) -> dict[str, tuple[cuda_sca
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = pool.map(lambda build: compile_variant(build, arch), builds.values())
         return dict(zip(builds, results))
+
+
+def spills(text: str) -> bool:
+    return text.endswith("-> spills")
 
 
 def describe(build: tuple[int, int, dict[str, int]]) -> str:
@@ -142,16 +182,11 @@ class PrecompiledBackward(cuda_scan.CudaScanBackward):
         super().__init__(threads, steps, defines)
         self.compiled, self.arch = compiled, arch
 
-    def kernels(self, device: torch.device, d_state: int) -> dict[str, ctypes.c_void_p]:
-        assert d_state == D_STATE
-        index = device_index(device)
-        names = [cuda_scan.backward_kernel_name(dt) for dt in (torch.bfloat16, torch.float32)]
+    def compile(self, arch: int, d_state: int) -> cuda_scan.CompiledSource:
+        """The precompiled cubin; CudaScanBackward.kernels loads it (and allows its dynamic shared memory)."""
+        assert (arch, d_state) == (self.arch, D_STATE), (arch, d_state)
+        return self.compiled
 
-        def compiled_for(arch: int) -> cuda_scan.CompiledSource:
-            assert arch == self.arch, (arch, self.arch)
-            return self.compiled
-
-        return self._cached((index, d_state), lambda: self._load(index, compiled_for, names))
 
 def inputs(batch: int, tokens: int):
     """The forward bench's inputs (the same for every build; z a strided view of xz as in the model) and a
@@ -187,7 +222,7 @@ def list_builds(arch: int, with_rejected: bool) -> int:
     for name, (compiled, text) in results.items():
         kept = name in VARIANTS
         print(f"  {'kept    ' if kept else 'rejected'} {name:<26} {describe(builds[name]):<64} {text}")
-        if kept and compiled is None:
+        if kept and (compiled is None or spills(text)):
             spilled.append(name)
     if spilled:
         print(f"kept builds that spill or fail on sm_{arch}: {', '.join(spilled)}")
@@ -217,7 +252,7 @@ def main(argv: list[str]) -> int:
         print(f"  {name:<22} {describe(VARIANTS[name]):<64} sm_{arch}: {text}")
         if cubin is not None:
             scans[name] = PrecompiledBackward(VARIANTS[name], cubin, arch)
-    if "default" not in scans:
+    if "default" not in scans or spills(compiled["default"][1]):
         print("the default build did not compile without spills: nothing to compare against")
         return 1
     batches = [int(b) for b in args.batches.split(",")]

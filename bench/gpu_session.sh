@@ -35,6 +35,10 @@
 #   bash bench/gpu_session.sh bwd-profile       # GPU 0: the CUDA backward scan's tests, then the kernel profile
 #   bash bench/gpu_session.sh train-graphs      # GPU 0: the training step as a CUDA graph: tests, row, trainer
 #   bash bench/gpu_session.sh bwd-and-pipeline  # GPU 0: backward designs timed, detector graph tests, pipeline 1/4/16
+#   bash bench/gpu_session.sh kernel-variants   # GPU 0: backward designs (3: 80 registers), the forward's split
+#                                               # kernels, the add + norm backward's blockings, the 256x128 row
+#   bash bench/gpu_session.sh kernel-tests      # GPU 0: the CUDA kernels' GPU tests (fp16 too), the graphed step's,
+#                                               # then the trainer in fp16 and bf16 with graphs
 #   bash bench/gpu_session.sh bwd-variants      # GPU 0: the CUDA backward scan's compile-time variants and
 #                                               # Triton's backward timed on the same inputs (batch 64, 256)
 #
@@ -187,6 +191,28 @@ bwd-and-pipeline)
     --no-overlap --decode process >>"$OUT/pipeline.log" 2>&1
   timeout 90 python3 bench/gpu_pipeline.py --device cuda --cameras 16 --frames 100 --detector "$detector" \
     --no-overlap --decode process --clocks staggered --warmup-frames 0 >>"$OUT/pipeline.log" 2>&1
+  ;;
+kernel-variants)
+  # GPU 0: scan_bwd.cu's builds (design 3 among them) at batch 64 and 256, the forward scan split and unsplit at
+  # batch 32-256, the fused add + norm's backward blockings, then the 256x128 s16 row (both models, graphs).
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0
+  timeout 150 python3 bench/cuda_scan_bwd_variants.py --batches 64,256 --no-triton >"$OUT/bwd_variants.log" 2>&1
+  timeout 150 python3 bench/cuda_scan_variants.py --batches 32,64,128,256 --tokens 140 >"$OUT/fwd_variants.log" 2>&1
+  timeout 60 python3 bench/add_rmsnorm_variants.py >"$OUT/norm_variants.log" 2>&1
+  timeout 200 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton --no-plain-norm \
+    --no-triton-fwd --skip-core >"$OUT/speed.log" 2>&1
+  ;;
+kernel-tests)
+  # GPU 0: the CUDA kernels' and the graphed step's GPU tests, then reidcam's trainer with graphs in fp16 (the
+  # benchmark recipes' precision) and bf16.
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda_scan.py tests/test_kernels_cuda_scan_bwd.py \
+    tests/test_kernels_cuda_conv.py tests/test_kernels_cuda_conv_bwd.py tests/test_train_graphs.py >"$OUT/checks.log" 2>&1
+  for amp in fp16 bf16; do
+    timeout 150 python3 bench/gpu_train.py --out "/tmp/train_$amp" --epochs 2 --num-workers 12 --amp "$amp" \
+      train.eval_every=0 train.cuda_graphs=true >"$OUT/train_$amp.log" 2>&1
+    cp -f "/tmp/train_$amp/gpu_train_summary.json" "$OUT/train_$amp.json"
+  done
   ;;
 bwd-variants)
   # GPU 0: scan_bwd.cu's builds (block size, register cap, flush) at batch 64 and 256, 140 tokens, each one's

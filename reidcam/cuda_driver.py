@@ -22,6 +22,7 @@ class CudaDriver:
     HOST_REGISTER_PORTABLE = 0x01  # CU_MEMHOSTREGISTER_PORTABLE: locked for every context, not only the current one
     HOST_ALREADY_REGISTERED = 712  # CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED
     NOT_FOUND = 500  # CUDA_ERROR_NOT_FOUND: no kernel of that name in the module
+    MAX_DYNAMIC_SHARED_SIZE_BYTES = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
 
     def __init__(self) -> None:
         try:
@@ -35,6 +36,7 @@ class CudaDriver:
         self.lib.cuOccupancyMaxActiveBlocksPerMultiprocessor.argtypes = [
             ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t,
         ]
+        self.lib.cuFuncSetAttribute.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         self.lib.cuMemHostRegister_v2.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
         self.lib.cuMemHostUnregister.argtypes = [ctypes.c_void_p]
 
@@ -73,9 +75,18 @@ class CudaDriver:
             functions[name] = function
         return functions
 
-    def launch(self, function: ctypes.c_void_p, grid: tuple[int, int], threads: int, args: list, stream: int) -> None:
+    def allow_dynamic_shared(self, function: ctypes.c_void_p, size: int) -> None:
+        """Let launches of ``function`` pass up to ``size`` bytes of dynamic shared memory: above 48 KB a launch
+        fails without this opt-in."""
+        result = self.lib.cuFuncSetAttribute(function, self.MAX_DYNAMIC_SHARED_SIZE_BYTES, size)
+        self.check(result, f"cuFuncSetAttribute (dynamic shared memory, {size} bytes)")
+
+    def launch(self, function: ctypes.c_void_p, grid: tuple[int, int], threads: int, args: list, stream: int,
+               shared_bytes: int = 0) -> None:
+        """``shared_bytes``: the launch's dynamic shared memory (allow_dynamic_shared first where over 48 KB)."""
         pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
-        result = self.lib.cuLaunchKernel(function, grid[0], grid[1], 1, threads, 1, 1, 0, stream, pointers, None)
+        result = self.lib.cuLaunchKernel(function, grid[0], grid[1], 1, threads, 1, 1, shared_bytes, stream, pointers,
+                                         None)
         self.check(result, "cuLaunchKernel")
 
     def max_active_blocks(self, function: ctypes.c_void_p, threads: int) -> int:

@@ -1,7 +1,9 @@
 """Run a header-free CUDA kernel file on the CPU, one OS thread per CUDA thread, for tests without a GPU.
 
 g++ compiles the .cu file after a small shim: ``__shared__`` variables become function statics (blocks run one
-after another, so a block's threads share them), ``__syncthreads`` and ``__syncwarp`` are std::barriers,
+after another, so a block's threads share them), an ``extern __shared__`` array (dynamic shared memory) a pointer
+to a buffer of the launch's size that each block gets afresh, filled with NaN bytes as a GPU leaves it undefined
+(a read before a write shows in the results), ``__syncthreads`` and ``__syncwarp`` are std::barriers,
 ``__shfl_xor_sync`` goes through a per-warp exchange array, ``atomicAdd`` is an atomic_ref. That checks what a
 compiler cannot: the indexing, the barriers' placement (a missing one shows as a wrong sum under the OS's
 interleaving, not always), the warp transposition and the reductions. Fast-math intrinsics become the libm
@@ -32,6 +34,7 @@ SHIM = r"""
 #include <barrier>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -56,6 +59,7 @@ extern "C" inline unsigned short __nv_float2half_rn(float v) {
     return h;
 }
 
+static unsigned char* emu_dynamic_shared;  // the running block's dynamic shared memory
 static std::barrier<>* emu_block_barrier;
 static std::vector<std::barrier<>*> emu_warp_barriers;
 static float emu_exchange[1024];
@@ -107,9 +111,11 @@ static inline void emu_barrier_sync(int) { __syncthreads(); }
 
 LAUNCHER = r"""
 template <typename Body>
-static void emu_launch(int grid_x, int grid_y, int threads, Body body) {
+static void emu_launch(int grid_x, int grid_y, int threads, int shared_bytes, Body body) {
     for (int by = 0; by < grid_y; ++by)
         for (int bx = 0; bx < grid_x; ++bx) {
+            std::vector<unsigned char> dynamic(shared_bytes + 16, 0xff);  // 0xffffffff: a NaN as a float
+            emu_dynamic_shared = dynamic.data() + (16 - reinterpret_cast<std::uintptr_t>(dynamic.data()) % 16) % 16;
             std::barrier<> block(threads);
             std::vector<std::barrier<>*> warps;
             for (int w = 0; w < threads / 32; ++w) warps.push_back(new std::barrier<>(32));
@@ -140,15 +146,20 @@ def available() -> bool:
     return shutil.which("g++") is not None
 
 
+# `extern __shared__ __align__(16) unsigned char name[];` -> `unsigned char* name = emu_dynamic_shared;`
+EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?unsigned char\s+(\w+)\s*\[\s*\]\s*;")
+
+
 def build(source: Path, kernels: Mapping[str, str], defines: Mapping[str, int], workdir: Path) -> ctypes.CDLL:
-    """A shared library with, for each kernel name, ``emu_<name>(grid_x, grid_y, threads, <the kernel's
-    arguments>)``; ``kernels`` maps each name to its parameter list as written in C (types and names)."""
+    """A shared library with, for each kernel name, ``emu_<name>(grid_x, grid_y, threads, shared_bytes, <the
+    kernel's arguments>)``, shared_bytes the launch's dynamic shared memory; ``kernels`` maps each name to its
+    parameter list as written in C (types and names)."""
     wrappers = []
     for name, params in kernels.items():
         names = ", ".join(p.strip().rsplit(" ", 1)[1].lstrip("*") for p in params.split(","))
-        wrappers.append(f'extern "C" void emu_{name}(int grid_x, int grid_y, int threads, {params}) '
-                        f"{{ emu_launch(grid_x, grid_y, threads, [=] {{ {name}({names}); }}); }}")
-    kernel_source = translate_asm(source.read_text())
+        wrappers.append(f'extern "C" void emu_{name}(int grid_x, int grid_y, int threads, int shared_bytes, {params}) '
+                        f"{{ emu_launch(grid_x, grid_y, threads, shared_bytes, [=] {{ {name}({names}); }}); }}")
+    kernel_source = translate_asm(EXTERN_SHARED.sub(r"unsigned char* \1 = emu_dynamic_shared;", source.read_text()))
     text = "".join(f"#define {k} {v}\n" for k, v in defines.items()) + SHIM + kernel_source + LAUNCHER
     text += "\n".join(wrappers) + "\n"
     key = hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -255,8 +255,9 @@ class EmulatedConvBackward(cuda_scan.CudaConvBackward):
     def ensure_context(self, device: int) -> None:
         pass
 
-    def launch(self, function: str, grid, threads, args, stream) -> None:
-        getattr(self.library, function)(ctypes.c_int(grid[0]), ctypes.c_int(grid[1]), ctypes.c_int(threads), *args)
+    def launch(self, function: str, grid, threads, args, stream, shared_bytes: int = 0) -> None:
+        getattr(self.library, function)(ctypes.c_int(grid[0]), ctypes.c_int(grid[1]), ctypes.c_int(threads),
+                                        ctypes.c_int(shared_bytes), *args)
 
 
 def run_emulated(emulated, monkeypatch, x, dxc, conv_f, conv_b, channels=None) -> dict[str, torch.Tensor]:

@@ -29,31 +29,58 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # the kernel's builds
 C_TYPES = {torch.float32: "float", torch.bfloat16: "bf16_bits", torch.float16: "f16_bits"}  # T in scan_bwd.cu
 
 
-# scan_bwd.cu's REIDCAM_BWD_DESIGN values (0: loads where they are needed; 1, the default: loads issued ahead)
-DESIGNS = [0, 1]
+# scan_bwd.cu's REIDCAM_BWD_DESIGN values (0: loads where they are needed; 1, the default: loads issued ahead;
+# 3: design 1 in 80 registers, pass 2's carries in dynamic shared memory)
+DESIGNS = [0, 1, 3]
+# the builds compiled for sm_90 with each design's own launch bounds: (design, threads, blocks per SM); design 3's
+# two are 24 warps per SM
+BUILDS = [(0, 256, 2), (1, 256, 2), (3, 256, 3), (3, 128, 6)]
+# sm_90 (H100, H200): shared memory per SM and per block, the 1 KB the driver reserves per block, the static limit
+SHARED_PER_SM, SHARED_PER_BLOCK, RESERVED_PER_BLOCK, STATIC_SHARED = 228 * 1024, 227 * 1024, 1024, 48 * 1024
 
 
-@pytest.fixture(scope="module", params=DESIGNS, ids=lambda d: f"design{d}")
-def sm90(request) -> cuda_scan.CompiledSource:
-    return compiled_or_skip(
-        lambda: cuda_scan.compile_scan_backward(90, d_state=16, defines={"REIDCAM_BWD_DESIGN": request.param}))
+@pytest.fixture(scope="module", params=BUILDS, ids=lambda b: f"design{b[0]}-{b[1]}x{b[2]}")
+def sm90(request) -> tuple[tuple[int, int, int], cuda_scan.CompiledSource]:
+    design, threads, _ = request.param
+    return request.param, compiled_or_skip(lambda: cuda_scan.compile_scan_backward(
+        90, d_state=16, threads=threads, defines={"REIDCAM_BWD_DESIGN": design}))
 
 
 def test_the_kernels_compile_for_sm90_without_spilling(sm90):
-    reports = kernel_reports(sm90.log)
-    assert set(reports) == {cuda_scan.backward_kernel_name(dt) for dt in DTYPES}
+    """No spills, and no more registers than the launch bounds' blocks per SM leave (ptxas allocates by 8)."""
+    (design, threads, blocks), compiled = sm90
+    reports = kernel_reports(compiled.log)
+    assert set(reports) == {cuda_scan.backward_kernel_name(dt) for dt in cuda_scan.backward_dtypes(design)}
     for name, (registers, spills) in reports.items():
         print(f"{name}: {registers} registers, {spills} bytes of spill (sm_90, d_state 16)")
         assert spills == 0, (name, reports)
-        assert registers <= 128, (name, reports)  # two blocks of 256 threads per SM
+        assert registers <= 65536 // (threads * blocks) // 8 * 8, (name, reports)
 
 
-def test_the_shared_memory_fits_a_static_allocation(sm90):
-    """Static shared memory stops at 48 KB; the launch passes no dynamic shared memory."""
+def test_the_shared_memory_fits_the_blocks_per_sm(sm90):
+    """Designs 0 and 1: static shared memory, at most 48 KB, and no dynamic. Design 3: all dynamic, as much as
+    cuda_scan.backward_dynamic_bytes says (the source asserts it equal to its SharedRows), and the launch bounds'
+    blocks fit an SM with the driver's reserve."""
     import re
 
-    sizes = [int(x) for x in re.findall(r"(\d+) bytes smem", sm90.log)]
-    assert sizes and max(sizes) <= 48 * 1024, sizes
+    (design, threads, blocks), compiled = sm90
+    static = max((int(x) for x in re.findall(r"(\d+) bytes smem", compiled.log)), default=0)
+    dynamic = cuda_scan.backward_dynamic_bytes(threads, 16, cuda_scan.BWD_STEPS, design)
+    if design in cuda_scan.BWD_SHARED_DESIGNS:
+        assert static == 0 and dynamic == cuda_scan.backward_shared_bytes(threads, 16, cuda_scan.BWD_STEPS, design)
+    else:
+        assert 0 < static <= STATIC_SHARED and dynamic == 0, (static, dynamic)
+    assert static + dynamic <= SHARED_PER_BLOCK
+    assert blocks * (static + dynamic + RESERVED_PER_BLOCK) <= SHARED_PER_SM, (static, dynamic, blocks)
+
+
+def test_a_shared_memory_count_unlike_the_sources_does_not_compile():
+    """backward_shared_bytes reaches the source as REIDCAM_SHARED_BYTES, which it asserts equal to sizeof(SharedRows):
+    a count that disagrees stops the build rather than launching with too little dynamic shared memory."""
+    right = cuda_scan.backward_shared_bytes(256, 16, cuda_scan.BWD_STEPS, 3)
+    with pytest.raises(cuda_scan.CudaKernelUnavailable, match="disagrees with SharedRows"):
+        compiled_or_skip(lambda: cuda_scan.compile_scan_backward(
+            90, d_state=16, defines={"REIDCAM_BWD_DESIGN": 3, "REIDCAM_SHARED_BYTES": right + 4}))
 
 
 # ---- inputs and the float64 definition --------------------------------------------------------------------
@@ -148,48 +175,65 @@ KERNEL_PARAMS = ("const {T}* xc, const {T}* z, const {T}* g, const float* dbl, c
 EMULATED_THREADS = 64  # two warps per block: the cross-warp sums and several blocks per sequence, at CPU speed
 
 
-@pytest.fixture(scope="module", params=DESIGNS, ids=lambda d: f"design{d}")
-def emulated(request, tmp_path_factory) -> ctypes.CDLL:
+@pytest.fixture(scope="module")
+def emulation_dir(tmp_path_factory):
     if not cuda_emulation.available():
         pytest.skip("no g++ to emulate the kernel")
-    kernels = {cuda_scan.backward_kernel_name(dt): KERNEL_PARAMS.format(T=C_TYPES[dt]) for dt in DTYPES}
-    defines = {"REIDCAM_N": 16, "REIDCAM_THREADS": EMULATED_THREADS, "REIDCAM_STEPS": cuda_scan.BWD_STEPS,
-               "REIDCAM_BWD_DESIGN": request.param}
-    return cuda_emulation.build(cuda_scan.BWD_SOURCE, kernels, defines, tmp_path_factory.mktemp("emulated"))
+    return tmp_path_factory.mktemp("emulated")
+
+
+def emulated_library(design: int, workdir) -> ctypes.CDLL:
+    """The design's kernels built for the emulation (cuda_emulation.build keeps each build in workdir)."""
+    kernels = {cuda_scan.backward_kernel_name(dt): KERNEL_PARAMS.format(T=C_TYPES[dt])
+               for dt in cuda_scan.backward_dtypes(design)}
+    d_state, steps = 16, cuda_scan.BWD_STEPS
+    defines = {"REIDCAM_N": d_state, "REIDCAM_THREADS": EMULATED_THREADS, "REIDCAM_STEPS": steps,
+               "REIDCAM_BWD_DESIGN": design,
+               "REIDCAM_SHARED_BYTES": cuda_scan.backward_shared_bytes(EMULATED_THREADS, d_state, steps, design)}
+    return cuda_emulation.build(cuda_scan.BWD_SOURCE, kernels, defines, workdir)
+
+
+@pytest.fixture(scope="module", params=DESIGNS, ids=lambda d: f"design{d}")
+def emulated(request, emulation_dir) -> tuple[int, ctypes.CDLL]:
+    return request.param, emulated_library(request.param, emulation_dir)
 
 
 class EmulatedBackward(cuda_scan.CudaScanBackward):
-    """CudaScanBackward with its launch replaced by the CPU emulation of the same kernel."""
+    """CudaScanBackward with its launch replaced by the CPU emulation of the same kernel (the launch's dynamic
+    shared memory included)."""
 
-    def __init__(self, library: ctypes.CDLL) -> None:
-        super().__init__(threads=EMULATED_THREADS)
+    def __init__(self, design: int, library: ctypes.CDLL) -> None:
+        super().__init__(threads=EMULATED_THREADS, defines={"REIDCAM_BWD_DESIGN": design})
         self.library = library
         self._driver = self
 
     def kernels(self, device, d_state):
-        return {cuda_scan.backward_kernel_name(dt): f"emu_{cuda_scan.backward_kernel_name(dt)}" for dt in DTYPES}
+        return {cuda_scan.backward_kernel_name(dt): f"emu_{cuda_scan.backward_kernel_name(dt)}"
+                for dt in cuda_scan.backward_dtypes(self.design)}
 
     def ensure_context(self, device: int) -> None:
         pass
 
-    def launch(self, function: str, grid, threads, args, stream) -> None:
-        getattr(self.library, function)(ctypes.c_int(grid[0]), ctypes.c_int(grid[1]), ctypes.c_int(threads), *args)
+    def launch(self, function: str, grid, threads, args, stream, shared_bytes: int = 0) -> None:
+        getattr(self.library, function)(ctypes.c_int(grid[0]), ctypes.c_int(grid[1]), ctypes.c_int(threads),
+                                        ctypes.c_int(shared_bytes), *args)
 
 
-def run_emulated(library, monkeypatch, xc, z, dbl, tables, grad_out) -> triton_scan.ScanGrads:
+def run_emulated(emulated, monkeypatch, xc, z, dbl, tables, grad_out) -> triton_scan.ScanGrads:
     monkeypatch.setattr(cuda_scan.torch.cuda, "current_stream", lambda device: type("S", (), {"cuda_stream": 0}))
     monkeypatch.setattr(cuda_scan, "device_index", lambda device: 0)
-    return EmulatedBackward(library).backward(xc, z, dbl, tables, grad_out)
+    return EmulatedBackward(*emulated).backward(xc, z, dbl, tables, grad_out)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(2, 23, 70), (1, 5, 40), (2, 1, 33)])
-def test_the_emulated_kernel_equals_the_float64_definition(emulated, monkeypatch, dtype, shape):
-    xc, z, dbl, tables, grad_out = scan_inputs(*shape, dtype, "cpu")
-    got = run_emulated(emulated, monkeypatch, xc, z, dbl, tables, grad_out)
-    check_dtypes(got, xc, z)
-    errors = relative_errors(got, reference_grads(xc, z, dbl, tables, grad_out))
-    assert all(errors[name] < TOLERANCE[dtype][name] for name in GRAD_NAMES), errors
+def test_the_emulated_kernel_equals_the_float64_definition(emulated, monkeypatch, shape):
+    """Each dtype that the design builds (design 3 has no fp16 kernel: cuda_scan.BWD_DESIGN_OF)."""
+    for dtype in cuda_scan.backward_dtypes(emulated[0]):
+        xc, z, dbl, tables, grad_out = scan_inputs(*shape, dtype, "cpu")
+        got = run_emulated(emulated, monkeypatch, xc, z, dbl, tables, grad_out)
+        check_dtypes(got, xc, z)
+        errors = relative_errors(got, reference_grads(xc, z, dbl, tables, grad_out))
+        assert all(errors[name] < TOLERANCE[dtype][name] for name in GRAD_NAMES), (dtype, errors)
 
 
 def test_the_emulated_kernel_equals_the_triton_backward(emulated, monkeypatch):
@@ -201,6 +245,59 @@ def test_the_emulated_kernel_equals_the_triton_backward(emulated, monkeypatch):
     triton = triton_scan.scan_backward(xc, z, dbl, tables, grad_out)
     errors = relative_errors(got, {name: getattr(triton, name) for name in GRAD_NAMES})
     assert all(error < 1e-5 for error in errors.values()), errors
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_emulated_design_3_equals_design_1(emulation_dir, monkeypatch, dtype):
+    """The same arithmetic in other storage: every per-channel gradient bit for bit; dbc's warp sums add the 32
+    channels in another order (a column of 8 per lane, not a rotated row of 16)."""
+    xc, z, dbl, tables, grad_out = scan_inputs(2, 23, 70, dtype, "cpu", seed=4)
+    one, three = (run_emulated((design, emulated_library(design, emulation_dir)), monkeypatch, xc, z, dbl, tables,
+                               grad_out) for design in (1, 3))
+    for name in GRAD_NAMES:
+        if name != "dbc":
+            assert torch.equal(getattr(one, name), getattr(three, name)), name
+    torch.testing.assert_close(three.dbc, one.dbc, rtol=1e-5, atol=1e-6)
+
+
+class RecordingDriver:
+    """The driver calls that CudaScanBackward makes, recorded instead of made."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def ensure_context(self, device: int) -> None:
+        pass
+
+    def load(self, cubin: bytes, names: list[str], optional=()) -> dict[str, str]:
+        return {name: name for name in names}
+
+    def allow_dynamic_shared(self, function: str, size: int) -> None:
+        self.calls.append(("allow", function, size))
+
+    def launch(self, function: str, grid, threads, args, stream, shared_bytes: int = 0) -> None:
+        self.calls.append(("launch", function, grid, threads, shared_bytes))
+
+
+@pytest.mark.parametrize("design, threads", [(1, 256), (3, 256), (3, 128)])
+def test_the_launch_passes_the_designs_dynamic_shared_memory(monkeypatch, design, threads):
+    """Design 3's kernels are allowed its shared memory once loaded, and each launch passes it; designs 0 and 1
+    pass none. (The bench's PrecompiledBackward goes the same way: it replaces only compile.)"""
+    scan = cuda_scan.CudaScanBackward(threads=threads, defines={"REIDCAM_BWD_DESIGN": design})
+    scan._driver = driver = RecordingDriver()
+    monkeypatch.setattr(scan, "compile", lambda arch, d_state: cuda_scan.CompiledSource(cubin=b"", log=""))
+    monkeypatch.setattr(cuda_scan.torch.cuda, "get_device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(cuda_scan.torch.cuda, "current_stream", lambda device: type("S", (), {"cuda_stream": 0}))
+    monkeypatch.setattr(cuda_scan, "device_index", lambda device: 0)
+    xc, z, dbl, tables, grad_out = scan_inputs(2, 9, 300, torch.float32, "cpu")
+    launch, _ = scan.launcher(xc, z, dbl, tables, grad_out)
+    launch()
+    dynamic = cuda_scan.backward_shared_bytes(threads, 16, cuda_scan.BWD_STEPS, 3) if design == 3 else 0
+    names = sorted(cuda_scan.backward_kernel_name(dt) for dt in cuda_scan.backward_dtypes(design))
+    allowed = sorted(call for call in driver.calls if call[0] == "allow")
+    assert allowed == ([("allow", name, dynamic) for name in names] if dynamic else [])
+    launched = cuda_scan.backward_kernel_name(torch.float32)
+    assert driver.calls[-1] == ("launch", launched, (-(-300 // threads), 4), threads, dynamic)
 
 
 # ---- on a GPU ---------------------------------------------------------------------------------------------
@@ -230,6 +327,24 @@ def test_cuda_backward_equals_the_triton_backward(dtype, shape):
     # both compute in fp32 in different orders; in bf16 or fp16 an output may round the other way (one ulp)
     limit = {torch.float32: 2e-5, torch.bfloat16: 4e-3, torch.float16: 1e-3}[dtype]
     assert all(errors[name] < (limit if name in STORED_IN_COMPUTE_DTYPE else 2e-5) for name in GRAD_NAMES), errors
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # design 3 builds no fp16 kernel
+@pytest.mark.parametrize("shape, threads", [((2, 131, 300), 256), ((3, 140, 768), 256), ((2, 131, 300), 128)])
+def test_cuda_design_3_equals_design_1(dtype, shape, threads):
+    """Design 3 (80 registers, dynamic shared memory) against the default: every per-channel gradient bit for bit,
+    dbc up to the order of its sums; and against the float64 definition."""
+    xc, z, dbl, tables, grad_out = scan_inputs(*shape, dtype, "cuda", seed=5)
+    one = cuda_scan.CudaScanBackward(defines={"REIDCAM_BWD_DESIGN": 1}).backward(xc, z, dbl, tables, grad_out)
+    three = cuda_scan.CudaScanBackward(threads=threads, defines={"REIDCAM_BWD_DESIGN": 3}).backward(
+        xc, z, dbl, tables, grad_out)
+    for name in GRAD_NAMES:
+        if name != "dbc":
+            assert torch.equal(getattr(one, name), getattr(three, name)), name
+    assert ((three.dbc - one.dbc).abs().max() / one.dbc.abs().max()).item() < 1e-5  # 2e-7 in the CPU emulation
+    errors = relative_errors(three, reference_grads(xc, z, dbl, tables, grad_out))
+    assert all(errors[name] < TOLERANCE[dtype][name] for name in GRAD_NAMES), errors
 
 
 @gpu
@@ -272,7 +387,8 @@ def test_the_mixer_core_picks_the_backward_by_env(monkeypatch, choice, runs_cuda
         monkeypatch.setenv("REIDCAM_SCAN_BWD", choice)
     ran = []
     monkeypatch.setattr(mixer_core, "scan_backward", lambda *args: ran.append("triton") or triton_scan.scan_backward(*args))
-    monkeypatch.setattr(mixer_core._CUDA_SCAN_BWD, "backward",
+    kernels = mixer_core.cuda_scan_backward(dtype)
+    monkeypatch.setattr(kernels, "backward",
                         lambda *args: ran.append("cuda") or cuda_scan.CudaScanBackward().backward(*args))
     mixer_core._scan_backward(xc, z, dbl, tables, grad_out)
     assert ran == (["cuda"] if runs_cuda else ["triton"])

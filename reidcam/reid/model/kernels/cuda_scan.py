@@ -82,13 +82,13 @@ def split_kernel_name(dtype: torch.dtype, variant: str) -> str:
 
 
 # The split kernels run where the unsplit grid is less than this many full waves (SMs x the blocks one SM
-# holds). Below one wave block slots stay empty for the whole scan, and the split's twice as many blocks of half
-# the serial work fill them (batch 64 at d_inner 768: 192 blocks for 396 slots on an H200). From one wave on the
-# SMs hold all the blocks they can at their issue limit, so the split only reorders the same work and adds its
-# scratch traffic: on an H200 the unsplit kernel took 158 us for its 280 steps at 2 blocks per SM (batch 64)
-# and 0.448 ms for two waves of them at 3 (batch 256), 0.28 and 0.27 us per step and block. A first estimate,
-# to be set from bench/cuda_scan_variants.py, which times both side by side.
-SPLIT_BELOW_WAVES = 1.0
+# holds): where block slots would stay empty for the whole scan, the split's twice as many blocks of half the
+# serial work fill them. Near a full wave the SMs are at their issue limit, and the split only adds its staging
+# of both directions' B and C and its scratch traffic. On an H200 (session 9, 140 tokens, d_inner 768, bf16,
+# c1; bench/cuda_scan_variants.py): batch 32 (96 blocks for 396 slots) 0.191 -> 0.173 ms, batch 64 (192)
+# 0.225 -> 0.195, but batch 128 (384) 0.253 -> 0.326 and batch 256 (768) 0.449 -> 0.580. Three quarters of a
+# wave lies between the last grid that gained (0.48 of a wave) and the first that lost (0.97).
+SPLIT_BELOW_WAVES = 0.75
 # The split kernels index in int: xc's and z's elements below this (half of int's range, which leaves room
 # for the indices one token past either end of a sequence).
 SPLIT_INDEX_LIMIT = 2**30
@@ -212,9 +212,11 @@ class _LazyKernels:
             return self._kernels[key]
 
     def _load(self, device: int, compile_for: Callable[[int], CompiledSource], names: list[str],
-              detail: str = "", optional: Sequence[str] = ()) -> dict[str, ctypes.c_void_p]:
+              detail: str = "", optional: Sequence[str] = (), dynamic_shared: int = 0
+              ) -> dict[str, ctypes.c_void_p]:
         """The kernels ``names`` of compile_for(arch)'s cubin, loaded in the device's context, and those of
-        ``optional`` that it has."""
+        ``optional`` that it has; each allowed ``dynamic_shared`` bytes of dynamic shared memory where that is
+        not 0."""
         if self._failed is not None:
             raise CudaKernelUnavailable(self._failed)
         try:
@@ -223,6 +225,9 @@ class _LazyKernels:
             compiled = compile_for(major * 10 + minor)
             self._driver.ensure_context(device)
             functions = self._driver.load(compiled.cubin, names, optional)
+            if dynamic_shared:
+                for function in functions.values():
+                    self._driver.allow_dynamic_shared(function, dynamic_shared)
         except CudaKernelUnavailable as error:
             self._failed = str(error)
             logger.warning("%s unavailable, the Triton one runs instead: %s", self.description, error)
@@ -400,17 +405,53 @@ BWD_SOURCE = Path(__file__).with_name("scan_bwd.cu")
 BWD_THREADS = 256  # channels per block
 BWD_STEPS = 4  # tokens between the checkpointed states (scan_bwd.cu says why 4)
 BWD_MAX_STATE = 16  # the kernel keeps a[N][threads] and per-state sums in shared memory: 45 KB at 16
+BWD_DESIGN = 1  # REIDCAM_BWD_DESIGN where the defines name none (every build gets it; scan_bwd.cu's default too)
+BWD_SHARED_DESIGNS = (3,)  # the designs whose shared memory is dynamic (over the 48 KB of a static allocation)
+# The design that runs each dtype. Design 3 (80 registers: 3 blocks of 256 threads per SM, so that batch 64's 384
+# blocks are one wave) took 0.538 ms against design 1's 0.597 at batch 64 on an H200, 1.952 against 1.907 at
+# batch 256 (session 9, bench/cuda_scan_bwd_variants.py): the training batch is 64. Its fp16 build spills 100 B
+# at 80 registers, so scan_bwd.cu builds no fp16 kernel in design 3 and fp16 runs design 1.
+BWD_DESIGN_OF = {torch.bfloat16: 3, torch.float32: 3, torch.float16: 1}
+
+
+def backward_dtypes(design: int) -> tuple[torch.dtype, ...]:
+    """The dtypes that scan_bwd.cu builds a kernel of in this design."""
+    return tuple(dt for dt in _DTYPE_NAMES if design != 3 or dt != torch.float16)
 
 
 def backward_kernel_name(dtype: torch.dtype) -> str:
     return f"bimamba_scan_bwd_{_DTYPE_NAMES[dtype]}"
 
 
+def backward_design(defines: Mapping[str, int] | None) -> int:
+    return int((defines or {}).get("REIDCAM_BWD_DESIGN", BWD_DESIGN))
+
+
+def backward_shared_bytes(threads: int, d_state: int, steps: int, design: int) -> int:
+    """sizeof(SharedRows) of scan_bwd.cu, which every build gets as REIDCAM_SHARED_BYTES and asserts equal: the
+    count that a launch of a design with dynamic shared memory passes (backward_dynamic_bytes)."""
+    warps = threads // 32
+    common = d_state * threads + 2 * 2 * d_state * steps + 2 * warps * 2 * steps * d_state  # a, bc, warp_sums
+    if design in BWD_SHARED_DESIGNS:  # FLUSH 1, the values by column; carry, da and dz_factor by thread
+        own = warps * 2 * steps * (32 + 4) + (2 * d_state + steps) * threads
+    else:  # FLUSH 2, the values by row
+        own = threads * (2 * steps * 2 + 4)
+    return 4 * (common + own)
+
+
+def backward_dynamic_bytes(threads: int, d_state: int, steps: int, design: int) -> int:
+    """The dynamic shared memory a launch of the design passes: 0 where it is static."""
+    return backward_shared_bytes(threads, d_state, steps, design) if design in BWD_SHARED_DESIGNS else 0
+
+
 def compile_scan_backward(arch: int, d_state: int, threads: int = BWD_THREADS, steps: int = BWD_STEPS,
                           defines: Mapping[str, int] | None = None, source: Path = BWD_SOURCE) -> CompiledSource:
-    """Compile scan_bwd.cu for sm_<arch> (e.g. 90) into a cubin; needs no GPU."""
-    return compile_source(source, arch, {"REIDCAM_N": d_state, "REIDCAM_THREADS": threads, "REIDCAM_STEPS": steps,
-                                         **(defines or {})})
+    """Compile scan_bwd.cu for sm_<arch> (e.g. 90) into a cubin; needs no GPU. The design and its shared memory
+    count go to every build, so that the source checks the count that the launch passes."""
+    design = backward_design(defines)
+    return compile_source(source, arch, {
+        "REIDCAM_N": d_state, "REIDCAM_THREADS": threads, "REIDCAM_STEPS": steps, "REIDCAM_BWD_DESIGN": design,
+        "REIDCAM_SHARED_BYTES": backward_shared_bytes(threads, d_state, steps, design), **(defines or {})})
 
 
 def checkpoint_count(length: int, steps: int = BWD_STEPS) -> int:
@@ -431,13 +472,21 @@ class CudaScanBackward(_LazyKernels):
         self.steps = steps
         self.defines = dict(defines or {})
         self.source = source
+        self.design = backward_design(self.defines)
+
+    def dynamic_shared(self, d_state: int) -> int:
+        """The dynamic shared memory of this build's launches: 0 where the design's is static."""
+        return backward_dynamic_bytes(self.threads, d_state, self.steps, self.design)
+
+    def compile(self, arch: int, d_state: int) -> CompiledSource:
+        return compile_scan_backward(arch, d_state, self.threads, self.steps, self.defines, self.source)
 
     def kernels(self, device: torch.device, d_state: int) -> dict[str, ctypes.c_void_p]:
         index = device_index(device)
-        names = [backward_kernel_name(dt) for dt in _DTYPE_NAMES]
+        names = [backward_kernel_name(dt) for dt in backward_dtypes(self.design)]
         return self._cached((index, d_state), lambda: self._load(
-            index, lambda arch: compile_scan_backward(arch, d_state, self.threads, self.steps, self.defines, self.source),
-            names, f", d_state {d_state}"))
+            index, lambda arch: self.compile(arch, d_state), names, f", d_state {d_state}",
+            dynamic_shared=self.dynamic_shared(d_state)))
 
     def backward(self, xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables,
                  grad_out: torch.Tensor) -> ScanGrads:
@@ -467,11 +516,12 @@ class CudaScanBackward(_LazyKernels):
         ]
         function = kernels[backward_kernel_name(xc.dtype)]
         grid = (-(-dim // self.threads), 2 * bsz)
+        shared = self.dynamic_shared(d_state)
 
         def launch() -> None:
             _ = tensors  # the launch reads them: kept alive with it
             self._driver.ensure_context(device_index(dev))
-            self._driver.launch(function, grid, self.threads, args, torch.cuda.current_stream(dev).cuda_stream)
+            self._driver.launch(function, grid, self.threads, args, torch.cuda.current_stream(dev).cuda_stream, shared)
 
         return launch, out
 

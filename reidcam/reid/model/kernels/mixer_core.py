@@ -191,8 +191,14 @@ T = TypeVar("T")
 
 _CUDA_SCAN = cuda_scan.CudaScan()  # compiled kernels per device, like Triton's own cache: built on first use
 _CUDA_CONV = cuda_scan.CudaConv()
-_CUDA_SCAN_BWD = cuda_scan.CudaScanBackward()
+_CUDA_SCAN_BWD = {design: cuda_scan.CudaScanBackward(defines={"REIDCAM_BWD_DESIGN": design})
+                  for design in set(cuda_scan.BWD_DESIGN_OF.values())}  # each dtype's design: BWD_DESIGN_OF
 _CUDA_CONV_BWD = cuda_scan.CudaConvBackward()
+
+
+def cuda_scan_backward(dtype: torch.dtype) -> cuda_scan.CudaScanBackward:
+    """The CUDA backward scan of the design that runs ``dtype`` (cuda_scan.BWD_DESIGN_OF)."""
+    return _CUDA_SCAN_BWD[cuda_scan.BWD_DESIGN_OF[dtype]]
 
 
 def _cuda_or_triton(choice: str, supports: Callable[[], bool], cuda: Callable[[], T], triton: Callable[[], T]) -> T:
@@ -233,7 +239,7 @@ def _scan_backward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables:
     """The CUDA backward scan where it runs (REIDCAM_SCAN_BWD: auto by default, cuda, triton), else the
     Triton one."""
     return _cuda_or_triton(cuda_scan.backward_kernel_choice(), lambda: cuda_scan.backward_supports(xc, z, dbl, tables),
-                           lambda: _CUDA_SCAN_BWD.backward(xc, z, dbl, tables, grad_out),
+                           lambda: cuda_scan_backward(xc.dtype).backward(xc, z, dbl, tables, grad_out),
                            lambda: scan_backward(xc, z, dbl, tables, grad_out))
 
 

@@ -16,19 +16,21 @@
 // stops before it. Pass 2 walks the sub-chunks of STEPS tokens in reverse: it recomputes their states from
 // the checkpoint and runs the adjoint back through them, state by state (the STEPS states of one state
 // index, not the N states of one token, are what it holds: ~4 STEPS + 3 N registers instead of STEPS N).
-// The adjoint state crosses sub-chunks in registers, premultiplied by the decay of the step after it.
+// The adjoint state crosses sub-chunks in registers (design 3: shared memory), premultiplied by the decay of the
+// step after it.
 //
 // dB and dC of a token are sums over all channels: each thread has 2 STEPS values per state index. A warp
-// transposes them through its own rows of shared memory (no block barrier) every FLUSH state indices, each
-// lane then sums one value over the warp's 32 channels; once per sub-chunk the warps' sums meet in shared
-// memory and one thread per (token, state, B or C) adds the block's sum to dbc with one atomic, as the Triton
-// kernel does with one atomic per program.
+// transposes them through its own rows of shared memory (no block barrier) every FLUSH state indices (design 3:
+// its columns, every state index), each lane then sums one value over the warp's 32 channels; once per sub-chunk
+// the warps' sums meet in shared memory and one thread per (token, state, B or C) adds the block's sum to dbc
+// with one atomic, as the Triton kernel does with one atomic per program.
 //
 // Threads past D take part in the barriers with zero inputs, so their shares of every sum are zero.
 //
 // No headers and no inline PTX: bf16 travels as its 16 bits (load: a shift; store: round to nearest even
 // by integer arithmetic), and exp2f is ex2.approx under --use_fast_math. REIDCAM_N is d_state (a multiple of
-// 4), REIDCAM_THREADS the block size (a multiple of 32), REIDCAM_STEPS the checkpoint interval (4 or 8).
+// 4), REIDCAM_THREADS the block size (a multiple of 32), REIDCAM_STEPS the checkpoint interval (4 or 8),
+// REIDCAM_SHARED_BYTES the block's shared memory as cuda_scan.backward_shared_bytes counts it (asserted below).
 
 #ifndef REIDCAM_N
 #define REIDCAM_N 16
@@ -42,10 +44,6 @@
 // shared memory of d_state 16 no longer fits the 48 KB of a static allocation.
 #ifndef REIDCAM_STEPS
 #define REIDCAM_STEPS 4
-#endif
-// Blocks per SM that ptxas must fit: 2 of 256 threads leaves 128 registers per thread.
-#ifndef REIDCAM_MIN_BLOCKS
-#define REIDCAM_MIN_BLOCKS 2
 #endif
 // How pass 1 and pass 2 get their global inputs (bench/cuda_scan_bwd_variants.py times the designs side by side):
 //   0: each sub-chunk loads what it needs where it needs it. The SASS shows why that is slow: the step inputs'
@@ -61,22 +59,48 @@
 //      registers; ~150 instructions per state and 4 warps per scheduler hide an HBM latency in about 2).
 //      Not tried further: the step inputs one sub-chunk ahead (16 registers) or every checkpoint one
 //      sub-chunk ahead (16) spill 280-580 bytes at 128 registers, as do AHEAD 4 (40 B) and 6.
-// Design 1 is the default: on an H200 (session 8) the kernel took 0.570 ms against design 0's 0.956 at batch
-// 64, 1.883 against 2.866 at batch 256, with the same gradients (bench/cuda_scan_bwd_variants.py).
+//   3: design 1's loads and arithmetic in 80 registers, so that 3 blocks of 256 threads (or 6 of 128) fit an SM:
+//      24 warps per SM instead of 16 (6 per scheduler against the latencies that bound design 1), and batch 64's
+//      384 blocks in one wave of 396 slots (132 SMs) instead of 1.45 waves of 264. Design 1 capped at 80
+//      registers spills 632 B. What left the registers: pass 2's carry and dA sum of each state (2 N registers
+//      live through the pass, each read and written once per state and sub-chunk) and the sub-chunk's dz_factor
+//      while its states run move to the thread's column of shared memory (Column); the dB/dC transposition goes
+//      by columns, one state index at a time (FLUSH 1: one address register, where the rotated rows of design 1
+//      take one per value read, 8 at FLUSH 1); add_block_sums states its trip count (the open loop kept the
+//      indices of 4 unrolled iterations live). The per-channel arithmetic and its order are design 1's: every
+//      gradient bit for bit but dbc, whose warp sums add the channels in another order. Shared memory, dynamic
+//      (over the 48 KB of a static allocation): 71,680 B at 256 threads, 36,352 at 128; with the driver's 1 KB
+//      per block, 3 (6) blocks take 218 (224) of the 228 KB of an H100/H200 SM. Pass 2's loop, SASS per
+//      sub-chunk of the bf16 kernel: 2,364 (36.9 per token, channel and state) against design 1's 2,519, of them
+//      305 LDS/STS against 253. 80 registers is a fit at the edge: ptxas' spill choices flip with edits that
+//      change no arithmetic (8-64 B seen, e.g. with the transposition's addresses behind a helper function, or
+//      the dskip and dbias sums in shared memory too), and the compile test guards the builds.
+// Design 1 (session 8, H200): 0.570 ms against design 0's 0.956 at batch 64, 1.883 against 2.866 at batch 256,
+// with the same gradients (bench/cuda_scan_bwd_variants.py). Design 3 (session 9, H200): 0.538 ms against design
+// 1's 0.597 at batch 64 (one wave), 1.952 against 1.907 at batch 256. The mixer runs design 3 for bf16 and fp32
+// and design 1 for fp16 (cuda_scan.BWD_DESIGN_OF): design 3's fp16 build spills 100 B at 80 registers, so this
+// file builds none. The macro's default stays 1, the design that builds every dtype.
 #ifndef REIDCAM_BWD_DESIGN
 #define REIDCAM_BWD_DESIGN 1
+#endif
+// Blocks per SM that ptxas must fit: 2 of 256 threads leaves 128 registers per thread; design 3 is built for
+// 24 warps per SM (3 blocks of 256 threads, 6 of 128: 80 registers).
+#ifndef REIDCAM_MIN_BLOCKS
+#define REIDCAM_MIN_BLOCKS (REIDCAM_BWD_DESIGN == 3 ? 24 * 32 / REIDCAM_THREADS : 2)
 #endif
 
 #define N REIDCAM_N
 #ifndef REIDCAM_AHEAD
-#define REIDCAM_AHEAD 2  // design 1: how many states ahead pass 2 loads a checkpoint
+#define REIDCAM_AHEAD 2  // designs 1 and 3: how many states ahead pass 2 loads a checkpoint
 #endif
 #define AHEAD REIDCAM_AHEAD
 #define THREADS REIDCAM_THREADS
 #define STEPS REIDCAM_STEPS
 #define WARPS (THREADS / 32)
-#define FLUSH 2                          // state indices per warp transposition
-#define WARP_VALUES (2 * STEPS * FLUSH)  // dB and dC values per thread and transposition: 16 or 32
+#define LOADS_AHEAD (REIDCAM_BWD_DESIGN != 0)  // designs 1 and 3 issue the global loads ahead
+#define DIET (REIDCAM_BWD_DESIGN == 3)  // design 3's register diet: long-lived values in shared memory
+#define FLUSH (DIET ? 1 : 2)             // state indices per warp transposition (design 3: smaller rows)
+#define WARP_VALUES (2 * STEPS * FLUSH)  // dB and dC values per thread and transposition: 8, 16 or 32
 #define LANES_PER_VALUE (32 / WARP_VALUES)
 #define BLOCK_VALUES (2 * STEPS * N)     // dB and dC values of one sub-chunk
 #define LN2 0.6931471805599453f
@@ -84,7 +108,7 @@
 static_assert(N % 4 == 0, "d_state must be a multiple of 4");
 static_assert(STEPS == 4 || STEPS == 8, "a sub-chunk's B or C of one state is read as float4s");
 static_assert(THREADS % 32 == 0, "whole warps");
-static_assert(REIDCAM_BWD_DESIGN == 0 || REIDCAM_BWD_DESIGN == 1, "designs 0 and 1");
+static_assert(REIDCAM_BWD_DESIGN == 0 || REIDCAM_BWD_DESIGN == 1 || REIDCAM_BWD_DESIGN == 3, "designs 0, 1, 3");
 static_assert(AHEAD >= 1 && AHEAD <= N, "checkpoints 1 to N states ahead");
 
 typedef unsigned short bf16_bits;
@@ -128,9 +152,25 @@ __device__ __forceinline__ float softplus(float x) {
 struct SharedRows {
     float a[N][THREADS];                               // the block's A log2(e), a row per state
     float bc[2][2 * N][STEPS];                         // B then C of a sub-chunk's steps, double-buffered
+#if DIET
+    float warp_values[WARPS][WARP_VALUES][32 + 4];     // a warp's dB/dC values by value, a lane per column
+#else
     float warp_rows[WARPS][32][WARP_VALUES + 4];       // a warp's dB/dC values by lane (padded: no conflicts)
+#endif
     float warp_sums[2][WARPS][BLOCK_VALUES];           // each warp's sums of a sub-chunk, double-buffered
+#if DIET
+    float carry[N][THREADS];                           // pass 2's adjoint carry of each state, a column per thread
+    float da[N][THREADS];                              // and its dA sum
+    float dz_factor[STEPS][THREADS];                   // the sub-chunk's StepInputs::dz_factor, parked
+#endif
 };
+
+// The count of the launch's dynamic shared memory (design 3) comes from cuda_scan.backward_shared_bytes, which
+// every build gets: a layout change that it does not follow stops the build instead of overrunning the launch's.
+#ifndef REIDCAM_SHARED_BYTES
+#error "REIDCAM_SHARED_BYTES: cuda_scan.backward_shared_bytes(threads, d_state, steps, design)"
+#endif
+static_assert(sizeof(SharedRows) == REIDCAM_SHARED_BYTES, "cuda_scan.backward_shared_bytes disagrees with SharedRows");
 
 // What one thread needs of its sequence, direction and channel. The tensors stay the kernel's arguments (read
 // from the constant bank, no registers); the offsets of the block's sequence are the same for the whole block.
@@ -206,20 +246,66 @@ __device__ __forceinline__ float warp_transpose_sum(float (*rows)[WARP_VALUES + 
     return sum;
 }
 
-// The block's sums of the sub-chunk's dB and dC into dbc (2, B*L, 2N): one atomic per (step, state, B or C).
-// Value i of the sub-chunk: transposition f = i / WARP_VALUES, then (state f FLUSH + j, B or C, step) within it.
+// Design 3's transposition: a thread writes its values down its column (scalar stores: a warp's hit 32 banks) and
+// a lane reads WARP_VALUES consecutive columns of one row as float4s (rows 36 words apart put the 8 lanes of a
+// 128-bit load on distinct banks). Its addresses are one register and immediates each way, where the rotation
+// above costs a register per value read (8 at FLUSH 1, live through pass 2: 64 B of spill at 80 registers).
+#define VALUE_STRIDE (DIET ? 32 + 4 : 1)  // words between a thread's consecutive values
+
+__device__ __forceinline__ void write_values(float* at, const float (&v)[STEPS]) {
+#if DIET
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) at[s * VALUE_STRIDE] = v[s];
+#else
+    write_steps(at, v);
+#endif
+}
+
+__device__ __forceinline__ float warp_column_sum(float (*values)[32 + 4]) {
+    __syncwarp();
+    const int lane = threadIdx.x % 32;
+    const int part = lane % LANES_PER_VALUE, value = lane / LANES_PER_VALUE;
+    const float4* columns = reinterpret_cast<const float4*>(&values[value][part * WARP_VALUES]);
+    float sum = 0.0f;
+#pragma unroll
+    for (int q = 0; q < WARP_VALUES / 4; ++q) {
+        const float4 x = columns[q];
+        sum += x.x, sum += x.y, sum += x.z, sum += x.w;
+    }
+#pragma unroll
+    for (int offset = 1; offset < LANES_PER_VALUE; offset *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    __syncwarp();
+    return sum;
+}
+
+// The block's sum of value i of the sub-chunk's dB and dC into dbc (2, B*L, 2N): one atomic per (step, state,
+// B or C). Value i: transposition f = i / WARP_VALUES, then (state f FLUSH + j, B or C, step) within it.
+template <typename T>
+__device__ __forceinline__ void add_block_sum(float (*warp_sums)[BLOCK_VALUES], const Lane<T>& lane, int k, int i) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) sum += warp_sums[w][i];
+    const int v = i % WARP_VALUES;
+    const int n = (i / WARP_VALUES) * FLUSH + v / (2 * STEPS);
+    const int which = (v / STEPS) % 2;
+    const int step = k * STEPS + v % STEPS;
+    if (step < lane.L) atomicAdd(lane.dbc_row(lane.token(step)) + which * N + n, sum);
+}
+
+// Thread i adds value i. Design 3 states the trip count (one where THREADS >= BLOCK_VALUES): ptxas does not know
+// that threadIdx.x < THREADS, unrolled the open loop 4 times and kept the indices of all four iterations live
+// through pass 2 (3-6 registers, 36 B of spill at 128 threads and 80 registers).
 template <typename T>
 __device__ __forceinline__ void add_block_sums(float (*warp_sums)[BLOCK_VALUES], const Lane<T>& lane, int k) {
-    for (int i = threadIdx.x; i < BLOCK_VALUES; i += THREADS) {
-        float sum = 0.0f;
+#if DIET
 #pragma unroll
-        for (int w = 0; w < WARPS; ++w) sum += warp_sums[w][i];
-        const int v = i % WARP_VALUES;
-        const int n = (i / WARP_VALUES) * FLUSH + v / (2 * STEPS);
-        const int which = (v / STEPS) % 2;
-        const int step = k * STEPS + v % STEPS;
-        if (step < lane.L) atomicAdd(lane.dbc_row(lane.token(step)) + which * N + n, sum);
+    for (int j = 0; j < (BLOCK_VALUES + THREADS - 1) / THREADS; ++j) {
+        const int i = threadIdx.x + j * THREADS;
+        if (i < BLOCK_VALUES) add_block_sum(warp_sums, lane, k, i);
     }
+#else
+    for (int i = threadIdx.x; i < BLOCK_VALUES; i += THREADS) add_block_sum(warp_sums, lane, k, i);
+#endif
 }
 
 // xc and pre of sub-chunk k (not the last: every step is a token), unconditional loads (past D: channel 0).
@@ -243,7 +329,7 @@ __device__ __forceinline__ void store_checkpoints(SharedRows& shared, float* __r
     float staged[STAGED];
     load_bc(staged, lane, 0);
     store_bc(shared.bc[0], staged);
-#if REIDCAM_BWD_DESIGN == 1
+#if LOADS_AHEAD
     T next_x[STEPS], next_p[STEPS];  // the next sub-chunk's xc and pre, loaded one sub-chunk ahead
     if (sub_chunks > 1) load_xp(next_x, next_p, lane, 0);
 #endif
@@ -252,7 +338,7 @@ __device__ __forceinline__ void store_checkpoints(SharedRows& shared, float* __r
         const int buffer = k & 1;
         if (k + 2 < sub_chunks) load_bc(staged, lane, k + 1);
         float delta[STEPS], du[STEPS];
-#if REIDCAM_BWD_DESIGN == 1
+#if LOADS_AHEAD
 #pragma unroll
         for (int s = 0; s < STEPS; ++s) {
             const float u = lane.live ? to_float(next_x[s]) : 0.0f;
@@ -392,8 +478,28 @@ __device__ __forceinline__ void adjoint_state(const StepInputs& in, StepSums& su
         db[s] = dh * in.du[s];
         dc[s] = hs[s + 1] * in.gy[s];
     }
-    write_steps(warp_row, db);
-    write_steps(warp_row + STEPS, dc);
+    write_values(warp_row, db);
+    write_values(warp_row + STEPS * VALUE_STRIDE, dc);
+}
+
+// Design 3: pass 2's adjoint carry and dA sum of each state (adjoint_state's carry and da) in the thread's
+// column of a [N][THREADS] shared array (a warp's accesses hit 32 banks), where designs 0 and 1 keep them in
+// 2 N registers live through the whole pass. Each is read and written once per state and sub-chunk: an LDS
+// and an STS beside ~40 instructions of arithmetic per token.
+struct Column {
+    float* top;  // row 0 of the thread's column
+    __device__ float& operator[](int n) const { return top[n * THREADS]; }
+};
+
+// Design 3 parks dz_factor in shared memory while the states run: it is needed only after them (4 registers).
+__device__ __forceinline__ void park(const Column& column, const float (&v)[STEPS]) {
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) column[s] = v[s];
+}
+
+__device__ __forceinline__ void unpark(const Column& column, float (&v)[STEPS]) {
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) v[s] = column[s];
 }
 
 template <typename T>
@@ -422,7 +528,12 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
                                          float* __restrict__ dskip_part, float* __restrict__ dbias_part,
                                          float* __restrict__ checkpoint_base, int Bsz, int L, int D, int R,
                                          long long stride_zb, long long stride_zl) {
+#if DIET
+    extern __shared__ __align__(16) unsigned char dynamic_shared[];  // over 48 KB: the launch passes its size
+    SharedRows& shared = *reinterpret_cast<SharedRows*>(dynamic_shared);
+#else
     __shared__ __align__(16) SharedRows shared;
+#endif
     const int seq = blockIdx.y;  // direction * Bsz + b
     const int b = seq % Bsz;
     const int d = blockIdx.x * THREADS + threadIdx.x;
@@ -443,12 +554,21 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
 
     store_checkpoints(shared, checkpoints, bias, lane, sub_chunks);
 
+#if DIET
+    const Column carry{&shared.carry[0][threadIdx.x]}, da{&shared.da[0][threadIdx.x]};
+    const Column parked_dz_factor{&shared.dz_factor[0][threadIdx.x]};
+#else
     float carry[N], da[N];
+#endif
 #pragma unroll
     for (int n = 0; n < N; ++n) carry[n] = 0.0f, da[n] = 0.0f;
     float dskip_sum = 0.0f, dbias_sum = 0.0f;
     const int warp = threadIdx.x / 32;
+#if DIET
+    float* warp_row = &shared.warp_values[warp][0][threadIdx.x % 32];  // the thread's column
+#else
     float* warp_row = shared.warp_rows[warp][threadIdx.x % 32];
+#endif
     float staged[STAGED];
     load_bc(staged, lane, sub_chunks - 1);
     store_bc(shared.bc[0], staged);
@@ -456,19 +576,22 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
     for (int k = sub_chunks - 1, buffer = 0; k >= 0; --k, buffer ^= 1) {
         if (k > 0) load_bc(staged, lane, k - 1);
         StepInputs in;
-#if REIDCAM_BWD_DESIGN == 1
+#if LOADS_AHEAD
         RawSteps<T> raw;
         load_raw_steps(raw, lane, k);
         load_steps_from(in, raw, bias, dskip_sum, lane, k);
 #else
         load_steps(in, bias, dskip_sum, lane, k);
 #endif
+#if DIET
+        park(parked_dz_factor, in.dz_factor);
+#endif
         StepSums sums;
 #pragma unroll
         for (int s = 0; s < STEPS; ++s) sums.y[s] = skip * in.u[s], sums.ddelta[s] = 0.0f, sums.dh_b[s] = 0.0f;
         const bool from_checkpoint = k > 0 && lane.live;  // the first sub-chunk starts from zero
         const float* h0 = checkpoints + (long long)(from_checkpoint ? k - 1 : 0) * N * D;
-#if REIDCAM_BWD_DESIGN == 1
+#if LOADS_AHEAD
         float h_ahead[AHEAD];  // checkpoints AHEAD states ahead: states n and n + AHEAD share a register
 #pragma unroll
         for (int n = 0; n < AHEAD; ++n) h_ahead[n] = from_checkpoint ? h0[(long long)n * D] : 0.0f;
@@ -476,20 +599,27 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
         float* warp_sums = shared.warp_sums[buffer][warp];
 #pragma unroll
         for (int n = 0; n < N; ++n) {
-#if REIDCAM_BWD_DESIGN == 1
+#if LOADS_AHEAD
             const float h = h_ahead[n % AHEAD];
             if (n + AHEAD < N) h_ahead[n % AHEAD] = from_checkpoint ? h0[(long long)(n + AHEAD) * D] : 0.0f;
 #else
             const float h = from_checkpoint ? h0[(long long)n * D] : 0.0f;
 #endif
             adjoint_state(in, sums, carry[n], da[n], shared.a[n][threadIdx.x], h, shared.bc[buffer][n],
-                          shared.bc[buffer][N + n], warp_row + (n % FLUSH) * 2 * STEPS);
+                          shared.bc[buffer][N + n], warp_row + (n % FLUSH) * 2 * STEPS * VALUE_STRIDE);
             if (n % FLUSH == FLUSH - 1) {
+#if DIET
+                const float sum = warp_column_sum(shared.warp_values[warp]);
+#else
                 const float sum = warp_transpose_sum(shared.warp_rows[warp]);
+#endif
                 if (threadIdx.x % LANES_PER_VALUE == 0)
                     warp_sums[n / FLUSH * WARP_VALUES + threadIdx.x % 32 / LANES_PER_VALUE] = sum;
             }
         }
+#if DIET
+        unpark(parked_dz_factor, in.dz_factor);
+#endif
         store_step_grads(in, sums, skip, dbias_sum, lane, k);
         if (k > 0) store_bc(shared.bc[buffer ^ 1], staged);
         __syncthreads();
@@ -518,5 +648,7 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
     }
 
 REIDCAM_SCAN_BWD_KERNEL(bimamba_scan_bwd_bf16, bf16_bits)
+#if REIDCAM_BWD_DESIGN != 3  // design 3's fp16 build spills 100 B at its 80 registers: fp16 runs design 1
 REIDCAM_SCAN_BWD_KERNEL(bimamba_scan_bwd_f16, f16_bits)
+#endif
 REIDCAM_SCAN_BWD_KERNEL(bimamba_scan_bwd_f32, float)
