@@ -203,13 +203,17 @@ kernel-variants)
     --no-triton-fwd --skip-core >"$OUT/speed.log" 2>&1
   ;;
 kernel-tests)
-  # GPU 0: the CUDA kernels' and the graphed step's GPU tests, then reidcam's trainer with graphs in fp16 (the
-  # benchmark recipes' precision) and bf16.
+  # GPU 0: the fused add + norm's backward blockings and the 256x128 s16 row, the CUDA kernels' and the graphed
+  # step's GPU tests, then reidcam's trainer with graphs in fp16 (the benchmark recipes' precision) and bf16.
   export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0
-  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda_scan.py tests/test_kernels_cuda_scan_bwd.py \
-    tests/test_kernels_cuda_conv.py tests/test_kernels_cuda_conv_bwd.py tests/test_train_graphs.py >"$OUT/checks.log" 2>&1
+  timeout 60 python3 bench/add_rmsnorm_variants.py >"$OUT/norm_variants.log" 2>&1
+  timeout 120 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton --no-plain-norm \
+    --no-triton-fwd --skip-core >"$OUT/speed.log" 2>&1
+  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_cuda_scan.py \
+    tests/test_kernels_cuda_scan_bwd.py tests/test_kernels_cuda_conv.py tests/test_kernels_cuda_conv_bwd.py \
+    tests/test_train_graphs.py >"$OUT/checks.log" 2>&1
   for amp in fp16 bf16; do
-    timeout 150 python3 bench/gpu_train.py --out "/tmp/train_$amp" --epochs 2 --num-workers 12 --amp "$amp" \
+    timeout 100 python3 bench/gpu_train.py --out "/tmp/train_$amp" --epochs 2 --num-workers 12 --amp "$amp" \
       train.eval_every=0 train.cuda_graphs=true >"$OUT/train_$amp.log" 2>&1
     cp -f "/tmp/train_$amp/gpu_train_summary.json" "$OUT/train_$amp.json"
   done
