@@ -124,6 +124,30 @@ __device__ __forceinline__ float softplus(float x) {
 
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
 
+// One token's step of the N states of CH channels: h_n = exp2(delta a2_n) h_n + delta u B_n, y += C_n h_n, with
+// the token's B then C read from its staged shared-memory row, four states per broadcast load.
+template <int CH>
+__device__ __forceinline__ void advance_states(float (&h)[CH][REIDCAM_N], const float (&a)[CH][REIDCAM_N],
+                                               const float (&delta)[CH], const float (&du)[CH], float (&y)[CH],
+                                               const float4* row) {
+#pragma unroll
+    for (int q = 0; q < REIDCAM_N / 4; ++q) {
+        const float4 bq = row[q];
+        const float4 cq = row[REIDCAM_N / 4 + q];
+        const float bn[4] = {bq.x, bq.y, bq.z, bq.w};
+        const float cn[4] = {cq.x, cq.y, cq.z, cq.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+#pragma unroll
+            for (int c = 0; c < CH; ++c) {
+                const int n = 4 * q + k;
+                h[c][n] = fmaf(exp2_approx(delta[c] * a[c][n]), h[c][n], du[c] * bn[k]);
+                y[c] = fmaf(cn[k], h[c][n], y[c]);
+            }
+        }
+    }
+}
+
 // B and C (2N fp32 per token) of the direction's steps step0 .. step0 + CHUNK - 1. A thread stages
 // column k = tid % 2N of rows tid / 2N + j * ROWS_PER_PASS: first into registers (the loads of the next
 // chunk are then in flight while this one is computed), then into the shared-memory buffer read next.
@@ -229,23 +253,7 @@ __device__ __forceinline__ void scan_direction(const T* __restrict__ xc, const T
                 if (step0 + s0 + r + AHEAD < L)
                     load_token<DIR>(u_ahead, pre_ahead, y_ahead, z_ahead, u_ring[r], pre_ring[r], y_ring[r], z_ring[r]);
                 u_ahead += token_step, pre_ahead += token_step, y_ahead += token_step, z_ahead += z_step;
-                const float4* row = reinterpret_cast<const float4*>(bc[buffer][s0 + r]);
-#pragma unroll
-                for (int q = 0; q < REIDCAM_N / 4; ++q) {
-                    const float4 bq = row[q];
-                    const float4 cq = row[REIDCAM_N / 4 + q];
-                    const float bn[4] = {bq.x, bq.y, bq.z, bq.w};
-                    const float cn[4] = {cq.x, cq.y, cq.z, cq.w};
-#pragma unroll
-                    for (int k = 0; k < 4; ++k) {
-#pragma unroll
-                        for (int c = 0; c < CH; ++c) {
-                            const int n = 4 * q + k;
-                            h[c][n] = fmaf(exp2_approx(delta[c] * a[c][n]), h[c][n], du[c] * bn[k]);
-                            y[c] = fmaf(cn[k], h[c][n], y[c]);
-                        }
-                    }
-                }
+                advance_states<CH>(h, a, delta, du, y, reinterpret_cast<const float4*>(bc[buffer][s0 + r]));
                 if (DIR == 1) {
 #pragma unroll
                     for (int c = 0; c < CH; ++c) y[c] = (y_fwd[c] + y[c]) * 0.5f * silu(zz[c]);
@@ -407,23 +415,7 @@ __device__ __forceinline__ void split_step(SplitScan<CH>& st, const SplitArgs<T>
     }
     if (next) load_ahead<DIR>(st, g, r, next_gates);
     st.iz += DIR == 0 ? g.stride_zl : -g.stride_zl;
-    const float4* row = reinterpret_cast<const float4*>(bc_row);
-#pragma unroll
-    for (int q = 0; q < REIDCAM_N / 4; ++q) {
-        const float4 bq = row[q];
-        const float4 cq = row[REIDCAM_N / 4 + q];
-        const float bn[4] = {bq.x, bq.y, bq.z, bq.w};
-        const float cn[4] = {cq.x, cq.y, cq.z, cq.w};
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-#pragma unroll
-            for (int c = 0; c < CH; ++c) {
-                const int n = 4 * q + k;
-                st.h[c][n] = fmaf(exp2_approx(delta[c] * st.a[c][n]), st.h[c][n], du[c] * bn[k]);
-                y[c] = fmaf(cn[k], st.h[c][n], y[c]);
-            }
-        }
-    }
+    advance_states<CH>(st.h, st.a, delta, du, y, reinterpret_cast<const float4*>(bc_row));
     if (GATE) {
 #pragma unroll
         for (int c = 0; c < CH; ++c) y[c] = (y_other[c] + y[c]) * 0.5f * silu(zz[c]);
