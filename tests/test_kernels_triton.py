@@ -25,6 +25,7 @@ from reidcam.reid.model.scan import DirectionParams, bidirectional_mixer_core  #
 KERNEL_MODULES = [
     "reidcam.reid.model.kernels.triton_conv",
     "reidcam.reid.model.kernels.triton_scan",
+    "reidcam.reid.model.kernels.triton_tables",
     "reidcam.reid.model.kernels.mixer_core",
     "reidcam.reid.model.kernels",
 ]

@@ -11,9 +11,9 @@ Forward, for x, z (B, L, D) token-major:
      and softplus inside), gated by silu(z), averaged, written once as (B, L, D); by the CUDA kernel of
      cuda_scan.py where it compiles, else by Triton's scan_forward (REIDCAM_SCAN_FWD chooses).
 The conv kernels read each direction's parameters where they are; the x_proj weights and the scan
-tables are stacked (small copies) for the batched matmuls and the scan kernels: at every forward, or,
-inside ``with weight_memo(memo):``, once per mixer for weights that the scope's owner keeps frozen
-(WeightTableMemo; the Embedder does this).
+tables are stacked (one kernel, triton_tables, on the GPU) for the batched matmuls and the scan kernels:
+at every forward, or, inside ``with weight_memo(memo):``, once per mixer for weights that the scope's
+owner keeps frozen (WeightTableMemo; the Embedder does this).
 Backward recomputes xc with the same conv kernel (cheaper in memory than keeping it), runs the scan
 backward kernel (the CUDA kernel of scan_bwd.cu, or Triton's scan_backward where NVRTC is missing or with
 REIDCAM_SCAN_BWD=triton), does the x_proj / dt_proj weight and input gradients as batched matmuls, and finishes
@@ -37,6 +37,7 @@ from .triton_conv import D_CONV, ConvParams, biconv_backward, biconv_forward
 from .triton_scan import (
     ScanGrads, ScanParams, ScanTables, interpreting, scan_backward, scan_forward, scan_tables, weight_tables,
 )
+from .triton_tables import fusable, fused_weight_tables
 
 # order of one direction's tensors in the Function's arguments (DirectionParams field names)
 FIELDS = ("conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "A_log", "D")
@@ -90,9 +91,13 @@ class _BiMambaCoreFn(torch.autograd.Function):
 
 
 def _compute_weight_tables(params: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, ScanTables]:
-    """Both directions' x_proj weights stacked, and the scan's weight tables (``weight_tables``)."""
+    """Both directions' x_proj weights stacked, and the scan's weight tables (``weight_tables``): one
+    kernel (triton_tables) where it serves, else torch's eleven."""
     pf, pb = params[:7], params[7:]
-    return torch.stack([pf[2], pb[2]]).to(dtype), weight_tables(_scan(pf), _scan(pb), dtype)
+    x_proj, fwd, bwd = (pf[2], pb[2]), _scan(pf), _scan(pb)
+    if fusable(x_proj, fwd, bwd, dtype):
+        return fused_weight_tables(x_proj, fwd, bwd, dtype)
+    return torch.stack(x_proj).to(dtype), weight_tables(fwd, bwd, dtype)
 
 
 def _weight_tables(params: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, ScanTables]:
@@ -105,8 +110,8 @@ class WeightTableMemo:
     """The weight tables of each mixer (its x_proj weights stacked and ``weight_tables``), computed once and
     then reused for as long as its owner keeps the weights frozen; used only inside ``weight_memo(memo)``.
 
-    Why: they are about a dozen small kernels per block, ~340 per ReIDMamba-S forward, which a CUDA graph
-    replays as well; at inference with frozen weights they are the same every time.
+    Why: at inference with frozen weights they are the same every time, and each forward would recompute
+    them (one kernel per block on the GPU, triton_tables; a dozen small ones in torch elsewhere).
 
     Why opt-in (outside a scope every forward computes them afresh): a memo cannot see every change of
     the weights. Its stamp (storage, ``_version`` counters, compute dtype, inference mode) misses updates
