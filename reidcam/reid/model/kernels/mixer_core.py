@@ -77,7 +77,7 @@ class _BiMambaCoreFn(torch.autograd.Function):
             xc = _conv_forward(x, _conv(pf), _conv(pb))
             grads = _scan_backward(xc, z, dbl, tables, grad_out.to(x.dtype))
             ddt = grads.ddt.view(2, tokens, dim)
-            d_dbl = torch.cat([torch.bmm(ddt, tables.dt_weight), grads.dbc.to(x.dtype)], dim=-1)
+            d_dbl = _x_proj_output_grad(ddt, tables.dt_weight, grads.dbc)
             d_dt_proj = _bmm_fp32(ddt.transpose(1, 2), tables.dt)
             d_x_proj = _bmm_fp32(d_dbl.transpose(1, 2), xc.view(2, tokens, dim))
             dxc = grads.dxc.view(2, tokens, dim).baddbmm_(d_dbl, x_proj)  # in place: out of place copies dxc first
@@ -246,6 +246,17 @@ def _scan_backward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables:
     return _cuda_or_triton(cuda_scan.backward_kernel_choice(), lambda: cuda_scan.backward_supports(xc, z, dbl, tables),
                            lambda: cuda_scan_backward(xc.dtype).backward(xc, z, dbl, tables, grad_out),
                            lambda: scan_backward(xc, z, dbl, tables, grad_out))
+
+
+def _x_proj_output_grad(ddt: torch.Tensor, dt_weight: torch.Tensor, dbc: torch.Tensor) -> torch.Tensor:
+    """The gradient of the x_proj output (2, tokens, R + 2N) in the compute dtype: ddt @ dt_weight beside dB and dC.
+    cuBLAS writes the product into its columns of the buffer (a strided output) and dB, dC are cast into theirs,
+    where a concatenation took a cast and a copy of both more."""
+    rank = dt_weight.shape[-1]
+    d_dbl = torch.empty((*dbc.shape[:-1], rank + dbc.shape[-1]), device=ddt.device, dtype=ddt.dtype)
+    torch.bmm(ddt, dt_weight, out=d_dbl[..., :rank])
+    d_dbl[..., rank:].copy_(dbc)
+    return d_dbl
 
 
 def _bmm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
