@@ -11,11 +11,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 import triton
 
 from reidcam.reid.model.kernels import cuda_scan
 
 NVDISASM = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+# the suffix of a global load or store's SASS opcode (LDG.E.64, STG.E.U16...) by the bytes it moves
+_ACCESS_SUFFIX = {2: "E.U16", 4: "E", 8: "E.64", 16: "E.128"}
+
+
+def access_width(dtype: torch.dtype, channels: int) -> str:
+    """The opcode suffix of a load or store of ``channels`` adjacent values of ``dtype`` (LDG.<suffix>)."""
+    return _ACCESS_SUFFIX[channels * torch.empty((), dtype=dtype).element_size()]
 
 
 def compiled_or_skip(compile_source: Callable[[], cuda_scan.CompiledSource]) -> cuda_scan.CompiledSource:

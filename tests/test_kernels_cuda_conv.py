@@ -24,13 +24,11 @@ from reidcam.reid.model.kernels import cuda_scan
 
 pytest.importorskip("triton")
 
-from cubin_tools import compiled_or_skip, kernel_opcodes, kernel_reports  # noqa: E402
+from cubin_tools import access_width, compiled_or_skip, kernel_opcodes, kernel_reports  # noqa: E402
 
 TOKENS = cuda_scan.CONV_TOKENS
 KERNELS = {cuda_scan.conv_kernel_name(dt, ch): (dt, ch) for dt, options in cuda_scan.CONV_CHANNELS.items()
            for ch in options}
-# the SASS opcode of a load or store of one thread's channels of a row: CH * itemsize bytes
-WIDTH_OPCODE = {2: "E.U16", 4: "E", 8: "E.64", 16: "E.128"}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +49,7 @@ def test_every_kernel_compiles_for_sm90_without_spills(sm90):
 def test_each_row_is_loaded_once_and_stored_with_the_vector_width(sm90, tmp_path):
     for name, ops in kernel_opcodes(sm90.cubin, tmp_path).items():
         dtype, channels = KERNELS[name]
-        width = WIDTH_OPCODE[channels * torch.empty((), dtype=dtype).element_size()]
+        width = access_width(dtype, channels)
         stores = {op: n for op, n in ops.items() if op.startswith("STG")}
         assert stores == {f"STG.{width}": 2 * TOKENS}, (name, ops)  # two directions per token
         # the window (TOKENS + 6 rows); fp32 c1 and bf16 c2 also load the biases with that width

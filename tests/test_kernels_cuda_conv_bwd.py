@@ -27,7 +27,7 @@ from reidcam.reid.model.kernels import cuda_scan
 pytest.importorskip("triton")
 
 import cuda_emulation  # noqa: E402
-from cubin_tools import compiled_or_skip, kernel_opcodes, kernel_reports  # noqa: E402
+from cubin_tools import access_width, compiled_or_skip, kernel_opcodes, kernel_reports  # noqa: E402
 
 from reidcam.reid.model.kernels.triton_conv import ConvParams, biconv_backward  # noqa: E402
 
@@ -35,8 +35,6 @@ KERNELS = {cuda_scan.conv_backward_kernel_name(dt, ch): (dt, ch)
            for dt, options in cuda_scan.CONV_BWD_CHANNELS.items() for ch in options}
 GRAD_NAMES = ("dx", "dwf", "dbf", "dwb", "dbb")
 TOKENS = cuda_scan.CONV_BWD_TOKENS
-# the SASS opcode of a load or store of one lane's channels of a row: CH * itemsize bytes
-WIDTH_OPCODE = {2: "E.U16", 4: "E"}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +61,7 @@ def test_the_block_sums_fit_a_static_shared_allocation(sm90):
 def test_each_row_is_loaded_and_stored_once_and_the_sums_leave_by_atomics(sm90, tmp_path):
     for name, ops in kernel_opcodes(sm90.cubin, tmp_path).items():
         dtype, channels = KERNELS[name]
-        width = WIDTH_OPCODE[channels * torch.empty((), dtype=dtype).element_size()]
+        width = access_width(dtype, channels)
         assert {op: n for op, n in ops.items() if op.startswith("STG")} == {f"STG.{width}": TOKENS}, (name, ops)
         # x's TOKENS + 6 rows and both directions' TOKENS + 3 gradient rows (+ the biases where they share the width)
         rows = TOKENS + 6 + 2 * (TOKENS + 3)
