@@ -19,7 +19,8 @@ of the run's steps, past the first-use compilations and graph captures of the fi
 a background thread while the main thread handles this one); without either, the cams.yaml value
 (off by default). ``--detector-graphs`` / ``--no-detector-graphs`` set ``detector.cuda_graphs``; ``--decode thread|process`` sets
 ``streams.decode`` (each camera decoded in a thread
-of the run, or in a process of its own into shared memory). ``--switch-interval`` sets Python's GIL
+of the run, or in a process of its own into shared memory); ``--tracker-processes N|auto`` sets
+``tracker.processes`` (0: every camera's tracker in the main thread). ``--switch-interval`` sets Python's GIL
 switch interval for the whole run. Each row says whether it overlapped; when it did, the shares add up to more
 than 100 %, as detect and track ran beside the other stages.
 
@@ -109,6 +110,16 @@ def report_row(count: int, timing) -> str:
     )
 
 
+def _processes(text: str) -> int | str:
+    """``--tracker-processes``: "auto" or a count of at least 0."""
+    if text == "auto":
+        return text
+    count = int(text)
+    if count < 0:
+        raise argparse.ArgumentTypeError("a count of at least 0, or auto")
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cameras", default="1,4,16", help="comma-separated camera counts")
@@ -127,6 +138,9 @@ def main() -> None:
                         help="detector.cuda_graphs (default: the cams.yaml value, on)")
     parser.add_argument("--decode", choices=["thread", "process"], default=None,
                         help="streams.decode (default: the cams.yaml value, auto: processes on a GPU)")
+    parser.add_argument("--tracker-processes", default=None, type=_processes,
+                        help="tracker.processes: a count (0: trackers in the main thread) or auto (default: the "
+                             "cams.yaml value, auto)")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval (s): how long a thread may hold the GIL when another asks")
     parser.add_argument("--clocks", choices=["together", "staggered"], default="together",
@@ -142,7 +156,8 @@ def main() -> None:
     header = [
         f"reidcam run, {width}x{height} cameras of vtest.avi, {args.frames} frames each, detector "
         f"{Path(args.detector).name}, device {args.device}, decoder threads per camera "
-        f"{args.decoder_threads or 'cores / cameras'}, clocks {args.clocks}, decode in {args.decode or 'auto'}, detector graphs {GRAPH_NAMES[args.detector_graphs]}, overlap {OVERLAP_NAMES[args.overlap]}, GIL switch "
+        f"{args.decoder_threads or 'cores / cameras'}, clocks {args.clocks}, decode in {args.decode or 'auto'}, detector graphs {GRAPH_NAMES[args.detector_graphs]}, tracker processes "
+        f"{'as cams.yaml (default auto)' if args.tracker_processes is None else args.tracker_processes}, overlap {OVERLAP_NAMES[args.overlap]}, GIL switch "
         f"interval {sys.getswitchinterval() * 1e3:g} ms",
         "",
         "| cameras | frames | frames per step | wall s | frames/s | 2nd half frames/s | per camera | ReID crops/s | "
@@ -156,7 +171,8 @@ def main() -> None:
     for count in (int(c) for c in args.cameras.split(",")):
         folder = args.work / f"{count}cams_{args.frames}f_{width}"
         settings = {("streams", "decoder_threads"): args.decoder_threads, ("streams", "decode"): args.decode,
-                    ("detector", "overlap"): args.overlap, ("detector", "cuda_graphs"): args.detector_graphs}
+                    ("detector", "overlap"): args.overlap, ("detector", "cuda_graphs"): args.detector_graphs,
+                    ("tracker", "processes"): args.tracker_processes}
         cams_yaml = with_settings(cameras_once(count, args.frames, args.scale, folder, args.detector), settings,
                                   args.clocks)
         timing = time_pipeline(cams_yaml, device=args.device)
