@@ -8,6 +8,7 @@ real detector, tracker and ReID model on real decoded video in seconds.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +166,16 @@ def cli(capsys, monkeypatch):
         return CliResult(code, captured.out, captured.err)
 
     return invoke
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_cache_dir(tmp_path_factory) -> Iterator[Path]:
+    """NVRTC's compiles cached in a folder of the session (per xdist worker), never in the user's ~/.cache; a test
+    may set REIDCAM_KERNEL_CACHE itself. Cached logs are those of identical compiles, ptxas' report included."""
+    folder = tmp_path_factory.mktemp("kernel-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REIDCAM_KERNEL_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture(autouse=True)

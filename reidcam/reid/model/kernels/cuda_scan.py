@@ -9,7 +9,10 @@ needs five, and ran at 0.61-0.65 ms per block at batch 256, twice what tying ViT
 Why NVRTC and the driver API rather than a C++ extension: every CUDA build of PyTorch ships libnvrtc, and
 libcuda comes with the driver, so nothing needs nvcc, a host compiler or PyTorch's headers; compiling the
 forward's twelve kernels (split and unsplit, two variants each, in bf16, fp16 and fp32) took 2.7 s on a 2-core
-CPU (session 9). Kernels run on PyTorch's current stream, so CUDA graphs capture them.
+CPU (session 9). Kernels run on PyTorch's current stream, so CUDA graphs capture them. ``compile_source`` keeps
+every cubin, with NVRTC's log, in a disk cache (kernel_cache.py): ``REIDCAM_KERNEL_CACHE`` names its folder, or
+``off``; by default ``$XDG_CACHE_HOME/reidcam/kernels``, else ``~/.cache/reidcam/kernels``. A later process
+compiling the same source with the same options and NVRTC loads the cubin instead.
 
 ``REIDCAM_SCAN_FWD`` picks the forward kernel: ``auto`` (default: CUDA where it compiles, else Triton),
 ``cuda`` (an error if it cannot compile) or ``triton``.
@@ -53,6 +56,8 @@ import torch
 from reidcam.cuda_driver import CudaDriver, CudaUnavailable
 from reidcam.devices import device_index
 
+from . import kernel_cache
+from .kernel_cache import CompiledSource
 from .triton_conv import D_CONV, ConvParams
 from .triton_scan import GradBuffers, ScanGrads, ScanTables
 
@@ -116,12 +121,6 @@ def _nvrtc_library() -> ctypes.CDLL:
     raise CudaKernelUnavailable("libnvrtc not found (it comes with CUDA builds of PyTorch)")
 
 
-@dataclass(frozen=True)
-class CompiledSource:
-    cubin: bytes
-    log: str  # NVRTC's log: ptxas' register and spill report, absent on a hit of NVRTC's cache (CUDA_CACHE_DISABLE=1)
-
-
 CompiledScan = CompiledSource
 
 
@@ -134,17 +133,10 @@ def compile_scan(arch: int, d_state: int, threads: int = THREADS, defines: Mappi
 
 
 def compile_source(source: Path, arch: int, defines: Mapping[str, int] | None = None) -> CompiledSource:
-    """Compile a header-free .cu file for sm_<arch> into a cubin, fast math, with -D``defines``; needs no GPU."""
+    """Compile a header-free .cu file for sm_<arch> into a cubin, fast math, with -D``defines``; needs no GPU.
+    The disk cache of kernel_cache returns an earlier process's identical compile."""
     nvrtc = _nvrtc_library()
-    nvrtc.nvrtcGetErrorString.restype = ctypes.c_char_p
-
-    def check(result: int, what: str) -> None:
-        if result != 0:
-            raise CudaKernelUnavailable(f"NVRTC {what}: {nvrtc.nvrtcGetErrorString(result).decode()}")
-
-    program = ctypes.c_void_p()
-    check(nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.read_bytes(), source.name.encode(), 0, None, None),
-          "create")
+    code = source.read_bytes()
     options = [
         f"--gpu-architecture=sm_{arch}",
         "--use_fast_math",
@@ -152,12 +144,32 @@ def compile_source(source: Path, arch: int, defines: Mapping[str, int] | None = 
         "--ptxas-options=-v",
         *[f"-D{name}={value}" for name, value in (defines or {}).items()],
     ]
+    return kernel_cache.cached(kernel_cache.key(code, source.name, options, _nvrtc_version(nvrtc)),
+                               lambda: _compile(nvrtc, code, source.name, options, arch))
+
+
+def _nvrtc_version(nvrtc: ctypes.CDLL) -> tuple[int, int]:
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    if nvrtc.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)) != 0:
+        raise CudaKernelUnavailable("nvrtcVersion failed")
+    return major.value, minor.value
+
+
+def _compile(nvrtc: ctypes.CDLL, code: bytes, name: str, options: list[str], arch: int) -> CompiledSource:
+    nvrtc.nvrtcGetErrorString.restype = ctypes.c_char_p
+
+    def check(result: int, what: str) -> None:
+        if result != 0:
+            raise CudaKernelUnavailable(f"NVRTC {what}: {nvrtc.nvrtcGetErrorString(result).decode()}")
+
+    program = ctypes.c_void_p()
+    check(nvrtc.nvrtcCreateProgram(ctypes.byref(program), code, name.encode(), 0, None, None), "create")
     encoded = [o.encode() for o in options]
     try:
         compiled = nvrtc.nvrtcCompileProgram(program, len(encoded), (ctypes.c_char_p * len(encoded))(*encoded))
         log = _nvrtc_text(nvrtc, program, "nvrtcGetProgramLogSize", "nvrtcGetProgramLog").decode(errors="replace")
         if compiled != 0:
-            raise CudaKernelUnavailable(f"{source.name} did not compile for sm_{arch}: {log.strip()[:2000]}")
+            raise CudaKernelUnavailable(f"{name} did not compile for sm_{arch}: {log.strip()[:2000]}")
         cubin = _nvrtc_text(nvrtc, program, "nvrtcGetCUBINSize", "nvrtcGetCUBIN")
     finally:
         nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
