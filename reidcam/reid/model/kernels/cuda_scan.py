@@ -511,7 +511,7 @@ class CudaScanBackward(_LazyKernels):
         checkpoints = torch.empty((2, bsz, checkpoint_count(length, self.steps), d_state, dim), device=dev,
                                   dtype=torch.float32)
         tensors = [xc, z, grad_out, dbl, tables.dt_projection(), tables.dt_bias, tables.a2, tables.d_skip,
-                   out.dz, out.dxc, out.ddt, out.dbc, out.da_part, out.d_skip_part, out.dt_bias_part, checkpoints]
+                   out.dz, out.dxc, out.ddt, out.dbc, out.parts, checkpoints]
         args = [ctypes.c_void_p(t.data_ptr()) for t in tensors] + [
             ctypes.c_int(bsz), ctypes.c_int(length), ctypes.c_int(dim), ctypes.c_int(tables.dt.shape[-1]),
             ctypes.c_longlong(z.stride(0)), ctypes.c_longlong(z.stride(1)),
