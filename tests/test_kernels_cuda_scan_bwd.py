@@ -312,6 +312,33 @@ def test_the_partial_sums_are_summed_into_their_gradients():
     assert torch.equal(grads.dz, shares[0] + shares[1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dz_goes_into_the_view_it_is_given(dtype):
+    """dz_out: the z half of the packed gradient of in_proj's output, as the mixer core passes it; the same bits as
+    dz in a tensor of its own, nothing written beside it; a view of another dtype is refused."""
+    shares = torch.randn(2, 2, 7, 5).to(dtype)
+    buffers = triton_scan.GradBuffers(dz=shares, dxc=shares, ddt=shares, dbc=torch.empty(0),
+                                      parts=torch.zeros(2, 2, 6, 5))
+    tables = triton_scan.ScanTables(dt=torch.empty(0), dt_weight=torch.empty(0), dt_bias=torch.empty(0),
+                                    a=torch.ones(2, 5, 4), a2=torch.empty(0), d_skip=torch.empty(0))
+    packed = torch.full((2, 7, 10), float("nan"), dtype=dtype)
+    view = packed[..., 5:]
+    got = buffers.grads(tables, dtype, view).dz
+    assert got.data_ptr() == view.data_ptr() and torch.equal(got, buffers.grads(tables, dtype).dz)
+    assert packed[..., :5].isnan().all()
+    with pytest.raises(ValueError, match="dtype"):
+        buffers.grads(tables, dtype, torch.empty(2, 7, 5, dtype=torch.float64))
+
+
+def test_the_emulated_backward_writes_dz_into_a_view(emulated, monkeypatch):
+    xc, z, dbl, tables, grad_out = scan_inputs(2, 9, 40, torch.bfloat16, "cpu", seed=7)
+    packed = torch.full((2, 9, 80), float("nan"), dtype=torch.bfloat16)
+    fresh = run_emulated(emulated, monkeypatch, xc, z, dbl, tables, grad_out)
+    got = EmulatedBackward(*emulated).backward(xc, z, dbl, tables, grad_out, packed[..., 40:])
+    assert torch.equal(packed[..., 40:], fresh.dz) and packed[..., :40].isnan().all()
+    assert got.dz.data_ptr() == packed[..., 40:].data_ptr()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_emulated_design_3_equals_design_1(emulation_dir, monkeypatch, dtype):
     """The same arithmetic in other storage: every per-channel gradient bit for bit; dbc's warp sums add the 32
@@ -424,6 +451,20 @@ def test_cuda_backward_leaves_each_sequences_partial_sums_in_one_buffer(monkeypa
     cuda_scan.CudaScanBackward().backward(xc, z, dbl, tables, grad_out)
     for buffers in made:
         check_parts_layout(buffers.parts, xc, z, dbl, tables, grad_out)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_backward_writes_dz_into_a_view(dtype):
+    from reidcam.reid.model.kernels import mixer_core
+
+    xc, z, dbl, tables, grad_out = scan_inputs(2, 131, 300, dtype, "cuda", seed=7)
+    scan = mixer_core.cuda_scan_backward(dtype)
+    packed = torch.full((2, 131, 600), float("nan"), dtype=dtype, device="cuda")
+    fresh = scan.backward(xc, z, dbl, tables, grad_out)
+    got = scan.backward(xc, z, dbl, tables, grad_out, packed[..., 300:])
+    assert torch.equal(packed[..., 300:], fresh.dz) and packed[..., :300].isnan().all()
+    assert got.dz.data_ptr() == packed[..., 300:].data_ptr()
 
 
 @gpu

@@ -498,20 +498,31 @@ class GradBuffers:
             parts=torch.empty((2, bsz, d_state + 2, dim), device=dev, dtype=fp32),
         )
 
-    def grads(self, tables: ScanTables, z_dtype: torch.dtype) -> ScanGrads:
+    def grads(self, tables: ScanTables, z_dtype: torch.dtype, dz_out: torch.Tensor | None = None) -> ScanGrads:
+        """The sums. dz, the directions' shares added, goes into ``dz_out`` where given (z's dtype, which is
+        the shares' in the mixer core: the same values as a new tensor), else into a new tensor."""
         d_state = tables.a.shape[-1]
         sums = self.parts.sum(1)  # (2, N + 2, D)
         return ScanGrads(
-            dz=(self.dz[0] + self.dz[1]).to(z_dtype), dxc=self.dxc, ddt=self.ddt, dbc=self.dbc,
+            dz=self._dz_sum(z_dtype, dz_out), dxc=self.dxc, ddt=self.ddt, dbc=self.dbc,
             da_log=sums[:, :d_state].transpose(1, 2) * tables.a,  # dL/dA (2, D, N) times dA/dA_log = A
             d_skip=sums[:, d_state], dt_bias=sums[:, d_state + 1],
         )
 
+    def _dz_sum(self, z_dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor:
+        if out is None:
+            return (self.dz[0] + self.dz[1]).to(z_dtype)
+        if out.dtype != z_dtype:
+            raise ValueError(f"dz goes into a tensor of z's dtype {z_dtype}, not {out.dtype}")
+        return torch.add(self.dz[0], self.dz[1], out=out)
+
 
 def scan_backward(
-    xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables, grad_out: torch.Tensor
+    xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables, grad_out: torch.Tensor,
+    dz_out: torch.Tensor | None = None,
 ) -> ScanGrads:
-    """Gradients of scan_forward's output with respect to its inputs, given grad_out (B, L, D)."""
+    """Gradients of scan_forward's output with respect to its inputs, given grad_out (B, L, D); dz written
+    into ``dz_out`` where given (GradBuffers.grads)."""
     _, bsz, length, dim = xc.shape
     rank = tables.dt.shape[-1]
     d_state = tables.a.shape[-1]
@@ -530,4 +541,4 @@ def scan_backward(
         bsz, length, dim, rank, z.stride(0), z.stride(1), n_state_chunks,
         N=d_state,
     )
-    return out.grads(tables, z.dtype)
+    return out.grads(tables, z.dtype, dz_out)
