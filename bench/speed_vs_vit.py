@@ -46,7 +46,9 @@ from torch import nn
 
 from reidcam.reid.engine.graphed_step import GraphedStep
 from reidcam.reid.model import build_model
-from reidcam.reid.model.scan import DirectionParams, available_backends, bidirectional_mixer_core, new_weight_memo, weight_memo
+from reidcam.reid.model.scan import (
+    DirectionParams, available_backends, bidirectional_mixer_core_packed, new_weight_memo, weight_memo,
+)
 
 FIELDS = ("conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "A_log", "D")
 ALL_SIZES = ("256x128s16", "256x128s12", "384x128s12", "512x256s16", "768x384s16")
@@ -167,9 +169,8 @@ def core_outputs(backend: str, xz: torch.Tensor, fwd: DirectionParams, bwd: Dire
         values = {f: getattr(p, f).to(device, leaf_dtype).requires_grad_(True) for f in FIELDS}
         leaves.update({f"{tag}.{f}": v for f, v in values.items()})
         params.append(DirectionParams(**values))
-    x, z = leaves["xz"].to(dtype).chunk(2, dim=-1)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        out = bidirectional_mixer_core(x, z, params[0], params[1], backend=backend)
+        out = bidirectional_mixer_core_packed(leaves["xz"].to(dtype), params[0], params[1], backend=backend)
     grads = torch.autograd.grad(out, list(leaves.values()), grad_out.to(device, out.dtype), allow_unused=True)
     result = {"out": out.detach().double().cpu()}
     for (name, leaf), g in zip(leaves.items(), grads):
@@ -384,7 +385,7 @@ def core_microbench(settings: Settings) -> list[str]:
     lines += _norm_times(settings, batch, length)
     with torch.inference_mode(), weight_memo(new_weight_memo()):  # as the embedder runs it
         for backend in [b for b in ("triton", "cuda") if b in settings.backends]:
-            ms = median_ms(lambda: bidirectional_mixer_core(x, z, fwd, bwd, backend=backend), settings)
+            ms = median_ms(lambda: bidirectional_mixer_core_packed(xz, fwd, bwd, backend=backend), settings)
             lines.append(f"  whole core fwd, {backend:<14} {ms:8.3f} ms")
     lines += _core_train_times(settings, fwd, bwd, length, dim)
     lines.append(f"  autotuned scan configs: fwd {_best(triton_scan._scan_fwd_tuned)}  bwd {_best(triton_scan._scan_bwd_tuned)}")
@@ -420,20 +421,22 @@ def _backward_scan_times(settings: Settings, fwd: DirectionParams, bwd: Directio
 def _conv_backward_times(settings: Settings, fwd: DirectionParams, bwd: DirectionParams, length: int,
                          dim: int) -> list[str]:
     """The conv backward alone at the training batch, Triton against CUDA on the same inputs (the A/B of
-    REIDCAM_CONV_BWD; "CUDA t12": conv_bwd.cu with 12-token chunks, 126 registers against 16's 144); the floor
-    counts x and both directions' dxc read and dx written (bf16), not the weight sums."""
+    REIDCAM_CONV_BWD; "CUDA t12": conv_bwd.cu with 12-token chunks, 124 registers against 16's 132), dx written
+    into x's half of a packed gradient as in the mixer core; the floor counts x and both directions' dxc read and
+    dx written (bf16), not the weight sums."""
     from reidcam.reid.model.kernels import cuda_scan, mixer_core, triton_conv
 
     batch = settings.train_batch
     xz = torch.randn(batch, length, 2 * dim, device=settings.device, dtype=torch.bfloat16)
     x = xz.chunk(2, dim=-1)[0]
+    dx = torch.empty_like(xz).chunk(2, dim=-1)[0]
     dxc = torch.randn(2, batch, length, dim, device=settings.device, dtype=torch.bfloat16)
     conv = [triton_conv.ConvParams(p.conv_weight, p.conv_bias) for p in (fwd, bwd)]
-    kernels = {"conv backward (Triton)": lambda: triton_conv.biconv_backward(x, dxc, *conv)}
-    if cuda_scan.conv_backward_supports(x, dxc, *conv):
-        kernels["conv backward (CUDA)"] = lambda: mixer_core._CUDA_CONV_BWD.backward(x, dxc, *conv)
+    kernels = {"conv backward (Triton)": lambda: triton_conv.biconv_backward(x, dxc, *conv, dx)}
+    if cuda_scan.conv_backward_supports(x, dxc, *conv, dx):
+        kernels["conv backward (CUDA)"] = lambda: mixer_core._CUDA_CONV_BWD.backward(x, dxc, *conv, dx)
         twelve = cuda_scan.CudaConvBackward(tokens=12)
-        kernels["conv backward (CUDA t12)"] = lambda: twelve.backward(x, dxc, *conv)
+        kernels["conv backward (CUDA t12)"] = lambda: twelve.backward(x, dxc, *conv, dx)
     floor_bytes = batch * length * dim * 2 * 4  # x, dxc (two directions) read, dx written
     lines = []
     for name, fn in kernels.items():
@@ -481,8 +484,7 @@ def _core_train_times(settings: Settings, fwd: DirectionParams, bwd: DirectionPa
         runs.insert(2, ("triton", "tconv-bwd", {"REIDCAM_CONV_BWD": "triton"}))
     for backend, label, env in runs:
         def step() -> None:
-            x, z = xz.chunk(2, dim=-1)
-            out = bidirectional_mixer_core(x, z, pf, pb, backend=backend)
+            out = bidirectional_mixer_core_packed(xz, pf, pb, backend=backend)  # as the model calls it
             torch.autograd.backward(out, grad_out)
         with _scan_kernel_env(env):
             ms = median_ms(step, settings)

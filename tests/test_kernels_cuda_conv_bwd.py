@@ -48,7 +48,8 @@ def test_every_kernel_compiles_for_sm90_without_spills(sm90):
     for name, (registers, spills) in reports.items():
         print(f"{name}: {registers} registers, {spills} bytes of spill (sm_90)")
         assert spills == 0, (name, reports)
-        # bf16 and fp16 c2 hold 60 rows and 40 sums and parameters: 144 (12 warps per SM); capped at 128 they spill
+        # bf16 and fp16 c2 hold 60 rows and 40 sums and parameters: 132 and 128 (15 warps per SM; 144 with dx
+        # contiguous, before it took row strides)
         assert registers <= (160 if name.endswith("_c2") else 128), (name, reports)
 
 
@@ -124,14 +125,14 @@ def dispatch(monkeypatch):
     calls: list[str] = []
     state = {"unavailable": False}
 
-    def cuda(x, dxc, conv_f, conv_b):
+    def cuda(x, dxc, conv_f, conv_b, dx=None):
         if state["unavailable"]:
             raise cuda_scan.CudaKernelUnavailable("no NVRTC")
         calls.append("cuda")
 
     monkeypatch.setattr(mixer_core._CUDA_CONV_BWD, "backward", cuda)
-    monkeypatch.setattr(mixer_core, "biconv_backward", lambda x, dxc, conv_f, conv_b: calls.append("triton"))
-    monkeypatch.setattr(cuda_scan, "conv_backward_supports", lambda x, dxc, conv_f, conv_b: True)
+    monkeypatch.setattr(mixer_core, "biconv_backward", lambda x, dxc, conv_f, conv_b, dx=None: calls.append("triton"))
+    monkeypatch.setattr(cuda_scan, "conv_backward_supports", lambda x, dxc, conv_f, conv_b, dx=None: True)
     monkeypatch.delenv("REIDCAM_CONV_BWD", raising=False)
     return lambda: mixer_core._conv_backward(None, None, None, None), calls, state
 
@@ -223,7 +224,8 @@ C_TYPES = {torch.float32: "float", torch.bfloat16: "bf16_bits", torch.float16: "
 # ---- on the CPU: the kernel emulated, one OS thread per CUDA thread -------------------------------------------
 
 KERNEL_PARAMS = ("const {T}* x, const {T}* dxc, const float* wf, const float* bf, const float* wb, const float* bb, "
-                 "{T}* dx, float* grads, int Bsz, int L, int D, long long stride_xb, long long stride_xl, int warps")
+                 "{T}* dx, float* grads, int Bsz, int L, int D, long long stride_xb, long long stride_xl, "
+                 "long long stride_dxb, int stride_dxl, int warps")
 # 16: the designed chunk (one to three warps on these lengths); 4: several warps and segments per sequence at
 # CPU-sized lengths
 EMULATED_TOKENS = [16, 4]
@@ -258,11 +260,11 @@ class EmulatedConvBackward(cuda_scan.CudaConvBackward):
                                         ctypes.c_int(shared_bytes), *args)
 
 
-def run_emulated(emulated, monkeypatch, x, dxc, conv_f, conv_b, channels=None) -> dict[str, torch.Tensor]:
+def run_emulated(emulated, monkeypatch, x, dxc, conv_f, conv_b, channels=None, dx=None) -> dict[str, torch.Tensor]:
     monkeypatch.setattr(cuda_scan.torch.cuda, "current_stream", lambda device: type("S", (), {"cuda_stream": 0}))
     monkeypatch.setattr(cuda_scan, "device_index", lambda device: 0)
     library, tokens = emulated
-    return as_dict(EmulatedConvBackward(library, tokens).backward(x, dxc, conv_f, conv_b, channels=channels))
+    return as_dict(EmulatedConvBackward(library, tokens).backward(x, dxc, conv_f, conv_b, dx, channels=channels))
 
 
 # L: shorter than the taps (1, 2, 3), not a multiple of any chunk (37); D: not a multiple of a block (70: two
@@ -294,18 +296,24 @@ def test_the_emulated_kernel_equals_the_triton_backward(emulated, monkeypatch):
     assert all(error < 1e-5 for error in errors.values()), errors
 
 
-def test_the_mixer_core_trains_through_the_emulated_backward(emulated, monkeypatch):
+@pytest.mark.parametrize("packed", [False, True], ids=["x-z", "packed"])
+def test_the_mixer_core_trains_through_the_emulated_backward(emulated, monkeypatch, packed):
     """The whole core's backward with REIDCAM_CONV_BWD=cuda (the kernel emulated, the rest in Triton's interpreter)
-    against the torch backend: the gradients reach x and the conv parameters in the autograd Function's shapes."""
+    against the torch backend: the gradients reach x and the conv parameters in the autograd Function's shapes. Packed,
+    as the model calls it: the kernel writes dx into the first half of the gradient of in_proj's output."""
     from mixer_fixtures import random_direction
 
     from reidcam.reid.model.kernels import mixer_core
-    from reidcam.reid.model.scan import DirectionParams, bidirectional_mixer_core
+    from reidcam.reid.model.scan import DirectionParams, bidirectional_mixer_core, bidirectional_mixer_core_packed
 
     monkeypatch.setattr(cuda_scan.torch.cuda, "current_stream", lambda device: type("S", (), {"cuda_stream": 0}))
     monkeypatch.setattr(cuda_scan, "device_index", lambda device: 0)
-    monkeypatch.setattr(mixer_core, "_CUDA_CONV_BWD", EmulatedConvBackward(*emulated))
-    monkeypatch.setattr(cuda_scan, "conv_backward_supports", lambda x, dxc, conv_f, conv_b: True)
+    kernel = EmulatedConvBackward(*emulated)
+    strided = []
+    monkeypatch.setattr(mixer_core, "_CUDA_CONV_BWD", kernel)
+    monkeypatch.setattr(kernel, "backward", lambda *args: strided.append(args[4] is not None)
+                        or EmulatedConvBackward.backward(kernel, *args))
+    monkeypatch.setattr(cuda_scan, "conv_backward_supports", lambda x, dxc, conv_f, conv_b, dx=None: True)
     monkeypatch.setattr(mixer_core, "biconv_backward", lambda *args: pytest.fail("the Triton conv backward ran"))
     monkeypatch.setenv("REIDCAM_CONV_BWD", "cuda")
     gen = torch.Generator().manual_seed(4)
@@ -318,13 +326,83 @@ def test_the_mixer_core_trains_through_the_emulated_backward(emulated, monkeypat
         leaf_xz = xz.clone().requires_grad_(True)
         params = [DirectionParams(**{f: getattr(p, f).clone().requires_grad_(True) for f in mixer_core.FIELDS})
                   for p in directions]
-        x, z = leaf_xz.chunk(2, dim=-1)
-        out = bidirectional_mixer_core(x, z, *params, backend=backend)
+        if packed:
+            out = bidirectional_mixer_core_packed(leaf_xz, *params, backend=backend)
+        else:
+            out = bidirectional_mixer_core(*leaf_xz.chunk(2, dim=-1), *params, backend=backend)
         leaves = [leaf_xz] + [getattr(p, f) for p in params for f in fields]
         grads[backend] = torch.autograd.grad(out, leaves, grad_out)
+    assert strided == [packed]  # the packed core hands the kernel its view of the packed gradient
     for got, want in zip(grads["triton"], grads["torch"]):
         assert got.shape == want.shape
         assert ((got - want).norm() / want.norm()).item() < 1e-4
+
+
+def packed_gradient(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (B, L, 2D) buffer like the packed gradient of in_proj's output, NaN throughout, and its first half: the
+    view the mixer core hands the conv backward for dx."""
+    buffer = torch.full((*x.shape[:2], 2 * x.shape[-1]), float("nan"), dtype=x.dtype, device=x.device)
+    return buffer, buffer[..., : x.shape[-1]]
+
+
+def assert_written_into_the_view(got: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor],
+                                 buffer: torch.Tensor, view: torch.Tensor) -> None:
+    """dx went into the view, the same values bit for bit as into a tensor of its own, and nothing into the
+    buffer's other half; the weight and bias sums are the same function (atomic sums: in any order)."""
+    assert got["dx"].data_ptr() == view.data_ptr() and got["dx"].stride() == view.stride()
+    assert torch.equal(got["dx"], fresh["dx"])
+    assert buffer[..., view.shape[-1]:].isnan().all()
+    for name in GRAD_NAMES[1:]:
+        torch.testing.assert_close(got[name], fresh[name], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(3, 37, 70), (2, 5, 33)])
+def test_the_emulated_kernel_writes_dx_into_a_strided_view(emulated, monkeypatch, dtype, shape):
+    """dx into x's half of a packed (B, L, 2D) gradient (token stride 2D, batch stride 2 L D), every kernel that
+    fits; x strided too, as in the model."""
+    x, dxc, (conv_f, conv_b) = conv_inputs(*shape, dtype, "cpu", strided=True, seed=5)
+    buffer, view = packed_gradient(x)
+    options = cuda_scan.conv_backward_channel_options(x, dxc, view)
+    assert options == cuda_scan.conv_backward_channel_options(x, dxc)
+    for channels in options:
+        fresh = run_emulated(emulated, monkeypatch, x, dxc, conv_f, conv_b, channels)
+        got = run_emulated(emulated, monkeypatch, x, dxc, conv_f, conv_b, channels, dx=view)
+        assert_written_into_the_view(got, fresh, buffer, view)
+
+
+def test_the_triton_backward_writes_dx_into_a_strided_view():
+    from reidcam.reid.model.kernels.triton_scan import interpreting
+
+    if not interpreting():
+        pytest.skip("runs Triton in its CPU interpreter")
+    x, dxc, (conv_f, conv_b) = conv_inputs(2, 11, 40, torch.float32, "cpu", strided=True, seed=6)
+    buffer, view = packed_gradient(x)
+    fresh = as_dict(biconv_backward(x, dxc, conv_f, conv_b))
+    got = as_dict(biconv_backward(x, dxc, conv_f, conv_b, view))
+    assert_written_into_the_view(got, fresh, buffer, view)
+
+
+def test_a_dx_unlike_x_is_refused():
+    from reidcam.reid.model.kernels.triton_conv import conv_grad_output
+
+    x = torch.zeros(2, 5, 8, dtype=torch.bfloat16)
+    assert conv_grad_output(x, None).shape == x.shape
+    view = torch.zeros(2, 5, 16, dtype=torch.bfloat16)[..., :8]
+    assert conv_grad_output(x, view) is view
+    for bad in (torch.zeros(2, 5, 8), torch.zeros(2, 4, 8, dtype=torch.bfloat16),
+                torch.zeros(2, 8, 5, dtype=torch.bfloat16).transpose(1, 2)):
+        with pytest.raises(ValueError, match="gradient of x"):
+            conv_grad_output(x, bad)
+
+
+def test_the_widest_kernel_fits_dx_too():
+    """A dx whose rows start at odd elements takes the one-channel kernel, whatever x fits."""
+    x = torch.zeros(2, 5, 8, dtype=torch.bfloat16)
+    dxc = torch.zeros(2, *x.shape, dtype=torch.bfloat16)
+    assert cuda_scan.conv_backward_channel_options(x, dxc) == [2, 1]
+    assert cuda_scan.conv_backward_channel_options(x, dxc, torch.zeros(2, 5, 17, dtype=torch.bfloat16)[..., :8]) == [1]
+    assert cuda_scan.conv_backward_channel_options(x, dxc, torch.zeros(2, 5, 18, dtype=torch.bfloat16)[..., 1:9]) == [1]
 
 
 # ---- on a GPU ---------------------------------------------------------------------------------------------
@@ -347,6 +425,22 @@ def test_every_cuda_kernel_equals_the_float64_definition(dtype, strided, shape):
         # the GPU's fast-math exp and reciprocal: ~1e-6 relative
         limits = {name: max(limit, 1e-5) for name, limit in TOLERANCE[dtype].items()}
         assert all(errors[name] < limits[name] for name in GRAD_NAMES), (channels, errors)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 1, 768), (3, 141, 70), (4, 140, 768)])
+def test_every_cuda_kernel_writes_dx_into_a_strided_view(dtype, shape):
+    """dx into x's half of the packed gradient of in_proj's output, as the mixer core asks: bit for bit the dx of a
+    tensor of its own, nothing written into the other half."""
+    x, dxc, (conv_f, conv_b) = conv_inputs(*shape, dtype, "cuda", strided=True, seed=7)
+    buffer, view = packed_gradient(x)
+    conv = cuda_scan.CudaConvBackward()
+    assert cuda_scan.conv_backward_supports(x, dxc, conv_f, conv_b, view)
+    for channels in cuda_scan.conv_backward_channel_options(x, dxc, view):
+        fresh = as_dict(conv.backward(x, dxc, conv_f, conv_b, channels=channels))
+        got = as_dict(conv.backward(x, dxc, conv_f, conv_b, view, channels=channels))
+        assert_written_into_the_view(got, fresh, buffer, view)
 
 
 @gpu

@@ -334,15 +334,34 @@ def test_every_variant_gives_the_same_output(dtype, split):
         assert torch.equal(output, outputs[0])
 
 
+def core_leaves(directions: list, device: str = "cuda") -> list:
+    """Both directions' DirectionParams as fresh leaves on ``device``."""
+    from reidcam.reid.model.kernels import mixer_core
+    from reidcam.reid.model.scan import DirectionParams
+
+    return [DirectionParams(**{f: getattr(p, f).to(device).requires_grad_(True) for f in mixer_core.FIELDS})
+            for p in directions]
+
+
+def run_core(xz: torch.Tensor, params: list, backend: str, packed: bool) -> torch.Tensor:
+    """The core of in_proj's output xz: whole (packed, as the model calls it) or as its halves."""
+    from reidcam.reid.model.scan import bidirectional_mixer_core, bidirectional_mixer_core_packed
+
+    if packed:
+        return bidirectional_mixer_core_packed(xz, *params, backend=backend)
+    return bidirectional_mixer_core(*xz.chunk(2, dim=-1), *params, backend=backend)
+
+
 @gpu
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "x-z"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_the_mixer_core_runs_only_cuda_kernels_in_16_bits(monkeypatch, dtype):
+def test_the_mixer_core_runs_only_cuda_kernels_in_16_bits(monkeypatch, dtype, packed):
     """In bf16, and in fp16 as the benchmark recipes train (autocast with a loss scaler), the core's conv and scan,
-    forward and backward, are the CUDA kernels, none of Triton's; output and gradients follow the torch backend's."""
+    forward and backward, are the CUDA kernels, none of Triton's; output and gradients follow the torch backend's.
+    Packed (the model's call), the conv backward writes dx into the packed gradient of in_proj's output."""
     from mixer_fixtures import random_direction
 
     from reidcam.reid.model.kernels import mixer_core
-    from reidcam.reid.model.scan import DirectionParams, bidirectional_mixer_core
 
     for variable in ("REIDCAM_SCAN_FWD", "REIDCAM_SCAN_BWD", "REIDCAM_CONV_FWD", "REIDCAM_CONV_BWD"):
         monkeypatch.delenv(variable, raising=False)
@@ -356,10 +375,8 @@ def test_the_mixer_core_runs_only_cuda_kernels_in_16_bits(monkeypatch, dtype):
     results = {}
     for backend, compute in (("triton", dtype), ("torch", torch.float32)):
         leaf = xz.to(compute).requires_grad_(True)
-        params = [DirectionParams(**{f: getattr(p, f).cuda().requires_grad_(True) for f in mixer_core.FIELDS})
-                  for p in directions]
-        x, z = leaf.chunk(2, dim=-1)
-        out = bidirectional_mixer_core(x, z, *params, backend=backend)
+        params = core_leaves(directions)
+        out = run_core(leaf, params, backend, packed)
         assert out.dtype == compute
         leaves = [leaf] + [getattr(p, f) for p in params for f in mixer_core.FIELDS]
         results[backend] = [out.float(), *torch.autograd.grad(out.float(), leaves, grad_out)]
@@ -367,6 +384,36 @@ def test_the_mixer_core_runs_only_cuda_kernels_in_16_bits(monkeypatch, dtype):
               for got, want in zip(results["triton"], results["torch"])]
     # the 16-bit xc, dt, output and gradients against fp32 (test_kernels_triton's bound for bf16 inputs)
     assert max(errors) < 0.1 and errors[0] < 0.03, errors
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(3, 45, 130), (64, 140, 768)])
+def test_the_packed_core_gives_the_same_gradients_as_the_core_of_the_halves(dtype, shape):
+    """With the CUDA kernels (the defaults): the same output; the z half of xz's gradient is the halves' dz bit for
+    bit (dz's shares, added into it); its x half (dx, written by the conv backward into the packed gradient) and the
+    parameters' gradients are the same up to the order of the atomic sums (dB and dC, the conv weights' sums)."""
+    from mixer_fixtures import random_direction
+
+    from reidcam.reid.model.kernels import mixer_core
+
+    batch, length, dim = shape
+    gen = torch.Generator().manual_seed(8)
+    directions = [random_direction(dim, 16, 8, gen, dt_max=0.5, perturbed=True) for _ in range(2)]
+    xz = torch.randn(batch, length, 2 * dim, generator=gen).to(dtype).cuda()
+    grad_out = torch.randn(batch, length, dim, generator=gen).to(dtype).cuda()
+    results = {}
+    for packed in (True, False):
+        leaf = xz.clone().requires_grad_(True)
+        params = core_leaves(directions)
+        out = run_core(leaf, params, "triton", packed)
+        leaves = [leaf] + [getattr(p, f) for p in params for f in mixer_core.FIELDS]
+        results[packed] = [out, *torch.autograd.grad(out, leaves, grad_out)]
+    assert torch.equal(results[True][0], results[False][0])
+    assert torch.equal(results[True][1][..., dim:], results[False][1][..., dim:])
+    limit = {torch.float32: 1e-5, torch.bfloat16: 4e-3, torch.float16: 1e-3}[dtype]  # a 16-bit dx may round apart
+    for got, want in zip(results[True][1:], results[False][1:]):
+        assert ((got.double() - want.double()).norm() / want.double().norm()).item() < limit
 
 
 @gpu

@@ -10,6 +10,7 @@ dispatch (REIDCAM_SCAN_BWD).
 from __future__ import annotations
 
 import ctypes
+from dataclasses import replace
 
 import pytest
 import torch
@@ -169,9 +170,8 @@ SHAPES = [(2, 131, 300), (1, 140, 256), (3, 7, 33), (2, 1, 130)]
 # ---- on the CPU: the kernel emulated, one OS thread per CUDA thread -------------------------------------------
 
 KERNEL_PARAMS = ("const {T}* xc, const {T}* z, const {T}* g, const float* dbl, const {T}* pre, const float* dt_bias, "
-                 "const float* a2, const float* dskip, {T}* dz, {T}* dxc, {T}* ddt, float* dbc, float* da_part, "
-                 "float* dskip_part, float* dbias_part, float* checkpoints, int Bsz, int L, int D, int R, "
-                 "long long stride_zb, long long stride_zl")
+                 "const float* a2, const float* dskip, {T}* dz, {T}* dxc, {T}* ddt, float* dbc, float* parts, "
+                 "float* checkpoints, int Bsz, int L, int D, int R, long long stride_zb, long long stride_zl")
 EMULATED_THREADS = 64  # two warps per block: the cross-warp sums and several blocks per sequence, at CPU speed
 
 
@@ -245,6 +245,98 @@ def test_the_emulated_kernel_equals_the_triton_backward(emulated, monkeypatch):
     triton = triton_scan.scan_backward(xc, z, dbl, tables, grad_out)
     errors = relative_errors(got, {name: getattr(triton, name) for name in GRAD_NAMES})
     assert all(error < 1e-5 for error in errors.values()), errors
+
+
+def captured_buffers(monkeypatch) -> list[triton_scan.GradBuffers]:
+    """The GradBuffers that either backend's backward makes from now on, in order."""
+    made: list[triton_scan.GradBuffers] = []
+    make = triton_scan.GradBuffers.for_inputs
+    monkeypatch.setattr(triton_scan.GradBuffers, "for_inputs",
+                        staticmethod(lambda xc, d_state: made.append(make(xc, d_state)) or made[-1]))
+    return made
+
+
+def sequence_inputs(xc, z, dbl, tables, grad_out, b: int):
+    """Sequence b's share of scan_inputs' tensors: the inputs of a backward of that sequence alone."""
+    _, bsz, length, _ = xc.shape
+    dbl_b = dbl.view(2, bsz, length, -1)[:, b]
+    tables_b = replace(tables, dt=tables.dt.view(2, bsz, length, -1)[:, b])
+    return xc[:, b : b + 1], z[b : b + 1], dbl_b, tables_b, grad_out[b : b + 1]
+
+
+def check_parts_layout(parts: torch.Tensor, xc, z, dbl, tables, grad_out) -> None:
+    """parts (2, B, N + 2, D) fp32: for each (direction, sequence) rows 0 .. N-1 hold dL/dA (row n: state n), row N dD
+    and row N + 1 the dt bias, each that sequence's own (the float64 definition on the sequence alone)."""
+    _, bsz, _, dim = xc.shape
+    d_state = tables.a.shape[-1]
+    assert parts.shape == (2, bsz, d_state + 2, dim) and parts.dtype == torch.float32
+    for b in range(bsz):
+        expected = reference_grads(*sequence_inputs(xc, z, dbl, tables, grad_out, b))
+        rows = {"da": parts[:, b, :d_state], "d_skip": parts[:, b, d_state], "dt_bias": parts[:, b, d_state + 1]}
+        want = {"da": (expected["da_log"] / tables.a.double()).transpose(1, 2), "d_skip": expected["d_skip"],
+                "dt_bias": expected["dt_bias"]}
+        for name, value in rows.items():
+            error = ((value.double() - want[name]).norm() / want[name].norm()).item()
+            assert error < 1e-4, (b, name, error)
+
+
+def test_the_emulated_kernel_leaves_each_sequences_partial_sums_in_one_buffer(emulated, monkeypatch):
+    xc, z, dbl, tables, grad_out = scan_inputs(3, 11, 70, torch.float32, "cpu", seed=6)
+    made = captured_buffers(monkeypatch)
+    run_emulated(emulated, monkeypatch, xc, z, dbl, tables, grad_out)
+    check_parts_layout(made[0].parts, xc, z, dbl, tables, grad_out)
+
+
+def test_the_triton_backward_leaves_each_sequences_partial_sums_in_one_buffer(monkeypatch):
+    if not triton_scan.interpreting():
+        pytest.skip("runs Triton in its CPU interpreter")
+    xc, z, dbl, tables, grad_out = scan_inputs(3, 11, 12, torch.float32, "cpu", seed=6)
+    made = captured_buffers(monkeypatch)
+    triton_scan.scan_backward(xc, z, dbl, tables, grad_out)
+    check_parts_layout(made[0].parts, xc, z, dbl, tables, grad_out)
+
+
+def test_the_partial_sums_are_summed_into_their_gradients():
+    """GradBuffers.grads: one sum over the sequences, then dA's rows times A (dA_log), dD's row, the bias's row."""
+    bsz, d_state, dim = 3, 4, 5
+    parts = torch.randn(2, bsz, d_state + 2, dim, dtype=torch.float32)
+    a = -torch.rand(2, dim, d_state) - 0.5
+    tables = triton_scan.ScanTables(dt=torch.empty(0), dt_weight=torch.empty(0), dt_bias=torch.empty(0), a=a,
+                                    a2=torch.empty(0), d_skip=torch.empty(0))
+    shares = torch.randn(2, bsz, 7, dim)
+    buffers = triton_scan.GradBuffers(dz=shares, dxc=shares, ddt=shares, dbc=torch.empty(0), parts=parts)
+    grads = buffers.grads(tables, torch.float32)
+    sums = parts.sum(1)
+    assert torch.equal(grads.da_log, sums[:, :d_state].transpose(1, 2) * a)
+    assert torch.equal(grads.d_skip, sums[:, d_state]) and torch.equal(grads.dt_bias, sums[:, d_state + 1])
+    assert torch.equal(grads.dz, shares[0] + shares[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dz_goes_into_the_view_it_is_given(dtype):
+    """dz_out: the z half of the packed gradient of in_proj's output, as the mixer core passes it; the same bits as
+    dz in a tensor of its own, nothing written beside it; a view of another dtype is refused."""
+    shares = torch.randn(2, 2, 7, 5).to(dtype)
+    buffers = triton_scan.GradBuffers(dz=shares, dxc=shares, ddt=shares, dbc=torch.empty(0),
+                                      parts=torch.zeros(2, 2, 6, 5))
+    tables = triton_scan.ScanTables(dt=torch.empty(0), dt_weight=torch.empty(0), dt_bias=torch.empty(0),
+                                    a=torch.ones(2, 5, 4), a2=torch.empty(0), d_skip=torch.empty(0))
+    packed = torch.full((2, 7, 10), float("nan"), dtype=dtype)
+    view = packed[..., 5:]
+    got = buffers.grads(tables, dtype, view).dz
+    assert got.data_ptr() == view.data_ptr() and torch.equal(got, buffers.grads(tables, dtype).dz)
+    assert packed[..., :5].isnan().all()
+    with pytest.raises(ValueError, match="dtype"):
+        buffers.grads(tables, dtype, torch.empty(2, 7, 5, dtype=torch.float64))
+
+
+def test_the_emulated_backward_writes_dz_into_a_view(emulated, monkeypatch):
+    xc, z, dbl, tables, grad_out = scan_inputs(2, 9, 40, torch.bfloat16, "cpu", seed=7)
+    packed = torch.full((2, 9, 80), float("nan"), dtype=torch.bfloat16)
+    fresh = run_emulated(emulated, monkeypatch, xc, z, dbl, tables, grad_out)
+    got = EmulatedBackward(*emulated).backward(xc, z, dbl, tables, grad_out, packed[..., 40:])
+    assert torch.equal(packed[..., 40:], fresh.dz) and packed[..., :40].isnan().all()
+    assert got.dz.data_ptr() == packed[..., 40:].data_ptr()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -345,6 +437,34 @@ def test_cuda_design_3_equals_design_1(dtype, shape, threads):
     assert ((three.dbc - one.dbc).abs().max() / one.dbc.abs().max()).item() < 1e-5  # 2e-7 in the CPU emulation
     errors = relative_errors(three, reference_grads(xc, z, dbl, tables, grad_out))
     assert all(errors[name] < TOLERANCE[dtype][name] for name in GRAD_NAMES), errors
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_backward_leaves_each_sequences_partial_sums_in_one_buffer(monkeypatch, dtype):
+    """Each build's parts (design 3 for bf16 and fp32, design 1 for fp16 as the mixer runs them; design 1 for all)."""
+    from reidcam.reid.model.kernels import mixer_core
+
+    xc, z, dbl, tables, grad_out = scan_inputs(3, 37, 300, dtype, "cuda", seed=6)
+    made = captured_buffers(monkeypatch)
+    mixer_core.cuda_scan_backward(dtype).backward(xc, z, dbl, tables, grad_out)
+    cuda_scan.CudaScanBackward().backward(xc, z, dbl, tables, grad_out)
+    for buffers in made:
+        check_parts_layout(buffers.parts, xc, z, dbl, tables, grad_out)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_backward_writes_dz_into_a_view(dtype):
+    from reidcam.reid.model.kernels import mixer_core
+
+    xc, z, dbl, tables, grad_out = scan_inputs(2, 131, 300, dtype, "cuda", seed=7)
+    scan = mixer_core.cuda_scan_backward(dtype)
+    packed = torch.full((2, 131, 600), float("nan"), dtype=dtype, device="cuda")
+    fresh = scan.backward(xc, z, dbl, tables, grad_out)
+    got = scan.backward(xc, z, dbl, tables, grad_out, packed[..., 300:])
+    assert torch.equal(packed[..., 300:], fresh.dz) and packed[..., :300].isnan().all()
+    assert got.dz.data_ptr() == packed[..., 300:].data_ptr()
 
 
 @gpu

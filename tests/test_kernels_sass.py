@@ -25,7 +25,7 @@ from reidcam.reid.model.kernels.triton_scan import _BWD_CONFIGS, _FWD_CONFIGS  #
 
 # pointer arguments read as fp32 (name prefixes); the others are bf16
 FWD_FP32_ARGS = ("dbl", "dt_bias", "a2", "dskip")
-BWD_FP32_ARGS = ("dbl", "dt_bias", "a2", "dskip", "dbc", "da_", "dd_", "dbias", "state", "dh_")
+BWD_FP32_ARGS = ("dbl", "dt_bias", "a2", "dskip", "dbc", "parts", "state", "dh_")
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 pytestmark = [
     pytest.mark.slow,
@@ -60,8 +60,11 @@ def _compiled(module: str, kernel: str, constexprs: dict, num_warps: int, fp32_a
 
 @functools.lru_cache(maxsize=None)
 def _compile_in_child(request: str) -> dict:
-    """One compile per kernel and config in a test process (the per-config test meets the others' configs)."""
+    """One compile per kernel and config in a test process (the per-config test meets the others' configs).
+    The child imports reidcam from this checkout (PYTHONPATH), not from wherever the environment installed it."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, str(Path(__file__).with_name("sass_compile.py")), request],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

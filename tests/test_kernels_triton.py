@@ -20,7 +20,9 @@ import torch
 pytest.importorskip("triton")
 
 from mixer_fixtures import random_direction  # noqa: E402
-from reidcam.reid.model.scan import DirectionParams, bidirectional_mixer_core  # noqa: E402
+from reidcam.reid.model.scan import (  # noqa: E402
+    DirectionParams, bidirectional_mixer_core, bidirectional_mixer_core_packed,
+)
 
 KERNEL_MODULES = [
     "reidcam.reid.model.kernels.triton_conv",
@@ -50,12 +52,17 @@ def leaf_params(p: DirectionParams) -> DirectionParams:
 
 
 def run_with_grads(backend: str, xz: torch.Tensor, fwd: DirectionParams, bwd: DirectionParams,
-                   grad_out: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Output and the gradients of <output, grad_out> w.r.t. xz and every parameter, in fp32."""
+                   grad_out: torch.Tensor, dtype: torch.dtype = torch.float32, packed: bool = False
+                   ) -> dict[str, torch.Tensor]:
+    """Output and the gradients of <output, grad_out> w.r.t. xz and every parameter, in fp32; ``packed``: the core
+    called with xz whole (as the model calls it), else with its halves."""
     xz = xz.detach().clone().requires_grad_(True)
     fwd, bwd = leaf_params(fwd), leaf_params(bwd)
-    x, z = xz.to(dtype).chunk(2, dim=-1)  # strided views, like the model's in_proj split
-    out = bidirectional_mixer_core(x, z, fwd, bwd, backend=backend)
+    if packed:
+        out = bidirectional_mixer_core_packed(xz.to(dtype), fwd, bwd, backend=backend)
+    else:
+        x, z = xz.to(dtype).chunk(2, dim=-1)  # strided views, like the model's in_proj split
+        out = bidirectional_mixer_core(x, z, fwd, bwd, backend=backend)
     leaves = {"xz": xz, **{f"fwd.{f}": getattr(fwd, f) for f in FIELDS}, **{f"bwd.{f}": getattr(bwd, f) for f in FIELDS}}
     grads = torch.autograd.grad(out.float(), list(leaves.values()), grad_out, allow_unused=True)
     grads = [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves.values(), grads)]
@@ -118,6 +125,48 @@ def test_bf16_inputs_stay_close_to_fp32():
     assert errors["out"] < 0.03, errors
 
 
+@pytest.mark.parametrize("backend, dtype", [("triton", torch.float32), ("triton", torch.bfloat16),
+                                            ("torch", torch.float32)])
+def test_the_packed_core_gives_the_same_values_and_gradients_bit_for_bit(backend, dtype):
+    """bidirectional_mixer_core_packed(xz) against the core of xz's halves: the same output and gradients, xz's
+    (the triton backend's dxz, written by its kernels) equal to autograd's concatenation of dx and dz."""
+    xz, fwd, bwd, grad_out = case(2, 17, 12, 4, 3, seed=3)
+    packed = run_with_grads(backend, xz, fwd, bwd, grad_out, dtype, packed=True)
+    unpacked = run_with_grads(backend, xz, fwd, bwd, grad_out, dtype)
+    for name, value in unpacked.items():
+        assert torch.equal(packed[name], value), name
+
+
+def graph_nodes(out: torch.Tensor) -> list[str]:
+    """The names of the autograd nodes that out's backward runs."""
+    seen, todo, names = set(), [out.grad_fn], []
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        todo += [next_node for next_node, _ in node.next_functions]
+    return names
+
+
+def test_the_packed_core_leaves_autograd_nothing_to_concatenate():
+    """With xz whole, the Function's gradient is xz's: no chunk and no concatenation of dx and dz in the graph,
+    where the halves' core has one (SplitBackward, whose backward copies dx and dz into a new (B, L, 2D))."""
+    xz, fwd, bwd, _ = case(1, 5, 8, 4, 2)
+    xz.requires_grad_(True)
+    packed = graph_nodes(bidirectional_mixer_core_packed(xz, fwd, bwd, backend="triton"))
+    assert packed == ["_BiMambaCoreFnBackward", "AccumulateGrad"]
+    halves = graph_nodes(bidirectional_mixer_core(*xz.chunk(2, dim=-1), fwd, bwd, backend="triton"))
+    assert any("Split" in name for name in halves)
+
+
+def test_a_packed_input_of_odd_width_is_refused():
+    xz, fwd, bwd, _ = case(1, 4, 8, 4, 2)
+    with pytest.raises(ValueError, match="equal width"):
+        bidirectional_mixer_core_packed(xz[..., :-1], fwd, bwd, backend="triton")
+
+
 def test_model_runs_through_the_triton_backend_when_selected_by_env(monkeypatch):
     from reidcam.reid.model import build_model
 
@@ -137,6 +186,7 @@ def test_model_runs_through_the_triton_backend_when_selected_by_env(monkeypatch)
 
     def counting_apply(*args):
         calls.append(args[0].shape)
+        assert args[1] is None  # in_proj's output whole (packed), no z apart
         return real_fn(*args)
 
     monkeypatch.setattr(kernels._BiMambaCoreFn, "apply", counting_apply)

@@ -12,6 +12,8 @@ from mixer_fixtures import random_direction
 from reidcam.reid.model.scan import (
     DirectionParams,
     bidirectional_mixer_core,
+    bidirectional_mixer_core_packed,
+    register_backend,
     resolve_backend,
     selective_scan_naive,
     selective_scan_torch,
@@ -156,6 +158,42 @@ def test_torch_mixer_core_equals_flip_based_reference(length):
         got = bidirectional_mixer_core(x, z, fwd, bwd, backend="torch")
     assert got.shape == (2, length, dim)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "naive"])
+def test_the_packed_core_is_the_core_of_the_halves(backend):
+    """bidirectional_mixer_core_packed(xz) runs a backend without a packed entry on xz.chunk(2, -1): the same
+    values and, through autograd, the same gradient of xz."""
+    gen = torch.Generator().manual_seed(9)
+    fwd, bwd = random_direction(6, 3, 2, gen), random_direction(6, 3, 2, gen)
+    xz = torch.randn(2, 9, 12, generator=gen)
+    grad_out = torch.randn(2, 9, 6, generator=gen)
+    results = []
+    for packed in (True, False):
+        leaf = xz.clone().requires_grad_(True)
+        if packed:
+            out = bidirectional_mixer_core_packed(leaf, fwd, bwd, backend=backend)
+        else:
+            out = bidirectional_mixer_core(*leaf.chunk(2, dim=-1), fwd, bwd, backend=backend)
+        results.append((out, *torch.autograd.grad(out, leaf, grad_out)))
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
+def test_a_backend_with_a_packed_entry_gets_the_packed_tensor(monkeypatch):
+    from reidcam.reid.model import scan
+
+    monkeypatch.setattr(scan, "_BACKENDS", dict(scan._BACKENDS))
+    monkeypatch.setattr(scan, "_PACKED_BACKENDS", dict(scan._PACKED_BACKENDS))
+    calls = []
+    register_backend("recorder", lambda x, z, fwd, bwd: calls.append(("halves", x.shape, z.shape)) or x,
+                     packed=lambda xz, fwd, bwd: calls.append(("packed", xz.shape)) or xz)
+    xz = torch.zeros(1, 3, 8)
+    bidirectional_mixer_core_packed(xz, None, None, backend="recorder")
+    bidirectional_mixer_core(*xz.chunk(2, dim=-1), None, None, backend="recorder")
+    register_backend("recorder", lambda x, z, fwd, bwd: calls.append(("halves", x.shape, z.shape)) or x)
+    bidirectional_mixer_core_packed(xz, None, None, backend="recorder")  # re-registered without: the halves
+    assert calls == [("packed", (1, 3, 8)), ("halves", (1, 3, 4), (1, 3, 4)), ("halves", (1, 3, 4), (1, 3, 4))]
 
 
 def test_mixer_core_backward_direction_really_runs_backwards():

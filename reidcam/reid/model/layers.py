@@ -12,7 +12,7 @@ import os
 import torch
 from torch import Tensor, nn
 
-from reidcam.reid.model.scan import SCAN_ENV, DirectionParams, bidirectional_mixer_core
+from reidcam.reid.model.scan import SCAN_ENV, DirectionParams, bidirectional_mixer_core_packed
 
 DT_MIN, DT_MAX, DT_INIT_FLOOR = 1e-3, 0.1, 1e-4
 
@@ -103,8 +103,8 @@ class BiMambaMixer(nn.Module):
         )
 
     def forward(self, hidden: Tensor) -> Tensor:
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)
-        y = bidirectional_mixer_core(x, z, self.direction(""), self.direction("_b"), backend=self.scan_backend)
+        xz = self.in_proj(hidden)  # x then z, whole: the triton backend writes its gradient in one piece
+        y = bidirectional_mixer_core_packed(xz, self.direction(""), self.direction("_b"), backend=self.scan_backend)
         return self.out_proj(y)
 
 

@@ -21,6 +21,10 @@ Backends of :func:`bidirectional_mixer_core` (pick one with ``backend=`` or env 
 * ``triton``: registered by ``reidcam.reid.model.kernels`` when that package exists and imports.
 * ``naive``: one Python step per token in float64-friendly PyTorch; the test reference.
 
+:func:`bidirectional_mixer_core_packed` takes in_proj's output xz (B, L, 2 d_inner) whole, as the model
+calls it: the same function, and the triton backend then writes xz's gradient with its kernels instead of
+leaving autograd to concatenate dx and dz (register_backend's ``packed``).
+
 ``auto`` (the default) picks, for CUDA tensors, ``triton`` when its kernels import (1.01-1.30x ViT-B's
 inference throughput on an H200, against ~0.12x with the stock kernels: BENCHMARKS.md), else ``cuda``
 when mamba-ssm imports; ``torch`` otherwise and on the CPU.
@@ -66,12 +70,20 @@ class DirectionParams:
 
 
 MixerBackend = Callable[[Tensor, Tensor, DirectionParams, DirectionParams], Tensor]
+PackedMixerBackend = Callable[[Tensor, DirectionParams, DirectionParams], Tensor]
 _BACKENDS: dict[str, MixerBackend] = {}
+_PACKED_BACKENDS: dict[str, PackedMixerBackend] = {}
 
 
-def register_backend(name: str, fn: MixerBackend) -> None:
-    """Make ``fn(x, z, fwd, bwd) -> y`` selectable as ``backend=name``."""
+def register_backend(name: str, fn: MixerBackend, packed: PackedMixerBackend | None = None) -> None:
+    """Make ``fn(x, z, fwd, bwd) -> y`` selectable as ``backend=name``; ``packed(xz, fwd, bwd) -> y``, the same
+    function of in_proj's packed output, is what :func:`bidirectional_mixer_core_packed` runs (by default ``fn``
+    on xz's halves)."""
     _BACKENDS[name] = fn
+    if packed is None:
+        _PACKED_BACKENDS.pop(name, None)
+    else:
+        _PACKED_BACKENDS[name] = packed
 
 
 def available_backends() -> list[str]:
@@ -86,6 +98,20 @@ def bidirectional_mixer_core(
 ) -> Tensor:
     """x, z: (B, L, d_inner) token-major. Returns ((y_fwd + y_bwd) / 2) (gated by SiLU(z)), shape (B, L, d_inner), ready for out_proj."""
     return _BACKENDS[resolve_backend(backend, x)](x, z, fwd, bwd)
+
+
+def bidirectional_mixer_core_packed(
+    xz: Tensor, fwd: DirectionParams, bwd: DirectionParams, backend: str | None = None
+) -> Tensor:
+    """:func:`bidirectional_mixer_core` of in_proj's output xz (B, L, 2 d_inner), x then z: the same function as
+    ``bidirectional_mixer_core(*xz.chunk(2, dim=-1), ...)``. A backend may take the packed tensor itself: the
+    triton one then writes xz's gradient whole, where autograd's backward of the chunk copies dx and dz into it."""
+    name = resolve_backend(backend, xz)
+    packed = _PACKED_BACKENDS.get(name)
+    if packed is not None:
+        return packed(xz, fwd, bwd)
+    x, z = xz.chunk(2, dim=-1)
+    return _BACKENDS[name](x, z, fwd, bwd)
 
 
 def resolve_backend(backend: str | None, x: Tensor) -> str:

@@ -1,7 +1,8 @@
 """Fused kernels for the bidirectional Mamba mixer core (Triton, and the forward scan in CUDA): the
 "triton" scan backend.
 
-Importing this package registers ``triton`` with :func:`reidcam.reid.model.scan.register_backend`
+Importing this package registers ``triton`` (and its packed entry point, which the model calls with
+in_proj's output whole) with :func:`reidcam.reid.model.scan.register_backend`
 (the scan module imports it lazily when that backend is asked for; it raises ImportError where
 Triton is not installed, which the registry treats as "not available").
 
@@ -14,9 +15,13 @@ for weights that the scope's owner keeps frozen (mixer_core.py says why it is op
 run where Triton is missing uses the wrappers of the same names in reidcam.reid.model.scan.
 """
 
-from reidcam.reid.model.kernels.mixer_core import WeightTableMemo, bidirectional_mixer_core_triton, weight_memo
+from reidcam.reid.model.kernels.mixer_core import (
+    WeightTableMemo, bidirectional_mixer_core_triton, bidirectional_mixer_core_triton_packed, weight_memo,
+)
 from reidcam.reid.model.scan import register_backend
 
-register_backend("triton", bidirectional_mixer_core_triton)
+register_backend("triton", bidirectional_mixer_core_triton, packed=bidirectional_mixer_core_triton_packed)
 
-__all__ = ["WeightTableMemo", "bidirectional_mixer_core_triton", "weight_memo"]
+__all__ = [
+    "WeightTableMemo", "bidirectional_mixer_core_triton", "bidirectional_mixer_core_triton_packed", "weight_memo",
+]

@@ -6,7 +6,7 @@
 // gradient of the forward's output, it recomputes the pre-activations (the forward keeps none)
 //   pf[t] = bf + sum_k wf[k] x[t-3+k],   pb[t] = bb + sum_k wb[k] x[t+3-k]   (x zero outside [0, L)),
 // their gradients gf[t] = dxc[0, b, t] silu'(pf[t]) and gb[t] = dxc[1, b, t] silu'(pb[t]), and writes
-//   dx[t] = sum_k wf[k] gf[t+3-k] + sum_k wb[k] gb[t-3+k]          (B, L, D) contiguous, x's dtype,
+//   dx[t] = sum_k wf[k] gf[t+3-k] + sum_k wb[k] gb[t-3+k]          (B, L, D), x's dtype, row strides given,
 // and adds the sums over batch and tokens dwf[k] = sum gf[t] x[t-3+k], dbf = sum gf[t], dwb[k] = sum gb[t]
 // x[t+3-k], dbb = sum gb[t] into grads (2, 5 D) fp32, zeroed by the caller: per direction the weights (D, 4)
 // then the biases (D,).
@@ -36,8 +36,9 @@
 //
 // Threads past D and warps past the sequence's end take part in the barrier with zero sums.
 //
-// Registers (sm_90, TOKENS 16): bf16 and fp16 c2 144 (60 loaded rows, 40 parameters and sums; capped at 128 they
-// spill), so 12 warps per SM in blocks of 3; bf16, fp16 and fp32 c1 ~120. Shared memory: 10 KB (c2), 5 KB (c1).
+// Registers (sm_90, TOKENS 16): bf16 c2 132 and fp16 c2 128 (60 loaded rows, 40 parameters and sums), so 15 warps
+// per SM in blocks of 3 (ptxas gave 144, 12 warps, with dx contiguous); bf16, fp16 and fp32 c1 115. Shared memory:
+// 10 KB (c2), 5 KB (c1).
 //
 // No headers and no inline PTX: bf16 travels as its 16 bits (load: a shift; store: round to nearest even by
 // integer arithmetic), fp16 as its own (f16_bits: libdevice's conversions), both as in scan_bwd.cu, so the kernel
@@ -148,8 +149,8 @@ template <int CH> struct Sums {
 template <typename T, int CH>
 __device__ __forceinline__ void chunk_backward(const T* __restrict__ x, const T* __restrict__ dxc,
                                                const Params<CH>& p, T* __restrict__ dx, Sums<CH>& s, int b, int t0,
-                                               int d, int Bsz, int L, int D, long long stride_xb,
-                                               long long stride_xl) {
+                                               int d, int Bsz, int L, int D, long long stride_xb, long long stride_xl,
+                                               long long stride_dxb, int stride_dxl) {
     Row<T, CH> win[WINDOW], up_f[GRAD_ROWS], up_b[GRAD_ROWS];
     const T* x_row = x + (long long)b * stride_xb + (long long)(t0 - 3) * stride_xl + d;  // row t0-3
 #pragma unroll
@@ -205,7 +206,7 @@ __device__ __forceinline__ void chunk_backward(const T* __restrict__ x, const T*
                 }
                 out[c] = acc;
             }
-            store(dx + ((long long)b * L + t0 + i) * D + d, out);
+            store(dx + (long long)b * stride_dxb + (long long)(t0 + i) * stride_dxl + d, out);
         }
     }
 }
@@ -250,7 +251,8 @@ __device__ __forceinline__ void conv_bwd(const T* __restrict__ x, const T* __res
                                          const float* __restrict__ wf, const float* __restrict__ bf,
                                          const float* __restrict__ wb, const float* __restrict__ bb,
                                          T* __restrict__ dx, float* __restrict__ grads, int Bsz, int L, int D,
-                                         long long stride_xb, long long stride_xl, int warps) {
+                                         long long stride_xb, long long stride_xl, long long stride_dxb,
+                                         int stride_dxl, int warps) {
     // blocks enumerate (sequence, segment of `warps` chunks, block of 32 CH channels), the channel blocks fastest
     const int channel_blocks = (D + 32 * CH - 1) / (32 * CH);
     const int seq_segment = blockIdx.x / channel_blocks;
@@ -263,21 +265,24 @@ __device__ __forceinline__ void conv_bwd(const T* __restrict__ x, const T* __res
     Sums<CH> s = {};
     if (d < D && t0 < L) {
         const Params<CH> p = load_params<CH>(wf, bf, wb, bb, d);
-        chunk_backward<T, CH>(x, dxc, p, dx, s, b, t0, d, Bsz, L, D, stride_xb, stride_xl);
+        chunk_backward<T, CH>(x, dxc, p, dx, s, b, t0, d, Bsz, L, D, stride_xb, stride_xl, stride_dxb, stride_dxl);
     }
     add_block_sums<CH>(s, grads, d0, D, warps);
 }
 
-// x (B, L, D; row strides given, channels contiguous), dxc (2, B, L, D) contiguous and dx (B, L, D) contiguous in
-// the compute dtype; wf, wb (D, 4) and bf, bb (D,) fp32, 16-byte aligned; grads (2, 5 D) fp32, zeroed. The _c<CH>
-// kernels take CH adjacent channels per lane: D, both x strides and x's and dxc's bases a multiple of CH
-// elements. Grid: B * ceil(ceil(L / TOKENS) / warps) * ceil(D / (32 CH)) blocks of 32 * warps threads, warps
-// <= MAX_WARPS.
+// x (B, L, D; row strides given, channels contiguous), dxc (2, B, L, D) contiguous and dx (B, L, D; row strides
+// given, channels contiguous: the mixer core passes x's half of the packed gradient of in_proj's output) in the
+// compute dtype; wf, wb (D, 4) and bf, bb (D,) fp32, 16-byte aligned; grads (2, 5 D) fp32, zeroed. dx's token
+// stride is an int: with a long long, ptxas gave bf16 c1 7 registers more. The _c<CH> kernels take CH adjacent
+// channels per lane: D, the strides of x and dx and the bases of x, dxc and dx a multiple of CH elements.
+// Grid: B * ceil(ceil(L / TOKENS) / warps) * ceil(D / (32 CH)) blocks of 32 * warps threads, warps <= MAX_WARPS.
 #define REIDCAM_CONV_BWD_KERNEL(NAME, T, CH)                                                                     \
-    extern "C" __global__ void __launch_bounds__(32 * MAX_WARPS)                                                \
-        NAME(const T* x, const T* dxc, const float* wf, const float* bf, const float* wb, const float* bb,     \
-             T* dx, float* grads, int Bsz, int L, int D, long long stride_xb, long long stride_xl, int warps) { \
-        conv_bwd<CH>(x, dxc, wf, bf, wb, bb, dx, grads, Bsz, L, D, stride_xb, stride_xl, warps);               \
+    extern "C" __global__ void __launch_bounds__(32 * MAX_WARPS)                                                 \
+        NAME(const T* x, const T* dxc, const float* wf, const float* bf, const float* wb, const float* bb,       \
+             T* dx, float* grads, int Bsz, int L, int D, long long stride_xb, long long stride_xl,               \
+             long long stride_dxb, int stride_dxl, int warps) {                                                  \
+        conv_bwd<CH>(x, dxc, wf, bf, wb, bb, dx, grads, Bsz, L, D, stride_xb, stride_xl, stride_dxb, stride_dxl, \
+                     warps);                                                                                     \
     }
 
 REIDCAM_CONV_BWD_KERNEL(bimamba_conv_bwd_bf16_c2, bf16_bits, 2)

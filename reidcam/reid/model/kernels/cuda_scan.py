@@ -58,7 +58,7 @@ from reidcam.devices import device_index
 
 from . import kernel_cache
 from .kernel_cache import CompiledSource
-from .triton_conv import D_CONV, ConvParams
+from .triton_conv import D_CONV, ConvParams, conv_grad_output
 from .triton_scan import GradBuffers, ScanGrads, ScanTables
 
 logger = logging.getLogger(__name__)
@@ -503,12 +503,12 @@ class CudaScanBackward(_LazyKernels):
             dynamic_shared=self.dynamic_shared(d_state)))
 
     def backward(self, xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables,
-                 grad_out: torch.Tensor) -> ScanGrads:
+                 grad_out: torch.Tensor, dz_out: torch.Tensor | None = None) -> ScanGrads:
         """triton_scan.scan_backward's gradients, from its arguments."""
         launch, out = self.launcher(xc, z, dbl, tables, grad_out)
         if xc.numel():
             launch()
-        return out.grads(tables, z.dtype)
+        return out.grads(tables, z.dtype, dz_out)
 
     def launcher(self, xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables,
                  grad_out: torch.Tensor) -> tuple[Callable[[], None], GradBuffers]:
@@ -523,7 +523,7 @@ class CudaScanBackward(_LazyKernels):
         checkpoints = torch.empty((2, bsz, checkpoint_count(length, self.steps), d_state, dim), device=dev,
                                   dtype=torch.float32)
         tensors = [xc, z, grad_out, dbl, tables.dt_projection(), tables.dt_bias, tables.a2, tables.d_skip,
-                   out.dz, out.dxc, out.ddt, out.dbc, out.da_part, out.d_skip_part, out.dt_bias_part, checkpoints]
+                   out.dz, out.dxc, out.ddt, out.dbc, out.parts, checkpoints]
         args = [ctypes.c_void_p(t.data_ptr()) for t in tensors] + [
             ctypes.c_int(bsz), ctypes.c_int(length), ctypes.c_int(dim), ctypes.c_int(tables.dt.shape[-1]),
             ctypes.c_longlong(z.stride(0)), ctypes.c_longlong(z.stride(1)),
@@ -643,7 +643,7 @@ def conv_kernel_choice() -> str:
 # --- the conv backward (conv_bwd.cu) --------------------------------------------------------------------------
 
 CONV_BWD_SOURCE = Path(__file__).with_name("conv_bwd.cu")
-CONV_BWD_TOKENS = 16  # tokens per warp (conv_bwd.cu: 144 registers for bf16 c2, no spills; 128 spill)
+CONV_BWD_TOKENS = 16  # tokens per warp (conv_bwd.cu: 132 registers for bf16 c2, no spills)
 CONV_BWD_MAX_WARPS = 4  # chunks of one sequence per block, whose weight-gradient sums meet in shared memory
 # channels per lane of each dtype's kernels, widest first (one 32-bit word per row and lane: bf16, fp16 c2; fp32 c1)
 CONV_BWD_CHANNELS = {torch.bfloat16: (2, 1), torch.float16: (2, 1), torch.float32: (1,)}
@@ -661,11 +661,17 @@ def conv_backward_warps(length: int, tokens: int = CONV_BWD_TOKENS, max_warps: i
     return next(w for w in range(max_warps, 0, -1) if 4 * (-(-chunks // w) * w - chunks) < -(-chunks // w) * w)
 
 
-def conv_backward_channel_options(x: torch.Tensor, dxc: torch.Tensor) -> list[int]:
-    """Channels per lane whose word loads fit x and dxc, widest first."""
+def conv_backward_channel_options(x: torch.Tensor, dxc: torch.Tensor, dx: torch.Tensor | None = None) -> list[int]:
+    """Channels per lane whose word loads and stores fit x, dxc and dx (None: a fresh one, which fits), widest first."""
     return [ch for ch in CONV_BWD_CHANNELS[x.dtype]
-            if x.shape[-1] % ch == 0 and x.stride(0) % ch == 0 and x.stride(1) % ch == 0
-            and x.data_ptr() % (ch * x.element_size()) == 0 and dxc.data_ptr() % (ch * dxc.element_size()) == 0]
+            if x.shape[-1] % ch == 0 and _rows_fit(x, ch) and (dx is None or _rows_fit(dx, ch))
+            and dxc.data_ptr() % (ch * dxc.element_size()) == 0]
+
+
+def _rows_fit(t: torch.Tensor, channels: int) -> bool:
+    """Whether words of ``channels`` adjacent values fit t (B, L, D): both row strides and the base a multiple."""
+    return (t.stride(0) % channels == 0 and t.stride(1) % channels == 0
+            and t.data_ptr() % (channels * t.element_size()) == 0)
 
 
 @dataclass(frozen=True)
@@ -677,11 +683,10 @@ class ConvGrads:
     sums: torch.Tensor
 
     @classmethod
-    def empty(cls, x: torch.Tensor) -> ConvGrads:
-        """dx uninitialised and the sums zeroed (the kernel adds into them)."""
-        bsz, length, dim = x.shape
-        return cls(dx=torch.empty((bsz, length, dim), device=x.device, dtype=x.dtype),
-                   sums=torch.zeros((2, CONV_BWD_SUMS * dim), device=x.device, dtype=torch.float32))
+    def empty(cls, x: torch.Tensor, dx: torch.Tensor | None = None) -> ConvGrads:
+        """dx uninitialised (``dx`` where given: conv_grad_output) and the sums zeroed (the kernel adds into them)."""
+        return cls(dx=conv_grad_output(x, dx),
+                   sums=torch.zeros((2, CONV_BWD_SUMS * x.shape[-1]), device=x.device, dtype=torch.float32))
 
     def direction(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(dweight (D, 4), dbias (D,)) of direction ``index`` (0 forward, 1 backward): views of ``sums``."""
@@ -709,25 +714,28 @@ class CudaConvBackward(_SourceKernels):
         return [conv_backward_kernel_name(dt, ch) for dt, options in CONV_BWD_CHANNELS.items() for ch in options]
 
     def backward(self, x: torch.Tensor, dxc: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams,
-                 channels: int | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor],
-                                                       tuple[torch.Tensor, torch.Tensor]]:
+                 dx: torch.Tensor | None = None, channels: int | None = None
+                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """dx, (dweight, dbias) forward, (dweight, dbias) backward: triton_conv.biconv_backward's results from
-        its arguments. ``channels`` per lane picks a kernel (tests, benches); by default the widest that fits."""
+        its arguments, dx written into ``dx`` where given (any row strides: conv_grad_output). ``channels`` per
+        lane picks a kernel (tests, benches); by default the widest that fits."""
         bsz, length, dim = x.shape
         dxc = dxc.to(x.dtype).contiguous()  # the kernel reads it in the compute dtype, (2, B, L, D) dense
         kernels = self.kernels(x.device)
-        options = conv_backward_channel_options(x, dxc)
+        out = ConvGrads.empty(x, dx)
+        options = conv_backward_channel_options(x, dxc, out.dx)
         channels = channels or options[0]
         if channels not in options:
-            raise ValueError(f"{channels} channels per lane do not fit x {tuple(x.shape)}, strides {x.stride()}")
-        out = ConvGrads.empty(x)
+            raise ValueError(f"{channels} channels per lane do not fit x {tuple(x.shape)}, strides {x.stride()}, "
+                             f"or dx, strides {out.dx.stride()}")
         if x.numel() == 0:
             return out.as_tuple()
         params = [_conv_param(t) for t in (conv_f.weight, conv_f.bias, conv_b.weight, conv_b.bias)]
         warps = conv_backward_warps(length, self.tokens, self.max_warps)
         args = [ctypes.c_void_p(t.data_ptr()) for t in (x, dxc, *params, out.dx, out.sums)] + [
             ctypes.c_int(bsz), ctypes.c_int(length), ctypes.c_int(dim),
-            ctypes.c_longlong(x.stride(0)), ctypes.c_longlong(x.stride(1)), ctypes.c_int(warps),
+            ctypes.c_longlong(x.stride(0)), ctypes.c_longlong(x.stride(1)),
+            ctypes.c_longlong(out.dx.stride(0)), ctypes.c_int(out.dx.stride(1)), ctypes.c_int(warps),
         ]
         segments = -(-(-(-length // self.tokens)) // warps)
         blocks = bsz * segments * -(-dim // (32 * channels))
@@ -738,10 +746,12 @@ class CudaConvBackward(_SourceKernels):
         return out.as_tuple()
 
 
-def conv_backward_supports(x: torch.Tensor, dxc: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams) -> bool:
-    """Whether the CUDA conv backward handles these tensors: the forward's conditions (conv_supports), and dxc
-    (2, B, L, D) on x's device."""
-    return conv_supports(x, conv_f, conv_b) and dxc.device == x.device and dxc.shape == (2, *x.shape)
+def conv_backward_supports(x: torch.Tensor, dxc: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams,
+                           dx: torch.Tensor | None = None) -> bool:
+    """Whether the CUDA conv backward handles these tensors: the forward's conditions (conv_supports), dxc
+    (2, B, L, D) on x's device, and dx (None: a fresh one) with a token stride that fits the kernel's int."""
+    return (conv_supports(x, conv_f, conv_b) and dxc.device == x.device and dxc.shape == (2, *x.shape)
+            and (dx is None or dx.stride(1) < 2**31))
 
 
 def conv_backward_kernel_choice() -> str:

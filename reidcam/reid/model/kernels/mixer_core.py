@@ -1,6 +1,7 @@
 """The "triton" backend of the bidirectional Mamba mixer core: an autograd Function over Triton kernels.
 
-Forward, for x, z (B, L, D) token-major:
+Forward, for x, z (B, L, D) token-major, or for in_proj's packed output xz (B, L, 2D) whose halves they are
+(bidirectional_mixer_core_triton_packed, as the model calls it; the kernels take x and z as strided views):
   1. the bidirectional conv: xc (2, B, L, D) = silu(causal conv(x)), silu(anti-causal conv(x)), x read
      once; by the CUDA kernel of conv_fwd.cu (cuda_scan.CudaConv) where it compiles, else by Triton's
      biconv_forward (REIDCAM_CONV_FWD chooses: auto, cuda, triton);
@@ -16,10 +17,15 @@ at every forward, or, inside ``with weight_memo(memo):``, once per mixer for wei
 owner keeps frozen (WeightTableMemo; the Embedder does this).
 Backward recomputes xc with the same conv kernel (cheaper in memory than keeping it), runs the scan
 backward kernel (the CUDA kernel of scan_bwd.cu, or Triton's scan_backward where NVRTC is missing or with
-REIDCAM_SCAN_BWD=triton), does the x_proj / dt_proj weight and input gradients as batched matmuls, and finishes
-with the conv backward: the CUDA kernel of conv_bwd.cu (cuda_scan.CudaConvBackward) where it compiles, else
-Triton's biconv_backward (REIDCAM_CONV_BWD chooses: auto, cuda, triton).
-Only x, z, the small x_proj output (fp32), the scan tables and the parameters are kept for backward.
+REIDCAM_SCAN_BWD=triton; either writes its per-sequence partial sums of dA, dD and the dt bias into one buffer,
+which one reduction sums: triton_scan.GradBuffers), does the x_proj / dt_proj weight and input gradients as
+batched matmuls, and finishes with the conv backward: the CUDA kernel of conv_bwd.cu (cuda_scan.CudaConvBackward)
+where it compiles, else Triton's biconv_backward (REIDCAM_CONV_BWD chooses: auto, cuda, triton). For packed
+input the gradient of xz is one tensor: the conv backward writes dx into its first half (row stride 2D) and the
+two directions' dz shares are added into its second, where autograd's backward of ``xz.chunk(2, -1)``
+concatenated a dx and a dz (_BiMambaCoreFn).
+Only the input (x and z, or xz), the small x_proj output (fp32), the scan tables and the parameters are kept
+for backward.
 """
 
 from __future__ import annotations
@@ -52,8 +58,16 @@ def _scan(p: tuple[torch.Tensor, ...]) -> ScanParams:
 
 
 class _BiMambaCoreFn(torch.autograd.Function):
+    """The core as one autograd node, from x and z (B, L, D), or, with z None, from in_proj's packed output xz
+    (B, L, 2D) whose halves they are. For packed input the backward returns one gradient dxz (B, L, 2D): the conv
+    backward writes dx into its first half and the scan backward's dz goes into its second. Autograd's backward of
+    ``xz.chunk(2, -1)`` would concatenate a dx and a dz instead (a copy of 2 B L D values: 27.5 MB per block at
+    batch 64, 140 tokens, d_inner 768 in bf16)."""
+
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, z: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x_or_xz: torch.Tensor, z: torch.Tensor | None,  # type: ignore[override]
+                *params: torch.Tensor) -> torch.Tensor:
+        x, z_in = _inputs(x_or_xz, z)
         pf, pb = params[:7], params[7:]
         bsz, length, dim = x.shape
         with torch.autocast(x.device.type, enabled=False):
@@ -61,33 +75,49 @@ class _BiMambaCoreFn(torch.autograd.Function):
             x_proj, weights = _weight_tables(params, x.dtype)
             dbl = _bmm_fp32(xc.view(2, bsz * length, dim), x_proj.transpose(1, 2))
             tables = scan_tables(dbl, _scan(pf), _scan(pb), x.dtype, weights)
-            out = _scan_forward(xc, z, dbl, tables)
-        ctx.save_for_backward(x, z, dbl, x_proj, *params)
+            out = _scan_forward(xc, z_in, dbl, tables)
+        ctx.save_for_backward(x_or_xz, z, dbl, x_proj, *params)
         ctx.tables = tables  # derived from the saved tensors; kept to spare the backward its launches
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
-        x, z, dbl, x_proj, *params = ctx.saved_tensors
+        x_or_xz, z_arg, dbl, x_proj, *params = ctx.saved_tensors
+        x, z = _inputs(x_or_xz, z_arg)
+        dxz = torch.empty(x_or_xz.shape, device=x.device, dtype=x.dtype) if z_arg is None else None
+        dx_out, dz_out = (None, None) if dxz is None else _halves(dxz)
         pf, pb = tuple(params[:7]), tuple(params[7:])
         bsz, length, dim = x.shape
         tokens = bsz * length
         tables = ctx.tables
         with torch.autocast(x.device.type, enabled=False):
             xc = _conv_forward(x, _conv(pf), _conv(pb))
-            grads = _scan_backward(xc, z, dbl, tables, grad_out.to(x.dtype))
+            grads = _scan_backward(xc, z, dbl, tables, grad_out.to(x.dtype), dz_out)
             ddt = grads.ddt.view(2, tokens, dim)
             d_dbl = _x_proj_output_grad(ddt, tables.dt_weight, grads.dbc)
             d_dt_proj = _bmm_fp32(ddt.transpose(1, 2), tables.dt)
             d_x_proj = _bmm_fp32(d_dbl.transpose(1, 2), xc.view(2, tokens, dim))
             dxc = grads.dxc.view(2, tokens, dim).baddbmm_(d_dbl, x_proj)  # in place: out of place copies dxc first
-            dx, (dwf, dbf), (dwb, dbb) = _conv_backward(x, dxc.view(2, bsz, length, dim), _conv(pf), _conv(pb))
+            dx, (dwf, dbf), (dwb, dbb) = _conv_backward(x, dxc.view(2, bsz, length, dim), _conv(pf), _conv(pb),
+                                                        dx_out)
         per_direction = [
             [dwf, dbf, d_x_proj[0], d_dt_proj[0], grads.dt_bias[0], grads.da_log[0], grads.d_skip[0]],
             [dwb, dbb, d_x_proj[1], d_dt_proj[1], grads.dt_bias[1], grads.da_log[1], grads.d_skip[1]],
         ]
         param_grads = [g.to(p.dtype) for g, p in zip(per_direction[0] + per_direction[1], params)]
-        return (dx, grads.dz, *param_grads)
+        inputs = (dx, grads.dz) if dxz is None else (dxz, None)
+        return (*inputs, *param_grads)
+
+
+def _halves(xz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and z, the two halves of in_proj's packed output (B, L, 2D), as views (or of its gradient)."""
+    dim = xz.shape[-1] // 2
+    return xz[..., :dim], xz[..., dim:]
+
+
+def _inputs(x_or_xz: torch.Tensor, z: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Function's x and z: its first argument's halves where z is None (packed), else both arguments."""
+    return _halves(x_or_xz) if z is None else (x_or_xz, z)
 
 
 def _compute_weight_tables(params: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, ScanTables]:
@@ -224,13 +254,15 @@ def _conv_forward(x: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams) -> to
                            lambda: _CUDA_CONV.forward(x, conv_f, conv_b), lambda: biconv_forward(x, conv_f, conv_b))
 
 
-def _conv_backward(x: torch.Tensor, dxc: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams
+def _conv_backward(x: torch.Tensor, dxc: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams,
+                   dx: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """The CUDA conv backward where it runs (REIDCAM_CONV_BWD: auto, cuda, triton), else the Triton one."""
+    """The CUDA conv backward where it runs (REIDCAM_CONV_BWD: auto, cuda, triton), else the Triton one; dx
+    written into ``dx`` where given (a view of the packed input gradient)."""
     return _cuda_or_triton(cuda_scan.conv_backward_kernel_choice(),
-                           lambda: cuda_scan.conv_backward_supports(x, dxc, conv_f, conv_b),
-                           lambda: _CUDA_CONV_BWD.backward(x, dxc, conv_f, conv_b),
-                           lambda: biconv_backward(x, dxc, conv_f, conv_b))
+                           lambda: cuda_scan.conv_backward_supports(x, dxc, conv_f, conv_b, dx),
+                           lambda: _CUDA_CONV_BWD.backward(x, dxc, conv_f, conv_b, dx),
+                           lambda: biconv_backward(x, dxc, conv_f, conv_b, dx))
 
 
 def _scan_forward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: Any) -> torch.Tensor:
@@ -240,12 +272,12 @@ def _scan_forward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: 
 
 
 def _scan_backward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables,
-                   grad_out: torch.Tensor) -> ScanGrads:
+                   grad_out: torch.Tensor, dz_out: torch.Tensor | None = None) -> ScanGrads:
     """The CUDA backward scan where it runs (REIDCAM_SCAN_BWD: auto by default, cuda, triton), else the
-    Triton one."""
+    Triton one; dz written into ``dz_out`` where given (a view of the packed input gradient)."""
     return _cuda_or_triton(cuda_scan.backward_kernel_choice(), lambda: cuda_scan.backward_supports(xc, z, dbl, tables),
-                           lambda: cuda_scan_backward(xc.dtype).backward(xc, z, dbl, tables, grad_out),
-                           lambda: scan_backward(xc, z, dbl, tables, grad_out))
+                           lambda: cuda_scan_backward(xc.dtype).backward(xc, z, dbl, tables, grad_out, dz_out),
+                           lambda: scan_backward(xc, z, dbl, tables, grad_out, dz_out))
 
 
 def _x_proj_output_grad(ddt: torch.Tensor, dt_weight: torch.Tensor, dbc: torch.Tensor) -> torch.Tensor:
@@ -283,9 +315,24 @@ def bidirectional_mixer_core_triton(x: torch.Tensor, z: torch.Tensor, fwd: Any, 
     xc, the x_proj output and the result are stored in it; the x_proj matmul runs in it with fp32
     accumulation; every other parameter is read in fp32, and states and sums are fp32.
     """
+    params = _function_params(x, x.shape[-1], fwd, bwd)
+    return _BiMambaCoreFn.apply(_rows_contiguous(x), _rows_contiguous(z.to(x.dtype)), *params)
+
+
+def bidirectional_mixer_core_triton_packed(xz: torch.Tensor, fwd: Any, bwd: Any) -> torch.Tensor:
+    """bidirectional_mixer_core_triton(*xz.chunk(2, -1), fwd, bwd) from in_proj's packed output xz (B, L, 2 d_inner),
+    x then z: the same values, and under autograd one gradient for xz, written by the kernels (_BiMambaCoreFn)."""
+    if xz.shape[-1] % 2:
+        raise ValueError(f"the packed input holds x and z of equal width, not {xz.shape[-1]} channels in all")
+    params = _function_params(xz, xz.shape[-1] // 2, fwd, bwd)
+    return _BiMambaCoreFn.apply(_rows_contiguous(xz), None, *params)
+
+
+def _function_params(x: torch.Tensor, dim: int, fwd: Any, bwd: Any) -> list[torch.Tensor]:
+    """Both directions' tensors in FIELDS order as the Function takes them (contiguous, conv weights (dim, 4)),
+    after checking that the backend can run on x."""
     if not x.is_cuda and not interpreting():
         raise RuntimeError("the triton scan backend needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU)")
-    dim = x.shape[-1]
     if fwd.conv_weight.numel() != dim * D_CONV or bwd.conv_weight.numel() != dim * D_CONV:
         raise ValueError(f"the triton backend needs a {D_CONV}-tap conv on {dim} channels")
     params = []
@@ -293,5 +340,4 @@ def bidirectional_mixer_core_triton(x: torch.Tensor, z: torch.Tensor, fwd: Any, 
         params += [getattr(p, f) for f in FIELDS]
     params[0] = fwd.conv_weight.reshape(dim, D_CONV)
     params[7] = bwd.conv_weight.reshape(dim, D_CONV)
-    params = [t.contiguous() for t in params]
-    return _BiMambaCoreFn.apply(_rows_contiguous(x), _rows_contiguous(z.to(x.dtype)), *params)
+    return [t.contiguous() for t in params]

@@ -3,7 +3,8 @@
 // The same function as _bimamba_scan_bwd_kernel in triton_scan.py, with the same tensors: given the output's
 // gradient g, it writes each direction's share of dz, the scan's direct part of dxc, the gradient of the dt
 // pre-activation (ddt), adds dB and dC (sums over channels) into dbc, and leaves per-sequence partial sums
-// of dA, dD and the dt bias. Per direction, with steps s in the direction's order:
+// of dA, dD and the dt bias, all in one buffer (parts: one reduction sums them, triton_scan.GradBuffers.grads).
+// Per direction, with steps s in the direction's order:
 //   delta = softplus(pre + dt_bias), h_s = exp2(delta_s a2) h_{s-1} + delta_s u_s B_s, y = D u + sum_n C_n h_n,
 //   gy = g z sigmoid(z) / 2 (this direction's share of the gated average),
 //   dh_s = C_s gy_s + exp2(delta_{s+1} a2) dh_{s+1} (the adjoint state), q = dh_s exp2(delta_s a2) h_{s-1}.
@@ -524,8 +525,7 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
                                          const float* __restrict__ dbl, const T* __restrict__ pre,
                                          const float* __restrict__ dt_bias, const float* __restrict__ a2,
                                          const float* __restrict__ dskip, T* __restrict__ dz, T* __restrict__ dxc,
-                                         T* __restrict__ ddt, float* __restrict__ dbc, float* __restrict__ da_part,
-                                         float* __restrict__ dskip_part, float* __restrict__ dbias_part,
+                                         T* __restrict__ ddt, float* __restrict__ dbc, float* __restrict__ parts,
                                          float* __restrict__ checkpoint_base, int Bsz, int L, int D, int R,
                                          long long stride_zb, long long stride_zl) {
 #if DIET
@@ -625,26 +625,29 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
         __syncthreads();
         add_block_sums(shared.warp_sums[buffer], lane, k);
     }
-    if (lane.live) {
+    if (lane.live) {  // the sequence's N + 2 rows of parts: dA's N, then dD's and the dt bias's
+        // (seq (N + 2) D + d, summed in this order: as one product, design 3's bf16 build spilled 12 B at 80 registers)
+        const long long seq_d = (long long)seq * D;
+        float* part = parts + (seq_d * N + d) + 2 * seq_d;
 #pragma unroll
-        for (int n = 0; n < N; ++n) da_part[((long long)seq * N + n) * D + d] = da[n];
-        dskip_part[(long long)seq * D + d] = dskip_sum;
-        dbias_part[(long long)seq * D + d] = dbias_sum;
+        for (int n = 0; n < N; ++n) part[(long long)n * D] = da[n];
+        part[(long long)N * D] = dskip_sum;
+        part[(long long)(N + 1) * D] = dbias_sum;
     }
 }
 
 // xc, dz, dxc, ddt (2, B, L, D) and pre (2, B*L, D) in the compute dtype, z (B, L, D; strides given) in it too,
 // g (B, L, D) contiguous in it; dbl (2, B*L, R + 2N), dt_bias (2, D), a2 (2, N, D) = A log2(e), dskip (2, D)
-// fp32; dbc (2, B*L, 2N) fp32, zeroed by the caller; da_part (2, B, N, D), dskip_part and dbias_part (2, B, D)
-// fp32; checkpoints (2, B, ceil(L / STEPS) - 1, N, D) fp32 scratch. Grid (ceil(D / THREADS), 2 B).
-#define REIDCAM_SCAN_BWD_KERNEL(NAME, T)                                                                             \
+// fp32; dbc (2, B*L, 2N) fp32, zeroed by the caller; parts (2, B, N + 2, D) fp32, per (direction, sequence) the
+// partial sums of dA (rows 0 .. N-1, row n: state n), dD (row N) and the dt bias (row N + 1); checkpoints (2, B,
+// ceil(L / STEPS) - 1, N, D) fp32 scratch. Grid (ceil(D / THREADS), 2 B).
+#define REIDCAM_SCAN_BWD_KERNEL(NAME, T)                                                                           \
     extern "C" __global__ void __launch_bounds__(THREADS, REIDCAM_MIN_BLOCKS)                                      \
         NAME(const T* xc, const T* z, const T* g, const float* dbl, const T* pre, const float* dt_bias,            \
-             const float* a2, const float* dskip, T* dz, T* dxc, T* ddt, float* dbc, float* da_part,               \
-             float* dskip_part, float* dbias_part, float* checkpoints, int Bsz, int L, int D, int R,                \
-             long long stride_zb, long long stride_zl) {                                                           \
-        scan_bwd<T>(xc, z, g, dbl, pre, dt_bias, a2, dskip, dz, dxc, ddt, dbc, da_part, dskip_part, dbias_part,    \
-                    checkpoints, Bsz, L, D, R, stride_zb, stride_zl);                                             \
+             const float* a2, const float* dskip, T* dz, T* dxc, T* ddt, float* dbc, float* parts,                 \
+             float* checkpoints, int Bsz, int L, int D, int R, long long stride_zb, long long stride_zl) {         \
+        scan_bwd<T>(xc, z, g, dbl, pre, dt_bias, a2, dskip, dz, dxc, ddt, dbc, parts, checkpoints, Bsz, L, D, R,   \
+                    stride_zb, stride_zl);                                                                         \
     }
 
 REIDCAM_SCAN_BWD_KERNEL(bimamba_scan_bwd_bf16, bf16_bits)

@@ -7,7 +7,8 @@ in the original token order. So no flips or copies are needed: one kernel reads 
 xc[0] (forward) and xc[1] (backward), both token-major, stacked as (2, B, L, D).
 
 The backward kernel recomputes the pre-activations instead of storing them and produces dx for both
-directions at once, plus per-(sequence, chunk) partial sums of the weight and bias gradients.
+directions at once (into a strided view where given: the mixer core's packed gradient of in_proj's
+output), plus per-(sequence, chunk) partial sums of the weight and bias gradients.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ _FWD_BLOCK_D = 64
 _BWD_BLOCK_T = 4
 _BWD_BLOCK_D = 32
 _BWD_WARPS = 1
-_UNSPECIALISED_BWD = ["Bsz", "L", "D", "stride_xb", "stride_xl"]
+_UNSPECIALISED_BWD = ["Bsz", "L", "D", "stride_xb", "stride_xl", "stride_dxb", "stride_dxl"]
 
 
 @triton.jit
@@ -116,7 +117,7 @@ def _dpre(dxc_ptr, row_base, s, shift, offs_d, mask_d, L, D, bias, w0, w1, w2, w
 @triton.jit(do_not_specialize=_UNSPECIALISED_BWD)
 def _biconv_bwd_kernel(
     x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, dxc_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
-    Bsz, L, D, stride_xb, stride_xl,
+    Bsz, L, D, stride_xb, stride_xl, stride_dxb, stride_dxl,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dx[s] = sum_k wf[k] g_f[s+3-k] + sum_k wb[k] g_b[s-3+k], g = dxc * silu'(pre), plus dw, db partials.
@@ -180,7 +181,7 @@ def _biconv_bwd_kernel(
     g = _dpre(dxc_ptr, row_b, s, -3, offs_d, mask_d, L, D, bias_b, wb0, wb1, wb2, wb3, x00, xm1, xm2, xm3)
     dx += wb0[None, :] * g
     m_out = (s < L)[:, None] & mask_d[None, :]
-    tl.store(dx_ptr + b.to(tl.int64) * L * D + s[:, None] * D + offs_d[None, :],
+    tl.store(dx_ptr + b.to(tl.int64) * stride_dxb + s[:, None] * stride_dxl + offs_d[None, :],
              dx.to(dx_ptr.dtype.element_ty), mask=m_out)
     part = tl.program_id(1).to(tl.int64)  # (sequence, chunk)
     n_parts = Bsz * n_tchunks
@@ -213,22 +214,34 @@ def biconv_forward(x: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams) -> t
     return xc
 
 
+def conv_grad_output(x: torch.Tensor, dx: torch.Tensor | None) -> torch.Tensor:
+    """Where a conv backward writes x's gradient: ``dx`` (x's shape, dtype and device, contiguous channels, any
+    row strides: the mixer core passes x's half of the packed gradient of in_proj's output), else a new tensor."""
+    if dx is None:
+        return torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    if dx.shape != x.shape or dx.dtype != x.dtype or dx.device != x.device or dx.stride(-1) != 1:
+        raise ValueError(f"dx {tuple(dx.shape)} {dx.dtype} (strides {dx.stride()}) cannot take the gradient of x "
+                         f"{tuple(x.shape)} {x.dtype} on {x.device}: same shape, dtype and device, contiguous channels")
+    return dx
+
+
 def biconv_backward(
-    x: torch.Tensor, dxc: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams
+    x: torch.Tensor, dxc: torch.Tensor, conv_f: ConvParams, conv_b: ConvParams, dx: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """dx, (dweight, dbias) of the forward conv and (dweight, dbias) of the backward conv, fp32 sums.
 
-    dxc (2, B, L, D) contiguous is the gradient of biconv_forward's output.
+    dxc (2, B, L, D) contiguous is the gradient of biconv_forward's output; dx is written into ``dx`` where
+    given (conv_grad_output).
     """
     bsz, length, dim = x.shape
-    dx = torch.empty((bsz, length, dim), device=x.device, dtype=x.dtype)
+    dx = conv_grad_output(x, dx)
     parts = bsz * triton.cdiv(length, _BWD_BLOCK_T)
     dw_part = torch.empty((2, parts, dim, D_CONV), device=x.device, dtype=torch.float32)
     db_part = torch.empty((2, parts, dim), device=x.device, dtype=torch.float32)
     grid = (triton.cdiv(dim, _BWD_BLOCK_D), parts)
     _biconv_bwd_kernel[grid](
         x, conv_f.weight, conv_f.bias, conv_b.weight, conv_b.bias, dxc, dx, dw_part, db_part,
-        bsz, length, dim, x.stride(0), x.stride(1),
+        bsz, length, dim, x.stride(0), x.stride(1), dx.stride(0), dx.stride(1),
         BLOCK_T=_BWD_BLOCK_T, BLOCK_D=_BWD_BLOCK_D, num_warps=_BWD_WARPS,
     )
     dw, db = dw_part.sum(1), db_part.sum(1)

@@ -29,8 +29,8 @@ state at every chunk boundary in a per-program scratch; pass 2 walks the chunks 
 the states from it and runs the adjoint dh_t = C_t gy_t + exp(delta_{t+1} A) dh_{t+1} as a forward scan
 of the flipped rows (its carry also goes through the scratch). It writes dz, dxc (the scan's direct part) and the gradient of the dt pre-activation,
 adds dB/dC over channel blocks with fp32 atomics, and leaves per-sequence partial sums for dA, dD and
-the dt bias. The dt projection is precomputed for it, so its chunks need not match the tensor-core
-tile.
+the dt bias in one buffer (GradBuffers.parts), which one reduction sums. The dt projection is precomputed
+for it, so its chunks need not match the tensor-core tile.
 
 All state and accumulation is fp32; xc, z and the output may be fp32 or bf16.
 """
@@ -263,12 +263,13 @@ def _bwd_chunk_inputs(xc_ptr, pre_ptr, dt_bias, seq_row, t, mask_t, offs_d, mask
 @triton.jit(do_not_specialize=_UNSPECIALISED_BWD)
 def _bimamba_scan_bwd_kernel(
     xc_ptr, z_ptr, g_ptr, dbl_ptr, pre_ptr, dt_bias_ptr, a2_ptr, dskip_ptr,
-    dz_ptr, dxc_ptr, ddt_ptr, dbc_ptr, da_part_ptr, dd_part_ptr, dbias_part_ptr, state_ptr, dh_ptr,
+    dz_ptr, dxc_ptr, ddt_ptr, dbc_ptr, parts_ptr, state_ptr, dh_ptr,
     Bsz, L, D, R, stride_zb, stride_zl, n_state_chunks,
     N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One program per (channel block, sequence, direction); the directions are independent here
-    (each writes its own share of dz), which doubles the programs of a small training batch."""
+    (each writes its own share of dz), which doubles the programs of a small training batch. Its partial
+    sums go to its sequence's N + 2 rows of parts (GradBuffers): dA's N, then dD's and the dt bias's."""
     offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     b = tl.program_id(1)
@@ -285,7 +286,7 @@ def _bimamba_scan_bwd_kernel(
     # scratch of this program: the state at each chunk boundary (chunk, n, d), then the adjoint carry (n, d)
     state_rows = state_ptr + seq.to(tl.int64) * n_state_chunks * N * D + offs_d
     dh_rows = dh_ptr + seq.to(tl.int64) * N * D + offs_d
-    da_rows = da_part_ptr + seq.to(tl.int64) * N * D + offs_d
+    part_rows = parts_ptr + seq.to(tl.int64) * (N + 2) * D + offs_d
 
     # pass 1: the state before every chunk (the same threads store and later load each value)
     for n in tl.static_range(N):
@@ -338,8 +339,8 @@ def _bimamba_scan_bwd_kernel(
             q = dh * (h - inp)  # dh_t * exp(delta_t A) h_{t-1}
             ddelta += q * (a2_n / LOG2E)[None, :]
             dh_b += dh * b_n[:, None]
-            d_a = tl.sum(q * delta, axis=0) + tl.load(da_rows + n * D, mask=mask_d & (cc > 0), other=0.0)
-            tl.store(da_rows + n * D, d_a, mask=mask_d)
+            d_a = tl.sum(q * delta, axis=0) + tl.load(part_rows + n * D, mask=mask_d & (cc > 0), other=0.0)
+            tl.store(part_rows + n * D, d_a, mask=mask_d)
             dbc_rows = dbc_ptr + (seq_row + t) * (2 * N)
             tl.atomic_add(dbc_rows + n, tl.sum(dh * du, axis=1), mask=mask_t, sem="relaxed")
             tl.atomic_add(dbc_rows + N + n, tl.sum(h * gy, axis=1), mask=mask_t, sem="relaxed")
@@ -352,9 +353,12 @@ def _bimamba_scan_bwd_kernel(
         tl.store(ddt_ptr + out_offs, ddt.to(ddt_ptr.dtype.element_ty), mask=mask_td)
         d_skip += tl.sum(gy * u, axis=0)
         d_bias += tl.sum(ddt, axis=0)
-    part = seq.to(tl.int64) * D + offs_d
-    tl.store(dd_part_ptr + part, d_skip, mask=mask_d)
-    tl.store(dbias_part_ptr + part, d_bias, mask=mask_d)
+    # dD and the dt bias: rows N and N + 1 of the sequence's, seq (N + 2) D + N D + offs_d, written as
+    # (seq D + offs_d) + (seq (N + 1) + N) D: so ptxas (sm_90) spills no more than with three buffers, where
+    # part_rows + N D spilled 12 B more in the capped config
+    sum_rows = parts_ptr + (seq.to(tl.int64) * D + offs_d) + (seq.to(tl.int64) * (N + 1) + N) * D
+    tl.store(sum_rows, d_skip, mask=mask_d)
+    tl.store(sum_rows + D, d_bias, mask=mask_d)
 
 
 def _as_triton_configs(blocks: list[ScanBlocks]) -> list[triton.Config]:
@@ -473,15 +477,16 @@ class ScanGrads:
 @dataclass(frozen=True)
 class GradBuffers:
     """What a backward scan kernel writes (either backend's): per-direction and per-sequence shares that
-    ``grads`` sums into ScanGrads."""
+    ``grads`` sums into ScanGrads.
+
+    The per-sequence partial sums of dA, dD and the dt bias share one buffer, ``parts``, so that one
+    reduction sums them all, where three reductions and their launches summed three buffers."""
 
     dz: torch.Tensor  # (2, B, L, D): one share per direction
     dxc: torch.Tensor
     ddt: torch.Tensor
     dbc: torch.Tensor  # zeroed: kernels add into it
-    da_part: torch.Tensor  # (2, B, N, D) fp32
-    d_skip_part: torch.Tensor  # (2, B, D) fp32
-    dt_bias_part: torch.Tensor  # (2, B, D) fp32
+    parts: torch.Tensor  # (2, B, N + 2, D) fp32: rows 0 .. N-1 dA (row n: state n), row N dD, row N + 1 the dt bias
 
     @staticmethod
     def for_inputs(xc: torch.Tensor, d_state: int) -> GradBuffers:
@@ -490,23 +495,34 @@ class GradBuffers:
         return GradBuffers(
             dz=torch.empty_like(xc), dxc=torch.empty_like(xc), ddt=torch.empty_like(xc),
             dbc=torch.zeros((2, bsz * length, 2 * d_state), device=dev, dtype=fp32),
-            da_part=torch.empty((2, bsz, d_state, dim), device=dev, dtype=fp32),
-            d_skip_part=torch.empty((2, bsz, dim), device=dev, dtype=fp32),
-            dt_bias_part=torch.empty((2, bsz, dim), device=dev, dtype=fp32),
+            parts=torch.empty((2, bsz, d_state + 2, dim), device=dev, dtype=fp32),
         )
 
-    def grads(self, tables: ScanTables, z_dtype: torch.dtype) -> ScanGrads:
-        da = self.da_part.sum(1).transpose(1, 2)  # (2, D, N): dL/dA
+    def grads(self, tables: ScanTables, z_dtype: torch.dtype, dz_out: torch.Tensor | None = None) -> ScanGrads:
+        """The sums. dz, the directions' shares added, goes into ``dz_out`` where given (z's dtype, which is
+        the shares' in the mixer core: the same values as a new tensor), else into a new tensor."""
+        d_state = tables.a.shape[-1]
+        sums = self.parts.sum(1)  # (2, N + 2, D)
         return ScanGrads(
-            dz=(self.dz[0] + self.dz[1]).to(z_dtype), dxc=self.dxc, ddt=self.ddt, dbc=self.dbc,
-            da_log=da * tables.a, d_skip=self.d_skip_part.sum(1), dt_bias=self.dt_bias_part.sum(1),
+            dz=self._dz_sum(z_dtype, dz_out), dxc=self.dxc, ddt=self.ddt, dbc=self.dbc,
+            da_log=sums[:, :d_state].transpose(1, 2) * tables.a,  # dL/dA (2, D, N) times dA/dA_log = A
+            d_skip=sums[:, d_state], dt_bias=sums[:, d_state + 1],
         )
+
+    def _dz_sum(self, z_dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor:
+        if out is None:
+            return (self.dz[0] + self.dz[1]).to(z_dtype)
+        if out.dtype != z_dtype:
+            raise ValueError(f"dz goes into a tensor of z's dtype {z_dtype}, not {out.dtype}")
+        return torch.add(self.dz[0], self.dz[1], out=out)
 
 
 def scan_backward(
-    xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables, grad_out: torch.Tensor
+    xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables, grad_out: torch.Tensor,
+    dz_out: torch.Tensor | None = None,
 ) -> ScanGrads:
-    """Gradients of scan_forward's output with respect to its inputs, given grad_out (B, L, D)."""
+    """Gradients of scan_forward's output with respect to its inputs, given grad_out (B, L, D); dz written
+    into ``dz_out`` where given (GradBuffers.grads)."""
     _, bsz, length, dim = xc.shape
     rank = tables.dt.shape[-1]
     d_state = tables.a.shape[-1]
@@ -521,8 +537,8 @@ def scan_backward(
         _bimamba_scan_bwd_kernel, _scan_bwd_tuned,
         lambda meta: (triton.cdiv(dim, meta["BLOCK_D"]), bsz, 2),
         xc, z, grad_out, dbl, tables.dt_projection(), tables.dt_bias, tables.a2, tables.d_skip,
-        out.dz, out.dxc, out.ddt, out.dbc, out.da_part, out.d_skip_part, out.dt_bias_part, states, dh_carry,
+        out.dz, out.dxc, out.ddt, out.dbc, out.parts, states, dh_carry,
         bsz, length, dim, rank, z.stride(0), z.stride(1), n_state_chunks,
         N=d_state,
     )
-    return out.grads(tables, z.dtype)
+    return out.grads(tables, z.dtype, dz_out)
