@@ -42,8 +42,8 @@
 #   bash bench/gpu_session.sh bwd-variants      # GPU 0: the CUDA backward scan's compile-time variants and
 #                                               # Triton's backward timed on the same inputs (batch 64, 256)
 #   bash bench/gpu_session.sh glue-ab           # GPU 0: the 256x128 row, .gpu/before's package against this one
-#                                               # (alternated), the step's profile, the kernels' GPU tests, the
-#                                               # kernel cache cold and warm, then 4 cameras at tracker.processes 0/1/2
+#                                               # (alternated), the kernels' GPU tests, the kernel cache cold and
+#                                               # warm, 4 cameras at tracker.processes 0 and 1, the step's profile
 #
 # The pipeline and measure-all phases carry .whl and .gpu/shared: a copy of ../shared/data/vtest.avi and
 # models/yolov8n-from-tflite.pt (made here by bench/detector_from_tflite.py: the device has no LiteRT).
@@ -206,10 +206,10 @@ kernel-variants)
     --no-triton-fwd --skip-core >"$OUT/speed.log" 2>&1
   ;;
 glue-ab)
-  # The row twice per package, alternated (hosts vary: only this call's numbers compare), the bare step's kernel
-  # profile, then the GPU tests of what the backward's glue touches (the two slowest files in parallel), the
-  # kernels compiled cold and loaded warm from the disk cache in fresh processes, and the pipeline on 4 cameras
-  # with its trackers in the main thread and in 1 and 2 worker processes.
+  # The row twice per package, alternated (hosts vary: only this call's numbers compare), then the GPU tests of
+  # what the backward's glue touches (three groups in parallel), the kernels compiled cold and loaded warm from the
+  # disk cache in fresh processes, the pipeline on 4 cameras with its trackers in the main thread and in a worker
+  # process, and last the bare step's kernel profile.
   export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared
   row() { timeout 90 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton --no-plain-norm \
     --no-triton-fwd --skip-core >"$OUT/$1.log" 2>&1; }
@@ -217,11 +217,12 @@ glue-ab)
     PYTHONPATH=.gpu/before:.:/tmp/site row "before$round"; row "after$round"
   done
   echo "== [$(elapsed) s] rows done"
-  timeout 90 python3 bench/profile_model.py --rows 90 --out "$OUT" >"$OUT/profile.log" 2>&1
-  echo "== [$(elapsed) s] profile done"
-  kernel_tests() { timeout 330 python3 -m pytest -q -p no:cacheprovider "$@" 2>&1 | tail -15; }
+  kernel_tests() { timeout "${TEST_TIMEOUT:-280}" python3 -m pytest -q -p no:cacheprovider -k "not emulated" "$@" 2>&1 \
+    | tail -15; }
   kernel_tests tests/test_kernels_cuda_scan_bwd.py >"$OUT/tests_bwd.log" &
-  kernel_tests ${GLUE_TESTS:-tests/test_kernels_cuda_conv_bwd.py tests/test_train_graphs.py} >"$OUT/tests_glue.log" &
+  kernel_tests tests/test_kernels_cuda_conv_bwd.py tests/test_train_graphs.py tests/test_kernels_triton.py \
+    >"$OUT/tests_conv_graphs_triton.log" &
+  kernel_tests tests/test_kernels_cuda_scan.py >"$OUT/tests_fwd.log" &
   wait
   echo "== [$(elapsed) s] tests done"
   for cache in cold warm; do
@@ -235,10 +236,12 @@ cuda_scan.CudaConv().kernels(device); cuda_scan.CudaConvBackward().kernels(devic
 print('$cache: the four kernels ready in %.2f s' % (time.perf_counter() - start))" >>"$OUT/kernel_cache.log" 2>&1
   done
   detector="$PWD/.gpu/shared/models/yolov8n-from-tflite.pt"
-  for processes in 0 1 2; do
-    timeout 80 python3 bench/gpu_pipeline.py --device cuda --cameras 4 --frames 100 --detector "$detector" \
+  for processes in 0 1; do
+    timeout 75 python3 bench/gpu_pipeline.py --device cuda --cameras 4 --frames 80 --detector "$detector" \
       --no-overlap --decode process --tracker-processes "$processes" --warmup-frames 10 >>"$OUT/pipeline.log" 2>&1
   done
+  echo "== [$(elapsed) s] pipeline done"
+  timeout 60 python3 bench/profile_model.py --rows 90 --out "$OUT" >"$OUT/profile.log" 2>&1
   ;;
 kernel-tests)
   # GPU 0: the fused add + norm's backward blockings and the 256x128 s16 row, the CUDA kernels' and the graphed
