@@ -211,10 +211,11 @@ glue-ab)
   # disk cache in fresh processes, the pipeline on 4 cameras with its trackers in the main thread and in a worker
   # process, and last the bare step's kernel profile.
   export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 YOLO_OFFLINE=1 REIDCAM_SHARED=.gpu/shared
-  row() { timeout 90 python3 bench/speed_vs_vit.py --timing-only --quick --backends triton --no-plain-norm \
-    --no-triton-fwd --skip-core >"$OUT/$1.log" 2>&1; }
+  # .gpu/before holds the earlier package and its speed_vs_vit.py (this one's imports are newer)
+  row() { timeout 90 python3 "$2" --timing-only --quick --backends triton --no-plain-norm --no-triton-fwd \
+    --skip-core >"$OUT/$1.log" 2>&1; }
   for round in 1 2; do
-    PYTHONPATH=.gpu/before:.:/tmp/site row "before$round"; row "after$round"
+    PYTHONPATH=.gpu/before:/tmp/site row "before$round" .gpu/before/speed_vs_vit.py; row "after$round" bench/speed_vs_vit.py
   done
   echo "== [$(elapsed) s] rows done"
   kernel_tests() { timeout "${TEST_TIMEOUT:-280}" python3 -m pytest -q -p no:cacheprovider -k "not emulated" "$@" 2>&1 \
