@@ -22,7 +22,8 @@ design 3), blocks per SM. A kept build that spills on the machine's NVRTC is tim
     design 0           256 / 2 / 4   128 registers, 0 B spill, 46,080 B smem (the default until session 8)
     design 3           256 / 3 / 4    80 registers, 0 B spill, 71,680 B dynamic (3 blocks/SM: 24 warps)
     design 3, 128 thr. 128 / 6 / 4    80 registers, 0 B spill, 36,352 B dynamic (6 blocks/SM: 24 warps)
-    design 3, 128 x 5  128 / 5 / 4    96 registers, 8 B spill (bf16; f32 0), 36,352 B dynamic (5 blocks/SM: 20 warps)
+    design 3, 128 x 5  128 / 5 / 4    96 registers, 0 B spill (bf16 8 B before session 10), 36,352 B dynamic
+                                      (5 blocks/SM: 20 warps)
     design 3, 256 x 2  256 / 2 / 4   128 registers, 0 B spill, 71,680 B dynamic (2 blocks/SM: 16 warps; beside design 1)
 
 Design 1 (scan_bwd.cu's comment): the same arithmetic with the global loads issued ahead of their use. Pass 2's
@@ -45,7 +46,19 @@ per-channel gradients equal design 1's bit for bit in the CPU emulation (dbc: an
 The 8 B of the 96-register build: one value stored before pass 2 and loaded once per sub-chunk. Prediction: the
 kernel 0.570 -> 0.40-0.48 ms at batch 64 (no half-empty second wave, 1.5x the warps against latency) and 1.883
 -> 1.35-1.6 ms at batch 256; the risks are shared memory (3 blocks leave 28 KB of L1; ~20 % more LDS/STS) and
-the 24 warps hiding less than their count says.
+the 24 warps hiding less than their count says. Measured (H200, session 9): 0.538 against design 1's 0.597 at
+batch 64, 1.952 against 1.907 at batch 256.
+
+Design 3's address work (session 10, scan_bwd.cu's comment; the rows above time it, as "design 3"): the same
+gradients bit for bit (dbc too: the CPU emulation of the old and new source), design 0's and 1's SASS unchanged.
+The checkpoints tiled by channel block (a thread's states a compile-time stride apart: immediate offsets), the
+step inputs' and outputs' rows from the sub-chunk's first by +-D instead of a 64-bit multiply per step and
+tensor. SASS per sub-chunk of the bf16 kernel (f32), counted / on one thread's path (the old outputs' code had a
+copy per direction): pass 2 2,364 (2,236) / 2,173 (2,092) -> 1,930 (1,860), 30.2 (29.1) per token, channel and
+state; pass 1 552 (541) / 515 (504) -> 469 (461), 7.3 (7.2). Still 80 registers and no spill; the 128 x 5
+build's 8 B of bf16 spill gone. Not yet timed; prediction 0.538 -> 0.49-0.52 ms at batch 64 (H200), for ~10 %
+fewer instructions issued at ~56 % of the issue rate. For an A/B, the session-9 source times beside it through
+``CudaScanBackward(source=...)`` (its (N, D) checkpoint layout fits the tiled scratch, which is no smaller).
 
 Rejected (``--list --all`` compiles them; design 1 with AHEAD 4 spills 40 B): every tighter register cap spills
 design 1: 256 threads at 3 blocks/SM (80 registers) 556 B (632 with NVRTC 13.0), 128 at 5 (96) 356 B, 128 at 6

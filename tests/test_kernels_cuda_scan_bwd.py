@@ -528,3 +528,13 @@ def test_the_checkpoints_are_one_per_sub_chunk_but_the_first():
     assert [cuda_scan.checkpoint_count(length, 4) for length in (1, 4, 5, 8, 131, 140)] == [0, 0, 1, 1, 32, 34]
     # the issue's training shape: ~214 MB of scratch at batch 64 (bench/NOTES-speed.md, next GPU session)
     assert 2 * 64 * cuda_scan.checkpoint_count(140) * 16 * 768 * 4 / 1e6 == pytest.approx(214, abs=1)
+
+
+def test_design_3_tiles_the_checkpoints_by_channel_block():
+    """Design 3's scratch is (2, B, checkpoints, blocks, d_state, threads): a thread's states a compile-time stride
+    apart; designs 0 and 1 keep (2, B, checkpoints, d_state, dim). Where dim is a multiple of the block, the same
+    size (the model's 768 at 256 threads)."""
+    assert cuda_scan.checkpoint_shape(64, 140, 16, 768, 256, 4, 3) == (2, 64, 34, 3, 16, 256)
+    assert cuda_scan.checkpoint_shape(2, 131, 16, 300, 128, 4, 3) == (2, 2, 32, 3, 16, 128)
+    for design in (0, 1):
+        assert cuda_scan.checkpoint_shape(2, 131, 16, 300, 256, 4, design) == (2, 2, 32, 16, 300)

@@ -473,6 +473,17 @@ def checkpoint_count(length: int, steps: int = BWD_STEPS) -> int:
     return max(-(-length // steps) - 1, 0)
 
 
+def checkpoint_shape(bsz: int, length: int, d_state: int, dim: int, threads: int, steps: int,
+                     design: int) -> tuple[int, ...]:
+    """The backward's checkpoint scratch (fp32): (2, B, checkpoints, d_state, dim); design 3's is tiled by channel
+    block, (2, B, checkpoints, blocks, d_state, threads), so that a thread's states are a compile-time stride apart
+    (scan_bwd.cu's checkpoint_stride)."""
+    count = checkpoint_count(length, steps)
+    if design in BWD_SHARED_DESIGNS:
+        return 2, bsz, count, -(-dim // threads), d_state, threads
+    return 2, bsz, count, d_state, dim
+
+
 class CudaScanBackward(_LazyKernels):
     """The backward scan kernels of each device and d_state; compiles on first use, thread-safe. ``threads``,
     ``steps`` and ``defines`` (more of scan_bwd.cu's macros) are for benches; the defaults are the designed ones."""
@@ -520,8 +531,8 @@ class CudaScanBackward(_LazyKernels):
         dev = xc.device
         grad_out = grad_out.to(xc.dtype).contiguous()  # the kernel reads it in the compute dtype
         out = GradBuffers.for_inputs(xc, d_state)
-        checkpoints = torch.empty((2, bsz, checkpoint_count(length, self.steps), d_state, dim), device=dev,
-                                  dtype=torch.float32)
+        checkpoints = torch.empty(checkpoint_shape(bsz, length, d_state, dim, self.threads, self.steps, self.design),
+                                  device=dev, dtype=torch.float32)
         tensors = [xc, z, grad_out, dbl, tables.dt_projection(), tables.dt_bias, tables.a2, tables.d_skip,
                    out.dz, out.dxc, out.ddt, out.dbc, out.parts, checkpoints]
         args = [ctypes.c_void_p(t.data_ptr()) for t in tensors] + [

@@ -13,10 +13,11 @@
 // 2 * batch), the direction-major sequence index as in the forward's tensors.
 // Pass 1 walks the direction forward with the N states in registers and keeps the state every STEPS tokens
 // in a scratch (checkpoint k = the state before step (k + 1) STEPS; fp32, (2, B, checkpoints, N, D), so a
-// warp's stores and loads are coalesced over channels); the last sub-chunk needs no checkpoint and pass 1
-// stops before it. Pass 2 walks the sub-chunks of STEPS tokens in reverse: it recomputes their states from
-// the checkpoint and runs the adjoint back through them, state by state (the STEPS states of one state
-// index, not the N states of one token, are what it holds: ~4 STEPS + 3 N registers instead of STEPS N).
+// warp's stores and loads are coalesced over channels; design 3 tiles it by channel block: checkpoint_stride);
+// the last sub-chunk needs no checkpoint and pass 1 stops before it. Pass 2 walks the sub-chunks of STEPS tokens
+// in reverse: it recomputes their states from the checkpoint and runs the adjoint back through them, state by
+// state (the STEPS states of one state index, not the N states of one token, are what it holds: ~4 STEPS + 3 N
+// registers instead of STEPS N).
 // The adjoint state crosses sub-chunks in registers (design 3: shared memory), premultiplied by the decay of the
 // step after it.
 //
@@ -76,6 +77,18 @@
 //      305 LDS/STS against 253. 80 registers is a fit at the edge: ptxas' spill choices flip with edits that
 //      change no arithmetic (8-64 B seen, e.g. with the transposition's addresses behind a helper function, or
 //      the dskip and dbias sums in shared memory too), and the compile test guards the builds.
+//      Its address work (session 10), the same arithmetic bit for bit (dbc too) and design 0's and 1's SASS
+//      unchanged: the checkpoints tiled by channel block (checkpoint_stride: a state THREADS floats on, immediate
+//      offsets from one base register, where the runtime stride D cost a 64-bit multiply per state in pass 2
+//      and a 64-bit add in pass 1; pass 2's pointer moves back a checkpoint per sub-chunk); the step inputs' and
+//      outputs' rows from the sub-chunk's first by +-D (load_raw_steps, store_step_grads' pointers, load_xp),
+//      where Lane::row cost a 64-bit multiply per step and tensor (and ptxas kept a copy of the outputs' code per
+//      direction); warp_column_sum starts from its first value. SASS per sub-chunk, bf16 (f32), as counted
+//      (both directions' copies) / as one thread runs it: pass 2 2,364 (2,236) / 2,173 (2,092) -> 1,930 (1,860),
+//      30.2 (29.1) per token, channel and state; pass 1 552 (541) / 515 (504) -> 469 (461), 7.3 (7.2). 80
+//      registers, no spill, in every design-3 build (the 96-register 128 x 5 build's 8 B of bf16 spill gone
+//      too). Not yet timed on a GPU; at ~56 % of the issue rate before, the prediction is 0.538 -> 0.49-0.52 ms
+//      at batch 64 on an H200.
 // Design 1 (session 8, H200): 0.570 ms against design 0's 0.956 at batch 64, 1.883 against 2.866 at batch 256,
 // with the same gradients (bench/cuda_scan_bwd_variants.py). Design 3 (session 9, H200): 0.538 ms against design
 // 1's 0.597 at batch 64 (one wave), 1.952 against 1.907 at batch 256. The mixer runs design 3 for bf16 and fp32
@@ -186,6 +199,9 @@ struct Lane {
     long long b_row;            // row of token 0 in g's (B*L, D)
     long long z_row;            // element offset of token 0 in z
     long long stride_zl;
+    long long z_step;           // design 3's walks: +-stride_zl, the next step's offset in z
+    long long g_shift;          // xc's row less g's: the direction's B L rows of D
+    int row_step;               // +-D, the next step's row in xc, pre, g, dz, dxc, ddt
     int direction, L, D, R, channel;
     bool live;                  // the channel is < D
     __device__ int token(int step) const { return direction == 0 ? step : L - 1 - step; }
@@ -267,11 +283,14 @@ __device__ __forceinline__ float warp_column_sum(float (*values)[32 + 4]) {
     const int lane = threadIdx.x % 32;
     const int part = lane % LANES_PER_VALUE, value = lane / LANES_PER_VALUE;
     const float4* columns = reinterpret_cast<const float4*>(&values[value][part * WARP_VALUES]);
-    float sum = 0.0f;
+    // from the first value, not 0 + it (an FADD per state): only a zero's sign can differ (-0, where 0 + -0 gave
+    // +0), and add_block_sum's 0 + sum makes that +0 again, so dbc keeps every bit
+    float sum = columns[0].x;
 #pragma unroll
     for (int q = 0; q < WARP_VALUES / 4; ++q) {
         const float4 x = columns[q];
-        sum += x.x, sum += x.y, sum += x.z, sum += x.w;
+        if (q > 0) sum += x.x;
+        sum += x.y, sum += x.z, sum += x.w;
     }
 #pragma unroll
     for (int offset = 1; offset < LANES_PER_VALUE; offset *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
@@ -312,13 +331,28 @@ __device__ __forceinline__ void add_block_sums(float (*warp_sums)[BLOCK_VALUES],
 // xc and pre of sub-chunk k (not the last: every step is a token), unconditional loads (past D: channel 0).
 template <typename T>
 __device__ __forceinline__ void load_xp(T (&x)[STEPS], T (&p)[STEPS], const Lane<T>& lane, int k) {
+#if DIET  // the steps' rows from the first's by row_step: one 64-bit multiply per sub-chunk, not per step
+    const long long first = lane.row(lane.token(k * STEPS));
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+        const long long row = first + s * lane.row_step;
+        x[s] = lane.xc[row], p[s] = lane.pre[row];
+    }
+#else
 #pragma unroll
     for (int s = 0; s < STEPS; ++s) {
         const long long row = lane.row(lane.token(k * STEPS + s));
         x[s] = lane.xc[row];
         p[s] = lane.pre[row];
     }
+#endif
 }
+
+// The checkpoint scratch: designs 0 and 1 (2, B, checkpoints, N, D), a thread's states D floats apart; design 3
+// (2, B, checkpoints, channel blocks, N, THREADS) (cuda_scan.checkpoint_shape), a thread's states THREADS floats
+// apart: immediate offsets from one base register, where the runtime stride D costs a 64-bit add per state and the
+// index (n + AHEAD) D a 64-bit multiply. checkpoint_stride: floats from one checkpoint to the next (design 3).
+__device__ __forceinline__ int checkpoint_stride(int D) { return (unsigned)(D + THREADS - 1) / THREADS * N * THREADS; }
 
 // Pass 1: the states at every sub-chunk boundary but the last, into the checkpoints (this thread's channel).
 template <typename T>
@@ -365,8 +399,14 @@ __device__ __forceinline__ void store_checkpoints(SharedRows& shared, float* __r
             for (int s = 0; s < STEPS; ++s) h[n] = fmaf(exp2f(delta[s] * a), h[n], du[s] * b[s]);
         }
         if (lane.live) {
+#if DIET
+            float* at = checkpoints + (long long)k * checkpoint_stride(lane.D);
+#pragma unroll
+            for (int n = 0; n < N; ++n) at[n * THREADS] = h[n];
+#else
 #pragma unroll
             for (int n = 0; n < N; ++n) checkpoints[((long long)k * N + n) * lane.D] = h[n];
+#endif
         }
         if (k + 2 < sub_chunks) store_bc(shared.bc[buffer ^ 1], staged);
         __syncthreads();
@@ -426,6 +466,27 @@ __device__ __forceinline__ void load_raw_steps(RawSteps<T>& raw, const Lane<T>& 
         raw.p[s] = lane.pre[row];
         raw.z[s] = lane.z[lane.z_row + t * lane.stride_zl];
         raw.g[s] = lane.g[(lane.b_row + t) * lane.D + lane.channel];
+    }
+}
+
+// Design 3: a sub-chunk's xc, pre, z and g through pointers that move a step at a time in the direction's order
+// (an IMAD.WIDE each; z's 64-bit stride: two adds), staying on the sequence's last token past its end, where
+// Lane::row and the z and g offsets of designs 0 and 1 cost a 64-bit multiply per step and tensor. g's row is xc's
+// less the direction's B L rows (g has no direction axis).
+template <typename T>
+__device__ __forceinline__ void load_raw_steps(RawSteps<T>& raw, const Lane<T>& lane, int k, long long first) {
+    const int t = lane.token(k * STEPS);
+    const T *x = lane.xc + first, *p = lane.pre + first, *g = lane.g + (first - lane.g_shift);
+    const T* zz = lane.z + (lane.z_row + t * lane.stride_zl);
+    const int last = lane.L - 1 - k * STEPS;  // the sub-chunk's last step in the sequence
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+        raw.x[s] = *x, raw.p[s] = *p, raw.z[s] = *zz, raw.g[s] = *g;
+        if (s + 1 < STEPS) {
+            const bool on = s < last;
+            const int row_step = on ? lane.row_step : 0;
+            x += row_step, p += row_step, g += row_step, zz += on ? lane.z_step : 0;
+        }
     }
 }
 
@@ -503,18 +564,27 @@ __device__ __forceinline__ void unpark(const Column& column, float (&v)[STEPS]) 
     for (int s = 0; s < STEPS; ++s) v[s] = column[s];
 }
 
+// Where step s of a sub-chunk writes dz, dxc and ddt.
 template <typename T>
+struct StepOutputs {
+    T *dz, *dxc, *ddt;
+};
+
+// The outputs of a sub-chunk's steps; outputs_of(s) says where step s writes them, asked for the steps within the
+// sequence (live channels only), in order (designs 0 and 1: from Lane::row of its token; design 3: pointers that
+// move a row per step, where a 64-bit row added to each tensor's base costs ~11 integer instructions per step).
+template <typename T, typename Outputs>
 __device__ __forceinline__ void store_step_grads(const StepInputs& in, const StepSums& sums, float skip, float& dbias_sum,
-                                                 const Lane<T>& lane, int k) {
+                                                 const Lane<T>& lane, int k, Outputs outputs_of) {
 #pragma unroll
     for (int s = 0; s < STEPS; ++s) {
         const int step = k * STEPS + s;
         const float ddt = (sums.ddelta[s] * LN2 + in.u[s] * sums.dh_b[s]) * softplus_slope(in.delta[s]);
         if (lane.live && step < lane.L) {
-            const long long row = lane.row(lane.token(step));
-            store(lane.dz + row, in.dz_factor[s] * sums.y[s]);
-            store(lane.dxc + row, fmaf(in.delta[s], sums.dh_b[s], skip * in.gy[s]));
-            store(lane.ddt + row, ddt);
+            const StepOutputs<T> out = outputs_of(s);
+            store(out.dz, in.dz_factor[s] * sums.y[s]);
+            store(out.dxc, fmaf(in.delta[s], sums.dh_b[s], skip * in.gy[s]));
+            store(out.ddt, ddt);
             dbias_sum += ddt;
         }
     }
@@ -545,12 +615,20 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
     lane.seq_row = seq_row, lane.b_row = (long long)b * L, lane.z_row = b * stride_zb + dd;
     lane.stride_zl = stride_zl;
     lane.direction = seq / Bsz, lane.L = L, lane.D = D, lane.R = R, lane.channel = dd, lane.live = d < D;
+    lane.z_step = lane.direction == 0 ? stride_zl : -stride_zl;
+    lane.g_shift = (seq - b) * (long long)L * D;
+    lane.row_step = lane.direction == 0 ? D : -D;
 #pragma unroll
     for (int n = 0; n < N; ++n) shared.a[n][threadIdx.x] = a2[(lane.direction * N + n) * D + dd];
     const float bias = lane.live ? dt_bias[lane.direction * D + dd] : 0.0f;
     const float skip = dskip[lane.direction * D + dd];
     const int sub_chunks = (L + STEPS - 1) / STEPS;
+#if DIET
+    float* checkpoints = checkpoint_base + (long long)seq * (sub_chunks - 1) * checkpoint_stride(D) +
+                         blockIdx.x * N * THREADS + threadIdx.x;
+#else
     float* checkpoints = checkpoint_base + (long long)seq * (sub_chunks - 1) * N * D + dd;
+#endif
 
     store_checkpoints(shared, checkpoints, bias, lane, sub_chunks);
 
@@ -573,10 +651,19 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
     load_bc(staged, lane, sub_chunks - 1);
     store_bc(shared.bc[0], staged);
     __syncthreads();
+#if DIET
+    // sub-chunk k's checkpoint, k - 1, moved back a checkpoint per sub-chunk (read only where k > 0): ptxas
+    // rebuilt the base and multiplied (k - 1) each sub-chunk (~25 instructions) where it is kept in 2 registers
+    const float* h0 = checkpoints + (long long)(sub_chunks - 2) * checkpoint_stride(D);
+#endif
     for (int k = sub_chunks - 1, buffer = 0; k >= 0; --k, buffer ^= 1) {
         if (k > 0) load_bc(staged, lane, k - 1);
         StepInputs in;
-#if LOADS_AHEAD
+#if DIET
+        RawSteps<T> raw;
+        load_raw_steps(raw, lane, k, lane.row(lane.token(k * STEPS)));
+        load_steps_from(in, raw, bias, dskip_sum, lane, k);
+#elif LOADS_AHEAD
         RawSteps<T> raw;
         load_raw_steps(raw, lane, k);
         load_steps_from(in, raw, bias, dskip_sum, lane, k);
@@ -590,8 +677,14 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
 #pragma unroll
         for (int s = 0; s < STEPS; ++s) sums.y[s] = skip * in.u[s], sums.ddelta[s] = 0.0f, sums.dh_b[s] = 0.0f;
         const bool from_checkpoint = k > 0 && lane.live;  // the first sub-chunk starts from zero
+#if DIET
+        float h_ahead[AHEAD];
+#pragma unroll
+        for (int n = 0; n < AHEAD; ++n) h_ahead[n] = from_checkpoint ? h0[n * THREADS] : 0.0f;
+#else
         const float* h0 = checkpoints + (long long)(from_checkpoint ? k - 1 : 0) * N * D;
-#if LOADS_AHEAD
+#endif
+#if LOADS_AHEAD && !DIET
         float h_ahead[AHEAD];  // checkpoints AHEAD states ahead: states n and n + AHEAD share a register
 #pragma unroll
         for (int n = 0; n < AHEAD; ++n) h_ahead[n] = from_checkpoint ? h0[(long long)n * D] : 0.0f;
@@ -599,7 +692,10 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
         float* warp_sums = shared.warp_sums[buffer][warp];
 #pragma unroll
         for (int n = 0; n < N; ++n) {
-#if LOADS_AHEAD
+#if DIET
+            const float h = h_ahead[n % AHEAD];
+            if (n + AHEAD < N) h_ahead[n % AHEAD] = from_checkpoint ? h0[(n + AHEAD) * THREADS] : 0.0f;
+#elif LOADS_AHEAD
             const float h = h_ahead[n % AHEAD];
             if (n + AHEAD < N) h_ahead[n % AHEAD] = from_checkpoint ? h0[(long long)(n + AHEAD) * D] : 0.0f;
 #else
@@ -620,10 +716,29 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
 #if DIET
         unpark(parked_dz_factor, in.dz_factor);
 #endif
-        store_step_grads(in, sums, skip, dbias_sum, lane, k);
+#if DIET
+        const long long first = lane.row(lane.token(k * STEPS));
+        StepOutputs<T> out{lane.dz + first, lane.dxc + first, lane.ddt + first};
+        // store_step_grads asks for the steps it stores, s = 0, 1, ... in turn up to the sequence's end: each
+        // call moves the pointers a row on (an IMAD.WIDE each; LLVM folds an index s * row_step back into one
+        // 64-bit row added to each base)
+        store_step_grads(in, sums, skip, dbias_sum, lane, k, [&](int) {
+            const StepOutputs<T> at = out;
+            out.dz += lane.row_step, out.dxc += lane.row_step, out.ddt += lane.row_step;
+            return at;
+        });
+#else
+        store_step_grads(in, sums, skip, dbias_sum, lane, k, [&](int s) {
+            const long long row = lane.row(lane.token(k * STEPS + s));
+            return StepOutputs<T>{lane.dz + row, lane.dxc + row, lane.ddt + row};
+        });
+#endif
         if (k > 0) store_bc(shared.bc[buffer ^ 1], staged);
         __syncthreads();
         add_block_sums(shared.warp_sums[buffer], lane, k);
+#if DIET
+        h0 -= checkpoint_stride(D);
+#endif
     }
     if (lane.live) {  // the sequence's N + 2 rows of parts: dA's N, then dD's and the dt bias's
         // (seq (N + 2) D + d, summed in this order: as one product, design 3's bf16 build spilled 12 B at 80 registers)
@@ -640,8 +755,9 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
 // g (B, L, D) contiguous in it; dbl (2, B*L, R + 2N), dt_bias (2, D), a2 (2, N, D) = A log2(e), dskip (2, D)
 // fp32; dbc (2, B*L, 2N) fp32, zeroed by the caller; parts (2, B, N + 2, D) fp32, per (direction, sequence) the
 // partial sums of dA (rows 0 .. N-1, row n: state n), dD (row N) and the dt bias (row N + 1); checkpoints (2, B,
-// ceil(L / STEPS) - 1, N, D) fp32 scratch. Grid (ceil(D / THREADS), 2 B).
-#define REIDCAM_SCAN_BWD_KERNEL(NAME, T)                                                                           \
+// ceil(L / STEPS) - 1, N, D) fp32 scratch (design 3: (2, B, ceil(L / STEPS) - 1, ceil(D / THREADS), N, THREADS),
+// cuda_scan.checkpoint_shape). Grid (ceil(D / THREADS), 2 B).
+#define REIDCAM_SCAN_BWD_KERNEL(NAME, T)                                                                             \
     extern "C" __global__ void __launch_bounds__(THREADS, REIDCAM_MIN_BLOCKS)                                      \
         NAME(const T* xc, const T* z, const T* g, const float* dbl, const T* pre, const float* dt_bias,            \
              const float* a2, const float* dskip, T* dz, T* dxc, T* ddt, float* dbc, float* parts,                 \
