@@ -151,9 +151,9 @@ def compile_variant(build: tuple[int, int, dict[str, int]], arch: int) -> tuple[
     """(cubin, or None where it did not compile; a one-line report): registers, spill bytes, static and dynamic
     shared memory and blocks per SM of the bf16 kernel (the f32 kernel's registers too when they differ), or why
     it did not compile. A build that spills ends its report with "-> spills"."""
-    threads, steps, defines = build
+    threads, steps, defines, *source = build
     try:
-        compiled = cuda_scan.compile_scan_backward(arch, D_STATE, threads, steps, defines)
+        compiled = cuda_scan.compile_scan_backward(arch, D_STATE, threads, steps, defines, *source)
     except cuda_scan.CudaKernelUnavailable as error:
         reason = re.search(r"(too much shared data \([^)]*\)|static assertion failed[^\n]*)", str(error))
         return None, f"does not compile: {reason.group(1) if reason else str(error)[:160]}"
@@ -182,7 +182,7 @@ def spills(text: str) -> bool:
 
 
 def describe(build: tuple[int, int, dict[str, int]]) -> str:
-    threads, steps, defines = build
+    threads, steps, defines = build[:3]
     return (f"threads {threads}, min blocks {defines.get('REIDCAM_MIN_BLOCKS', 2)}, steps {steps}, "
             f"design {defines.get('REIDCAM_BWD_DESIGN', 1)}, ahead {defines.get('REIDCAM_AHEAD', 2)}")
 
@@ -191,7 +191,7 @@ class PrecompiledBackward(cuda_scan.CudaScanBackward):
     """CudaScanBackward loading a cubin compiled beforehand (compile_all), so that each build compiles once."""
 
     def __init__(self, build: tuple[int, int, dict[str, int]], compiled: cuda_scan.CompiledSource, arch: int) -> None:
-        threads, steps, defines = build
+        threads, steps, defines = build[:3]
         super().__init__(threads, steps, defines)
         self.compiled, self.arch = compiled, arch
 
@@ -251,7 +251,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--list", action="store_true", help="only compile the builds and print their registers")
     parser.add_argument("--all", action="store_true", help="with --list: the rejected builds too")
     parser.add_argument("--arch", type=int, default=90, help="with --list: the sm_ to compile for")
+    parser.add_argument("--earlier-source", type=Path, default=None,
+                        help="also time design 3 built from this copy of scan_bwd.cu (an A/B against an edit)")
     args = parser.parse_args(argv)
+    variants = dict(VARIANTS)
+    if args.earlier_source is not None:
+        variants["design 3, earlier source"] = (*VARIANTS["design 3"], args.earlier_source)
     if args.list:
         return list_builds(args.arch, args.all)
 
@@ -259,12 +264,12 @@ def main(argv: list[str]) -> int:
     arch = major * 10 + minor
     props = torch.cuda.get_device_properties(0)
     print(f"{torch.cuda.get_device_name()} ({props.multi_processor_count} SMs) | torch {torch.__version__}", flush=True)
-    compiled = compile_all(VARIANTS, arch)
+    compiled = compile_all(variants, arch)
     scans = {}
     for name, (cubin, text) in compiled.items():
-        print(f"  {name:<22} {describe(VARIANTS[name]):<64} sm_{arch}: {text}")
+        print(f"  {name:<22} {describe(variants[name]):<64} sm_{arch}: {text}")
         if cubin is not None:
-            scans[name] = PrecompiledBackward(VARIANTS[name], cubin, arch)
+            scans[name] = PrecompiledBackward(variants[name], cubin, arch)
     if "default" not in scans or spills(compiled["default"][1]):
         print("the default build did not compile without spills: nothing to compare against")
         return 1

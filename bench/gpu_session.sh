@@ -41,6 +41,8 @@
 #                                               # then the trainer in fp16 and bf16 with graphs
 #   bash bench/gpu_session.sh bwd-variants      # GPU 0: the CUDA backward scan's compile-time variants and
 #                                               # Triton's backward timed on the same inputs (batch 64, 256)
+#   bash bench/gpu_session.sh pass2-ab          # GPU 0: backward design 3 against an earlier source, the row
+#                                               # before/after alternated, the backward's and Triton's GPU tests
 #   bash bench/gpu_session.sh glue-ab           # GPU 0: the 256x128 row, .gpu/before's package against this one
 #                                               # (alternated), the kernels' GPU tests, the kernel cache cold and
 #                                               # warm, 4 cameras at tracker.processes 0 and 1, the step's profile
@@ -243,6 +245,27 @@ print('$cache: the four kernels ready in %.2f s' % (time.perf_counter() - start)
   done
   echo "== [$(elapsed) s] pipeline done"
   timeout 60 python3 bench/profile_model.py --rows 90 --out "$OUT" >"$OUT/profile.log" 2>&1
+  ;;
+pass2-ab)
+  # The backward scan's design 3 from this source against .gpu/scan_bwd_before.cu (bench/cuda_scan_bwd_variants.py
+  # --earlier-source), the row of .gpu/before's package against this one, alternated, then the backward's GPU tests
+  # and the kernel-compile tests on this machine's NVRTC, and the Triton tests without the exported env. Few files
+  # come back: the rows go to one log, and so do the tests.
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 SKIP_TRITON_CACHE=1
+  timeout 120 python3 bench/cuda_scan_bwd_variants.py --batches 64,256 --no-triton \
+    --earlier-source .gpu/scan_bwd_before.cu >"$OUT/bwd_variants.log" 2>&1
+  echo "== [$(elapsed) s] variants done"
+  row() { echo "=== $1" >>"$OUT/rows.log"; OUT="" timeout 90 python3 "$2" --timing-only --quick --backends triton \
+    --no-plain-norm --no-triton-fwd --skip-core >>"$OUT/rows.log" 2>&1; }
+  for round in 1 2; do
+    PYTHONPATH=.gpu/before:/tmp/site row "before$round" .gpu/before/speed_vs_vit.py; row "after$round" bench/speed_vs_vit.py
+  done
+  echo "== [$(elapsed) s] rows done"
+  timeout 330 python3 -m pytest -q -p no:cacheprovider -k "not emulated" tests/test_kernels_cuda_scan_bwd.py \
+    tests/test_kernels_sass.py 2>&1 | tail -30 >"$OUT/tests_bwd.log" &
+  env -u TRITON_INTERPRET -u REIDCAM_SCAN timeout 200 python3 -m pytest -q -p no:cacheprovider \
+    tests/test_kernels_triton.py 2>&1 | tail -40 >"$OUT/tests_triton.log" &
+  wait
   ;;
 kernel-tests)
   # GPU 0: the fused add + norm's backward blockings and the 256x128 s16 row, the CUDA kernels' and the graphed
@@ -483,7 +506,8 @@ pipeline)
   ;;
 esac
 tar czf /tmp/triton_cache.tgz -C /tmp tcache && ls -la /tmp/triton_cache.tgz
-[ "$(stat -c %s /tmp/triton_cache.tgz)" -lt 16000000 ] && cp /tmp/triton_cache.tgz "$OUT/"
+# SKIP_TRITON_CACHE=1 leaves it out: a call's files come back only up to a count
+[ -z "${SKIP_TRITON_CACHE:-}" ] && [ "$(stat -c %s /tmp/triton_cache.tgz)" -lt 16000000 ] && cp /tmp/triton_cache.tgz "$OUT/"
 echo "== [$(elapsed) s] done"
 for f in "$OUT"/ddp*.json; do [ -f "$f" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1], {k: d.get(k) for k in ('world_size','images_per_s_steady','peak_memory_mib','final_metrics','wall_seconds')})" "$f"; done
 for f in "$OUT"/*.log; do echo "--- $f"; tail -5 "$f"; done
