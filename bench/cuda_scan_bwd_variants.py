@@ -56,9 +56,10 @@ step inputs' and outputs' rows from the sub-chunk's first by +-D instead of a 64
 tensor. SASS per sub-chunk of the bf16 kernel (f32), counted / on one thread's path (the old outputs' code had a
 copy per direction): pass 2 2,364 (2,236) / 2,173 (2,092) -> 1,930 (1,860), 30.2 (29.1) per token, channel and
 state; pass 1 552 (541) / 515 (504) -> 469 (461), 7.3 (7.2). Still 80 registers and no spill; the 128 x 5
-build's 8 B of bf16 spill gone. Not yet timed; prediction 0.538 -> 0.49-0.52 ms at batch 64 (H200), for ~10 %
-fewer instructions issued at ~56 % of the issue rate. For an A/B, the session-9 source times beside it through
-``CudaScanBackward(source=...)`` (its (N, D) checkpoint layout fits the tiled scratch, which is no smaller).
+build's 8 B of bf16 spill gone. Prediction 0.538 -> 0.49-0.52 ms at batch 64 (H200), for ~10 % fewer
+instructions issued at ~56 % of the issue rate. Measured (session 10, H200, ``--earlier-source`` with the source
+before the change, which times beside it: its (N, D) checkpoint layout fits the tiled scratch, no smaller):
+0.514 -> 0.444 ms at batch 64, 1.923 -> 1.689 at 256; 128 threads 0.438 and 1.623 (design 1: 0.570, 1.883).
 
 Rejected (``--list --all`` compiles them; design 1 with AHEAD 4 spills 40 B): every tighter register cap spills
 design 1: 256 threads at 3 blocks/SM (80 registers) 556 B (632 with NVRTC 13.0), 128 at 5 (96) 356 B, 128 at 6

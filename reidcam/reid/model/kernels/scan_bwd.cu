@@ -87,8 +87,8 @@
 //      (both directions' copies) / as one thread runs it: pass 2 2,364 (2,236) / 2,173 (2,092) -> 1,930 (1,860),
 //      30.2 (29.1) per token, channel and state; pass 1 552 (541) / 515 (504) -> 469 (461), 7.3 (7.2). 80
 //      registers, no spill, in every design-3 build (the 96-register 128 x 5 build's 8 B of bf16 spill gone
-//      too). Not yet timed on a GPU; at ~56 % of the issue rate before, the prediction is 0.538 -> 0.49-0.52 ms
-//      at batch 64 on an H200.
+//      too). Measured (session 10, H200, the earlier source beside it): 0.514 -> 0.444 ms at batch 64, 1.923 ->
+//      1.689 at batch 256 (predicted 0.49-0.52 at 64); the training step 30.0 -> 28.2 ms.
 // Design 1 (session 8, H200): 0.570 ms against design 0's 0.956 at batch 64, 1.883 against 2.866 at batch 256,
 // with the same gradients (bench/cuda_scan_bwd_variants.py). Design 3 (session 9, H200): 0.538 ms against design
 // 1's 0.597 at batch 64 (one wave), 1.952 against 1.907 at batch 256. The mixer runs design 3 for bf16 and fp32
