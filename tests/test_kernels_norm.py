@@ -6,12 +6,14 @@ import importlib
 import os
 import sys
 
-os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of the kernels
-
 import pytest
 import torch
 
 pytest.importorskip("triton")
+
+from triton_interpreter import require_interpreter  # noqa: E402
+
+require_interpreter()
 
 from reidcam.reid.model.layers import RMSNorm  # noqa: E402
 
