@@ -41,6 +41,8 @@
 #                                               # then the trainer in fp16 and bf16 with graphs
 #   bash bench/gpu_session.sh bwd-variants      # GPU 0: the CUDA backward scan's compile-time variants and
 #                                               # Triton's backward timed on the same inputs (batch 64, 256)
+#   bash bench/gpu_session.sh glue-tests        # GPU 0: the conv backward's, graphed step's and scans' GPU tests,
+#                                               # each file in a process of its own, in parallel
 #   bash bench/gpu_session.sh pass2-ab          # GPU 0: backward design 3 against an earlier source, the row
 #                                               # before/after alternated, the backward's and Triton's GPU tests
 #   bash bench/gpu_session.sh glue-ab           # GPU 0: the 256x128 row, .gpu/before's package against this one
@@ -245,6 +247,16 @@ print('$cache: the four kernels ready in %.2f s' % (time.perf_counter() - start)
   done
   echo "== [$(elapsed) s] pipeline done"
   timeout 60 python3 bench/profile_model.py --rows 90 --out "$OUT" >"$OUT/profile.log" 2>&1
+  ;;
+glue-tests)
+  # The GPU tests session 10 could not rerun in processes of their own: the conv backward's (dx into a strided
+  # half of the packed gradient), the graphed step's and the forward scan's (the packed core), then the backward's.
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 SKIP_TRITON_CACHE=1
+  for file in test_kernels_cuda_conv_bwd test_train_graphs test_kernels_cuda_scan test_kernels_cuda_scan_bwd; do
+    timeout 400 python3 -m pytest -q -p no:cacheprovider -k "not emulated" "tests/$file.py" 2>&1 | tail -15 \
+      >"$OUT/$file.log" &
+  done
+  wait
   ;;
 pass2-ab)
   # The backward scan's design 3 from this source against .gpu/scan_bwd_before.cu (bench/cuda_scan_bwd_variants.py
