@@ -624,9 +624,13 @@ class CudaConv(_SourceKernels):
 def conv_channel_options(x: torch.Tensor) -> list[int]:
     """Channels per thread whose vector loads fit x, widest first: D, both row strides and the base a
     multiple of the vector (the output is fresh and D wide, so it fits whenever x does)."""
-    return [ch for ch in CONV_CHANNELS[x.dtype]
-            if x.shape[-1] % ch == 0 and x.stride(0) % ch == 0 and x.stride(1) % ch == 0
-            and x.data_ptr() % (ch * x.element_size()) == 0]
+    return [ch for ch in CONV_CHANNELS[x.dtype] if x.shape[-1] % ch == 0 and _rows_fit(x, ch)]
+
+
+def _rows_fit(t: torch.Tensor, channels: int) -> bool:
+    """Whether words of ``channels`` adjacent values fit t (B, L, D): both row strides and the base a multiple."""
+    return (t.stride(0) % channels == 0 and t.stride(1) % channels == 0
+            and t.data_ptr() % (channels * t.element_size()) == 0)
 
 
 def _conv_param(t: torch.Tensor) -> torch.Tensor:
@@ -677,12 +681,6 @@ def conv_backward_channel_options(x: torch.Tensor, dxc: torch.Tensor, dx: torch.
     return [ch for ch in CONV_BWD_CHANNELS[x.dtype]
             if x.shape[-1] % ch == 0 and _rows_fit(x, ch) and (dx is None or _rows_fit(dx, ch))
             and dxc.data_ptr() % (ch * dxc.element_size()) == 0]
-
-
-def _rows_fit(t: torch.Tensor, channels: int) -> bool:
-    """Whether words of ``channels`` adjacent values fit t (B, L, D): both row strides and the base a multiple."""
-    return (t.stride(0) % channels == 0 and t.stride(1) % channels == 0
-            and t.data_ptr() % (channels * t.element_size()) == 0)
 
 
 @dataclass(frozen=True)
