@@ -45,6 +45,8 @@
 #                                               # each file in a process of its own, in parallel
 #   bash bench/gpu_session.sh pass2-ab          # GPU 0: backward design 3 against an earlier source, the row
 #                                               # before/after alternated, the backward's and Triton's GPU tests
+#   ROW_PACKAGES="dir ..." bash bench/gpu_session.sh rows-profile-tests  # GPU 0: the row of each carried
+#                                               # package and of this tree, the step's profile, glue-tests' files
 #   bash bench/gpu_session.sh glue-ab           # GPU 0: the 256x128 row, .gpu/before's package against this one
 #                                               # (alternated), the kernels' GPU tests, the kernel cache cold and
 #                                               # warm, 4 cameras at tracker.processes 0 and 1, the step's profile
@@ -247,6 +249,27 @@ print('$cache: the four kernels ready in %.2f s' % (time.perf_counter() - start)
   done
   echo "== [$(elapsed) s] pipeline done"
   timeout 60 python3 bench/profile_model.py --rows 90 --out "$OUT" >"$OUT/profile.log" 2>&1
+  ;;
+rows-profile-tests)
+  # The row of each package in ROW_PACKAGES (folders holding reidcam/ and their own speed_vs_vit.py) and of this
+  # tree, twice each, alternated, into one log; then the bare step's kernel profile; then glue-tests' GPU test
+  # files, each in a process of its own, with the time left before the call's limit.
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 SKIP_TRITON_CACHE=1
+  row() { echo "=== $1" >>"$OUT/rows.log"; OUT="" timeout 90 python3 "$2" --timing-only --quick --backends triton \
+    --no-plain-norm --no-triton-fwd --skip-core >>"$OUT/rows.log" 2>&1; }
+  for round in 1 2; do
+    for package in ${ROW_PACKAGES:-}; do PYTHONPATH="$package:/tmp/site" row "$package $round" "$package/speed_vs_vit.py"; done
+    row "this tree $round" bench/speed_vs_vit.py
+  done
+  echo "== [$(elapsed) s] rows done"
+  timeout 70 python3 bench/profile_model.py --rows 90 --out "$OUT" >"$OUT/profile.log" 2>&1
+  echo "== [$(elapsed) s] profile done"
+  left=$(( ${CALL_LIMIT:-580} - $(elapsed) ))
+  for file in test_kernels_cuda_conv_bwd test_train_graphs test_kernels_cuda_scan test_kernels_cuda_scan_bwd; do
+    timeout "$left" python3 -m pytest -q -p no:cacheprovider -k "not emulated" "tests/$file.py" 2>&1 | tail -15 \
+      >>"$OUT/tests_$file.log" &
+  done
+  wait
   ;;
 glue-tests)
   # The GPU tests session 10 could not rerun in processes of their own: the conv backward's (dx into a strided
