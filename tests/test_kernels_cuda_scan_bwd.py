@@ -371,11 +371,13 @@ class RecordingDriver:
         self.calls.append(("launch", function, grid, threads, shared_bytes))
 
 
-@pytest.mark.parametrize("design, threads", [(1, 256), (3, 256), (3, 128)])
+@pytest.mark.parametrize("design, threads", [(1, 256), (3, 256), (3, 128), (1, None), (3, None)])
 def test_the_launch_passes_the_designs_dynamic_shared_memory(monkeypatch, design, threads):
     """Design 3's kernels are allowed its shared memory once loaded, and each launch passes it; designs 0 and 1
-    pass none. (The bench's PrecompiledBackward goes the same way: it replaces only compile.)"""
+    pass none. (The bench's PrecompiledBackward goes the same way: it replaces only compile.) Without a block size
+    the build and the launch take the design's (backward_threads: 128 for design 3)."""
     scan = cuda_scan.CudaScanBackward(threads=threads, defines={"REIDCAM_BWD_DESIGN": design})
+    threads = threads or {1: 256, 3: 128}[design]
     scan._driver = driver = RecordingDriver()
     monkeypatch.setattr(scan, "compile", lambda arch, d_state: cuda_scan.CompiledSource(cubin=b"", log=""))
     monkeypatch.setattr(cuda_scan.torch.cuda, "get_device_capability", lambda device: (9, 0))

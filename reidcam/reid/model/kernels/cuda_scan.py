@@ -416,7 +416,11 @@ def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
 # --- the backward scan (scan_bwd.cu) ----------------------------------------------------------------------------
 
 BWD_SOURCE = Path(__file__).with_name("scan_bwd.cu")
-BWD_THREADS = 256  # channels per block
+BWD_THREADS = 256  # channels per block, design 1 (and 0)
+# Design 3's block: 128 threads, 6 blocks per SM (the same 24 warps as 3 of 256). On an H200 0.438 ms against 256
+# threads' 0.444 at batch 64 and 1.623 against 1.689 at 256 (session 10); the training step 28.2 -> 28.0 ms, twice
+# each, alternated (session 11, bench/NOTES-speed.md attempt 70).
+BWD_THREADS_OF_DESIGN = {3: 128}
 BWD_STEPS = 4  # tokens between the checkpointed states (scan_bwd.cu says why 4)
 BWD_MAX_STATE = 16  # the kernel keeps a[N][threads] and per-state sums in shared memory: 45 KB at 16
 BWD_DESIGN = 1  # REIDCAM_BWD_DESIGN where the defines name none (every build gets it; scan_bwd.cu's default too)
@@ -458,11 +462,18 @@ def backward_dynamic_bytes(threads: int, d_state: int, steps: int, design: int) 
     return backward_shared_bytes(threads, d_state, steps, design) if design in BWD_SHARED_DESIGNS else 0
 
 
-def compile_scan_backward(arch: int, d_state: int, threads: int = BWD_THREADS, steps: int = BWD_STEPS,
+def backward_threads(design: int) -> int:
+    """The block size that a design's kernels are built and launched with unless a bench asks for another."""
+    return BWD_THREADS_OF_DESIGN.get(design, BWD_THREADS)
+
+
+def compile_scan_backward(arch: int, d_state: int, threads: int | None = None, steps: int = BWD_STEPS,
                           defines: Mapping[str, int] | None = None, source: Path = BWD_SOURCE) -> CompiledSource:
     """Compile scan_bwd.cu for sm_<arch> (e.g. 90) into a cubin; needs no GPU. The design and its shared memory
-    count go to every build, so that the source checks the count that the launch passes."""
+    count go to every build, so that the source checks the count that the launch passes. ``threads`` defaults to
+    the design's block size (backward_threads)."""
     design = backward_design(defines)
+    threads = threads or backward_threads(design)
     return compile_source(source, arch, {
         "REIDCAM_N": d_state, "REIDCAM_THREADS": threads, "REIDCAM_STEPS": steps, "REIDCAM_BWD_DESIGN": design,
         "REIDCAM_SHARED_BYTES": backward_shared_bytes(threads, d_state, steps, design), **(defines or {})})
@@ -490,14 +501,14 @@ class CudaScanBackward(_LazyKernels):
 
     description = "CUDA backward scan"
 
-    def __init__(self, threads: int = BWD_THREADS, steps: int = BWD_STEPS, defines: Mapping[str, int] | None = None,
+    def __init__(self, threads: int | None = None, steps: int = BWD_STEPS, defines: Mapping[str, int] | None = None,
                  source: Path = BWD_SOURCE) -> None:
         super().__init__()
-        self.threads = threads
         self.steps = steps
         self.defines = dict(defines or {})
         self.source = source
         self.design = backward_design(self.defines)
+        self.threads = threads or backward_threads(self.design)
 
     def dynamic_shared(self, d_state: int) -> int:
         """The dynamic shared memory of this build's launches: 0 where the design's is static."""
