@@ -330,6 +330,30 @@ def test_dz_goes_into_the_view_it_is_given(dtype):
         buffers.grads(tables, dtype, torch.empty(2, 7, 5, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_pair_sum_kernel_writes_the_sum_into_a_strided_view(device, dtype):
+    """pair_sum_into, which adds the directions' dz shares into the packed gradient on a GPU: torch.add's bits, in
+    ragged blocks of rows and channels, nothing written beside the view. On the CPU it runs in Triton's
+    interpreter, whose bfloat16 cast truncates where the GPU's rounds: within one ulp there."""
+    if device == "cpu" and not triton_scan.interpreting():
+        pytest.skip("runs Triton in its CPU interpreter")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    gen = torch.Generator().manual_seed(8)
+    pair = torch.randn(2, 3, 37, 70, generator=gen).to(device, dtype)
+    packed = torch.full((3, 37, 140), float("nan"), dtype=dtype, device=device)
+    got = triton_scan.pair_sum_into(pair, packed[..., 70:])
+    want = torch.add(pair[0], pair[1])
+    assert got.data_ptr() == packed[..., 70:].data_ptr() and packed[..., :70].isnan().all()
+    if device == "cpu" and dtype == torch.bfloat16:
+        torch.testing.assert_close(got.float(), want.float(), rtol=2 ** -7, atol=0)
+    else:
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="contiguous pair"):
+        triton_scan.pair_sum_into(pair, packed[..., 69:])
+
+
 def test_the_emulated_backward_writes_dz_into_a_view(emulated, monkeypatch):
     xc, z, dbl, tables, grad_out = scan_inputs(2, 9, 40, torch.bfloat16, "cpu", seed=7)
     packed = torch.full((2, 9, 80), float("nan"), dtype=torch.bfloat16)
