@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from reidcam.reid.model.kernels.mixer_core import _bmm_fp32
+from reidcam.reid.model.kernels.mixer_core import _bmm_fp32, _weight_grad
 
 REPEATS = 20
 
@@ -44,15 +44,6 @@ def graph_time_us(fn: Callable[[], torch.Tensor]) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def chunked_weight_grad(a: torch.Tensor, b: torch.Tensor, chunks: int) -> torch.Tensor:
-    """a^T b over the token axis (a (2, T, M), b (2, T, N) -> (2, M, N) fp32) as `chunks` products over T / chunks
-    tokens each, summed: chunks times the output tiles of one product."""
-    two, tokens, m = a.shape
-    part = tokens // chunks
-    prods = _bmm_fp32(a.reshape(two * chunks, part, m).transpose(1, 2), b.reshape(two * chunks, part, b.shape[-1]))
-    return prods.view(two, chunks, m, b.shape[-1]).sum(1)
-
-
 def forms(batch: int, tokens_per_image: int, dim: int = 768, rank: int = 24, d_state: int = 16):
     device, dtype = torch.device("cuda"), torch.bfloat16
     tokens = batch * tokens_per_image
@@ -67,16 +58,18 @@ def forms(batch: int, tokens_per_image: int, dim: int = 768, rank: int = 24, d_s
     x_proj = rand(2, rank + 2 * d_state, dim)
     dxc = rand(2, tokens, dim)
     strided_out = torch.empty(2, tokens, rank + 2 * d_state, device=device, dtype=dtype)
-    chunk_counts = [c for c in (4, 8, 16, 32) if tokens % c == 0]
+    chunk_counts = [c for c in (2, 4, 16, 32) if tokens % c == 0]  # the core's count beside
     products = {
         "d_dt_proj = ddt^T dt (2, 768, 24), fp32": (
-            lambda: _bmm_fp32(ddt.transpose(1, 2), dt),
+            lambda: _weight_grad(ddt, dt),
             {"as dt^T ddt, transposed": lambda: _bmm_fp32(dt.transpose(1, 2), ddt).transpose(1, 2),
-             **{f"{c} token chunks, summed": (lambda c=c: chunked_weight_grad(ddt, dt, c)) for c in chunk_counts}}),
+             "one product": lambda: _bmm_fp32(ddt.transpose(1, 2), dt),
+             **{f"{c} token chunks, summed": (lambda c=c: _weight_grad(ddt, dt, c)) for c in chunk_counts}}),
         "d_x_proj = d_dbl^T xc (2, 56, 768), fp32": (
-            lambda: _bmm_fp32(d_dbl.transpose(1, 2), xc),
+            lambda: _weight_grad(d_dbl, xc),
             {"as xc^T d_dbl, transposed": lambda: _bmm_fp32(xc.transpose(1, 2), d_dbl).transpose(1, 2),
-             **{f"{c} token chunks, summed": (lambda c=c: chunked_weight_grad(d_dbl, xc, c)) for c in chunk_counts}}),
+             "one product": lambda: _bmm_fp32(d_dbl.transpose(1, 2), xc),
+             **{f"{c} token chunks, summed": (lambda c=c: _weight_grad(d_dbl, xc, c)) for c in chunk_counts}}),
         "d_dbl[..., :24] = ddt dt_weight (strided out)": (
             lambda: torch.bmm(ddt, dt_weight, out=strided_out[..., :rank]),
             {"contiguous out": lambda: torch.bmm(ddt, dt_weight)}),

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -95,8 +96,8 @@ class _BiMambaCoreFn(torch.autograd.Function):
             grads = _scan_backward(xc, z, dbl, tables, grad_out.to(x.dtype), dz_out)
             ddt = grads.ddt.view(2, tokens, dim)
             d_dbl = _x_proj_output_grad(ddt, tables.dt_weight, grads.dbc)
-            d_dt_proj = _bmm_fp32(ddt.transpose(1, 2), tables.dt)
-            d_x_proj = _bmm_fp32(d_dbl.transpose(1, 2), xc.view(2, tokens, dim))
+            d_dt_proj = _weight_grad(ddt, tables.dt)
+            d_x_proj = _weight_grad(d_dbl, xc.view(2, tokens, dim))
             dxc = grads.dxc.view(2, tokens, dim).baddbmm_(d_dbl, x_proj)  # in place: out of place copies dxc first
             dx, (dwf, dbf), (dwb, dbb) = _conv_backward(x, dxc.view(2, bsz, length, dim), _conv(pf), _conv(pb),
                                                         dx_out)
@@ -301,6 +302,25 @@ def _bmm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         except (TypeError, RuntimeError):  # a torch without bmm(out_dtype=)
             pass
     return torch.bmm(a, b).float()
+
+
+# The weight gradients' products run over this many token chunks at once (or the most that divide the tokens).
+WEIGHT_GRAD_CHUNKS = 8
+
+
+def _weight_grad(a: torch.Tensor, b: torch.Tensor, chunks: int = WEIGHT_GRAD_CHUNKS) -> torch.Tensor:
+    """a^T b over the tokens, (2, T, M) and (2, T, N) -> (2, M, N) in fp32: a weight gradient of x_proj or dt_proj.
+    Why in chunks: the output (56 x 768 or 768 x 24) is too few tiles to fill the GPU as one product over all B L
+    tokens (cuBLAS took 14-25 us a block at batch 64 on an H200, 3x what the bytes need); as WEIGHT_GRAD_CHUNKS
+    products over a chunk of the tokens each, batched, then summed, it has that many times the tiles
+    (bench/mixer_gemms.py times the counts)."""
+    two, tokens, m = a.shape
+    chunks = math.gcd(tokens, chunks)
+    if chunks == 1:
+        return _bmm_fp32(a.transpose(1, 2), b)
+    part = tokens // chunks
+    prods = _bmm_fp32(a.reshape(two * chunks, part, m).transpose(1, 2), b.reshape(two * chunks, part, b.shape[-1]))
+    return prods.view(two, chunks, m, b.shape[-1]).sum(1)
 
 
 def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
