@@ -47,6 +47,8 @@
 #                                               # before/after alternated, the backward's and Triton's GPU tests
 #   ROW_PACKAGES="dir ..." bash bench/gpu_session.sh rows-profile-tests  # GPU 0: the row of each carried
 #                                               # package and of this tree, the step's profile, glue-tests' files
+#   bash bench/gpu_session.sh ncu-step-and-trainer  # GPU 0: Nsight Compute on the step's scan kernels at batch 64,
+#                                               # then the trainer with graphs in bf16 and fp16
 #   bash bench/gpu_session.sh glue-ab           # GPU 0: the 256x128 row, .gpu/before's package against this one
 #                                               # (alternated), the kernels' GPU tests, the kernel cache cold and
 #                                               # warm, 4 cameras at tracker.processes 0 and 1, the step's profile
@@ -277,6 +279,24 @@ rows-profile-tests)
       >>"$OUT/tests_$file.log" &
   done
   wait
+  ;;
+ncu-step-and-trainer)
+  # GPU 0: Nsight Compute on the training step's two scan kernels at batch 64 (the split forward and the backward,
+  # as bench/profile_model.py's step launches them; stall reasons, issue, pipes), then reidcam's trainer with
+  # CUDA graphs in bf16 and fp16 (the README's images/s).
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 SKIP_TRITON_CACHE=1
+  for kernel in bimamba_scan_fwd_split_bf16_c1 bimamba_scan_bwd_bf16; do
+    timeout "${NCU_TIMEOUT:-150}" ncu --clock-control none --kernel-name "$kernel" --launch-skip 30 --launch-count 1 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats --section ComputeWorkloadAnalysis --section InstructionStats --print-details all \
+      python3 bench/profile_model.py --rows 5 --out /tmp/ncu_profile >>"$OUT/ncu_step.txt" 2>&1
+  done
+  echo "== [$(elapsed) s] ncu done"
+  for amp in bf16 fp16; do
+    timeout 110 python3 bench/gpu_train.py --out "/tmp/train_$amp" --epochs 2 --num-workers 12 --amp "$amp" \
+      train.eval_every=0 train.cuda_graphs=true >"$OUT/train_$amp.log" 2>&1
+    cp -f "/tmp/train_$amp/gpu_train_summary.json" "$OUT/train_$amp.json"
+  done
   ;;
 glue-tests)
   # The GPU tests session 10 could not rerun in processes of their own: the conv backward's (dx into a strided
