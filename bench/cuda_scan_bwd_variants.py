@@ -25,6 +25,8 @@ design 3), blocks per SM. A kept build that spills on the machine's NVRTC is tim
     design 3, 128 x 5  128 / 5 / 4    96 registers, 0 B spill (bf16 8 B before session 10), 36,352 B dynamic
                                       (5 blocks/SM: 20 warps)
     design 3, 256 x 2  256 / 2 / 4   128 registers, 0 B spill, 71,680 B dynamic (2 blocks/SM: 16 warps; beside design 1)
+    design 3, 128, no prefetch / step inputs prefetched too: as design 3, 128 threads (the latter's f32 kernel
+                                      spills 4 B)
 
 Design 1 (scan_bwd.cu's comment): the same arithmetic with the global loads issued ahead of their use. Pass 2's
 loop, SASS per sub-chunk (4 tokens x 16 states) of the bf16 kernel: design 0 2,899 (45.3 per token, channel and
@@ -60,6 +62,14 @@ build's 8 B of bf16 spill gone. Prediction 0.538 -> 0.49-0.52 ms at batch 64 (H2
 instructions issued at ~56 % of the issue rate. Measured (session 10, H200, ``--earlier-source`` with the source
 before the change, which times beside it: its (N, D) checkpoint layout fits the tiled scratch, no smaller):
 0.514 -> 0.444 ms at batch 64, 1.923 -> 1.689 at 256; 128 threads 0.438 and 1.623 (design 1: 0.570, 1.883).
+
+Design 3's L2 prefetch (session 11, scan_bwd.cu's REIDCAM_PREFETCH): Nsight Compute on the training step's
+backward (128 threads, batch 64) showed 58 % of the issue rate, 5.3 of 6 warps per scheduler active, and of the 8.8
+cycles between a warp's instructions 3.0 waiting on global loads (long scoreboard): pass 2's checkpoints and step
+inputs come from HBM, the 214 MB scratch being far beyond L2. Each sub-chunk of pass 2 now prefetches into L2 the
+block's checkpoint tile of the sub-chunk two ahead (8 KB, a 128-byte line per thread: no register, no scoreboard),
+so its loads wait for L2. Measured (H200, kernel alone, batch 64 / 256): none 0.478 / 1.637 ms, checkpoints 0.444
+/ 1.582, checkpoints and step inputs 0.450 / 1.533; the training step 27.3 -> 26.8 ms.
 
 Rejected (``--list --all`` compiles them; design 1 with AHEAD 4 spills 40 B): every tighter register cap spills
 design 1: 256 threads at 3 blocks/SM (80 registers) 556 B (632 with NVRTC 13.0), 128 at 5 (96) 356 B, 128 at 6
@@ -104,10 +114,11 @@ TRITON_TOLERANCE = {name: 4e-3 if name in STORED_IN_COMPUTE_DTYPE else 2e-5 for 
 
 
 def _build(threads: int, min_blocks: int, steps: int = cuda_scan.BWD_STEPS, design: int | None = None,
-           ) -> tuple[int, int, dict]:
-    """(threads, steps, macros); ``design`` None: the source's default."""
+           prefetch: int | None = None) -> tuple[int, int, dict]:
+    """(threads, steps, macros); ``design`` and ``prefetch`` None: the source's defaults."""
     designs = {} if design is None else {"REIDCAM_BWD_DESIGN": design}
-    return threads, steps, {"REIDCAM_MIN_BLOCKS": min_blocks, **designs}
+    prefetches = {} if prefetch is None else {"REIDCAM_PREFETCH": prefetch}
+    return threads, steps, {"REIDCAM_MIN_BLOCKS": min_blocks, **designs, **prefetches}
 
 
 # name: (threads per block, steps, macros). "default" passes nothing: the source's own defaults (256 / 2 / 4).
@@ -120,6 +131,9 @@ VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
     # design 3: design 1 in 80 registers, 24 warps per SM (dynamic shared memory); 96 and 128 registers beside
     "design 3": _build(256, 3, design=3),
     "design 3, 128 threads": _build(128, 6, design=3),
+    # its L2 prefetch (scan_bwd.cu's REIDCAM_PREFETCH; the designed build prefetches the checkpoints, 1)
+    "design 3, 128, no prefetch": _build(128, 6, design=3, prefetch=0),
+    "design 3, 128, step inputs prefetched too": _build(128, 6, design=3, prefetch=2),
     "design 3, 128 x 5": _build(128, 5, design=3),
     "design 3, 256 x 2": _build(256, 2, design=3),
 }

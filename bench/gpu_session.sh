@@ -253,12 +253,15 @@ print('$cache: the four kernels ready in %.2f s' % (time.perf_counter() - start)
   timeout 60 python3 bench/profile_model.py --rows 90 --out "$OUT" >"$OUT/profile.log" 2>&1
   ;;
 rows-profile-tests)
-  # The row of each package in ROW_PACKAGES (folders holding reidcam/ and their own speed_vs_vit.py) and of this
+  # With BWD_VARIANTS=1 first the backward scan's builds timed (bench/cuda_scan_bwd_variants.py). The row of each
+  # package in ROW_PACKAGES (folders holding reidcam/ and their own speed_vs_vit.py) and of this
   # tree, twice each, alternated, into one log, and bench/mixer_gemms.py's table after them; then the bare step's
   # kernel profile; with CHECKS=1 the backends' checks against the reference (speed_vs_vit.py --checks-only); then
   # the GPU test files of TEST_FILES (default: glue-tests' four; file:expression selects by pytest -k), each in a
   # process of its own, with the time left.
   export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 SKIP_TRITON_CACHE=1
+  [ -n "${BWD_VARIANTS:-}" ] && timeout 150 python3 bench/cuda_scan_bwd_variants.py --batches 64,256 --no-triton \
+    >"$OUT/bwd_variants.log" 2>&1
   row() { echo "=== $1" >>"$OUT/rows.log"; OUT="" timeout 90 python3 "$2" --timing-only --quick --backends triton \
     --no-plain-norm --no-triton-fwd --skip-core >>"$OUT/rows.log" 2>&1; }
   for round in 1 2; do

@@ -99,6 +99,7 @@ static inline unsigned int emu_cvt_rn_f16x2_f32(float high, float low) {
     return ((unsigned int)__nv_float2half_rn(high) << 16) | __nv_float2half_rn(low);
 }
 static inline void emu_barrier_sync(int) { __syncthreads(); }
+static inline void emu_prefetch_global_L2(const void*) {}
 
 #define __device__
 #define __global__
@@ -180,10 +181,12 @@ def translate_asm(source: str) -> str:
     return _ASM.sub(_asm_call, source)
 
 
-# braced PTX blocks of the kernels, as one op each: scan_fwd.cu's fp16 loads (one half of a 32-bit register to fp32)
+# braced PTX blocks of the kernels, as one op each: scan_fwd.cu's fp16 loads (one half of a 32-bit register to fp32),
+# and PTX whose operand is an address
 _PTX_BLOCKS = {
     "{.reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, lo;}": "cvt.f32.f16.low %0, %1",
     "{.reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, hi;}": "cvt.f32.f16.high %0, %1",
+    "prefetch.global.L2 [%0];": "prefetch.global.L2 %0",  # scan_bwd.cu's L2 hint: nothing to do on the CPU
 }
 
 

@@ -29,7 +29,7 @@
 //
 // Threads past D take part in the barriers with zero inputs, so their shares of every sum are zero.
 //
-// No headers and no inline PTX: bf16 travels as its 16 bits (load: a shift; store: round to nearest even
+// No headers, and no inline PTX but an L2 prefetch hint (design 3): bf16 travels as its 16 bits (load: a shift; store: round to nearest even
 // by integer arithmetic), and exp2f is ex2.approx under --use_fast_math. REIDCAM_N is d_state (a multiple of
 // 4), REIDCAM_THREADS the block size (a multiple of 32), REIDCAM_STEPS the checkpoint interval (4 or 8),
 // REIDCAM_SHARED_BYTES the block's shared memory as cuda_scan.backward_shared_bytes counts it (asserted below).
@@ -354,6 +354,51 @@ __device__ __forceinline__ void load_xp(T (&x)[STEPS], T (&p)[STEPS], const Lane
 // index (n + AHEAD) D a 64-bit multiply. checkpoint_stride: floats from one checkpoint to the next (design 3).
 __device__ __forceinline__ int checkpoint_stride(int D) { return (unsigned)(D + THREADS - 1) / THREADS * N * THREADS; }
 
+// A hint that the 128-byte line holding p is read soon: prefetch.global.L2 brings it from HBM into L2 and takes
+// neither a register nor a scoreboard, so the load that needs it later waits for L2, not for HBM.
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
+// Design 3's L2 prefetch (prefetch_sub_chunk): 0 none, 1 the checkpoints, 2 the checkpoints and the step inputs.
+// Measured (session 11, H200, bench/cuda_scan_bwd_variants.py, 128 threads, the kernel alone, batch 64 / 256):
+// none 0.478 / 1.637 ms, 1: 0.444 / 1.582, 2: 0.450 / 1.533; the training step 27.3 -> 26.8 ms with 2. The default
+// is 1: the same at the training batch, and 2's fp32 build spills 4 B at 80 registers (its bf16 build does not).
+#ifndef REIDCAM_PREFETCH
+#define REIDCAM_PREFETCH 1
+#endif
+#define PREFETCH (DIET ? REIDCAM_PREFETCH : 0)
+
+#if PREFETCH
+// Design 3: into L2, ahead, what pass 2's sub-chunk k loads: the block's tile of its checkpoint (N
+// THREADS floats, contiguous; tile: the block's first float of it, null for the first sub-chunk, which has none)
+// and the rows of its steps' xc, pre, z and g (the block's THREADS channels of each), a thread per 128-byte line.
+// Why (Nsight Compute on the training step, session 11): pass 2's loads of a sub-chunk's step inputs at its start
+// and of each state's checkpoint AHEAD states before it come from HBM (the 214 MB scratch and the inputs' 140
+// tokens per block are far beyond L2 at batch 64), and waiting for them (long scoreboard) was 3.0 of the 8.8
+// cycles between a warp's instructions, at 58 % of the issue rate.
+#define LINE_BYTES 128
+template <typename T>
+__device__ __forceinline__ void prefetch_sub_chunk(const Lane<T>& lane, const float* tile, int k) {
+    constexpr int tile_lines = N * THREADS * 4 / LINE_BYTES;
+    constexpr int row_lines = (THREADS * (int)sizeof(T) + LINE_BYTES - 1) / LINE_BYTES;
+    constexpr int lines = tile_lines + (PREFETCH >= 2 ? 4 * STEPS * row_lines : 0);
+    for (int i = threadIdx.x; i < lines; i += THREADS) {
+        if (i < tile_lines) {
+            if (tile) prefetch_l2(tile + i * (LINE_BYTES / 4));
+            continue;
+        }
+        const int j = i - tile_lines, tensor = j / (STEPS * row_lines), s = j / row_lines % STEPS;
+        const int channel = min((int)blockIdx.x * THREADS + j % row_lines * (LINE_BYTES / (int)sizeof(T)), lane.D - 1);
+        const int t = lane.token(min(k * STEPS + s, lane.L - 1));
+        const long long row = (lane.seq_row + t) * lane.D + channel;  // xc's and pre's; g's less g_shift
+        const T* at = tensor == 0   ? lane.xc + row
+                      : tensor == 1 ? lane.pre + row
+                      : tensor == 2 ? lane.z + (lane.z_row + (t * lane.stride_zl + (channel - lane.channel)))
+                                    : lane.g + (row - lane.g_shift);
+        prefetch_l2(at);
+    }
+}
+#endif
+
 // Pass 1: the states at every sub-chunk boundary but the last, into the checkpoints (this thread's channel).
 template <typename T>
 __device__ __forceinline__ void store_checkpoints(SharedRows& shared, float* __restrict__ checkpoints, float bias,
@@ -656,6 +701,10 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
     // rebuilt the base and multiplied (k - 1) each sub-chunk (~25 instructions) where it is kept in 2 registers
     const float* h0 = checkpoints + (long long)(sub_chunks - 2) * checkpoint_stride(D);
 #endif
+#if PREFETCH
+    if (sub_chunks > 1)  // the second sub-chunk from the end; the loop prefetches those after it
+        prefetch_sub_chunk(lane, sub_chunks > 2 ? h0 - checkpoint_stride(D) - threadIdx.x : nullptr, sub_chunks - 2);
+#endif
     for (int k = sub_chunks - 1, buffer = 0; k >= 0; --k, buffer ^= 1) {
         if (k > 0) load_bc(staged, lane, k - 1);
         StepInputs in;
@@ -738,6 +787,11 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
         add_block_sums(shared.warp_sums[buffer], lane, k);
 #if DIET
         h0 -= checkpoint_stride(D);
+#endif
+#if PREFETCH
+        // two sub-chunks ahead, from here: at the loop's end the fewest values are live (at its start the call
+        // spilled 16 B at 80 registers)
+        if (k > 1) prefetch_sub_chunk(lane, k > 2 ? h0 - checkpoint_stride(D) - threadIdx.x : nullptr, k - 2);
 #endif
     }
     if (lane.live) {  // the sequence's N + 2 rows of parts: dA's N, then dD's and the dt bias's
