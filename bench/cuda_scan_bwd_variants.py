@@ -134,6 +134,8 @@ VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
     # its L2 prefetch (scan_bwd.cu's REIDCAM_PREFETCH; the designed build prefetches the checkpoints, 1)
     "design 3, 128, no prefetch": _build(128, 6, design=3, prefetch=0),
     "design 3, 128, step inputs prefetched too": _build(128, 6, design=3, prefetch=2),
+    "design 3, 128, pass 1 prefetched too": (128, cuda_scan.BWD_STEPS, {
+        "REIDCAM_MIN_BLOCKS": 6, "REIDCAM_BWD_DESIGN": 3, "REIDCAM_PREFETCH_PASS1": 1}),
     "design 3, 128 x 5": _build(128, 5, design=3),
     "design 3, 256 x 2": _build(256, 2, design=3),
 }

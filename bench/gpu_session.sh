@@ -253,15 +253,18 @@ print('$cache: the four kernels ready in %.2f s' % (time.perf_counter() - start)
   timeout 60 python3 bench/profile_model.py --rows 90 --out "$OUT" >"$OUT/profile.log" 2>&1
   ;;
 rows-profile-tests)
-  # With BWD_VARIANTS=1 first the backward scan's builds timed (bench/cuda_scan_bwd_variants.py). The row of each
-  # package in ROW_PACKAGES (folders holding reidcam/ and their own speed_vs_vit.py) and of this
-  # tree, twice each, alternated, into one log, and bench/mixer_gemms.py's table after them; then the bare step's
-  # kernel profile; with CHECKS=1 the backends' checks against the reference (speed_vs_vit.py --checks-only); then
-  # the GPU test files of TEST_FILES (default: glue-tests' four; file:expression selects by pytest -k), each in a
-  # process of its own, with the time left.
+  # BWD_VARIANTS=1 / FWD_VARIANTS=1: first the backward / forward scan's builds timed (bench/cuda_scan_bwd_variants.py,
+  # cuda_scan_variants.py). The row of each package in ROW_PACKAGES (folders holding reidcam/ and their own
+  # speed_vs_vit.py) and of this tree, twice each, alternated, into one log, bench/mixer_gemms.py's table after
+  # them, and the bare step's kernel profile (NO_PROFILE=1: neither of the two); CHECKS=1: the backends' checks
+  # against the reference (speed_vs_vit.py --checks-only); then the GPU test files of TEST_FILES (default:
+  # glue-tests' four; file:expression selects by pytest -k; none: no tests), each in a process of its own, with the
+  # time left.
   export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 SKIP_TRITON_CACHE=1
   [ -n "${BWD_VARIANTS:-}" ] && timeout 150 python3 bench/cuda_scan_bwd_variants.py --batches 64,256 --no-triton \
     >"$OUT/bwd_variants.log" 2>&1
+  [ -n "${FWD_VARIANTS:-}" ] && timeout 120 python3 bench/cuda_scan_variants.py --batches 64,256 --tokens 140 \
+    >>"$OUT/bwd_variants.log" 2>&1
   row() { echo "=== $1" >>"$OUT/rows.log"; OUT="" timeout 90 python3 "$2" --timing-only --quick --backends triton \
     --no-plain-norm --no-triton-fwd --skip-core >>"$OUT/rows.log" 2>&1; }
   for round in 1 2; do
@@ -269,13 +272,16 @@ rows-profile-tests)
     row "this tree $round" bench/speed_vs_vit.py
   done
   echo "== [$(elapsed) s] rows done"
-  timeout 60 python3 bench/mixer_gemms.py >>"$OUT/rows.log" 2>&1
-  timeout 70 python3 bench/profile_model.py --rows 90 --out "$OUT" >"$OUT/profile.log" 2>&1
+  if [ -z "${NO_PROFILE:-}" ]; then
+    timeout 60 python3 bench/mixer_gemms.py >>"$OUT/rows.log" 2>&1
+    timeout 70 python3 bench/profile_model.py --rows 90 --out "$OUT" >"$OUT/profile.log" 2>&1
+  fi
   echo "== [$(elapsed) s] gemms and profile done"
   [ -n "${CHECKS:-}" ] && timeout 150 python3 bench/speed_vs_vit.py --checks-only --backends triton --no-plain-norm \
     >"$OUT/checks.log" 2>&1
   left=$(( ${CALL_LIMIT:-580} - $(elapsed) ))
   for entry in ${TEST_FILES:-test_kernels_cuda_conv_bwd test_train_graphs test_kernels_cuda_scan test_kernels_cuda_scan_bwd}; do
+    [ "$entry" = none ] && continue
     file=${entry%%:*} selection=${entry#*:}  # file:expression runs the tests that pytest -k expression selects
     [ "$selection" = "$entry" ] && selection="not emulated"
     timeout "$left" python3 -m pytest -q -p no:cacheprovider -k "$selection" "tests/$file.py" 2>&1 | tail -15 \

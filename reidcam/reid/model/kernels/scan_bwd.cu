@@ -399,6 +399,30 @@ __device__ __forceinline__ void prefetch_sub_chunk(const Lane<T>& lane, const fl
 }
 #endif
 
+// Design 3's pass 1 prefetch (REIDCAM_PREFETCH_PASS1 1): into L2, what pass 1's sub-chunk k loads: its steps' rows
+// of xc and pre (the block's THREADS channels) and their B and C in dbl (R + 2N floats a row from R: two lines).
+#ifndef REIDCAM_PREFETCH_PASS1
+#define REIDCAM_PREFETCH_PASS1 0
+#endif
+#define PREFETCH_PASS1 (DIET ? REIDCAM_PREFETCH_PASS1 : 0)
+#if PREFETCH_PASS1
+template <typename T>
+__device__ __forceinline__ void prefetch_pass1_sub_chunk(const Lane<T>& lane, int k) {
+    constexpr int row_lines = (THREADS * (int)sizeof(T) + 127) / 128;
+    constexpr int lines = STEPS * (2 * row_lines + 2);
+    for (int i = threadIdx.x; i < lines; i += THREADS) {
+        const int s = i % STEPS, j = i / STEPS;
+        const int t = lane.token(min(k * STEPS + s, lane.L - 1));
+        if (j < 2 * row_lines) {
+            const int channel = min((int)blockIdx.x * THREADS + j % row_lines * (128 / (int)sizeof(T)), lane.D - 1);
+            prefetch_l2((j < row_lines ? lane.xc : lane.pre) + ((lane.seq_row + t) * lane.D + channel));
+        } else {
+            prefetch_l2(lane.bc_row(t) + (j - 2 * row_lines) * (2 * N - 1));  // its first and last float's lines
+        }
+    }
+}
+#endif
+
 // Pass 1: the states at every sub-chunk boundary but the last, into the checkpoints (this thread's channel).
 template <typename T>
 __device__ __forceinline__ void store_checkpoints(SharedRows& shared, float* __restrict__ checkpoints, float bias,
@@ -414,8 +438,14 @@ __device__ __forceinline__ void store_checkpoints(SharedRows& shared, float* __r
     if (sub_chunks > 1) load_xp(next_x, next_p, lane, 0);
 #endif
     __syncthreads();
+#if PREFETCH_PASS1
+    prefetch_pass1_sub_chunk(lane, 1);
+#endif
     for (int k = 0; k + 1 < sub_chunks; ++k) {
         const int buffer = k & 1;
+#if PREFETCH_PASS1
+        if (k + 3 < sub_chunks) prefetch_pass1_sub_chunk(lane, k + 2);  // two ahead: k + 1's loads are in flight
+#endif
         if (k + 2 < sub_chunks) load_bc(staged, lane, k + 1);
         float delta[STEPS], du[STEPS];
 #if LOADS_AHEAD
