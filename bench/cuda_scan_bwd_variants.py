@@ -25,8 +25,7 @@ design 3), blocks per SM. A kept build that spills on the machine's NVRTC is tim
     design 3, 128 x 5  128 / 5 / 4    96 registers, 0 B spill (bf16 8 B before session 10), 36,352 B dynamic
                                       (5 blocks/SM: 20 warps)
     design 3, 256 x 2  256 / 2 / 4   128 registers, 0 B spill, 71,680 B dynamic (2 blocks/SM: 16 warps; beside design 1)
-    design 3, 128, no prefetch / step inputs prefetched too: as design 3, 128 threads (the latter's f32 kernel
-                                      spills 4 B)
+    design 3, 128, no prefetch / checkpoints prefetched: as design 3, 128 threads
 
 Design 1 (scan_bwd.cu's comment): the same arithmetic with the global loads issued ahead of their use. Pass 2's
 loop, SASS per sub-chunk (4 tokens x 16 states) of the bf16 kernel: design 0 2,899 (45.3 per token, channel and
@@ -68,8 +67,9 @@ backward (128 threads, batch 64) showed 58 % of the issue rate, 5.3 of 6 warps p
 cycles between a warp's instructions 3.0 waiting on global loads (long scoreboard): pass 2's checkpoints and step
 inputs come from HBM, the 214 MB scratch being far beyond L2. Each sub-chunk of pass 2 now prefetches into L2 the
 block's checkpoint tile of the sub-chunk two ahead (8 KB, a 128-byte line per thread: no register, no scoreboard),
-so its loads wait for L2. Measured (H200, kernel alone, batch 64 / 256): none 0.478 / 1.637 ms, checkpoints 0.444
-/ 1.582, checkpoints and step inputs 0.450 / 1.533; the training step 27.3 -> 26.8 ms.
+so its loads wait for L2, and in the 16-bit kernels its step inputs' rows too. Measured (two H200s, kernel alone,
+batch 64 / 256): none 0.478 / 1.637 and 0.474 / 1.679 ms, checkpoints 0.444 / 1.582 and 0.465 / 1.635, checkpoints
+and step inputs 0.450 / 1.533 and 0.446 / 1.567; the training step 27.3 -> 26.8 ms.
 
 Rejected (``--list --all`` compiles them; design 1 with AHEAD 4 spills 40 B): every tighter register cap spills
 design 1: 256 threads at 3 blocks/SM (80 registers) 556 B (632 with NVRTC 13.0), 128 at 5 (96) 356 B, 128 at 6
@@ -131,11 +131,10 @@ VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
     # design 3: design 1 in 80 registers, 24 warps per SM (dynamic shared memory); 96 and 128 registers beside
     "design 3": _build(256, 3, design=3),
     "design 3, 128 threads": _build(128, 6, design=3),
-    # its L2 prefetch (scan_bwd.cu's REIDCAM_PREFETCH; the designed build prefetches the checkpoints, 1)
+    # its L2 prefetch (scan_bwd.cu's REIDCAM_PREFETCH; the designed build, 2, prefetches the checkpoints and the
+    # 16-bit kernels' step inputs)
     "design 3, 128, no prefetch": _build(128, 6, design=3, prefetch=0),
-    "design 3, 128, step inputs prefetched too": _build(128, 6, design=3, prefetch=2),
-    "design 3, 128, pass 1 prefetched too": (128, cuda_scan.BWD_STEPS, {
-        "REIDCAM_MIN_BLOCKS": 6, "REIDCAM_BWD_DESIGN": 3, "REIDCAM_PREFETCH_PASS1": 1}),
+    "design 3, 128, checkpoints prefetched": _build(128, 6, design=3, prefetch=1),
     "design 3, 128 x 5": _build(128, 5, design=3),
     "design 3, 256 x 2": _build(256, 2, design=3),
 }

@@ -38,8 +38,6 @@ VARIANTS: dict[str, tuple[int, dict[str, int]]] = {
     "split": (cuda_scan.THREADS, {}),
     "split, chunk 32": (cuda_scan.THREADS, {"REIDCAM_SPLIT_CHUNK": 32}),
     "split, chunk 8": (cuda_scan.THREADS, {"REIDCAM_SPLIT_CHUNK": 8}),
-    "split, L2 prefetch": (cuda_scan.THREADS, {"REIDCAM_SPLIT_PREFETCH": 1}),
-    "split, L2 prefetch with B, C": (cuda_scan.THREADS, {"REIDCAM_SPLIT_PREFETCH": 2}),
 }
 
 

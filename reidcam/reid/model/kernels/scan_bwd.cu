@@ -358,12 +358,14 @@ __device__ __forceinline__ int checkpoint_stride(int D) { return (unsigned)(D + 
 // neither a register nor a scoreboard, so the load that needs it later waits for L2, not for HBM.
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
-// Design 3's L2 prefetch (prefetch_sub_chunk): 0 none, 1 the checkpoints, 2 the checkpoints and the step inputs.
-// Measured (session 11, H200, bench/cuda_scan_bwd_variants.py, 128 threads, the kernel alone, batch 64 / 256):
-// none 0.478 / 1.637 ms, 1: 0.444 / 1.582, 2: 0.450 / 1.533; the training step 27.3 -> 26.8 ms with 2. The default
-// is 1: the same at the training batch, and 2's fp32 build spills 4 B at 80 registers (its bf16 build does not).
+// Design 3's L2 prefetch (prefetch_sub_chunk): 0 none, 1 the checkpoints, 2 the checkpoints and, in the 16-bit
+// kernels, the step inputs (in the fp32 kernel, whose rows are twice as many lines, they spilled 4-8 B at 80
+// registers). Measured (session 11, two H200s, bench/cuda_scan_bwd_variants.py, 128 threads, the kernel alone, batch
+// 64 / 256): none 0.478 / 1.637 and 0.474 / 1.679 ms, 1: 0.444 / 1.582 and 0.465 / 1.635, 2 (then also in fp32):
+// 0.450 / 1.533 and 0.446 / 1.567; the training step 27.3 -> 26.8 ms with 2. Prefetching pass 1's inputs too, and
+// the split forward's (bench/NOTES-speed.md, attempt 74), changed the step by nothing measurable.
 #ifndef REIDCAM_PREFETCH
-#define REIDCAM_PREFETCH 1
+#define REIDCAM_PREFETCH 2
 #endif
 #define PREFETCH (DIET ? REIDCAM_PREFETCH : 0)
 
@@ -380,7 +382,7 @@ template <typename T>
 __device__ __forceinline__ void prefetch_sub_chunk(const Lane<T>& lane, const float* tile, int k) {
     constexpr int tile_lines = N * THREADS * 4 / LINE_BYTES;
     constexpr int row_lines = (THREADS * (int)sizeof(T) + LINE_BYTES - 1) / LINE_BYTES;
-    constexpr int lines = tile_lines + (PREFETCH >= 2 ? 4 * STEPS * row_lines : 0);
+    constexpr int lines = tile_lines + (PREFETCH >= 2 && sizeof(T) == 2 ? 4 * STEPS * row_lines : 0);
     for (int i = threadIdx.x; i < lines; i += THREADS) {
         if (i < tile_lines) {
             if (tile) prefetch_l2(tile + i * (LINE_BYTES / 4));
@@ -395,30 +397,6 @@ __device__ __forceinline__ void prefetch_sub_chunk(const Lane<T>& lane, const fl
                       : tensor == 2 ? lane.z + (lane.z_row + (t * lane.stride_zl + (channel - lane.channel)))
                                     : lane.g + (row - lane.g_shift);
         prefetch_l2(at);
-    }
-}
-#endif
-
-// Design 3's pass 1 prefetch (REIDCAM_PREFETCH_PASS1 1): into L2, what pass 1's sub-chunk k loads: its steps' rows
-// of xc and pre (the block's THREADS channels) and their B and C in dbl (R + 2N floats a row from R: two lines).
-#ifndef REIDCAM_PREFETCH_PASS1
-#define REIDCAM_PREFETCH_PASS1 0
-#endif
-#define PREFETCH_PASS1 (DIET ? REIDCAM_PREFETCH_PASS1 : 0)
-#if PREFETCH_PASS1
-template <typename T>
-__device__ __forceinline__ void prefetch_pass1_sub_chunk(const Lane<T>& lane, int k) {
-    constexpr int row_lines = (THREADS * (int)sizeof(T) + 127) / 128;
-    constexpr int lines = STEPS * (2 * row_lines + 2);
-    for (int i = threadIdx.x; i < lines; i += THREADS) {
-        const int s = i % STEPS, j = i / STEPS;
-        const int t = lane.token(min(k * STEPS + s, lane.L - 1));
-        if (j < 2 * row_lines) {
-            const int channel = min((int)blockIdx.x * THREADS + j % row_lines * (128 / (int)sizeof(T)), lane.D - 1);
-            prefetch_l2((j < row_lines ? lane.xc : lane.pre) + ((lane.seq_row + t) * lane.D + channel));
-        } else {
-            prefetch_l2(lane.bc_row(t) + (j - 2 * row_lines) * (2 * N - 1));  // its first and last float's lines
-        }
     }
 }
 #endif
@@ -438,14 +416,8 @@ __device__ __forceinline__ void store_checkpoints(SharedRows& shared, float* __r
     if (sub_chunks > 1) load_xp(next_x, next_p, lane, 0);
 #endif
     __syncthreads();
-#if PREFETCH_PASS1
-    prefetch_pass1_sub_chunk(lane, 1);
-#endif
     for (int k = 0; k + 1 < sub_chunks; ++k) {
         const int buffer = k & 1;
-#if PREFETCH_PASS1
-        if (k + 3 < sub_chunks) prefetch_pass1_sub_chunk(lane, k + 2);  // two ahead: k + 1's loads are in flight
-#endif
         if (k + 2 < sub_chunks) load_bc(staged, lane, k + 1);
         float delta[STEPS], du[STEPS];
 #if LOADS_AHEAD

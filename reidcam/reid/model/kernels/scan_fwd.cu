@@ -426,34 +426,6 @@ __device__ __forceinline__ void split_step(SplitScan<CH>& st, const SplitArgs<T>
     st.i += DIR == 0 ? g.D : -g.D;
 }
 
-// The split kernels' L2 prefetch (REIDCAM_SPLIT_PREFETCH, bench/cuda_scan_variants.py's "split, L2 prefetch"):
-// after each chunk's barrier, a direction's threads prefetch into L2 the chunk three on: its tokens' rows of xc and
-// pre (the block's HALF CH channels; 1) and also their B and C in dbl (two lines a token; 2), a thread per
-// 128-byte line. 1 spills nothing in bf16 (fp16's c1 8 B), 2 spills 8 B in bf16's c1.
-#ifndef REIDCAM_SPLIT_PREFETCH
-#define REIDCAM_SPLIT_PREFETCH 0
-#endif
-#if REIDCAM_SPLIT_PREFETCH
-__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
-
-template <int DIR, int CH, typename T>
-__device__ __forceinline__ void prefetch_chunk(const SplitArgs<T>& g, const float* dbl_seq, int lane, int step0,
-                                               int seq_row, int L, int E, int R) {
-    constexpr int row_lines = (HALF * CH * (int)sizeof(T) + 127) / 128;
-    constexpr int lines = SPLIT_CHUNK * (2 * row_lines + (REIDCAM_SPLIT_PREFETCH >= 2 ? 2 : 0));
-    for (int i = lane; i < lines; i += HALF) {
-        const int s = i % SPLIT_CHUNK, j = i / SPLIT_CHUNK;
-        const int step = min(step0 + s, L - 1), t = DIR == 0 ? step : L - 1 - step;
-        if (j < 2 * row_lines) {
-            const int channel = min((int)blockIdx.x * HALF * CH + j % row_lines * (128 / (int)sizeof(T)), g.D - 1);
-            prefetch_l2((j < row_lines ? g.xc : g.pre) + ((seq_row + t) * g.D + channel));
-        } else {
-            prefetch_l2(dbl_seq + ((long long)t * E + R + (j - 2 * row_lines) * (2 * REIDCAM_N - 1)));
-        }
-    }
-}
-#endif
-
 // One direction's scan in the split kernels, its steps below first_gating storing y, the others gating.
 template <int DIR, int CH, typename T>
 __device__ __forceinline__ void scan_split_direction(const SplitArgs<T>& g, const float* __restrict__ dbl,
@@ -489,10 +461,6 @@ __device__ __forceinline__ void scan_split_direction(const SplitArgs<T>& g, cons
     load_bc_split<DIR>(staged, dbl_seq, lane, 0, L, E, R);
     store_bc_split(bc[0], staged, lane);
     split_barrier();
-#if REIDCAM_SPLIT_PREFETCH
-    if (SPLIT_CHUNK < L) prefetch_chunk<DIR, CH>(g, dbl_seq, lane, SPLIT_CHUNK, seq_row, L, E, R);
-    if (2 * SPLIT_CHUNK < L) prefetch_chunk<DIR, CH>(g, dbl_seq, lane, 2 * SPLIT_CHUNK, seq_row, L, E, R);
-#endif
     for (int step0 = 0, buffer = 0; step0 < L; step0 += SPLIT_CHUNK, buffer ^= 1) {
         const bool more = step0 + SPLIT_CHUNK < L;
         if (more) load_bc_split<DIR>(staged, dbl_seq, lane, step0 + SPLIT_CHUNK, L, E, R);
@@ -517,10 +485,6 @@ __device__ __forceinline__ void scan_split_direction(const SplitArgs<T>& g, cons
         }
         if (more) store_bc_split(bc[buffer ^ 1], staged, lane);
         split_barrier();  // also orders this chunk's stores of y before the other direction's loads of them
-#if REIDCAM_SPLIT_PREFETCH
-        if (step0 + 3 * SPLIT_CHUNK < L)  // after the barrier, where the fewest values are live
-            prefetch_chunk<DIR, CH>(g, dbl_seq, lane, step0 + 3 * SPLIT_CHUNK, seq_row, L, E, R);
-#endif
     }
 }
 
