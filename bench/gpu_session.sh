@@ -49,6 +49,8 @@
 #                                               # package and of this tree, the step's profile, glue-tests' files
 #   bash bench/gpu_session.sh ncu-step-and-trainer  # GPU 0: Nsight Compute on the step's scan kernels at batch 64,
 #                                               # then the trainer with graphs in bf16 and fp16
+#   bash bench/gpu_session.sh ncu-scans-and-gemms  # GPU 0: Nsight Compute on the step's backward and the split
+#                                               # forward, then bench/mixer_gemms.py
 #   bash bench/gpu_session.sh glue-ab           # GPU 0: the 256x128 row, .gpu/before's package against this one
 #                                               # (alternated), the kernels' GPU tests, the kernel cache cold and
 #                                               # warm, 4 cameras at tracker.processes 0 and 1, the step's profile
@@ -306,6 +308,20 @@ ncu-step-and-trainer)
       train.eval_every=0 train.cuda_graphs=true >"$OUT/train_$amp.log" 2>&1
     cp -f "/tmp/train_$amp/gpu_train_summary.json" "$OUT/train_$amp.json"
   done
+  ;;
+ncu-scans-and-gemms)
+  # GPU 0: Nsight Compute on the step's backward scan (bench/profile_model.py's step) and on the split forward at
+  # batch 64 (bench/cuda_scan_variants.py, whose first split launches are c1's: profile_model.py's CudaScan times c1
+  # and c2 at first use and under ncu chose c2), then bench/mixer_gemms.py.
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 SKIP_TRITON_CACHE=1
+  sections=(--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
+    --section SchedulerStats --section ComputeWorkloadAnalysis --section InstructionStats --print-details all)
+  timeout 150 ncu --clock-control none --kernel-name bimamba_scan_bwd_bf16 --launch-skip 30 --launch-count 1 \
+    "${sections[@]}" python3 bench/profile_model.py --rows 5 --out /tmp/ncu_profile >"$OUT/ncu_scans.txt" 2>&1
+  timeout 150 ncu --clock-control none --kernel-name bimamba_scan_fwd_split_bf16_c1 --launch-skip 5 \
+    --launch-count 1 "${sections[@]}" python3 bench/cuda_scan_variants.py --batches 64 --tokens 140 \
+    >>"$OUT/ncu_scans.txt" 2>&1
+  timeout 90 python3 bench/mixer_gemms.py >"$OUT/gemms.log" 2>&1
   ;;
 glue-tests)
   # The GPU tests session 10 could not rerun in processes of their own: the conv backward's (dx into a strided

@@ -58,6 +58,12 @@ def forms(batch: int, tokens_per_image: int, dim: int = 768, rank: int = 24, d_s
     x_proj = rand(2, rank + 2 * d_state, dim)
     dxc = rand(2, tokens, dim)
     strided_out = torch.empty(2, tokens, rank + 2 * d_state, device=device, dtype=dtype)
+    normed, d_xz = rand(tokens, dim // 2), rand(tokens, 2 * dim)  # in_proj's input and output gradient
+    y, d_out = rand(tokens, dim), rand(tokens, dim // 2)  # out_proj's input and output gradient
+
+    def linear_weight_grad_chunked(grad: torch.Tensor, inputs: torch.Tensor, chunks: int) -> torch.Tensor:
+        return _weight_grad(grad.unsqueeze(0), inputs.unsqueeze(0), chunks)[0]
+
     chunk_counts = [c for c in (2, 4, 16, 32) if tokens % c == 0]  # the core's count beside
     products = {
         "d_dt_proj = ddt^T dt (2, 768, 24), fp32": (
@@ -80,6 +86,14 @@ def forms(batch: int, tokens_per_image: int, dim: int = 768, rank: int = 24, d_s
             {"bf16 out": lambda: torch.bmm(xc, x_proj.transpose(1, 2))}),
         "dxc += d_dbl x_proj (in place)": (
             lambda: dxc.baddbmm_(d_dbl, x_proj), {}),
+        "in_proj's weight gradient d_xz^T normed (1536, 384)": (
+            lambda: d_xz.t() @ normed,  # autograd's, in the compute dtype (then cast to the fp32 parameter's)
+            {f"{c} token chunks, fp32, summed": (lambda c=c: linear_weight_grad_chunked(d_xz, normed, c))
+             for c in (2, 4, 8)}),
+        "out_proj's weight gradient d_out^T y (384, 768)": (
+            lambda: d_out.t() @ y,
+            {f"{c} token chunks, fp32, summed": (lambda c=c: linear_weight_grad_chunked(d_out, y, c))
+             for c in (2, 4, 8)}),
     }
     return products
 
