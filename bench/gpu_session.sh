@@ -51,6 +51,8 @@
 #                                               # then the trainer with graphs in bf16 and fp16
 #   bash bench/gpu_session.sh ncu-scans-and-gemms  # GPU 0: Nsight Compute on the step's backward and the split
 #                                               # forward, then bench/mixer_gemms.py
+#   bash bench/gpu_session.sh ncu-source        # GPU 0: Nsight Compute's SASS source view of the split forward
+#                                               # and the backward scan, with stall samples per instruction
 #   bash bench/gpu_session.sh glue-ab           # GPU 0: the 256x128 row, .gpu/before's package against this one
 #                                               # (alternated), the kernels' GPU tests, the kernel cache cold and
 #                                               # warm, 4 cameras at tracker.processes 0 and 1, the step's profile
@@ -322,6 +324,20 @@ ncu-scans-and-gemms)
     --launch-count 1 "${sections[@]}" python3 bench/cuda_scan_variants.py --batches 64 --tokens 140 \
     >>"$OUT/ncu_scans.txt" 2>&1
   timeout 90 python3 bench/mixer_gemms.py >"$OUT/gemms.log" 2>&1
+  ;;
+ncu-source)
+  # GPU 0: Nsight Compute's source view (SASS, with each instruction's warp stall samples) of the split forward c1
+  # at batch 64 (bench/cuda_scan_variants.py) and of the training step's backward (bench/profile_model.py), as CSV.
+  export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 SKIP_TRITON_CACHE=1
+  sections=(--section SourceCounters --section WarpStateStats --import-source no)
+  timeout 150 ncu --clock-control none --kernel-name bimamba_scan_fwd_split_bf16_c1 --launch-skip 5 --launch-count 1 \
+    "${sections[@]}" -o /tmp/fwd python3 bench/cuda_scan_variants.py --batches 64 --tokens 140 >"$OUT/ncu_log.txt" 2>&1
+  timeout 150 ncu --clock-control none --kernel-name bimamba_scan_bwd_bf16 --launch-skip 30 --launch-count 1 \
+    "${sections[@]}" -o /tmp/bwd python3 bench/profile_model.py --rows 5 --out /tmp/ncu_profile >>"$OUT/ncu_log.txt" 2>&1
+  for kernel in fwd bwd; do
+    ncu --import "/tmp/$kernel.ncu-rep" --page source --csv --print-source sass >"$OUT/source_$kernel.csv" 2>>"$OUT/ncu_log.txt"
+    ncu --import "/tmp/$kernel.ncu-rep" --page details --print-details all >>"$OUT/ncu_log.txt" 2>&1
+  done
   ;;
 glue-tests)
   # The GPU tests session 10 could not rerun in processes of their own: the conv backward's (dx into a strided
