@@ -100,6 +100,7 @@ static inline unsigned int emu_cvt_rn_f16x2_f32(float high, float low) {
 }
 static inline void emu_barrier_sync(int) { __syncthreads(); }
 static inline void emu_prefetch_global_L2(const void*) {}
+static inline void emu_prefetch_global_L1(const void*) {}
 
 #define __device__
 #define __global__
@@ -186,7 +187,8 @@ def translate_asm(source: str) -> str:
 _PTX_BLOCKS = {
     "{.reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, lo;}": "cvt.f32.f16.low %0, %1",
     "{.reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, hi;}": "cvt.f32.f16.high %0, %1",
-    "prefetch.global.L2 [%0];": "prefetch.global.L2 %0",  # scan_bwd.cu's L2 hint: nothing to do on the CPU
+    "prefetch.global.L2 [%0];": "prefetch.global.L2 %0",  # the kernels' cache hints: nothing to do on the CPU
+    "prefetch.global.L1 [%0];": "prefetch.global.L1 %0",
 }
 
 

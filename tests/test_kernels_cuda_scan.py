@@ -68,9 +68,10 @@ def test_the_token_loop_spends_about_one_exponential_and_few_instructions_per_ce
             cells = 16 * channels  # (channel, state) pairs of one token
             # 16 exponentials per channel, plus softplus (2) and, in the gating direction, silu (2)
             assert counts["MUFU"] <= 20 * channels, (name, counts)
-            # the split kernels' steps also stage B and C of both directions and read the scratch: the fp16 one
-            # gates in 162 instructions a token (10.1 a cell)
-            assert sum(counts.values()) / cells < (10.5 if "_split_" in name else 10), (name, counts)
+            # the split kernels' steps also stage B and C of both directions, read the scratch and prefetch the next
+            # token's inputs into L1 (scan_fwd.cu's prefetch_l1): the fp32 one gates in 169 instructions a token
+            # (10.6 a cell)
+            assert sum(counts.values()) / cells < (11 if "_split_" in name else 10), (name, counts)
             assert counts["LDS"] <= 8, (name, counts)  # B and C: 4 states per broadcast load
 
 

@@ -115,6 +115,16 @@ __device__ __forceinline__ float exp2_approx(float x) {
     return r;
 }
 
+// A hint that the line holding p is read soon: prefetch.global.L1 (no register, no scoreboard). Why: a split
+// kernel's step loads the next token's inputs before its own states are computed, so that the load latency hides
+// behind them, but ptxas sinks those loads below the step's 16 states (as the SASS shows), right before the next
+// step uses them, where their L2 latency is all exposed: Nsight Compute on the split c1 kernel at batch 64 (session
+// 11) had 5.5 of the 10.9 cycles between a warp's instructions waiting on global loads, most of the samples at the
+// first use of u. A prefetch into L1 of the same addresses at the step's start stays there (it has no result to
+// sink), and the late loads then find their lines in L1 (a split block has 4 KB of shared memory: L1 has room). The
+// unsplit kernels' loads stay where the source puts them (their SASS), so they go without.
+__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
+
 // log(1 + exp(x)) with torch's threshold of 20 and a series where exp(x) is tiny, as _softplus in Triton.
 __device__ __forceinline__ float softplus(float x) {
     const float e = __expf(fminf(x, 20.0f));
@@ -397,12 +407,25 @@ __device__ __forceinline__ void load_ahead(SplitScan<CH>& st, const SplitArgs<T>
     }
 }
 
+// load_ahead's addresses into L1 (prefetch_l1 says why).
+template <int DIR, int CH, typename T>
+__device__ __forceinline__ void prefetch_ahead(const SplitScan<CH>& st, const SplitArgs<T>& g, bool gates) {
+    const int ahead = st.i + AHEAD * (DIR == 0 ? g.D : -g.D);
+    prefetch_l1(g.xc + ahead);
+    prefetch_l1(g.pre + ahead);
+    if (gates) {
+        prefetch_l1(g.ys + (DIR == 0 ? ahead + g.rows : ahead - g.rows));
+        prefetch_l1(g.z + st.iz);
+    }
+}
+
 // One step of a direction: scan_direction's, with y stored in ys (GATE false) or averaged with the other
 // direction's, gated and stored in out (GATE true). `next` says whether a step AHEAD on exists, `next_gates`
 // whether it gates.
 template <int DIR, bool GATE, int CH, typename T>
 __device__ __forceinline__ void split_step(SplitScan<CH>& st, const SplitArgs<T>& g, int r, const float* bc_row,
                                            bool next, bool next_gates) {
+    if (next) prefetch_ahead<DIR>(st, g, next_gates);
     float u[CH], delta[CH], du[CH], y[CH], y_other[CH], zz[CH];
 #pragma unroll
     for (int c = 0; c < CH; ++c) {
