@@ -29,8 +29,8 @@
 //
 // Threads past D take part in the barriers with zero inputs, so their shares of every sum are zero.
 //
-// No headers, and no inline PTX but an L2 prefetch hint (design 3): bf16 travels as its 16 bits (load: a shift; store: round to nearest even
-// by integer arithmetic), and exp2f is ex2.approx under --use_fast_math. REIDCAM_N is d_state (a multiple of
+// No headers, and no inline PTX but design 3's L2 prefetch hint: bf16 travels as its 16 bits (load: a shift; store:
+// round to nearest even by integer arithmetic), and exp2f is ex2.approx under --use_fast_math. REIDCAM_N is d_state (a multiple of
 // 4), REIDCAM_THREADS the block size (a multiple of 32), REIDCAM_STEPS the checkpoint interval (4 or 8),
 // REIDCAM_SHARED_BYTES the block's shared memory as cuda_scan.backward_shared_bytes counts it (asserted below).
 
@@ -362,8 +362,9 @@ __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefe
 // kernels, the step inputs (in the fp32 kernel, whose rows are twice as many lines, they spilled 4-8 B at 80
 // registers). Measured (session 11, two H200s, bench/cuda_scan_bwd_variants.py, 128 threads, the kernel alone, batch
 // 64 / 256): none 0.478 / 1.637 and 0.474 / 1.679 ms, 1: 0.444 / 1.582 and 0.465 / 1.635, 2 (then also in fp32):
-// 0.450 / 1.533 and 0.446 / 1.567; the training step 27.3 -> 26.8 ms with 2. Prefetching pass 1's inputs too, and
-// the split forward's (bench/NOTES-speed.md, attempt 74), changed the step by nothing measurable.
+// 0.450 / 1.533 and 0.446 / 1.567; the training step 27.3 -> 26.8 ms with 2. Prefetching pass 1's inputs into L2
+// or L1, or loading them two sub-chunks ahead, changed the step by nothing measurable (bench/NOTES-speed.md,
+// attempts 74, 77, 78).
 #ifndef REIDCAM_PREFETCH
 #define REIDCAM_PREFETCH 2
 #endif
