@@ -30,9 +30,9 @@
 // Threads past D take part in the barriers with zero inputs, so their shares of every sum are zero.
 //
 // No headers, and no inline PTX but design 3's L2 prefetch hint: bf16 travels as its 16 bits (load: a shift; store:
-// round to nearest even by integer arithmetic), and exp2f is ex2.approx under --use_fast_math. REIDCAM_N is d_state (a multiple of
-// 4), REIDCAM_THREADS the block size (a multiple of 32), REIDCAM_STEPS the checkpoint interval (4 or 8),
-// REIDCAM_SHARED_BYTES the block's shared memory as cuda_scan.backward_shared_bytes counts it (asserted below).
+// round to nearest even by integer arithmetic), and exp2f is ex2.approx under --use_fast_math. REIDCAM_N is d_state
+// (a multiple of 4), REIDCAM_THREADS the block size (a multiple of 32), REIDCAM_STEPS the checkpoint interval (4 or
+// 8), REIDCAM_SHARED_BYTES the block's shared memory as cuda_scan.backward_shared_bytes counts it (asserted below).
 
 #ifndef REIDCAM_N
 #define REIDCAM_N 16
