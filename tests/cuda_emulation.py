@@ -12,21 +12,26 @@ declare, become g++'s _Float16 conversions, rounding to nearest even as the GPU'
 
 Inline PTX (``asm("op %0, %1;" : "=f"(r) : "f"(x))``) becomes a call of the shim's function of that op
 (``r = emu_op(x)``, dots as underscores): the few ops the kernels use are defined below, another one fails to
-compile. A braced PTX block is known by its text (``_PTX_BLOCKS``). ``emu_set_lag(first, last, us)`` makes
-threads first .. last - 1 start every barrier phase ``us`` microseconds late, so that the others do their share
-of each phase first: a read of what a lagging thread writes in the same phase (a missing barrier) then fails
-every time rather than under some interleavings.
+compile. A braced PTX block is known by its text (``_PTX_BLOCKS``). The cache hints (prefetch.global.L1/L2) do
+nothing, but ``launch`` fails a run that prefetched an address outside its tensors' memory.
+``emu_set_lag(first, last, us)`` makes threads first .. last - 1 start every barrier phase ``us`` microseconds
+late, so that the others do their share of each phase first: a read of what a lagging thread writes in the same
+phase (a missing barrier) then fails every time rather than under some interleavings.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import hashlib
 import re
 import shutil
 import subprocess
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
+
+import torch
 
 SHIM = r"""
 #include <algorithm>
@@ -99,8 +104,18 @@ static inline unsigned int emu_cvt_rn_f16x2_f32(float high, float low) {
     return ((unsigned int)__nv_float2half_rn(high) << 16) | __nv_float2half_rn(low);
 }
 static inline void emu_barrier_sync(int) { __syncthreads(); }
-static inline void emu_prefetch_global_L2(const void*) {}
-static inline void emu_prefetch_global_L1(const void*) {}
+// The cache hints do nothing on the CPU, but their addresses are checked: each must lie in the memory of one of the
+// launch's tensors (emu_set_extents), or it counts as a stray (a GPU prefetch of a wild address may fault).
+static std::vector<std::pair<std::uintptr_t, std::uintptr_t>> emu_extents;
+static std::atomic<long> emu_strays{0};
+static inline void emu_check_extent(const void* p) {
+    const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p);
+    for (const auto& e : emu_extents)
+        if (a >= e.first && a < e.second) return;
+    emu_strays.fetch_add(1);
+}
+static inline void emu_prefetch_global_L2(const void* p) { emu_check_extent(p); }
+static inline void emu_prefetch_global_L1(const void* p) { emu_check_extent(p); }
 
 #define __device__
 #define __global__
@@ -136,12 +151,51 @@ static void emu_launch(int grid_x, int grid_y, int threads, int shared_bytes, Bo
         }
 }
 
+extern "C" void emu_set_extents(const unsigned long long* spans, int count) {  // count (begin, end) pairs
+    emu_extents.clear();
+    for (int i = 0; i < count; ++i) emu_extents.emplace_back(spans[2 * i], spans[2 * i + 1]);
+    emu_strays = 0;
+}
+
+extern "C" long emu_stray_prefetches() { return emu_strays.load(); }
+
 extern "C" void emu_set_lag(int first, int last, int microseconds) {
     emu_lag_first = first;
     emu_lag_last = last;
     emu_lag_us = microseconds;
 }
 """
+
+
+def launch(library: ctypes.CDLL, function: str, grid, threads: int, shared_bytes: int, args: list) -> None:
+    """Run the emulated kernel ``function`` (an ``emu_<name>`` of ``build``) as a launch of (grid, threads), and fail if
+    one of its cache hints named an address outside the memory of the tensors it was given: the CPU tensors alive
+    now whose storages hold one of the pointer arguments."""
+    pointers = [a.value for a in args if isinstance(a, ctypes.c_void_p) and a.value]
+    spans = _storage_spans(pointers)
+    library.emu_set_extents((ctypes.c_ulonglong * (2 * len(spans)))(*[x for span in spans for x in span]),
+                            ctypes.c_int(len(spans)))
+    getattr(library, function)(ctypes.c_int(grid[0]), ctypes.c_int(grid[1]), ctypes.c_int(threads),
+                               ctypes.c_int(shared_bytes), *args)
+    library.emu_stray_prefetches.restype = ctypes.c_long
+    strays = library.emu_stray_prefetches()
+    assert strays == 0, f"{function}: {strays} prefetches outside the launch's tensors"
+
+
+def _storage_spans(pointers: list[int]) -> list[tuple[int, int]]:
+    """(begin, end) of each live CPU tensor's storage that holds one of ``pointers`` (found among the garbage
+    collector's objects: the kernels' arguments include temporaries that only the launcher holds)."""
+    spans = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # isinstance on some modules' deprecated attributes warns
+        tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.device.type == "cpu"]
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        begin = storage.data_ptr()
+        end = begin + storage.nbytes()
+        if any(begin <= p < end for p in pointers):
+            spans.add((begin, end))
+    return sorted(spans)
 
 
 def available() -> bool:

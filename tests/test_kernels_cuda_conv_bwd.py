@@ -256,8 +256,7 @@ class EmulatedConvBackward(cuda_scan.CudaConvBackward):
         pass
 
     def launch(self, function: str, grid, threads, args, stream, shared_bytes: int = 0) -> None:
-        getattr(self.library, function)(ctypes.c_int(grid[0]), ctypes.c_int(grid[1]), ctypes.c_int(threads),
-                                        ctypes.c_int(shared_bytes), *args)
+        cuda_emulation.launch(self.library, function, grid, threads, shared_bytes, args)
 
 
 def run_emulated(emulated, monkeypatch, x, dxc, conv_f, conv_b, channels=None, dx=None) -> dict[str, torch.Tensor]:

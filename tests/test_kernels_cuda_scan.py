@@ -189,8 +189,7 @@ class EmulatedScan(cuda_scan.CudaScan):
 
     def launch(self, function: str, grid, threads, args, stream, shared_bytes: int = 0) -> None:
         self.launched.append(function.removeprefix("emu_"))
-        getattr(self.library, function)(ctypes.c_int(grid[0]), ctypes.c_int(grid[1]), ctypes.c_int(threads),
-                                        ctypes.c_int(shared_bytes), *args)
+        cuda_emulation.launch(self.library, function, grid, threads, shared_bytes, args)
 
 
 @pytest.fixture

@@ -215,8 +215,7 @@ class EmulatedBackward(cuda_scan.CudaScanBackward):
         pass
 
     def launch(self, function: str, grid, threads, args, stream, shared_bytes: int = 0) -> None:
-        getattr(self.library, function)(ctypes.c_int(grid[0]), ctypes.c_int(grid[1]), ctypes.c_int(threads),
-                                        ctypes.c_int(shared_bytes), *args)
+        cuda_emulation.launch(self.library, function, grid, threads, shared_bytes, args)
 
 
 def run_emulated(emulated, monkeypatch, xc, z, dbl, tables, grad_out) -> triton_scan.ScanGrads:
