@@ -18,30 +18,16 @@ import torch
 
 from reidcam.reid.model.kernels.mixer_core import _bmm_fp32, _weight_grad
 
+from cuda_scan_variants import median_ms  # sibling bench scripts (run as ``python bench/mixer_gemms.py``)
+from speed_vs_vit import _cuda_graph
+
 REPEATS = 20
 
 
 def graph_time_us(fn: Callable[[], torch.Tensor]) -> float:
-    """GPU time of one call of fn, from a CUDA graph of REPEATS calls replayed ten times (median of the replays)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(REPEATS):
-            fn()
-    times = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000 / REPEATS)
-    return sorted(times)[len(times) // 2]
+    """GPU time of one call of fn: a CUDA graph of REPEATS calls, its replays' median over ten, divided."""
+    replay = _cuda_graph(lambda: [fn() for _ in range(REPEATS)], torch.device("cuda"))
+    return median_ms(replay, reps=10) * 1000 / REPEATS
 
 
 def forms(batch: int, tokens_per_image: int, dim: int = 768, rank: int = 24, d_state: int = 16):
