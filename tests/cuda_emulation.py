@@ -41,6 +41,7 @@ SHIM = r"""
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -104,18 +105,16 @@ static inline unsigned int emu_cvt_rn_f16x2_f32(float high, float low) {
     return ((unsigned int)__nv_float2half_rn(high) << 16) | __nv_float2half_rn(low);
 }
 static inline void emu_barrier_sync(int) { __syncthreads(); }
-// The cache hints do nothing on the CPU, but their addresses are checked: each must lie in the memory of one of the
-// launch's tensors (emu_set_extents), or it counts as a stray (a GPU prefetch of a wild address may fault).
-static std::vector<std::pair<std::uintptr_t, std::uintptr_t>> emu_extents;
-static std::atomic<long> emu_strays{0};
-static inline void emu_check_extent(const void* p) {
-    const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p);
-    for (const auto& e : emu_extents)
-        if (a >= e.first && a < e.second) return;
-    emu_strays.fetch_add(1);
+// The cache hints do nothing on the CPU, but the launch records their addresses, for ``launch`` to check that each
+// lies in the memory of one of the launch's tensors (a GPU prefetch of a wild address may fault).
+static std::mutex emu_prefetch_mutex;
+static std::vector<std::uintptr_t> emu_prefetched;
+static inline void emu_note_prefetch(const void* p) {
+    std::lock_guard<std::mutex> lock(emu_prefetch_mutex);
+    emu_prefetched.push_back(reinterpret_cast<std::uintptr_t>(p));
 }
-static inline void emu_prefetch_global_L2(const void* p) { emu_check_extent(p); }
-static inline void emu_prefetch_global_L1(const void* p) { emu_check_extent(p); }
+static inline void emu_prefetch_global_L2(const void* p) { emu_note_prefetch(p); }
+static inline void emu_prefetch_global_L1(const void* p) { emu_note_prefetch(p); }
 
 #define __device__
 #define __global__
@@ -151,13 +150,16 @@ static void emu_launch(int grid_x, int grid_y, int threads, int shared_bytes, Bo
         }
 }
 
-extern "C" void emu_set_extents(const unsigned long long* spans, int count) {  // count (begin, end) pairs
-    emu_extents.clear();
-    for (int i = 0; i < count; ++i) emu_extents.emplace_back(spans[2 * i], spans[2 * i + 1]);
-    emu_strays = 0;
+extern "C" int emu_prefetch_count() {  // the distinct addresses prefetched since the last emu_take_prefetches
+    std::sort(emu_prefetched.begin(), emu_prefetched.end());
+    emu_prefetched.erase(std::unique(emu_prefetched.begin(), emu_prefetched.end()), emu_prefetched.end());
+    return (int)emu_prefetched.size();
 }
 
-extern "C" long emu_stray_prefetches() { return emu_strays.load(); }
+extern "C" void emu_take_prefetches(unsigned long long* out) {  // emu_prefetch_count() of them; then forgets them
+    std::copy(emu_prefetched.begin(), emu_prefetched.end(), out);
+    emu_prefetched.clear();
+}
 
 extern "C" void emu_set_lag(int first, int last, int microseconds) {
     emu_lag_first = first;
@@ -171,15 +173,16 @@ def launch(library: ctypes.CDLL, function: str, grid, threads: int, shared_bytes
     """Run the emulated kernel ``function`` (an ``emu_<name>`` of ``build``) as a launch of (grid, threads), and fail if
     one of its cache hints named an address outside the memory of the tensors it was given: the CPU tensors alive
     now whose storages hold one of the pointer arguments."""
-    pointers = [a.value for a in args if isinstance(a, ctypes.c_void_p) and a.value]
-    spans = _storage_spans(pointers)
-    library.emu_set_extents((ctypes.c_ulonglong * (2 * len(spans)))(*[x for span in spans for x in span]),
-                            ctypes.c_int(len(spans)))
     getattr(library, function)(ctypes.c_int(grid[0]), ctypes.c_int(grid[1]), ctypes.c_int(threads),
                                ctypes.c_int(shared_bytes), *args)
-    library.emu_stray_prefetches.restype = ctypes.c_long
-    strays = library.emu_stray_prefetches()
-    assert strays == 0, f"{function}: {strays} prefetches outside the launch's tensors"
+    count = library.emu_prefetch_count()
+    if count == 0:  # most kernels give no hints: no search for the tensors' storages
+        return
+    prefetched = (ctypes.c_ulonglong * count)()
+    library.emu_take_prefetches(prefetched)
+    spans = _storage_spans([a.value for a in args if isinstance(a, ctypes.c_void_p) and a.value])
+    strays = [p for p in prefetched if not any(begin <= p < end for begin, end in spans)]
+    assert not strays, f"{function}: {len(strays)} of {count} prefetched addresses outside the launch's tensors"
 
 
 def _storage_spans(pointers: list[int]) -> list[tuple[int, int]]:
