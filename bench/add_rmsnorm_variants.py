@@ -45,7 +45,7 @@ def backward_of(batch: int, tokens: int, dim: int):
 
 def gpu_us(run) -> tuple[float, float]:
     """GPU microseconds per call of ``run`` from the profiler's kernel records: the backward kernel's, and all of
-    its kernels' (the partial rows' sum with it)."""
+    its kernels' (the weight gradient's zeroing with it)."""
     for _ in range(3):
         run()
     torch.cuda.synchronize()

@@ -260,8 +260,9 @@ rows-profile-tests)
   # BWD_VARIANTS=1 / FWD_VARIANTS=1: first the backward / forward scan's builds timed (bench/cuda_scan_bwd_variants.py,
   # cuda_scan_variants.py). The row of each package in ROW_PACKAGES (folders holding reidcam/ and their own
   # speed_vs_vit.py) and of this tree, twice each, alternated, into one log, bench/mixer_gemms.py's table after
-  # them, and the bare step's kernel profile (NO_PROFILE=1: neither of the two); CHECKS=1: the backends' checks
-  # against the reference (speed_vs_vit.py --checks-only); then the GPU test files of TEST_FILES (default:
+  # them, and the bare step's kernel profile with its small kernels by op (NO_PROFILE=1: neither of the two);
+  # CHECKS=1: the backends' checks against the reference (speed_vs_vit.py --checks-only); then the GPU test
+  # files of TEST_FILES (default:
   # glue-tests' four; file:expression selects by pytest -k; none: no tests), each in a process of its own, with the
   # time left.
   export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 SKIP_TRITON_CACHE=1
@@ -278,7 +279,7 @@ rows-profile-tests)
   echo "== [$(elapsed) s] rows done"
   if [ -z "${NO_PROFILE:-}" ]; then
     timeout 60 python3 bench/mixer_gemms.py >>"$OUT/rows.log" 2>&1
-    timeout 70 python3 bench/profile_model.py --rows 90 --out "$OUT" >"$OUT/profile.log" 2>&1
+    timeout 90 python3 bench/profile_model.py --rows 90 --by-op --out "$OUT" >"$OUT/profile.log" 2>&1
   fi
   echo "== [$(elapsed) s] gemms and profile done"
   [ -n "${CHECKS:-}" ] && timeout 150 python3 bench/speed_vs_vit.py --checks-only --backends triton --no-plain-norm \

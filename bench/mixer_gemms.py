@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 import torch
 
-from reidcam.reid.model.kernels.mixer_core import _bmm_fp32, _weight_grad
+from reidcam.reid.model.fp32_products import product_fp32
+from reidcam.reid.model.kernels.mixer_core import _weight_grad
 
 from cuda_scan_variants import median_ms  # sibling bench scripts (run as ``python bench/mixer_gemms.py``)
 from speed_vs_vit import _cuda_graph
@@ -54,13 +55,13 @@ def forms(batch: int, tokens_per_image: int, dim: int = 768, rank: int = 24, d_s
     products = {
         "d_dt_proj = ddt^T dt (2, 768, 24), fp32": (
             lambda: _weight_grad(ddt, dt),
-            {"as dt^T ddt, transposed": lambda: _bmm_fp32(dt.transpose(1, 2), ddt).transpose(1, 2),
-             "one product": lambda: _bmm_fp32(ddt.transpose(1, 2), dt),
+            {"as dt^T ddt, transposed": lambda: product_fp32(dt.transpose(1, 2), ddt).transpose(1, 2),
+             "one product": lambda: product_fp32(ddt.transpose(1, 2), dt),
              **{f"{c} token chunks, summed": (lambda c=c: _weight_grad(ddt, dt, c)) for c in chunk_counts}}),
         "d_x_proj = d_dbl^T xc (2, 56, 768), fp32": (
             lambda: _weight_grad(d_dbl, xc),
-            {"as xc^T d_dbl, transposed": lambda: _bmm_fp32(xc.transpose(1, 2), d_dbl).transpose(1, 2),
-             "one product": lambda: _bmm_fp32(d_dbl.transpose(1, 2), xc),
+            {"as xc^T d_dbl, transposed": lambda: product_fp32(xc.transpose(1, 2), d_dbl).transpose(1, 2),
+             "one product": lambda: product_fp32(d_dbl.transpose(1, 2), xc),
              **{f"{c} token chunks, summed": (lambda c=c: _weight_grad(d_dbl, xc, c)) for c in chunk_counts}}),
         "d_dbl[..., :24] = ddt dt_weight (strided out)": (
             lambda: torch.bmm(ddt, dt_weight, out=strided_out[..., :rank]),
@@ -68,7 +69,7 @@ def forms(batch: int, tokens_per_image: int, dim: int = 768, rank: int = 24, d_s
         "pre = dt dt_proj^T (2, T, 768)": (
             lambda: torch.bmm(dt, dt_weight.transpose(1, 2)), {}),
         "dbl = xc x_proj^T (2, T, 56), fp32": (
-            lambda: _bmm_fp32(xc, x_proj.transpose(1, 2)),
+            lambda: product_fp32(xc, x_proj.transpose(1, 2)),
             {"bf16 out": lambda: torch.bmm(xc, x_proj.transpose(1, 2))}),
         "dxc += d_dbl x_proj (in place)": (
             lambda: dxc.baddbmm_(d_dbl, x_proj), {}),

@@ -74,7 +74,38 @@ def stage(text: str) -> None:
     print(f"[{time.perf_counter() - STARTED:7.1f} s] {text}", file=sys.stderr, flush=True)
 
 
-def profile_phase(name: str, run, repeats: int, rows: int, device: torch.device) -> str:
+def _origin(event) -> str:
+    """Where a CPU op ran from: its autograd node (a backward's) or else its outermost op, and its parent."""
+    chain, parent = [], event.cpu_parent
+    while parent is not None:
+        chain.append(parent.name)
+        parent = parent.cpu_parent
+    node = next((n.split(": ", 1)[1] for n in chain if n.startswith("autograd::engine::evaluate_function")), None)
+    outer = chain[-1] if chain else "-"
+    return f"{node or outer} < {chain[0] if chain else '-'}"
+
+
+def kernels_by_op(prof, repeats: int, rows: int, skip: tuple[str, ...] = ("bimamba", "nvjet")) -> str:
+    """The GPU time of the kernels each (op, input shapes, origin) launched, for the kernels whose names hold
+    none of ``skip``: which line of the model or its backward makes each small kernel (--by-op)."""
+    groups: dict[tuple[str, str, str], list] = {}
+    for event in prof.events():
+        kernels = [k for k in getattr(event, "kernels", []) if not any(s in k.name for s in skip)]
+        if not kernels:
+            continue
+        key = (event.name, str(event.input_shapes)[:70], _origin(event)[:110])
+        entry = groups.setdefault(key, [0, 0.0, kernels[0].name[:50]])
+        entry[0] += len(kernels)
+        entry[1] += sum(k.duration for k in kernels)
+    ordered = sorted(groups.items(), key=lambda item: item[1][1], reverse=True)
+    lines = ["", f"### the small kernels by the op that launched them (names without {', '.join(skip)})", "",
+             "| op | input shapes | origin | kernels per run | us per run | first kernel |", "|---|---|---|---|---|---|"]
+    for (op, shapes, origin), (count, total, kernel) in ordered[:rows]:
+        lines.append(f"| {op} | {shapes} | {origin} | {count / repeats:.0f} | {total / repeats:.0f} | {kernel} |")
+    return "\n".join(lines) + "\n"
+
+
+def profile_phase(name: str, run, repeats: int, rows: int, device: torch.device, by_op: bool = False) -> str:
     stage(f"{name}: warm-up (the first call compiles the Triton kernels)")
     on_gpu = device.type == "cuda"
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
@@ -87,7 +118,8 @@ def profile_phase(name: str, run, repeats: int, rows: int, device: torch.device)
         run()
     sync()
     wall_ms = (time.perf_counter() - started) / repeats * 1e3
-    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU] if on_gpu else [ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU] if on_gpu else [ProfilerActivity.CPU],
+                 record_shapes=by_op) as prof:
         for _ in range(repeats):
             run()
         sync()
@@ -108,7 +140,7 @@ def profile_phase(name: str, run, repeats: int, rows: int, device: torch.device)
     for event in events[:rows]:
         lines.append(f"| {event.key[:90]} | {spent(event) / repeats / 1e3:.2f} | {spent(event) / total_us:.1%} "
                      f"| {event.count / repeats:.0f} | {spent(event) / event.count:.1f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + (kernels_by_op(prof, repeats, rows) if by_op and on_gpu else "")
 
 
 def main() -> None:
@@ -116,6 +148,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
     parser.add_argument("--model", default="reidmamba_small")
     parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--by-op", action="store_true",
+                        help="also the training step's small kernels grouped by the op and shapes that launched them")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes: checks the script, not the GPU")
     args = parser.parse_args()
     device = torch.device("cpu" if args.smoke else "cuda")
@@ -130,10 +164,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     report = header
 
-    def add_phase(name: str, run, repeats: int) -> None:
+    def add_phase(name: str, run, repeats: int, by_op: bool = False) -> None:
         """Profile one phase and rewrite OUT/profile.txt, so a run cut short keeps the phases done."""
         nonlocal report
-        report += profile_phase(name, run, repeats, args.rows, device) + "\n"
+        report += profile_phase(name, run, repeats, args.rows, device, by_op) + "\n"
         (args.out / "profile.txt").write_text(report)
 
     model.eval()
@@ -141,7 +175,8 @@ def main() -> None:
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     labels = torch.randint(0, 751, (train_batch,), device=device)
-    add_phase(f"training step, batch {train_batch}", lambda: train_step(model, images[:train_batch], labels, optimizer), 2)
+    add_phase(f"training step, batch {train_batch}", lambda: train_step(model, images[:train_batch], labels, optimizer), 2,
+              args.by_op)
     # P x K labels as the trainer's sampler draws them (16 identities x 4 images)
     pk_labels = torch.arange(train_batch, device=device) // 4
     camids = torch.arange(train_batch, device=device) % 6

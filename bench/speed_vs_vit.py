@@ -46,6 +46,7 @@ from torch import nn
 
 from reidcam.reid.engine.graphed_step import GraphedStep
 from reidcam.reid.model import build_model
+from reidcam.reid.model.fp32_products import product_fp32
 from reidcam.reid.model.scan import (
     DirectionParams, available_backends, bidirectional_mixer_core_packed, new_weight_memo, weight_memo,
 )
@@ -360,7 +361,7 @@ def core_microbench(settings: Settings) -> list[str]:
     scan = [triton_scan.ScanParams(p.dt_proj_weight, p.dt_proj_bias, p.A_log, p.D) for p in (fwd, bwd)]
     wx = torch.stack([fwd.x_proj_weight, bwd.x_proj_weight]).to(torch.bfloat16)
     xc = triton_conv.biconv_forward(x, *conv)
-    dbl = mixer_core._bmm_fp32(xc.view(2, -1, dim), wx.transpose(1, 2))
+    dbl = product_fp32(xc.view(2, -1, dim), wx.transpose(1, 2))
     tables = triton_scan.scan_tables(dbl, *scan, torch.bfloat16)
     exp_floor_ms = 2 * elems * d_state / SFU_OPS_PER_S * 1e3  # one exp2 per (token, channel, state, direction)
     pieces = {
@@ -371,7 +372,7 @@ def core_microbench(settings: Settings) -> list[str]:
         for ch in cuda_scan.conv_channel_options(x):
             pieces[f"biconv x -> xc (CUDA c{ch})"] = (
                 lambda ch=ch: mixer_core._CUDA_CONV.forward(x, *conv, channels=ch), 2 * elems * 3)
-    pieces["x_proj bmm (both dirs)"] = (lambda: mixer_core._bmm_fp32(xc.view(2, -1, dim), wx.transpose(1, 2)), 2 * elems * 2)
+    pieces["x_proj bmm (both dirs)"] = (lambda: product_fp32(xc.view(2, -1, dim), wx.transpose(1, 2)), 2 * elems * 2)
     pieces["fused bi-scan (Triton)"] = (lambda: triton_scan.scan_forward(xc, z, dbl, tables), 2 * elems * 4)
     if cuda_scan.supports(xc, tables):
         pieces["fused bi-scan (CUDA)"] = (lambda: mixer_core._CUDA_SCAN.forward(xc, z, dbl, tables), 2 * elems * 4)
@@ -403,7 +404,7 @@ def _backward_scan_times(settings: Settings, fwd: DirectionParams, bwd: Directio
     x, z = xz.chunk(2, dim=-1)
     conv = [triton_conv.ConvParams(p.conv_weight, p.conv_bias) for p in (fwd, bwd)]
     xc = triton_conv.biconv_forward(x, *conv)
-    dbl = mixer_core._bmm_fp32(xc.view(2, -1, dim), wx.transpose(1, 2))
+    dbl = product_fp32(xc.view(2, -1, dim), wx.transpose(1, 2))
     tables = triton_scan.scan_tables(dbl, *scan, torch.bfloat16)
     grad_out = torch.randn(batch, length, dim, device=settings.device, dtype=torch.bfloat16)
     kernels = {"backward scan (Triton)": lambda: triton_scan.scan_backward(xc, z, dbl, tables, grad_out)}

@@ -123,6 +123,7 @@ def test_backward_scan_adjoint_loop_stays_lean():
 def test_conv_and_norm_kernels_compile_without_spills():
     from reidcam.reid.model.kernels import add_rmsnorm as norm
     from reidcam.reid.model.kernels import triton_conv as conv
+    from reidcam.reid.model.kernels import triton_param_grads as grads
 
     builds = [
         ("triton_conv", "_biconv_fwd_kernel", {"BLOCK_T": conv._FWD_BLOCK_T, "BLOCK_D": conv._FWD_BLOCK_D}, 4,
@@ -135,7 +136,11 @@ def test_conv_and_norm_kernels_compile_without_spills():
         ("add_rmsnorm", "_add_rmsnorm_bwd_kernel",
          {"HAS_RES": True, "HAS_SCALE": True, "HAS_DRES": True, "BLOCK_C": 512, "ROWS": norm._ROWS,
           "ROW_BLOCKS": norm._BWD_ROW_BLOCKS}, 4,
-         ("res_ptr", "rstd", "w_ptr", "scale", "dres_out", "dr_ptr", "dw_part")),
+         ("res_ptr", "rstd", "w_ptr", "scale", "dres_out", "dr_ptr", "dw_ptr")),
+        ("triton_param_grads", "_param_grads_kernel",
+         {"BLOCK_B": 64, "BLOCK_MP": grads._TILE // 64, "BLOCK_C_DT": 8, "BLOCK_C_X": 8, "BLOCK_M": grads._TILE // 8},
+         4,
+         ("parts", "a_ptr", "dt_", "x_", "da_log", "skip", "bias")),
     ]
     for module, kernel, constexprs, warps, fp32_args in builds:
         spill, sass = compile_sm90(module, kernel, constexprs, warps, fp32_args)

@@ -30,6 +30,7 @@ KERNEL_MODULES = [
     "reidcam.reid.model.kernels.triton_conv",
     "reidcam.reid.model.kernels.triton_scan",
     "reidcam.reid.model.kernels.triton_tables",
+    "reidcam.reid.model.kernels.triton_param_grads",
     "reidcam.reid.model.kernels.mixer_core",
     "reidcam.reid.model.kernels",
 ]
@@ -137,6 +138,42 @@ def test_the_packed_core_gives_the_same_values_and_gradients_bit_for_bit(backend
     unpacked = run_with_grads(backend, xz, fwd, bwd, grad_out, dtype)
     for name, value in unpacked.items():
         assert torch.equal(packed[name], value), name
+
+
+@pytest.mark.parametrize("batch, d_state, dim, rank, dt_chunks, x_chunks", [
+    (3, 4, 5, 3, 1, 2),      # few sequences, one chunk
+    (37, 16, 40, 24, 8, 8),  # the model's d_state and chunks, ragged column blocks
+    (2, 6, 19, 2, 3, 5),     # d_state and chunk counts that are no powers of two
+    (300, 4, 3, 2, 1, 1),    # more sequences than a program loads at once: two loads each
+])
+def test_the_parameter_gradients_are_the_sums_they_replace(batch, d_state, dim, rank, dt_chunks, x_chunks):
+    """triton_param_grads' one launch against torch's sums: over the sequences (dA times A, transposed to
+    A_log's (D, N); dD; the dt bias) and over the weight gradients' token chunks."""
+    from reidcam.reid.model.kernels import triton_param_grads
+
+    gen = torch.Generator().manual_seed(batch)
+    parts = torch.randn(2, batch, d_state + 2, dim, generator=gen)
+    a = -torch.rand(2, dim, d_state, generator=gen) - 0.5
+    dt_proj_chunks = torch.randn(2, dt_chunks, dim, rank, generator=gen)
+    x_proj_chunks = torch.randn(2, x_chunks, rank + 2 * d_state, dim, generator=gen)
+    got = triton_param_grads.direction_param_grads(parts, a, dt_proj_chunks, x_proj_chunks)
+    expected = triton_param_grads.direction_param_grads_reference(parts, a, dt_proj_chunks, x_proj_chunks)
+    for name in ("da_log", "d_skip", "dt_bias", "dt_proj", "x_proj"):
+        value, reference = getattr(got, name), getattr(expected, name)
+        assert value.shape == reference.shape and value.is_contiguous(), name
+        torch.testing.assert_close(value, reference, rtol=1e-6, atol=1e-5, msg=name)
+
+
+def test_autograd_takes_the_parameter_gradients_as_the_core_writes_them():
+    """Each direction's gradient is a contiguous slice of one (2, ...) buffer in its parameter's layout, so
+    autograd keeps it as the parameter's .grad without a copy: both directions' A_log gradients (and those of
+    x_proj) share one storage. dA_log had been a transposed product, which autograd copied for each direction."""
+    xz, fwd, bwd, grad_out = case(2, 9, 8, 4, 3, seed=4)
+    fwd, bwd = leaf_params(fwd), leaf_params(bwd)
+    bidirectional_mixer_core_packed(xz, fwd, bwd, backend="triton").backward(grad_out)
+    for name in ("A_log", "x_proj_weight", "dt_proj_weight", "D"):
+        forward, backward = getattr(fwd, name).grad, getattr(bwd, name).grad
+        assert forward.untyped_storage().data_ptr() == backward.untyped_storage().data_ptr(), name
 
 
 def graph_nodes(out: torch.Tensor) -> list[str]:

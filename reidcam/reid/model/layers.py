@@ -12,6 +12,7 @@ import os
 import torch
 from torch import Tensor, nn
 
+from reidcam.reid.model.fp32_products import AutocastLinear
 from reidcam.reid.model.scan import SCAN_ENV, DirectionParams, bidirectional_mixer_core_packed
 
 DT_MIN, DT_MAX, DT_INIT_FLOOR = 1e-3, 0.1, 1e-4
@@ -69,8 +70,8 @@ class BiMambaMixer(nn.Module):
         self.dt_rank = math.ceil(dim / 16)
         self.d_state = d_state
         self.scan_backend: str | None = None
-        self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False)
-        self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
+        self.in_proj = AutocastLinear(dim, 2 * self.d_inner, bias=False)
+        self.out_proj = AutocastLinear(self.d_inner, dim, bias=False)
         with torch.no_grad():
             self.out_proj.weight /= math.sqrt(num_layers)  # Mamba's prenorm-residual rescale
         for suffix in ("", "_b"):

@@ -18,10 +18,13 @@ import triton
 import triton.language as tl
 
 _ROWS = 8
-# Row blocks per backward program: each program leaves one row of weight-gradient partial sums. One block per
-# program fills the GPU: at the training shape (batch 64, 140 tokens, dim 384) eight made 140 programs for 132
-# SMs and took 31.4 us against 18.4 (35.7 against 25.2 with the partial sums' reduction; batch 256: 98.8 against
-# 76.1), on an H200 (session 9, bench/add_rmsnorm_variants.py).
+# Row blocks per backward program. One block per program fills the GPU: at the training shape (batch 64, 140
+# tokens, dim 384) eight made 140 programs for 132 SMs and took 31.4 us against 18.4 (35.7 against 25.2 with the
+# partial sums' reduction; batch 256: 98.8 against 76.1), on an H200 (session 9, bench/add_rmsnorm_variants.py).
+# Each program adds its share of the weight gradient into one fp32 row with atomics: 1,120 programs at the
+# training shape, where a row of partial sums a program and torch's sum of them took a memset and a reduction
+# (9.4 us a block, session 12's profile). The atomics add in no fixed order: the weight gradient's last bits
+# may differ from run to run, as the conv backward's do.
 _BWD_ROW_BLOCKS = 1
 
 
@@ -51,7 +54,7 @@ def _add_rmsnorm_fwd_kernel(
 
 @triton.jit
 def _add_rmsnorm_bwd_kernel(
-    res_ptr, rstd_ptr, w_ptr, scale_ptr, dnorm_ptr, dres_out_ptr, dh_ptr, dr_ptr, dw_part_ptr,
+    res_ptr, rstd_ptr, w_ptr, scale_ptr, dnorm_ptr, dres_out_ptr, dh_ptr, dr_ptr, dw_ptr,
     n_rows, C, rows_per_sample,
     HAS_RES: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_DRES: tl.constexpr,
     BLOCK_C: tl.constexpr, ROWS: tl.constexpr, ROW_BLOCKS: tl.constexpr,
@@ -80,7 +83,7 @@ def _add_rmsnorm_bwd_kernel(
             if HAS_SCALE:
                 dh = dres * tl.load(scale_ptr + rows // rows_per_sample, mask=mask_r, other=0.0)[:, None]
         tl.store(dh_ptr + offs, dh.to(dh_ptr.dtype.element_ty), mask=mask)
-    tl.store(dw_part_ptr + pid * C + cols, dw, mask=mask_c)
+    tl.atomic_add(dw_ptr + cols, dw, mask=mask_c)
 
 
 class _AddRMSNormFn(torch.autograd.Function):
@@ -113,16 +116,16 @@ class _AddRMSNormFn(torch.autograd.Function):
         d_hidden = torch.empty((n_rows, channels), device=res_out.device, dtype=hidden_dtype)
         d_residual = torch.empty((n_rows, channels), device=res_out.device, dtype=torch.float32) if has_res else d_hidden
         programs = triton.cdiv(n_rows, _ROWS * _BWD_ROW_BLOCKS)
-        dw_part = torch.empty((programs, channels), device=res_out.device, dtype=torch.float32)
+        d_weight = torch.zeros((channels,), device=res_out.device, dtype=torch.float32)  # the programs add into it
         dres_out = d_residual_out.reshape(n_rows, channels).contiguous() if d_residual_out is not None else d_normed
         _add_rmsnorm_bwd_kernel[(programs,)](
             res_out, rstd, weight, scale if scale is not None else rstd, d_normed, dres_out, d_hidden, d_residual,
-            dw_part, n_rows, channels, rows_per_sample,
+            d_weight, n_rows, channels, rows_per_sample,
             HAS_RES=has_res, HAS_SCALE=scale is not None, HAS_DRES=d_residual_out is not None,
             BLOCK_C=triton.next_power_of_2(channels), ROWS=_ROWS, ROW_BLOCKS=_BWD_ROW_BLOCKS,
         )
-        d_weight = dw_part.sum(0).to(weight.dtype)
-        return d_hidden.view(shape), (d_residual.view(shape) if has_res else None), None, d_weight, None, None
+        return (d_hidden.view(shape), (d_residual.view(shape) if has_res else None), None,
+                d_weight.to(weight.dtype), None, None)
 
 
 def add_rms_norm(

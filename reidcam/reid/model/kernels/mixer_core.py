@@ -20,11 +20,12 @@ for ReIDMamba-S's 28 blocks, where recomputing it cost a conv launch of 14.5 us 
 backward kernel (the CUDA kernel of scan_bwd.cu, or Triton's scan_backward where NVRTC is missing or with
 REIDCAM_SCAN_BWD=triton; either writes its per-sequence partial sums of dA, dD and the dt bias into one buffer,
 which one reduction sums: triton_scan.GradBuffers), does the x_proj / dt_proj weight and input gradients as
-batched matmuls, and finishes with the conv backward: the CUDA kernel of conv_bwd.cu (cuda_scan.CudaConvBackward)
+batched matmuls, then the conv backward: the CUDA kernel of conv_bwd.cu (cuda_scan.CudaConvBackward)
 where it compiles, else Triton's biconv_backward (REIDCAM_CONV_BWD chooses: auto, cuda, triton). For packed
 input the gradient of xz is one tensor: the conv backward writes dx into its first half (row stride 2D) and the
 two directions' dz shares are added into its second, where autograd's backward of ``xz.chunk(2, -1)``
-concatenated a dx and a dz (_BiMambaCoreFn).
+concatenated a dx and a dz (_BiMambaCoreFn). Last, one launch (triton_param_grads) sums the scan's per-sequence
+partial sums and the weight gradients' token-chunk products into the parameters' gradients.
 Only the input (x and z, or xz), xc, the small x_proj output (fp32), the scan tables and the parameters are kept
 for backward.
 """
@@ -40,8 +41,10 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..fp32_products import product_fp32
 from . import cuda_scan
 from .triton_conv import D_CONV, ConvParams, biconv_backward, biconv_forward
+from .triton_param_grads import direction_param_grads
 from .triton_scan import (
     ScanGrads, ScanParams, ScanTables, interpreting, scan_backward, scan_forward, scan_tables, weight_tables,
 )
@@ -75,7 +78,8 @@ class _BiMambaCoreFn(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             xc = _conv_forward(x, _conv(pf), _conv(pb))
             x_proj, weights = _weight_tables(params, x.dtype)
-            dbl = _bmm_fp32(xc.view(2, bsz * length, dim), x_proj.transpose(1, 2))
+            # fp32: the scan reads dt, B and C as fp32, a conversion fewer per (token, state) load
+            dbl = product_fp32(xc.view(2, bsz * length, dim), x_proj.transpose(1, 2))
             tables = scan_tables(dbl, _scan(pf), _scan(pb), x.dtype, weights)
             out = _scan_forward(xc, z_in, dbl, tables)
         ctx.save_for_backward(x_or_xz, z, xc, dbl, x_proj, *params)
@@ -96,14 +100,15 @@ class _BiMambaCoreFn(torch.autograd.Function):
             grads = _scan_backward(xc, z, dbl, tables, grad_out.to(x.dtype), dz_out)
             ddt = grads.ddt.view(2, tokens, dim)
             d_dbl = _x_proj_output_grad(ddt, tables.dt_weight, grads.dbc)
-            d_dt_proj = _weight_grad(ddt, tables.dt)
-            d_x_proj = _weight_grad(d_dbl, xc.view(2, tokens, dim))
+            dt_proj_chunks = _weight_grad_parts(ddt, tables.dt)
+            x_proj_chunks = _weight_grad_parts(d_dbl, xc.view(2, tokens, dim))
             dxc = grads.dxc.view(2, tokens, dim).baddbmm_(d_dbl, x_proj)  # in place: out of place copies dxc first
             dx, (dwf, dbf), (dwb, dbb) = _conv_backward(x, dxc.view(2, bsz, length, dim), _conv(pf), _conv(pb),
                                                         dx_out)
+            g = direction_param_grads(grads.parts, tables.a, dt_proj_chunks, x_proj_chunks)
         per_direction = [
-            [dwf, dbf, d_x_proj[0], d_dt_proj[0], grads.dt_bias[0], grads.da_log[0], grads.d_skip[0]],
-            [dwb, dbb, d_x_proj[1], d_dt_proj[1], grads.dt_bias[1], grads.da_log[1], grads.d_skip[1]],
+            [dwf, dbf, g.x_proj[0], g.dt_proj[0], g.dt_bias[0], g.da_log[0], g.d_skip[0]],
+            [dwb, dbb, g.x_proj[1], g.dt_proj[1], g.dt_bias[1], g.da_log[1], g.d_skip[1]],
         ]
         param_grads = [g.to(p.dtype) for g, p in zip(per_direction[0] + per_direction[1], params)]
         inputs = (dx, grads.dz) if dxz is None else (dxz, None)
@@ -292,35 +297,27 @@ def _x_proj_output_grad(ddt: torch.Tensor, dt_weight: torch.Tensor, dbc: torch.T
     return d_dbl
 
 
-def _bmm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b in fp32 from inputs in the compute dtype: cuBLAS writes fp32 directly where it can, which spares a
-    cast kernel. Used for the x_proj output (the scan reads dt, B and C as fp32, which saves it a conversion
-    per (token, state) load) and for the x_proj and dt_proj weight gradients (their parameters are fp32)."""
-    if a.dtype != torch.float32 and a.is_cuda:
-        try:
-            return torch.bmm(a, b, out_dtype=torch.float32)
-        except (TypeError, RuntimeError):  # a torch without bmm(out_dtype=)
-            pass
-    return torch.bmm(a, b).float()
-
-
 # The weight gradients' products run over this many token chunks at once (or the most that divide the tokens).
 WEIGHT_GRAD_CHUNKS = 8
 
 
-def _weight_grad(a: torch.Tensor, b: torch.Tensor, chunks: int = WEIGHT_GRAD_CHUNKS) -> torch.Tensor:
-    """a^T b over the tokens, (2, T, M) and (2, T, N) -> (2, M, N) in fp32: a weight gradient of x_proj or dt_proj.
-    Why in chunks: the output (56 x 768 or 768 x 24) is too few tiles to fill the GPU as one product over all B L
-    tokens (cuBLAS took 14-25 us a block at batch 64 on an H200, 3x what the bytes need); as WEIGHT_GRAD_CHUNKS
-    products over a chunk of the tokens each, batched, then summed, it has that many times the tiles
-    (bench/mixer_gemms.py times the counts)."""
+def _weight_grad_parts(a: torch.Tensor, b: torch.Tensor, chunks: int = WEIGHT_GRAD_CHUNKS) -> torch.Tensor:
+    """a^T b over each of ``chunks`` token chunks, (2, T, M) and (2, T, N) -> (2, chunks, M, N) in fp32: a weight
+    gradient of x_proj or dt_proj is their sum over the chunks (triton_param_grads sums them with the block's other
+    parameter gradients). Why in chunks: the output (56 x 768 or 768 x 24) is too few tiles to fill the GPU as one
+    product over all B L tokens (cuBLAS took 14-25 us a block at batch 64 on an H200, 3x what the bytes need); as
+    WEIGHT_GRAD_CHUNKS products over a chunk of the tokens each, batched, it has that many times the tiles
+    (bench/mixer_gemms.py times the counts). Fewer chunks where the tokens do not divide evenly."""
     two, tokens, m = a.shape
     chunks = math.gcd(tokens, chunks)
-    if chunks == 1:
-        return _bmm_fp32(a.transpose(1, 2), b)
     part = tokens // chunks
-    prods = _bmm_fp32(a.reshape(two * chunks, part, m).transpose(1, 2), b.reshape(two * chunks, part, b.shape[-1]))
-    return prods.view(two, chunks, m, b.shape[-1]).sum(1)
+    prods = product_fp32(a.reshape(two * chunks, part, m).transpose(1, 2), b.reshape(two * chunks, part, b.shape[-1]))
+    return prods.view(two, chunks, m, b.shape[-1])
+
+
+def _weight_grad(a: torch.Tensor, b: torch.Tensor, chunks: int = WEIGHT_GRAD_CHUNKS) -> torch.Tensor:
+    """a^T b over the tokens, (2, T, M) and (2, T, N) -> (2, M, N) in fp32: the sum of _weight_grad_parts."""
+    return _weight_grad_parts(a, b, chunks).sum(1)
 
 
 def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,8 @@ state at every chunk boundary in a per-program scratch; pass 2 walks the chunks 
 the states from it and runs the adjoint dh_t = C_t gy_t + exp(delta_{t+1} A) dh_{t+1} as a forward scan
 of the flipped rows (its carry also goes through the scratch). It writes dz, dxc (the scan's direct part) and the gradient of the dt pre-activation,
 adds dB/dC over channel blocks with fp32 atomics, and leaves per-sequence partial sums for dA, dD and
-the dt bias in one buffer (GradBuffers.parts), which one reduction sums. The dt projection is precomputed
+the dt bias in one buffer (GradBuffers.parts), which one reduction sums (in the mixer core, one launch with the
+weight gradients: triton_param_grads). The dt projection is precomputed
 for it, so its chunks need not match the tensor-core tile.
 
 All state and accumulation is fp32; xc, z and the output may be fp32 or bf16.
@@ -41,6 +42,7 @@ import inspect
 import math
 import os
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 import triton
@@ -469,15 +471,35 @@ class ScanGrads:
     dxc: torch.Tensor  # (2, B, L, D): the scan's own dependence on xc (not through x_proj)
     ddt: torch.Tensor  # (2, B, L, D): gradient of the dt_proj output before softplus
     dbc: torch.Tensor  # (2, B*L, 2N) fp32: gradients of B and C
-    da_log: torch.Tensor  # (2, D, N) fp32, forward direction first
-    d_skip: torch.Tensor  # (2, D) fp32
-    dt_bias: torch.Tensor  # (2, D) fp32
+    parts: torch.Tensor  # (2, B, N + 2, D) fp32: per-sequence partial sums of dA, dD, the dt bias (GradBuffers)
+    a: torch.Tensor  # (2, D, N) fp32: A (ScanTables.a), for dA_log
+
+    @cached_property
+    def _sums(self) -> torch.Tensor:
+        """(2, N + 2, D): the partial sums over the sequences. The mixer core sums them in its own launch with
+        the weight gradients (triton_param_grads) and reads none of the properties below."""
+        return self.parts.sum(1)
+
+    @property
+    def da_log(self) -> torch.Tensor:
+        """(2, D, N) fp32, forward direction first: dL/dA times dA/dA_log = A."""
+        return self._sums[:, : self.a.shape[-1]].transpose(1, 2) * self.a
+
+    @property
+    def d_skip(self) -> torch.Tensor:
+        """(2, D) fp32."""
+        return self._sums[:, self.a.shape[-1]]
+
+    @property
+    def dt_bias(self) -> torch.Tensor:
+        """(2, D) fp32."""
+        return self._sums[:, self.a.shape[-1] + 1]
 
 
 @dataclass(frozen=True)
 class GradBuffers:
-    """What a backward scan kernel writes (either backend's): per-direction and per-sequence shares that
-    ``grads`` sums into ScanGrads.
+    """What a backward scan kernel writes (either backend's): per-direction and per-sequence shares, of which
+    ``grads`` sums dz's into ScanGrads (the partial sums are summed by ScanGrads when asked, or by the mixer core).
 
     The per-sequence partial sums of dA, dD and the dt bias share one buffer, ``parts``, so that one
     reduction sums them all, where three reductions and their launches summed three buffers."""
@@ -499,15 +521,11 @@ class GradBuffers:
         )
 
     def grads(self, tables: ScanTables, z_dtype: torch.dtype, dz_out: torch.Tensor | None = None) -> ScanGrads:
-        """The sums. dz, the directions' shares added, goes into ``dz_out`` where given (z's dtype, which is
-        the shares' in the mixer core: the same values as a new tensor), else into a new tensor."""
-        d_state = tables.a.shape[-1]
-        sums = self.parts.sum(1)  # (2, N + 2, D)
-        return ScanGrads(
-            dz=self._dz_sum(z_dtype, dz_out), dxc=self.dxc, ddt=self.ddt, dbc=self.dbc,
-            da_log=sums[:, :d_state].transpose(1, 2) * tables.a,  # dL/dA (2, D, N) times dA/dA_log = A
-            d_skip=sums[:, d_state], dt_bias=sums[:, d_state + 1],
-        )
+        """The gradients: dz, the directions' shares added, into ``dz_out`` where given (z's dtype, which is the
+        shares' in the mixer core: the same values as a new tensor), else into a new tensor; the partial sums as
+        they are (ScanGrads sums them when asked)."""
+        return ScanGrads(dz=self._dz_sum(z_dtype, dz_out), dxc=self.dxc, ddt=self.ddt, dbc=self.dbc,
+                         parts=self.parts, a=tables.a)
 
     def _dz_sum(self, z_dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor:
         if out is None:
