@@ -262,9 +262,8 @@ rows-profile-tests)
   # speed_vs_vit.py) and of this tree, twice each, alternated, into one log, bench/mixer_gemms.py's table after
   # them, and the bare step's kernel profile with its small kernels by op (NO_PROFILE=1: neither of the two);
   # CHECKS=1: the backends' checks against the reference (speed_vs_vit.py --checks-only); then the GPU test
-  # files of TEST_FILES (default:
-  # glue-tests' four; file:expression selects by pytest -k; none: no tests), each in a process of its own, with the
-  # time left.
+  # files of TEST_FILES (default: glue-tests' four; file:expression selects by pytest -k; none: no tests), each
+  # in a process of its own, with the time left.
   export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 SKIP_TRITON_CACHE=1
   [ -n "${BWD_VARIANTS:-}" ] && timeout 150 python3 bench/cuda_scan_bwd_variants.py --batches 64,256 --no-triton \
     >"$OUT/bwd_variants.log" 2>&1
