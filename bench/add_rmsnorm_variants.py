@@ -2,11 +2,11 @@
 
     PYTHONPATH=. python bench/add_rmsnorm_variants.py [--batches 64,256] [--tokens 140] [--dim 384]
 
-The backward kernel gives each program ``_BWD_ROW_BLOCKS`` blocks of ``_ROWS`` rows, so that few partial
-weight-gradient rows are left to sum. At the training shape (batch 64, 140 tokens: 8,960 rows) eight blocks of
-eight rows make 140 programs for 132 SMs, one program of 4 warps per SM, and the profile showed 31 us a call
-against the forward's 10.5 over the same rows. Prints us per backward (the kernel and the partial rows' sum)
-for each blocking, and each one's largest gradient difference from the first. The times are the profiler's
+The backward kernel gives each program ``_BWD_ROW_BLOCKS`` blocks of ``_BWD_ROWS`` rows; each program's share of
+the weight gradient is one row (added into the gradient with atomics since session 12). At the training shape
+(batch 64, 140 tokens: 8,960 rows) eight blocks of eight rows make 140 programs for 132 SMs, one program of 4
+warps per SM, and the profile showed 31 us a call against the forward's 10.5 over the same rows. Prints us per
+backward (the kernel, and all its kernels) for each blocking, and each one's largest gradient difference from the first. The times are the profiler's
 kernel records over REPEATS calls: one eager call is ~10x longer on the host than on the GPU, so CUDA events
 around it would time the host.
 """
@@ -71,7 +71,7 @@ def main() -> None:
         run = backward_of(batch, args.tokens, args.dim)
         reference = None
         for rows, blocks in BLOCKINGS:
-            add_rmsnorm._ROWS, add_rmsnorm._BWD_ROW_BLOCKS = rows, blocks
+            add_rmsnorm._BWD_ROWS, add_rmsnorm._BWD_ROW_BLOCKS = rows, blocks
             grads = run()
             reference = reference or grads
             diff = max(((g.float() - r.float()).abs().max() / r.float().abs().max()).item()

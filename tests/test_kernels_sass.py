@@ -134,7 +134,7 @@ def test_conv_and_norm_kernels_compile_without_spills():
          {"HAS_RES": True, "HAS_SCALE": True, "BLOCK_C": 512, "ROWS": norm._ROWS}, 4,
          ("r_ptr", "scale", "w_ptr", "res_out", "rstd")),
         ("add_rmsnorm", "_add_rmsnorm_bwd_kernel",
-         {"HAS_RES": True, "HAS_SCALE": True, "HAS_DRES": True, "BLOCK_C": 512, "ROWS": norm._ROWS,
+         {"HAS_RES": True, "HAS_SCALE": True, "HAS_DRES": True, "BLOCK_C": 512, "ROWS": norm._BWD_ROWS,
           "ROW_BLOCKS": norm._BWD_ROW_BLOCKS}, 4,
          ("res_ptr", "rstd", "w_ptr", "scale", "dres_out", "dr_ptr", "dw_ptr")),
         ("triton_param_grads", "_param_grads_kernel",

@@ -18,13 +18,15 @@ import triton
 import triton.language as tl
 
 _ROWS = 8
-# Row blocks per backward program. One block per program fills the GPU: at the training shape (batch 64, 140
-# tokens, dim 384) eight made 140 programs for 132 SMs and took 31.4 us against 18.4 (35.7 against 25.2 with the
-# partial sums' reduction; batch 256: 98.8 against 76.1), on an H200 (session 9, bench/add_rmsnorm_variants.py).
-# Each program adds its share of the weight gradient into one fp32 row with atomics: 1,120 programs at the
-# training shape, where a row of partial sums a program and torch's sum of them took a memset and a reduction
-# (9.4 us a block, session 12's profile). The atomics add in no fixed order: the weight gradient's last bits
-# may differ from run to run, as the conv backward's do.
+# Rows per backward block, and row blocks per backward program. With one block per program (more programs fill
+# the GPU: at the training shape (batch 64, 140 tokens, dim 384) 8 rows in 8 blocks made 140 programs for 132 SMs
+# and took 31.4 us against 18.4, on an H200: session 9, bench/add_rmsnorm_variants.py). Each program adds its
+# share of the weight gradient into one fp32 row with atomics, where a row of partial sums a program and torch's
+# sum of them took a memset and a reduction (9.4 us a block, session 12's profile); the atomics add in no fixed
+# order, so the weight gradient's last bits may differ from run to run, as the conv backward's do. With the
+# atomics, 16 rows a program (560 at the training shape) took 21.3 us against 8 rows' 22.8 (batch 256: 72.2
+# against 79.0; session 12).
+_BWD_ROWS = 16
 _BWD_ROW_BLOCKS = 1
 
 
@@ -115,14 +117,14 @@ class _AddRMSNormFn(torch.autograd.Function):
         d_normed = d_normed.reshape(n_rows, channels).contiguous()
         d_hidden = torch.empty((n_rows, channels), device=res_out.device, dtype=hidden_dtype)
         d_residual = torch.empty((n_rows, channels), device=res_out.device, dtype=torch.float32) if has_res else d_hidden
-        programs = triton.cdiv(n_rows, _ROWS * _BWD_ROW_BLOCKS)
+        programs = triton.cdiv(n_rows, _BWD_ROWS * _BWD_ROW_BLOCKS)
         d_weight = torch.zeros((channels,), device=res_out.device, dtype=torch.float32)  # the programs add into it
         dres_out = d_residual_out.reshape(n_rows, channels).contiguous() if d_residual_out is not None else d_normed
         _add_rmsnorm_bwd_kernel[(programs,)](
             res_out, rstd, weight, scale if scale is not None else rstd, d_normed, dres_out, d_hidden, d_residual,
             d_weight, n_rows, channels, rows_per_sample,
             HAS_RES=has_res, HAS_SCALE=scale is not None, HAS_DRES=d_residual_out is not None,
-            BLOCK_C=triton.next_power_of_2(channels), ROWS=_ROWS, ROW_BLOCKS=_BWD_ROW_BLOCKS,
+            BLOCK_C=triton.next_power_of_2(channels), ROWS=_BWD_ROWS, ROW_BLOCKS=_BWD_ROW_BLOCKS,
         )
         return (d_hidden.view(shape), (d_residual.view(shape) if has_res else None), None,
                 d_weight.to(weight.dtype), None, None)
