@@ -6,9 +6,9 @@ The backward kernel gives each program ``_BWD_ROW_BLOCKS`` blocks of ``_BWD_ROWS
 the weight gradient is one row (added into the gradient with atomics since session 12). At the training shape
 (batch 64, 140 tokens: 8,960 rows) eight blocks of eight rows make 140 programs for 132 SMs, one program of 4
 warps per SM, and the profile showed 31 us a call against the forward's 10.5 over the same rows. Prints us per
-backward (the kernel, and all its kernels) for each blocking, and each one's largest gradient difference from the first. The times are the profiler's
-kernel records over REPEATS calls: one eager call is ~10x longer on the host than on the GPU, so CUDA events
-around it would time the host.
+backward (the kernel, and all its kernels) for each blocking, and each one's largest gradient difference from
+the first. The times are the profiler's kernel records over REPEATS calls: one eager call is ~10x longer on the
+host than on the GPU, so CUDA events around it would time the host.
 """
 
 from __future__ import annotations
