@@ -261,9 +261,9 @@ rows-profile-tests)
   # cuda_scan_variants.py). The row of each package in ROW_PACKAGES (folders holding reidcam/ and their own
   # speed_vs_vit.py) and of this tree, twice each, alternated, into one log, bench/mixer_gemms.py's table after
   # them, and the bare step's kernel profile with its small kernels by op (NO_PROFILE=1: neither of the two);
-  # CHECKS=1: the backends' checks against the reference (speed_vs_vit.py --checks-only); then the GPU test
-  # files of TEST_FILES (default: glue-tests' four; file:expression selects by pytest -k; none: no tests), each
-  # in a process of its own, with the time left.
+  # CHECKS=1: the backends' checks against the reference (speed_vs_vit.py --checks-only, CHECKS_TIMEOUT s: the
+  # bf16 builds compile after the fp32 table); then the GPU test files of TEST_FILES (default: glue-tests' four;
+  # file:expression selects by pytest -k; none: no tests), each in a process of its own, with the time left.
   export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 SKIP_TRITON_CACHE=1
   [ -n "${BWD_VARIANTS:-}" ] && timeout 150 python3 bench/cuda_scan_bwd_variants.py --batches 64,256 --no-triton \
     >"$OUT/bwd_variants.log" 2>&1
@@ -281,8 +281,8 @@ rows-profile-tests)
     timeout 90 python3 bench/profile_model.py --rows 90 --by-op --out "$OUT" >"$OUT/profile.log" 2>&1
   fi
   echo "== [$(elapsed) s] gemms and profile done"
-  [ -n "${CHECKS:-}" ] && timeout 150 python3 bench/speed_vs_vit.py --checks-only --backends triton --no-plain-norm \
-    >"$OUT/checks.log" 2>&1
+  [ -n "${CHECKS:-}" ] && timeout "${CHECKS_TIMEOUT:-240}" python3 bench/speed_vs_vit.py --checks-only --backends triton \
+    --no-plain-norm >"$OUT/checks.log" 2>&1
   left=$(( ${CALL_LIMIT:-580} - $(elapsed) ))
   for entry in ${TEST_FILES:-test_kernels_cuda_conv_bwd test_train_graphs test_kernels_cuda_scan test_kernels_cuda_scan_bwd}; do
     [ "$entry" = none ] && continue
