@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from autograd_nodes import graph_nodes
 from reidcam.reid.model.fp32_products import AutocastLinear, product_fp32
 
 
@@ -15,18 +16,6 @@ def twin_linears(seed: int = 0) -> tuple[AutocastLinear, nn.Linear]:
     theirs = nn.Linear(24, 40, bias=False)
     theirs.load_state_dict(ours.state_dict())
     return ours, theirs
-
-
-def backward_nodes(out: torch.Tensor) -> list[str]:
-    seen, todo, names = set(), [out.grad_fn], []
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.append(type(node).__name__)
-        todo += [next_node for next_node, _ in node.next_functions]
-    return names
 
 
 def test_under_autocast_it_gives_nn_linears_values_and_gradients():
@@ -55,7 +44,7 @@ def test_its_backward_casts_no_weight_gradient():
     ours, theirs = twin_linears()
     x = torch.randn(5, 24).bfloat16().requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours_nodes, theirs_nodes = backward_nodes(ours(x)), backward_nodes(theirs(x))
+        ours_nodes, theirs_nodes = graph_nodes(ours(x)), graph_nodes(theirs(x))
     assert "ToCopyBackward0" in theirs_nodes
     assert ours_nodes == ["_AutocastLinearFnBackward", "AccumulateGrad", "AccumulateGrad"]
 

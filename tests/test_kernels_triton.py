@@ -21,6 +21,7 @@ from triton_interpreter import require_interpreter  # noqa: E402
 
 require_interpreter()
 
+from autograd_nodes import graph_nodes  # noqa: E402
 from mixer_fixtures import random_direction  # noqa: E402
 from reidcam.reid.model.scan import (  # noqa: E402
     DirectionParams, bidirectional_mixer_core, bidirectional_mixer_core_packed,
@@ -174,19 +175,6 @@ def test_autograd_takes_the_parameter_gradients_as_the_core_writes_them():
     for name in ("A_log", "x_proj_weight", "dt_proj_weight", "D"):
         forward, backward = getattr(fwd, name).grad, getattr(bwd, name).grad
         assert forward.untyped_storage().data_ptr() == backward.untyped_storage().data_ptr(), name
-
-
-def graph_nodes(out: torch.Tensor) -> list[str]:
-    """The names of the autograd nodes that out's backward runs."""
-    seen, todo, names = set(), [out.grad_fn], []
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.append(type(node).__name__)
-        todo += [next_node for next_node, _ in node.next_functions]
-    return names
 
 
 def test_the_packed_core_leaves_autograd_nothing_to_concatenate():
