@@ -19,7 +19,7 @@ Backward takes xc as the forward kept it (27.5 MB a block at batch 64, 140 token
 for ReIDMamba-S's 28 blocks, where recomputing it cost a conv launch of 14.5 us a block), runs the scan
 backward kernel (the CUDA kernel of scan_bwd.cu, or Triton's scan_backward where NVRTC is missing or with
 REIDCAM_SCAN_BWD=triton; either writes its per-sequence partial sums of dA, dD and the dt bias into one buffer,
-which one reduction sums: triton_scan.GradBuffers), does the x_proj / dt_proj weight and input gradients as
+triton_scan.GradBuffers), does the x_proj / dt_proj weight and input gradients as
 batched matmuls, then the conv backward: the CUDA kernel of conv_bwd.cu (cuda_scan.CudaConvBackward)
 where it compiles, else Triton's biconv_backward (REIDCAM_CONV_BWD chooses: auto, cuda, triton). For packed
 input the gradient of xz is one tensor: the conv backward writes dx into its first half (row stride 2D) and the
@@ -105,10 +105,10 @@ class _BiMambaCoreFn(torch.autograd.Function):
             dxc = grads.dxc.view(2, tokens, dim).baddbmm_(d_dbl, x_proj)  # in place: out of place copies dxc first
             dx, (dwf, dbf), (dwb, dbb) = _conv_backward(x, dxc.view(2, bsz, length, dim), _conv(pf), _conv(pb),
                                                         dx_out)
-            g = direction_param_grads(grads.parts, tables.a, dt_proj_chunks, x_proj_chunks)
+            sums = direction_param_grads(grads.parts, tables.a, dt_proj_chunks, x_proj_chunks)
         per_direction = [
-            [dwf, dbf, g.x_proj[0], g.dt_proj[0], g.dt_bias[0], g.da_log[0], g.d_skip[0]],
-            [dwb, dbb, g.x_proj[1], g.dt_proj[1], g.dt_bias[1], g.da_log[1], g.d_skip[1]],
+            [dwf, dbf, sums.x_proj[0], sums.dt_proj[0], sums.dt_bias[0], sums.da_log[0], sums.d_skip[0]],
+            [dwb, dbb, sums.x_proj[1], sums.dt_proj[1], sums.dt_bias[1], sums.da_log[1], sums.d_skip[1]],
         ]
         param_grads = [g.to(p.dtype) for g, p in zip(per_direction[0] + per_direction[1], params)]
         inputs = (dx, grads.dz) if dxz is None else (dxz, None)
