@@ -43,7 +43,7 @@ class DropPath(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.rate == 0.0 or not self.training:
             return x
-        return x * self._keep_mask(x) / (1.0 - self.rate)
+        return x * self._keep_mask(x).to(x.dtype) / (1.0 - self.rate)
 
     def sample_scale(self, x: Tensor) -> Tensor | None:
         """The per-sample factor (batch,) fp32 that forward would multiply x by; None when inactive.
@@ -52,10 +52,13 @@ class DropPath(nn.Module):
         """
         if self.rate == 0.0 or not self.training:
             return None
-        return self._keep_mask(x).reshape(-1).float() / (1.0 - self.rate)
+        return self._keep_mask(x).reshape(-1) / (1.0 - self.rate)
 
     def _keep_mask(self, x: Tensor) -> Tensor:
-        return x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.rate)
+        """0 or 1 per sample, fp32 whatever x's dtype: the fused path takes it as it is (where a mask in x's
+        bf16 cost a cast kernel a block, session 12's profile)."""
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return torch.empty(shape, device=x.device, dtype=torch.float32).bernoulli_(1.0 - self.rate)
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:.3f}"
