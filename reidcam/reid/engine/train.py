@@ -196,6 +196,9 @@ class Trainer:
             num_workers=section.num_workers,
             drop_last=True,
             pin_memory=self.device.type == "cuda",
+            # the workers live through all epochs: each epoch's fresh start of num_workers processes was time the
+            # GPU waited (the sampler still reorders every epoch: it runs in this process)
+            persistent_workers=section.num_workers > 0,
         )
 
     def _iterations(self, epoch: int) -> int:
