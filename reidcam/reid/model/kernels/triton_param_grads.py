@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_scan import parameter_grads
+
 _TILE = 8192  # values a program loads at once: (parts or chunks) x columns, 64 a thread at 4 warps
 
 
@@ -120,9 +122,6 @@ def direction_param_grads(parts: torch.Tensor, a: torch.Tensor, dt_proj_chunks: 
 def direction_param_grads_reference(parts: torch.Tensor, a: torch.Tensor, dt_proj_chunks: torch.Tensor,
                                     x_proj_chunks: torch.Tensor) -> DirectionParamGrads:
     """direction_param_grads in torch: the sums it replaces (the tests' reference)."""
-    d_state = parts.shape[2] - 2
-    sums = parts.sum(1)
-    return DirectionParamGrads(
-        da_log=sums[:, :d_state].transpose(1, 2) * a, d_skip=sums[:, d_state], dt_bias=sums[:, d_state + 1],
-        dt_proj=dt_proj_chunks.sum(1), x_proj=x_proj_chunks.sum(1),
-    )
+    da_log, d_skip, dt_bias = parameter_grads(parts, a)
+    return DirectionParamGrads(da_log=da_log, d_skip=d_skip, dt_bias=dt_bias,
+                               dt_proj=dt_proj_chunks.sum(1), x_proj=x_proj_chunks.sum(1))

@@ -30,8 +30,8 @@ the states from it and runs the adjoint dh_t = C_t gy_t + exp(delta_{t+1} A) dh_
 of the flipped rows (its carry also goes through the scratch). It writes dz, dxc (the scan's direct part) and the gradient of the dt pre-activation,
 adds dB/dC over channel blocks with fp32 atomics, and leaves per-sequence partial sums for dA, dD and
 the dt bias in one buffer (GradBuffers.parts), which one reduction sums (in the mixer core, one launch with the
-weight gradients: triton_param_grads). The dt projection is precomputed
-for it, so its chunks need not match the tensor-core tile.
+weight gradients: triton_param_grads). The dt projection is precomputed for it, so its chunks need not match the
+tensor-core tile.
 
 All state and accumulation is fp32; xc, z and the output may be fp32 or bf16.
 """
@@ -475,25 +475,33 @@ class ScanGrads:
     a: torch.Tensor  # (2, D, N) fp32: A (ScanTables.a), for dA_log
 
     @cached_property
-    def _sums(self) -> torch.Tensor:
-        """(2, N + 2, D): the partial sums over the sequences. The mixer core sums them in its own launch with
-        the weight gradients (triton_param_grads) and reads none of the properties below."""
-        return self.parts.sum(1)
+    def _parameter_grads(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The mixer core sums the partial sums in its own launch with the weight gradients (triton_param_grads)
+        and reads none of the properties below."""
+        return parameter_grads(self.parts, self.a)
 
     @property
     def da_log(self) -> torch.Tensor:
-        """(2, D, N) fp32, forward direction first: dL/dA times dA/dA_log = A."""
-        return self._sums[:, : self.a.shape[-1]].transpose(1, 2) * self.a
+        """(2, D, N) fp32, forward direction first."""
+        return self._parameter_grads[0]
 
     @property
     def d_skip(self) -> torch.Tensor:
         """(2, D) fp32."""
-        return self._sums[:, self.a.shape[-1]]
+        return self._parameter_grads[1]
 
     @property
     def dt_bias(self) -> torch.Tensor:
         """(2, D) fp32."""
-        return self._sums[:, self.a.shape[-1] + 1]
+        return self._parameter_grads[2]
+
+
+def parameter_grads(parts: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dA_log (2, D, N), dD (2, D), the dt bias's gradient (2, D)) from the per-sequence partial sums ``parts``
+    (2, B, N + 2, D) and A (2, D, N): summed over the sequences, and dL/dA times dA/dA_log = A."""
+    d_state = a.shape[-1]
+    sums = parts.sum(1)
+    return sums[:, :d_state].transpose(1, 2) * a, sums[:, d_state], sums[:, d_state + 1]
 
 
 @dataclass(frozen=True)
