@@ -27,11 +27,14 @@ from reidcam.reid.model.scan import (  # noqa: E402
     DirectionParams, bidirectional_mixer_core, bidirectional_mixer_core_packed,
 )
 
+# each after the modules it imports names from: a module that keeps a name of a reloaded one (cuda_scan keeps
+# triton_scan's GradBuffers) would otherwise hold the class from before the reload
 KERNEL_MODULES = [
     "reidcam.reid.model.kernels.triton_conv",
     "reidcam.reid.model.kernels.triton_scan",
     "reidcam.reid.model.kernels.triton_tables",
     "reidcam.reid.model.kernels.triton_param_grads",
+    "reidcam.reid.model.kernels.cuda_scan",
     "reidcam.reid.model.kernels.mixer_core",
     "reidcam.reid.model.kernels",
 ]
