@@ -268,11 +268,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--all", action="store_true", help="with --list: the rejected builds too")
     parser.add_argument("--arch", type=int, default=90, help="with --list: the sm_ to compile for")
     parser.add_argument("--earlier-source", type=Path, default=None,
-                        help="also time design 3 built from this copy of scan_bwd.cu (an A/B against an edit)")
+                        help="also time design 3 (128 threads, as the mixer builds it) from this copy of scan_bwd.cu "
+                             "(an A/B against an edit)")
     args = parser.parse_args(argv)
     variants = dict(VARIANTS)
     if args.earlier_source is not None:
-        variants["design 3, earlier source"] = (*VARIANTS["design 3"], args.earlier_source)
+        variants["design 3, earlier source"] = (*VARIANTS["design 3, 128 threads"], args.earlier_source)
     if args.list:
         return list_builds(args.arch, args.all)
 

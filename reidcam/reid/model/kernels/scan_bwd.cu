@@ -29,8 +29,8 @@
 //
 // Threads past D take part in the barriers with zero inputs, so their shares of every sum are zero.
 //
-// No headers, and no inline PTX but design 3's L2 prefetch hint: bf16 travels as its 16 bits (load: a shift; store:
-// round to nearest even by integer arithmetic), and exp2f is ex2.approx under --use_fast_math. REIDCAM_N is d_state
+// No headers, and no inline PTX but the bf16 store's conversion and design 3's L2 prefetch hint: bf16 travels as its
+// 16 bits (load: a shift; store: cvt.rn.bf16.f32, as in scan_fwd.cu), and exp2f is ex2.approx under --use_fast_math. REIDCAM_N is d_state
 // (a multiple of 4), REIDCAM_THREADS the block size (a multiple of 32), REIDCAM_STEPS the checkpoint interval (4 or
 // 8), REIDCAM_SHARED_BYTES the block's shared memory as cuda_scan.backward_shared_bytes counts it (asserted below).
 
@@ -132,8 +132,9 @@ __device__ __forceinline__ float to_float(bf16_bits x) { return __uint_as_float(
 
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(bf16_bits* p, float v) {
-    const unsigned int bits = __float_as_uint(v);
-    *p = (bf16_bits)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);  // round to nearest even (finite v)
+    bf16_bits r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(v));  // one F2FP, where integer rounding took four instructions
+    *p = r;
 }
 
 // fp16 travels as its 16 bits too, in a type of its own (bf16_bits is the unsigned short) for to_float and store
@@ -193,9 +194,10 @@ template <typename T>
 struct Lane {
     const T *xc, *pre, *z, *g;
     T *dz, *dxc, *ddt;
-    const float* dbl;
-    float* dbc;
+    const float* dbl_seq;       // dbl's row of the sequence's token 0, from its column R (B)
+    float* dbc_seq;             // dbc's row of the sequence's token 0
     long long seq_row;          // row of token 0 of the sequence in the (2, B*L, .) tensors
+    long long seq_elem;         // seq_row D: element offset of that row in xc, pre, dz, dxc, ddt
     long long b_row;            // row of token 0 in g's (B*L, D)
     long long z_row;            // element offset of token 0 in z
     long long stride_zl;
@@ -205,9 +207,13 @@ struct Lane {
     int direction, L, D, R, channel;
     bool live;                  // the channel is < D
     __device__ int token(int step) const { return direction == 0 ? step : L - 1 - step; }
-    __device__ long long row(int t) const { return (seq_row + t) * D + channel; }  // xc, pre, dz, dxc, ddt
-    __device__ const float* bc_row(int t) const { return dbl + (seq_row + t) * (R + 2 * N) + R; }
-    __device__ float* dbc_row(int t) const { return dbc + (seq_row + t) * (2 * N); }
+    // Offsets within the sequence in 32 bits (backward_supports: L max(D, R + 2N) < 2^31) added to the block's
+    // 64-bit base: the 64-bit products (seq_row + t) width cost ~6 integer instructions each, per load and atomic.
+    // Unsigned, so that the compiler cannot split an offset's sum into 64-bit pointers held through the loops (that
+    // spilled at 80 registers).
+    __device__ long long row(int t) const { return seq_elem + (unsigned)(t * D + channel); }  // xc, pre, dz, dxc, ddt
+    __device__ const float* bc_row(int t, int column) const { return dbl_seq + (unsigned)(t * (R + 2 * N) + column); }
+    __device__ float* dbc_row(int t, int column) const { return dbc_seq + (unsigned)(t * (2 * N) + column); }
 };
 
 // B and C of sub-chunk k's steps: thread i < 2 N STEPS reads column i % 2N of step i / 2N (zero past the end).
@@ -220,7 +226,7 @@ __device__ __forceinline__ void load_bc(float (&staged)[STAGED], const Lane<T>& 
         const int i = threadIdx.x + j * THREADS;
         const int step = k * STEPS + i / (2 * N);
         const bool real = i < 2 * N * STEPS && step < lane.L;
-        staged[j] = real ? lane.bc_row(lane.token(step))[i % (2 * N)] : 0.0f;
+        staged[j] = real ? *lane.bc_row(lane.token(step), i % (2 * N)) : 0.0f;
     }
 }
 
@@ -309,7 +315,7 @@ __device__ __forceinline__ void add_block_sum(float (*warp_sums)[BLOCK_VALUES], 
     const int n = (i / WARP_VALUES) * FLUSH + v / (2 * STEPS);
     const int which = (v / STEPS) % 2;
     const int step = k * STEPS + v % STEPS;
-    if (step < lane.L) atomicAdd(lane.dbc_row(lane.token(step)) + which * N + n, sum);
+    if (step < lane.L) atomicAdd(lane.dbc_row(lane.token(step), which * N + n), sum);
 }
 
 // Thread i adds value i. Design 3 states the trip count (one where THREADS >= BLOCK_VALUES): ptxas does not know
@@ -384,7 +390,11 @@ __device__ __forceinline__ void prefetch_sub_chunk(const Lane<T>& lane, const fl
     constexpr int tile_lines = N * THREADS * 4 / LINE_BYTES;
     constexpr int row_lines = (THREADS * (int)sizeof(T) + LINE_BYTES - 1) / LINE_BYTES;
     constexpr int lines = tile_lines + (PREFETCH >= 2 && sizeof(T) == 2 ? 4 * STEPS * row_lines : 0);
-    for (int i = threadIdx.x; i < lines; i += THREADS) {
+    // the trip count stated (one at d_state 16): the open loop cost a loop's control and ptxas' copies of its body
+#pragma unroll
+    for (int round = 0; round < (lines + THREADS - 1) / THREADS; ++round) {
+        const int i = threadIdx.x + round * THREADS;
+        if (i >= lines) break;
         if (i < tile_lines) {
             if (tile) prefetch_l2(tile + i * (LINE_BYTES / 4));
             continue;
@@ -392,7 +402,7 @@ __device__ __forceinline__ void prefetch_sub_chunk(const Lane<T>& lane, const fl
         const int j = i - tile_lines, tensor = j / (STEPS * row_lines), s = j / row_lines % STEPS;
         const int channel = min((int)blockIdx.x * THREADS + j % row_lines * (LINE_BYTES / (int)sizeof(T)), lane.D - 1);
         const int t = lane.token(min(k * STEPS + s, lane.L - 1));
-        const long long row = (lane.seq_row + t) * lane.D + channel;  // xc's and pre's; g's less g_shift
+        const long long row = lane.row(t) + (channel - lane.channel);  // xc's and pre's; g's less g_shift
         const T* at = tensor == 0   ? lane.xc + row
                       : tensor == 1 ? lane.pre + row
                       : tensor == 2 ? lane.z + (lane.z_row + (t * lane.stride_zl + (channel - lane.channel)))
@@ -471,9 +481,9 @@ struct StepInputs {
 // both designs' loads.
 __device__ __forceinline__ void set_step(StepInputs& in, int s, bool real, float u, float p, float zz, float gg,
                                          float& dskip_sum) {
-    const float sig_z = sigmoid(zz);
+    const float sig_z = sigmoid(zz), delta = softplus(p);  // p is finite past the end too: no branch around it
     in.u[s] = u;
-    in.delta[s] = real ? softplus(p) : 0.0f;
+    in.delta[s] = real ? delta : 0.0f;
     in.du[s] = in.delta[s] * u;
     in.gy[s] = gg * zz * sig_z * 0.5f;
     in.dz_factor[s] = gg * 0.5f * sig_z * (1.0f + zz * (1.0f - sig_z));
@@ -618,23 +628,43 @@ struct StepOutputs {
     T *dz, *dxc, *ddt;
 };
 
-// The outputs of a sub-chunk's steps; outputs_of(s) says where step s writes them, asked for the steps within the
-// sequence (live channels only), in order (designs 0 and 1: from Lane::row of its token; design 3: pointers that
-// move a row per step, where a 64-bit row added to each tensor's base costs ~11 integer instructions per step).
-template <typename T, typename Outputs>
+// Step s's dz, dxc and ddt, written where out points; returns ddt (for the dt bias's sum).
+template <typename T>
+__device__ __forceinline__ float store_step(const StepInputs& in, const StepSums& sums, float skip, int s,
+                                            const StepOutputs<T>& out) {
+    const float ddt = (sums.ddelta[s] * LN2 + in.u[s] * sums.dh_b[s]) * softplus_slope(in.delta[s]);
+    store(out.dz, in.dz_factor[s] * sums.y[s]);
+    store(out.dxc, fmaf(in.delta[s], sums.dh_b[s], skip * in.gy[s]));
+    store(out.ddt, ddt);
+    return ddt;
+}
+
+// Designs 0 and 1: the outputs of a sub-chunk's steps within the sequence (live channels only), each at Lane::row
+// of its token.
+template <typename T>
 __device__ __forceinline__ void store_step_grads(const StepInputs& in, const StepSums& sums, float skip, float& dbias_sum,
-                                                 const Lane<T>& lane, int k, Outputs outputs_of) {
+                                                 const Lane<T>& lane, int k) {
 #pragma unroll
     for (int s = 0; s < STEPS; ++s) {
-        const int step = k * STEPS + s;
-        const float ddt = (sums.ddelta[s] * LN2 + in.u[s] * sums.dh_b[s]) * softplus_slope(in.delta[s]);
-        if (lane.live && step < lane.L) {
-            const StepOutputs<T> out = outputs_of(s);
-            store(out.dz, in.dz_factor[s] * sums.y[s]);
-            store(out.dxc, fmaf(in.delta[s], sums.dh_b[s], skip * in.gy[s]));
-            store(out.ddt, ddt);
-            dbias_sum += ddt;
-        }
+        const long long row = lane.row(lane.token(k * STEPS + s));
+        if (lane.live && k * STEPS + s < lane.L)
+            dbias_sum += store_step(in, sums, skip, s, StepOutputs<T>{lane.dz + row, lane.dxc + row, lane.ddt + row});
+    }
+}
+
+// Design 3, a live channel: the outputs of a sub-chunk's steps within the sequence through pointers that move a
+// row per step (an IMAD.WIDE each, where a 64-bit row added to each tensor's base cost ~11 integer instructions per
+// step). The pointers move whether or not the step stores: moved under the step's condition, ptxas copied them at
+// every step (6 MOVs).
+template <typename T>
+__device__ __forceinline__ void store_sub_chunk(const StepInputs& in, const StepSums& sums, float skip,
+                                                float& dbias_sum, const Lane<T>& lane, int k) {
+    const long long first = lane.row(lane.token(k * STEPS));
+    StepOutputs<T> out{lane.dz + first, lane.dxc + first, lane.ddt + first};
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+        if (k * STEPS + s < lane.L) dbias_sum += store_step(in, sums, skip, s, out);
+        out.dz += lane.row_step, out.dxc += lane.row_step, out.ddt += lane.row_step;
     }
 }
 
@@ -659,8 +689,8 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
     const long long seq_row = (long long)seq * L;
     Lane<T> lane;
     lane.xc = xc, lane.pre = pre, lane.z = z, lane.g = g, lane.dz = dz, lane.dxc = dxc, lane.ddt = ddt;
-    lane.dbl = dbl, lane.dbc = dbc;
-    lane.seq_row = seq_row, lane.b_row = (long long)b * L, lane.z_row = b * stride_zb + dd;
+    lane.dbl_seq = dbl + seq_row * (R + 2 * N) + R, lane.dbc_seq = dbc + seq_row * (2 * N);
+    lane.seq_row = seq_row, lane.seq_elem = seq_row * D, lane.b_row = (long long)b * L, lane.z_row = b * stride_zb + dd;
     lane.stride_zl = stride_zl;
     lane.direction = seq / Bsz, lane.L = L, lane.D = D, lane.R = R, lane.channel = dd, lane.live = d < D;
     lane.z_step = lane.direction == 0 ? stride_zl : -stride_zl;
@@ -769,21 +799,9 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
         unpark(parked_dz_factor, in.dz_factor);
 #endif
 #if DIET
-        const long long first = lane.row(lane.token(k * STEPS));
-        StepOutputs<T> out{lane.dz + first, lane.dxc + first, lane.ddt + first};
-        // store_step_grads asks for the steps it stores, s = 0, 1, ... in turn up to the sequence's end: each
-        // call moves the pointers a row on (an IMAD.WIDE each; LLVM folds an index s * row_step back into one
-        // 64-bit row added to each base)
-        store_step_grads(in, sums, skip, dbias_sum, lane, k, [&](int) {
-            const StepOutputs<T> at = out;
-            out.dz += lane.row_step, out.dxc += lane.row_step, out.ddt += lane.row_step;
-            return at;
-        });
+        if (lane.live) store_sub_chunk(in, sums, skip, dbias_sum, lane, k);
 #else
-        store_step_grads(in, sums, skip, dbias_sum, lane, k, [&](int s) {
-            const long long row = lane.row(lane.token(k * STEPS + s));
-            return StepOutputs<T>{lane.dz + row, lane.dxc + row, lane.ddt + row};
-        });
+        store_step_grads(in, sums, skip, dbias_sum, lane, k);
 #endif
         if (k > 0) store_bc(shared.bc[buffer ^ 1], staged);
         __syncthreads();
