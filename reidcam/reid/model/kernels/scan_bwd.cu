@@ -304,36 +304,18 @@ __device__ __forceinline__ float warp_column_sum(float (*values)[32 + 4]) {
     return sum;
 }
 
-// Where a warp's sum of transposition f's value v goes among the sub-chunk's BLOCK_VALUES. Value v of a transposition
-// is (state f FLUSH + j, B or C, step s) with v = (2 j + which) STEPS + s (adjoint_state's rows). Design 3 lays the
-// sums out by step, then B or C, then state, as a row of dbc holds them, so that add_block_sums' value i is column
-// i % 2N of the sub-chunk's step i / 2N: a warp's atomics go to one row of dbc and their addresses cost a few
-// instructions, where decoding the transposition's order took ~20 per sub-chunk. Designs 0 and 1 keep that order
-// (at their 128 registers the other spilled 8 B).
-#define SUMS_BY_ROW DIET
-__device__ __forceinline__ int block_value_slot(int f, int v) {
-#if SUMS_BY_ROW
-    const int j = v / (2 * STEPS), which = v / STEPS % 2, s = v % STEPS;
-    return s * 2 * N + which * N + f * FLUSH + j;
-#else
-    return f * WARP_VALUES + v;
-#endif
-}
-
 // The block's sum of value i of the sub-chunk's dB and dC into dbc (2, B*L, 2N): one atomic per (step, state,
-// B or C).
+// B or C). Value i: transposition f = i / WARP_VALUES, then (state f FLUSH + j, B or C, step) within it.
 template <typename T>
 __device__ __forceinline__ void add_block_sum(float (*warp_sums)[BLOCK_VALUES], const Lane<T>& lane, int k, int i) {
     float sum = 0.0f;
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) sum += warp_sums[w][i];
-#if SUMS_BY_ROW
-    const int step = k * STEPS + i / (2 * N), column = i % (2 * N);
-#else
-    const int v = i % WARP_VALUES, which = (v / STEPS) % 2, step = k * STEPS + v % STEPS;
-    const int column = which * N + (i / WARP_VALUES) * FLUSH + v / (2 * STEPS);
-#endif
-    if (step < lane.L) atomicAdd(lane.dbc_row(lane.token(step), column), sum);
+    const int v = i % WARP_VALUES;
+    const int n = (i / WARP_VALUES) * FLUSH + v / (2 * STEPS);
+    const int which = (v / STEPS) % 2;
+    const int step = k * STEPS + v % STEPS;
+    if (step < lane.L) atomicAdd(lane.dbc_row(lane.token(step), which * N + n), sum);
 }
 
 // Thread i adds value i. Design 3 states the trip count (one where THREADS >= BLOCK_VALUES): ptxas does not know
@@ -810,7 +792,7 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
                 const float sum = warp_transpose_sum(shared.warp_rows[warp]);
 #endif
                 if (threadIdx.x % LANES_PER_VALUE == 0)
-                    warp_sums[block_value_slot(n / FLUSH, threadIdx.x % 32 / LANES_PER_VALUE)] = sum;
+                    warp_sums[n / FLUSH * WARP_VALUES + threadIdx.x % 32 / LANES_PER_VALUE] = sum;
             }
         }
 #if DIET
