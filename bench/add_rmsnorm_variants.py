@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python bench/add_rmsnorm_variants.py [--batches 64,256] [--tokens 140] [--dim 384]
 
-The backward kernel gives each program ``_BWD_ROW_BLOCKS`` blocks of ``_BWD_ROWS`` rows; each program's share of
-the weight gradient is one row (added into the gradient with atomics since session 12). At the training shape
+The backward kernel gives each program ``_BWD_ROW_BLOCKS`` blocks of ``_BWD_ROWS`` rows, in ``_BWD_WARPS`` warps;
+each program's share of the weight gradient is one row (added into the gradient with atomics since session 12). At the training shape
 (batch 64, 140 tokens: 8,960 rows) eight blocks of eight rows make 140 programs for 132 SMs, one program of 4
 warps per SM, and the profile showed 31 us a call against the forward's 10.5 over the same rows. Prints us per
 backward (the kernel, and all its kernels) for each blocking, and each one's largest gradient difference from
@@ -22,7 +22,8 @@ from reidcam.reid.model.kernels import add_rmsnorm
 
 
 REPEATS = 20
-BLOCKINGS = [(8, 8), (8, 4), (8, 2), (8, 1), (4, 2), (16, 1)]  # (rows per block, blocks per program)
+# (rows per block, blocks per program, warps per program)
+BLOCKINGS = [(16, 1, 4), (8, 1, 4), (16, 1, 8), (32, 1, 8), (32, 1, 4), (8, 1, 2), (16, 1, 2), (64, 1, 8)]
 
 
 def backward_of(batch: int, tokens: int, dim: int):
@@ -65,20 +66,20 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     args = parser.parse_args()
     print(f"# {torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs")
-    print("| batch | rows per block | blocks per program | programs | kernel us | all kernels us | max rel diff |")
-    print("|---|---|---|---|---|---|---|")
+    print("| batch | rows per block | blocks per program | warps | programs | kernel us | all kernels us | max rel diff |")
+    print("|---|---|---|---|---|---|---|---|")
     for batch in (int(b) for b in args.batches.split(",")):
         run = backward_of(batch, args.tokens, args.dim)
         reference = None
-        for rows, blocks in BLOCKINGS:
-            add_rmsnorm._BWD_ROWS, add_rmsnorm._BWD_ROW_BLOCKS = rows, blocks
+        for rows, blocks, warps in BLOCKINGS:
+            add_rmsnorm._BWD_ROWS, add_rmsnorm._BWD_ROW_BLOCKS, add_rmsnorm._BWD_WARPS = rows, blocks, warps
             grads = run()
             reference = reference or grads
             diff = max(((g.float() - r.float()).abs().max() / r.float().abs().max()).item()
                        for g, r in zip(grads, reference))
             programs = -(-batch * args.tokens // (rows * blocks))
             kernel, everything = gpu_us(run)
-            print(f"| {batch} | {rows} | {blocks} | {programs} | {kernel:.1f} | {everything:.1f} | {diff:.1e} |",
+            print(f"| {batch} | {rows} | {blocks} | {warps} | {programs} | {kernel:.1f} | {everything:.1f} | {diff:.1e} |",
                   flush=True)
 
 

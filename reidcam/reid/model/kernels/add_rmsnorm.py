@@ -28,6 +28,9 @@ _ROWS = 8
 # against 79.0; session 12).
 _BWD_ROWS = 16
 _BWD_ROW_BLOCKS = 1
+# Warps per backward program: Triton's default, 4. At 16 rows, 8 warps took 33.6 us and 2 took 33.6 against 4's 20.9
+# (batch 64; 32 rows in 8 warps 27.7; session 13, bench/add_rmsnorm_variants.py, H200).
+_BWD_WARPS = 4
 
 
 @triton.jit
@@ -124,7 +127,7 @@ class _AddRMSNormFn(torch.autograd.Function):
             res_out, rstd, weight, scale if scale is not None else rstd, d_normed, dres_out, d_hidden, d_residual,
             d_weight, n_rows, channels, rows_per_sample,
             HAS_RES=has_res, HAS_SCALE=scale is not None, HAS_DRES=d_residual_out is not None,
-            BLOCK_C=triton.next_power_of_2(channels), ROWS=_BWD_ROWS, ROW_BLOCKS=_BWD_ROW_BLOCKS,
+            BLOCK_C=triton.next_power_of_2(channels), ROWS=_BWD_ROWS, ROW_BLOCKS=_BWD_ROW_BLOCKS, num_warps=_BWD_WARPS,
         )
         return (d_hidden.view(shape), (d_residual.view(shape) if has_res else None), None,
                 d_weight.to(weight.dtype), None, None)
