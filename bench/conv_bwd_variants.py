@@ -55,8 +55,8 @@ def kernel_us(run) -> float:
 
 def registers(conv: cuda_scan.CudaConvBackward, arch: int, name: str) -> str:
     """ptxas' registers and spill bytes of kernel ``name`` in the build's compile log."""
-    for entry, body in re.findall(r"Compiling entry function '(\w+)'(.*?)(?=Compiling entry|\Z)", conv.compile(arch).log,
-                                  re.S):
+    log = conv.compile(arch).log
+    for entry, body in re.findall(r"Compiling entry function '(\w+)'(.*?)(?=Compiling entry|\Z)", log, re.S):
         if entry == name:
             spill = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", body))
             used = re.search(r"Used (\d+) registers", body).group(1)

@@ -13,7 +13,8 @@ declare, become g++'s _Float16 conversions, rounding to nearest even as the GPU'
 Inline PTX (``asm("op %0, %1;" : "=f"(r) : "f"(x))``) becomes a call of the shim's function of that op
 (``r = emu_op(x)``, dots as underscores): the few ops the kernels use are defined below, another one fails to
 compile. A braced PTX block is known by its text (``_PTX_BLOCKS``). The cache hints (prefetch.global.L1/L2) do
-nothing, but ``launch`` fails a run that prefetched an address outside its tensors' memory.
+nothing, but ``launch`` fails a run that prefetched an address outside its tensors' memory; cp.async copies at once
+(its wait does nothing), its source checked as a prefetched address is.
 ``emu_set_lag(first, last, us)`` makes threads first .. last - 1 start every barrier phase ``us`` microseconds
 late, so that the others do their share of each phase first: a read of what a lagging thread writes in the same
 phase (a missing barrier) then fails every time rather than under some interleavings.
@@ -115,6 +116,14 @@ static inline void emu_note_prefetch(const void* p) {
 }
 static inline void emu_prefetch_global_L2(const void* p) { emu_note_prefetch(p); }
 static inline void emu_prefetch_global_L1(const void* p) { emu_note_prefetch(p); }
+// cp.async of 16 bytes: copied at once (a barrier follows the wait on the GPU too); both ends of the source are
+// checked as the prefetched addresses are
+static inline void emu_cp_async_16(void* dst, const void* src) {
+    emu_note_prefetch(src);
+    emu_note_prefetch(static_cast<const unsigned char*>(src) + 15);
+    std::memcpy(dst, src, 16);
+}
+static inline void emu_cp_async_wait_all() {}
 
 #define __device__
 #define __global__
@@ -226,7 +235,10 @@ def build(source: Path, kernels: Mapping[str, str], defines: Mapping[str, int], 
     if not library.exists():
         cpp = workdir / f"emu_{key}.cpp"
         cpp.write_text(text)
-        subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-w", "-o", library, cpp],
+        # -fno-gnu-unique: the shared-memory statics of two builds of one kernel (say 64 and 128 threads) have one
+        # name, and as GNU unique symbols the loader would make them one object, the first library's size
+        flags = ["-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-fno-gnu-unique", "-w"]
+        subprocess.run(["g++", *flags, "-o", library, cpp],
                        check=True, capture_output=True, text=True)
     return ctypes.CDLL(str(library))
 
@@ -246,6 +258,9 @@ _PTX_BLOCKS = {
     "{.reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, hi;}": "cvt.f32.f16.high %0, %1",
     "prefetch.global.L2 [%0];": "prefetch.global.L2 %0",  # the kernels' cache hints: nothing to do on the CPU
     "prefetch.global.L1 [%0];": "prefetch.global.L1 %0",
+    # scan_fwd.cu's cp_async_16: a generic shared address converted for cp.async
+    "{.reg .u64 a; .reg .u32 s; cvta.to.shared.u64 a, %0; cvt.u32.u64 s, a; cp.async.ca.shared.global [s], [%1], 16;}":
+        "cp.async.16 %0, %1",
 }
 
 

@@ -72,7 +72,9 @@ def test_the_token_loop_spends_about_one_exponential_and_few_instructions_per_ce
             # token's inputs into L1 (scan_fwd.cu's prefetch_l1): the fp32 one gates in 169 instructions a token
             # (10.6 a cell)
             assert sum(counts.values()) / cells < (11 if "_split_" in name else 10), (name, counts)
-            assert counts["LDS"] <= 8, (name, counts)  # B and C: 4 states per broadcast load
+            # B and C: 4 states per broadcast load; the split 16-bit c1 kernels read u and pre there too (staged)
+            staged = "_split_" in name and "_f32_" not in name and name.endswith("_c1")
+            assert counts["LDS"] <= (10 if staged else 8), (name, counts)
 
 
 # ---- on a GPU ---------------------------------------------------------------------------------------------

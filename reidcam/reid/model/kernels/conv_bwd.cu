@@ -41,8 +41,10 @@
 // 10 KB (c2), 5 KB (c1).
 //
 // No headers, and no inline PTX but the bf16 stores' conversions: bf16 travels as its 16 bits (load: a shift; store:
-// cvt.rn.bf16x2.f32, as in conv_fwd.cu), fp16 as its own (f16_bits: libdevice's conversions), as in scan_bwd.cu, so
-// the kernel also runs in the g++ emulation of the tests. The fp16 kernels are the bf16 ones' twins.
+// cvt.rn.bf16x2.f32 as in conv_fwd.cu, by integer arithmetic before sm_80), fp16 as its own (f16_bits: libdevice's
+// conversions), as in scan_bwd.cu, so the kernel also runs in the g++ emulation of the tests. The fp16 kernels are the
+// bf16 ones' twins. The conversion instruction: bf16 c2 132 -> 140 registers (12 warps per SM instead of 15), and
+// 36.5 -> 35.0 us at batch 64, 123.8 -> 117.8 at 256 (session 13, H200, bench/conv_bwd_variants.py).
 // REIDCAM_CONV_BWD_TOKENS is TOKENS, REIDCAM_CONV_BWD_MAX_WARPS the most warps per block; the launcher passes
 // the block's warp count (it picks it per sequence length) and assumes the TOKENS it compiled with.
 
@@ -98,6 +100,16 @@ __device__ __forceinline__ Row<T, CH> load_row(const T* p, bool inside) {
 }
 
 __device__ __forceinline__ void store(float* p, const float (&v)[1]) { *p = v[0]; }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800  // no bf16 conversion before sm_80: by integer arithmetic
+__device__ __forceinline__ unsigned int bf16_round(float v) {  // round to nearest even (finite v)
+    const unsigned int bits = __float_as_uint(v);
+    return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+}
+__device__ __forceinline__ void store(bf16_bits* p, const float (&v)[1]) { *p = (bf16_bits)bf16_round(v[0]); }
+__device__ __forceinline__ void store(bf16_bits* p, const float (&v)[2]) {
+    *reinterpret_cast<unsigned int*>(p) = bf16_round(v[0]) | (bf16_round(v[1]) << 16);
+}
+#else
 __device__ __forceinline__ void store(bf16_bits* p, const float (&v)[1]) {
     bf16_bits r;
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(v[0]));
@@ -108,6 +120,7 @@ __device__ __forceinline__ void store(bf16_bits* p, const float (&v)[2]) {  // o
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(v[1]), "f"(v[0]));
     *reinterpret_cast<unsigned int*>(p) = r;
 }
+#endif
 
 __device__ __forceinline__ void store(f16_bits* p, const float (&v)[1]) { *p = (f16_bits)__nv_float2half_rn(v[0]); }
 __device__ __forceinline__ void store(f16_bits* p, const float (&v)[2]) {

@@ -30,7 +30,8 @@
 // Threads past D take part in the barriers with zero inputs, so their shares of every sum are zero.
 //
 // No headers, and no inline PTX but the bf16 store's conversion and design 3's L2 prefetch hint: bf16 travels as its
-// 16 bits (load: a shift; store: cvt.rn.bf16.f32, as in scan_fwd.cu), and exp2f is ex2.approx under --use_fast_math. REIDCAM_N is d_state
+// 16 bits (load: a shift; store: cvt.rn.bf16.f32 as in scan_fwd.cu, by integer arithmetic before sm_80, which has
+// no such instruction), and exp2f is ex2.approx under --use_fast_math. REIDCAM_N is d_state
 // (a multiple of 4), REIDCAM_THREADS the block size (a multiple of 32), REIDCAM_STEPS the checkpoint interval (4 or
 // 8), REIDCAM_SHARED_BYTES the block's shared memory as cuda_scan.backward_shared_bytes counts it (asserted below).
 
@@ -132,9 +133,14 @@ __device__ __forceinline__ float to_float(bf16_bits x) { return __uint_as_float(
 
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(bf16_bits* p, float v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800  // no bf16 conversion before sm_80: by integer arithmetic
+    const unsigned int bits = __float_as_uint(v);
+    *p = (bf16_bits)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);  // round to nearest even (finite v)
+#else
     bf16_bits r;
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(v));  // one F2FP, where integer rounding took four instructions
     *p = r;
+#endif
 }
 
 // fp16 travels as its 16 bits too, in a type of its own (bf16_bits is the unsigned short) for to_float and store

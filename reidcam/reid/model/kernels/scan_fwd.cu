@@ -369,6 +369,55 @@ __device__ __forceinline__ void store_bc_split(float (*bc)[2 * REIDCAM_N], const
     for (int j = 0; j < SPLIT_STAGED; ++j) bc[row0 + j * SPLIT_ROWS_PER_PASS][k] = staged[j];
 }
 
+// The split kernels of 16-bit values and one channel per thread (the training step's, bf16 c1 at batch 64) take each
+// chunk's u and pre from shared memory, copied there a chunk ahead by cp.async (no registers held in flight; sm_80,
+// as the file's bf16 conversions), where the other builds load each token's one step ahead into registers (the ring
+// below). Why: Nsight Compute's source view of the split bf16 c1 kernel at batch 64 (session 13, H200) had 35 % of
+// its stall samples on long-scoreboard waits, a quarter of all samples at the first use of u or pre: ptxas sinks
+// the next token's loads to the end of the step (attempt 76's L1 prefetch left most of that wait). A chunk of 16
+// steps of the direction's HALF channels is 4 KB per tensor, copied in 16-byte pieces; the barrier that ends each
+// chunk orders the copies before their reads, and the reads of a buffer before its next copies. A piece that is
+// not 16-byte aligned or not all within D (where D * 2 bytes is not a multiple of 16) is copied value by value
+// through a register instead.
+template <typename T, int CH>
+struct StagedInputs {
+    static constexpr bool value = sizeof(T) == 2 && CH == 1;
+};
+
+// 16 bytes from global src to shared dst, asynchronously (cp.async.ca: through L1).
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src) {
+    asm volatile("{.reg .u64 a; .reg .u32 s; cvta.to.shared.u64 a, %0; cvt.u32.u64 s, a; cp.async.ca.shared.global [s], [%1], 16;}" ::"l"(dst), "l"(src) : "memory");
+}
+
+// Waits for this thread's copies (a barrier after it makes everyone's visible).
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+// u (tensor 0) and pre (1) of the direction's steps step0 .. step0 + SPLIT_CHUNK - 1 and the block's HALF channels
+// from channel0, into tile[tensor][step - step0][channel - channel0]; nothing for steps past the end or channels
+// past D (their columns keep what they held: only the threads past D read them, and they store nothing).
+template <int DIR, typename T>
+__device__ __forceinline__ void stage_inputs(T (*tile)[SPLIT_CHUNK][HALF], const T* __restrict__ xc,
+                                             const T* __restrict__ pre, int lane, int step0, int L, int D, int seq_row,
+                                             int channel0) {
+    constexpr int per_piece = 16 / (int)sizeof(T), per_row = HALF / per_piece, per_tensor = SPLIT_CHUNK * per_row;
+    static_assert(HALF % per_piece == 0 && 2 * per_tensor % HALF == 0, "whole pieces, whole rounds");
+#pragma unroll
+    for (int round = 0; round < 2 * per_tensor / HALF; ++round) {
+        const int j = lane + round * HALF;
+        const int tensor = j / per_tensor, row = j % per_tensor / per_row, column = j % per_row * per_piece;
+        const int step = step0 + row;
+        if (step >= L || channel0 + column >= D) continue;
+        const int token = DIR == 0 ? step : L - 1 - step;
+        const T* src = (tensor == 0 ? xc : pre) + ((seq_row + token) * D + channel0 + column);
+        if ((reinterpret_cast<unsigned long long>(src) & 15) == 0 && channel0 + column + per_piece <= D) {
+            cp_async_16(&tile[tensor][row][column], src);
+        } else {  // rare (no model's D): a loop, not unrolled, so that its registers do not crowd the scan's
+#pragma unroll 1
+            for (int e = 0; e < per_piece && channel0 + column + e < D; ++e) tile[tensor][row][column + e] = src[e];
+        }
+    }
+}
+
 // What one thread of the split kernels carries from step to step. Element indices are int (cuda_scan.py runs the
 // split kernels where every index of xc and z is below 2^30): xc, pre and ys share a layout, so one index (and a
 // shift of B L D) addresses all of them and out, each address one IMAD.WIDE from the kernel parameter; a first
@@ -399,8 +448,10 @@ struct SplitArgs {
 template <int DIR, int CH, typename T>
 __device__ __forceinline__ void load_ahead(SplitScan<CH>& st, const SplitArgs<T>& g, int r, bool gates) {
     const int ahead = st.i + AHEAD * (DIR == 0 ? g.D : -g.D);
-    load(g.xc + ahead, st.u_ring[r]);
-    load(g.pre + ahead, st.pre_ring[r]);
+    if (!StagedInputs<T, CH>::value) {
+        load(g.xc + ahead, st.u_ring[r]);
+        load(g.pre + ahead, st.pre_ring[r]);
+    }
     if (gates) {
         load(g.ys + (DIR == 0 ? ahead + g.rows : ahead - g.rows), st.y_ring[r]);
         load(g.z + st.iz, st.z_ring[r]);
@@ -411,8 +462,10 @@ __device__ __forceinline__ void load_ahead(SplitScan<CH>& st, const SplitArgs<T>
 template <int DIR, int CH, typename T>
 __device__ __forceinline__ void prefetch_ahead(const SplitScan<CH>& st, const SplitArgs<T>& g, bool gates) {
     const int ahead = st.i + AHEAD * (DIR == 0 ? g.D : -g.D);
-    prefetch_l1(g.xc + ahead);
-    prefetch_l1(g.pre + ahead);
+    if (!StagedInputs<T, CH>::value) {
+        prefetch_l1(g.xc + ahead);
+        prefetch_l1(g.pre + ahead);
+    }
     if (gates) {
         prefetch_l1(g.ys + (DIR == 0 ? ahead + g.rows : ahead - g.rows));
         prefetch_l1(g.z + st.iz);
@@ -421,16 +474,22 @@ __device__ __forceinline__ void prefetch_ahead(const SplitScan<CH>& st, const Sp
 
 // One step of a direction: scan_direction's, with y stored in ys (GATE false) or averaged with the other
 // direction's, gated and stored in out (GATE true). `next` says whether a step AHEAD on exists, `next_gates`
-// whether it gates.
+// whether it gates. `staged`: the step's u in the shared tile, its pre SPLIT_CHUNK HALF values on (StagedInputs).
 template <int DIR, bool GATE, int CH, typename T>
 __device__ __forceinline__ void split_step(SplitScan<CH>& st, const SplitArgs<T>& g, int r, const float* bc_row,
-                                           bool next, bool next_gates) {
+                                           const T* staged, bool next, bool next_gates) {
     if (next) prefetch_ahead<DIR>(st, g, next_gates);
-    float u[CH], delta[CH], du[CH], y[CH], y_other[CH], zz[CH];
+    float u[CH], pre[CH], delta[CH], du[CH], y[CH], y_other[CH], zz[CH];
+    if (StagedInputs<T, CH>::value) {
+        load(staged, u);
+        load(staged + SPLIT_CHUNK * HALF, pre);
+    } else {
+#pragma unroll
+        for (int c = 0; c < CH; ++c) u[c] = st.u_ring[r][c], pre[c] = st.pre_ring[r][c];
+    }
 #pragma unroll
     for (int c = 0; c < CH; ++c) {
-        u[c] = st.u_ring[r][c];
-        delta[c] = softplus(st.pre_ring[r][c] + st.bias[c]);
+        delta[c] = softplus(pre[c] + st.bias[c]);
         du[c] = delta[c] * u[c];
         y[c] = st.skip[c] * u[c];
         y_other[c] = st.y_ring[r][c];
@@ -456,7 +515,9 @@ __device__ __forceinline__ void scan_split_direction(const SplitArgs<T>& g, cons
                                                      const float* __restrict__ dskip, int lane, int b, int dd,
                                                      int first_gating, int Bsz, int L, int R, int stride_zb) {
     __shared__ __align__(16) float bc[2][SPLIT_CHUNK][2 * REIDCAM_N];  // one per direction (instantiation)
-    const int E = R + 2 * REIDCAM_N, D = g.D;
+    constexpr bool staging = StagedInputs<T, CH>::value;
+    __shared__ __align__(16) T xp[staging ? 2 : 1][2][SPLIT_CHUNK][staging ? HALF : 1];  // [buffer][u, pre][step][lane]
+    const int E = R + 2 * REIDCAM_N, D = g.D, channel0 = blockIdx.x * HALF * CH;
     SplitScan<CH> st;
 #pragma unroll
     for (int c = 0; c < CH; ++c) {
@@ -481,12 +542,18 @@ __device__ __forceinline__ void scan_split_direction(const SplitArgs<T>& g, cons
     }
 
     float staged[SPLIT_STAGED];
+    if constexpr (staging) stage_inputs<DIR>(xp[0], g.xc, g.pre, lane, 0, L, D, seq_row, channel0);
     load_bc_split<DIR>(staged, dbl_seq, lane, 0, L, E, R);
     store_bc_split(bc[0], staged, lane);
+    if (staging) cp_async_wait_all();
     split_barrier();
     for (int step0 = 0, buffer = 0; step0 < L; step0 += SPLIT_CHUNK, buffer ^= 1) {
         const bool more = step0 + SPLIT_CHUNK < L;
         if (more) load_bc_split<DIR>(staged, dbl_seq, lane, step0 + SPLIT_CHUNK, L, E, R);
+        if constexpr (staging) {
+            if (more) stage_inputs<DIR>(xp[buffer ^ 1], g.xc, g.pre, lane, step0 + SPLIT_CHUNK, L, D, seq_row, channel0);
+        }
+        const T* tile = &xp[buffer][0][0][staging ? lane : 0];  // this thread's u of the chunk's first step
         const int steps = min(SPLIT_CHUNK, L - step0);
         const int stores = min(steps, max(first_gating - step0, 0));  // a multiple of AHEAD, or steps
 #pragma unroll 1
@@ -495,7 +562,8 @@ __device__ __forceinline__ void scan_split_direction(const SplitArgs<T>& g, cons
             for (int r = 0; r < AHEAD; ++r) {  // the ring slot of step step0 + s0 + r is r
                 if (s0 + r >= stores) break;
                 const int step = step0 + s0 + r;
-                split_step<DIR, false>(st, g, r, bc[buffer][s0 + r], step + AHEAD < L, step + AHEAD >= first_gating);
+                split_step<DIR, false>(st, g, r, bc[buffer][s0 + r], tile + (s0 + r) * HALF, step + AHEAD < L,
+                                       step + AHEAD >= first_gating);
             }
         }
 #pragma unroll 1
@@ -503,11 +571,14 @@ __device__ __forceinline__ void scan_split_direction(const SplitArgs<T>& g, cons
 #pragma unroll
             for (int r = 0; r < AHEAD; ++r) {
                 if (s0 + r >= steps) break;
-                split_step<DIR, true>(st, g, r, bc[buffer][s0 + r], step0 + s0 + r + AHEAD < L, true);
+                split_step<DIR, true>(st, g, r, bc[buffer][s0 + r], tile + (s0 + r) * HALF, step0 + s0 + r + AHEAD < L,
+                                      true);
             }
         }
         if (more) store_bc_split(bc[buffer ^ 1], staged, lane);
-        split_barrier();  // also orders this chunk's stores of y before the other direction's loads of them
+        if (staging) cp_async_wait_all();
+        split_barrier();  // also orders this chunk's stores of y before the other direction's loads of them, the
+                          // next chunk's copies before their reads, this chunk's reads before the copies into it
     }
 }
 
