@@ -44,19 +44,25 @@ def backward_of(batch: int, tokens: int, dim: int):
     return run
 
 
-def gpu_us(run) -> tuple[float, float]:
-    """GPU microseconds per call of ``run`` from the profiler's kernel records: the backward kernel's, and all of
-    its kernels' (the weight gradient's zeroing with it)."""
+def kernel_us(run, repeats: int = REPEATS) -> dict[str, float]:
+    """GPU microseconds per call of ``run`` of each kernel it launches, from the profiler's kernel records over
+    ``repeats`` calls after three untimed ones (bench/conv_bwd_variants.py uses it too)."""
     for _ in range(3):
         run()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(REPEATS):
+        for _ in range(repeats):
             run()
         torch.cuda.synchronize()
-    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
-    norm = sum(e.device_time_total for e in kernels if "add_rmsnorm_bwd" in e.key)
-    return norm / REPEATS, sum(e.device_time_total for e in kernels) / REPEATS
+    return {e.key: e.device_time_total / repeats for e in prof.key_averages()
+            if e.device_type == torch.autograd.DeviceType.CUDA}
+
+
+def gpu_us(run) -> tuple[float, float]:
+    """GPU microseconds per call of ``run``: the backward kernel's, and all of its kernels' (the weight gradient's
+    zeroing with it)."""
+    kernels = kernel_us(run)
+    return sum(us for key, us in kernels.items() if "add_rmsnorm_bwd" in key), sum(kernels.values())
 
 
 def main() -> None:
