@@ -474,15 +474,16 @@ __device__ __forceinline__ void prefetch_ahead(const SplitScan<CH>& st, const Sp
 
 // One step of a direction: scan_direction's, with y stored in ys (GATE false) or averaged with the other
 // direction's, gated and stored in out (GATE true). `next` says whether a step AHEAD on exists, `next_gates`
-// whether it gates. `staged`: the step's u in the shared tile, its pre SPLIT_CHUNK HALF values on (StagedInputs).
+// whether it gates. StagedInputs: `tile` is this thread's u of the chunk's first step in shared memory, the step's
+// `row` steps on, its pre SPLIT_CHUNK HALF values after its u.
 template <int DIR, bool GATE, int CH, typename T>
 __device__ __forceinline__ void split_step(SplitScan<CH>& st, const SplitArgs<T>& g, int r, const float* bc_row,
-                                           const T* staged, bool next, bool next_gates) {
+                                           const T* tile, int row, bool next, bool next_gates) {
     if (next) prefetch_ahead<DIR>(st, g, next_gates);
     float u[CH], pre[CH], delta[CH], du[CH], y[CH], y_other[CH], zz[CH];
-    if (StagedInputs<T, CH>::value) {
-        load(staged, u);
-        load(staged + SPLIT_CHUNK * HALF, pre);
+    if constexpr (StagedInputs<T, CH>::value) {
+        load(tile + row * HALF, u);
+        load(tile + (SPLIT_CHUNK + row) * HALF, pre);
     } else {
 #pragma unroll
         for (int c = 0; c < CH; ++c) u[c] = st.u_ring[r][c], pre[c] = st.pre_ring[r][c];
@@ -545,7 +546,7 @@ __device__ __forceinline__ void scan_split_direction(const SplitArgs<T>& g, cons
     if constexpr (staging) stage_inputs<DIR>(xp[0], g.xc, g.pre, lane, 0, L, D, seq_row, channel0);
     load_bc_split<DIR>(staged, dbl_seq, lane, 0, L, E, R);
     store_bc_split(bc[0], staged, lane);
-    if (staging) cp_async_wait_all();
+    if constexpr (staging) cp_async_wait_all();
     split_barrier();
     for (int step0 = 0, buffer = 0; step0 < L; step0 += SPLIT_CHUNK, buffer ^= 1) {
         const bool more = step0 + SPLIT_CHUNK < L;
@@ -553,7 +554,8 @@ __device__ __forceinline__ void scan_split_direction(const SplitArgs<T>& g, cons
         if constexpr (staging) {
             if (more) stage_inputs<DIR>(xp[buffer ^ 1], g.xc, g.pre, lane, step0 + SPLIT_CHUNK, L, D, seq_row, channel0);
         }
-        const T* tile = &xp[buffer][0][0][staging ? lane : 0];  // this thread's u of the chunk's first step
+        const T* tile = nullptr;  // this thread's u of the chunk's first step (StagedInputs)
+        if constexpr (staging) tile = &xp[buffer][0][0][lane];
         const int steps = min(SPLIT_CHUNK, L - step0);
         const int stores = min(steps, max(first_gating - step0, 0));  // a multiple of AHEAD, or steps
 #pragma unroll 1
@@ -562,7 +564,7 @@ __device__ __forceinline__ void scan_split_direction(const SplitArgs<T>& g, cons
             for (int r = 0; r < AHEAD; ++r) {  // the ring slot of step step0 + s0 + r is r
                 if (s0 + r >= stores) break;
                 const int step = step0 + s0 + r;
-                split_step<DIR, false>(st, g, r, bc[buffer][s0 + r], tile + (s0 + r) * HALF, step + AHEAD < L,
+                split_step<DIR, false>(st, g, r, bc[buffer][s0 + r], tile, s0 + r, step + AHEAD < L,
                                        step + AHEAD >= first_gating);
             }
         }
@@ -571,12 +573,11 @@ __device__ __forceinline__ void scan_split_direction(const SplitArgs<T>& g, cons
 #pragma unroll
             for (int r = 0; r < AHEAD; ++r) {
                 if (s0 + r >= steps) break;
-                split_step<DIR, true>(st, g, r, bc[buffer][s0 + r], tile + (s0 + r) * HALF, step0 + s0 + r + AHEAD < L,
-                                      true);
+                split_step<DIR, true>(st, g, r, bc[buffer][s0 + r], tile, s0 + r, step0 + s0 + r + AHEAD < L, true);
             }
         }
         if (more) store_bc_split(bc[buffer ^ 1], staged, lane);
-        if (staging) cp_async_wait_all();
+        if constexpr (staging) cp_async_wait_all();
         split_barrier();  // also orders this chunk's stores of y before the other direction's loads of them, the
                           // next chunk's copies before their reads, this chunk's reads before the copies into it
     }
