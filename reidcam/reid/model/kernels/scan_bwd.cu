@@ -82,14 +82,17 @@
 //      unchanged: the checkpoints tiled by channel block (checkpoint_stride: a state THREADS floats on, immediate
 //      offsets from one base register, where the runtime stride D cost a 64-bit multiply per state in pass 2
 //      and a 64-bit add in pass 1; pass 2's pointer moves back a checkpoint per sub-chunk); the step inputs' and
-//      outputs' rows from the sub-chunk's first by +-D (load_raw_steps, store_step_grads' pointers, load_xp),
+//      outputs' rows from the sub-chunk's first by +-D (load_raw_steps, store_sub_chunk's pointers, load_xp),
 //      where Lane::row cost a 64-bit multiply per step and tensor (and ptxas kept a copy of the outputs' code per
 //      direction); warp_column_sum starts from its first value. SASS per sub-chunk, bf16 (f32), as counted
 //      (both directions' copies) / as one thread runs it: pass 2 2,364 (2,236) / 2,173 (2,092) -> 1,930 (1,860),
 //      30.2 (29.1) per token, channel and state; pass 1 552 (541) / 515 (504) -> 469 (461), 7.3 (7.2). 80
 //      registers, no spill, in every design-3 build (the 96-register 128 x 5 build's 8 B of bf16 spill gone
 //      too). Measured (session 10, H200, the earlier source beside it): 0.514 -> 0.444 ms at batch 64, 1.923 ->
-//      1.689 at batch 256 (predicted 0.49-0.52 at 64); the training step 30.0 -> 28.2 ms.
+//      1.689 at batch 256 (predicted 0.49-0.52 at 64); the training step 30.0 -> 28.2 ms. Session 13 cut a
+//      sub-chunk's work around the recurrence (the bf16 stores by cvt, softplus without a branch around it, the
+//      outputs' pointers moved unconditionally, offsets within a sequence in 32 bits, the prefetch's trip count):
+//      pass 2 as compiled 2,206 -> 1,964 (bf16), 0.437 -> 0.419 ms at batch 64, 1.554 -> 1.444 at 256 (H200).
 // Design 1 (session 8, H200): 0.570 ms against design 0's 0.956 at batch 64, 1.883 against 2.866 at batch 256,
 // with the same gradients (bench/cuda_scan_bwd_variants.py). Design 3 (session 9, H200): 0.538 ms against design
 // 1's 0.597 at batch 64 (one wave), 1.952 against 1.907 at batch 256. The mixer runs design 3 for bf16 and fp32
