@@ -549,6 +549,14 @@ def test_the_backward_choice_defaults_to_auto(monkeypatch):
         cuda_scan.backward_kernel_choice()
 
 
+def test_the_cuda_backward_runs_where_its_offsets_within_a_sequence_fit_32_bits():
+    xc = torch.empty((2, 256, 1164, 1536), device="meta")  # 1.4e9 values in all, 1.8e6 a sequence
+    assert cuda_scan.backward_offsets_fit(xc, torch.empty((2, 256 * 1164, 88), device="meta"))
+    long = torch.empty((2, 1, 2**21, 1024), device="meta")  # one sequence of 2^31 values
+    assert not cuda_scan.backward_offsets_fit(long, torch.empty((2, 2**21, 56), device="meta"))
+    assert not cuda_scan.backward_offsets_fit(long[..., :8], torch.empty((2, 2**21, 2**10), device="meta"))  # dbl's
+
+
 def test_the_checkpoints_are_one_per_sub_chunk_but_the_first():
     assert [cuda_scan.checkpoint_count(length, 4) for length in (1, 4, 5, 8, 131, 140)] == [0, 0, 1, 1, 32, 34]
     # the training shape: ~214 MB of scratch at batch 64 (bench/NOTES-speed.md, next GPU session)

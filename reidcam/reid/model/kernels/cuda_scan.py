@@ -565,12 +565,18 @@ class CudaScanBackward(_LazyKernels):
 def backward_supports(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables) -> bool:
     """Whether the CUDA backward handles these tensors: on a GPU, xc, z and dt in one dtype, bf16, fp16 or fp32;
     d_state a multiple of 4 up to BWD_MAX_STATE; xc and dbl (fp32) contiguous, z's channels contiguous; a
-    sequence's rows within 2^31 values (the kernel's offsets within a sequence are 32-bit)."""
+    sequence's offsets within 32 bits (backward_offsets_fit)."""
     d_state = tables.a.shape[-1]
     return (xc.is_cuda and xc.dtype in _DTYPE_NAMES and z.dtype == xc.dtype == tables.dt.dtype
             and xc.is_contiguous() and z.stride(-1) == 1 and dbl.dtype == torch.float32 and dbl.is_contiguous()
-            and d_state % 4 == 0 and 0 < d_state <= BWD_MAX_STATE
-            and xc.shape[-2] * max(xc.shape[-1], dbl.shape[-1]) < 2**31)
+            and d_state % 4 == 0 and 0 < d_state <= BWD_MAX_STATE and backward_offsets_fit(xc, dbl))
+
+
+def backward_offsets_fit(xc: torch.Tensor, dbl: torch.Tensor) -> bool:
+    """Whether the backward kernel's offsets within a sequence reach every element of its rows: it adds them, 32-bit,
+    to the sequence's 64-bit base (scan_bwd.cu's Lane), so a sequence's L rows of xc (2, B, L, D) and of dbl (2, B L,
+    R + 2N) must hold fewer than 2^31 values."""
+    return xc.shape[-2] * max(xc.shape[-1], dbl.shape[-1]) < 2**31
 
 
 def backward_kernel_choice() -> str:
