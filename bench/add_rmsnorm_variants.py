@@ -3,12 +3,12 @@
     PYTHONPATH=. python bench/add_rmsnorm_variants.py [--batches 64,256] [--tokens 140] [--dim 384]
 
 The backward kernel gives each program ``_BWD_ROW_BLOCKS`` blocks of ``_BWD_ROWS`` rows, in ``_BWD_WARPS`` warps;
-each program's share of the weight gradient is one row (added into the gradient with atomics since session 12). At the training shape
-(batch 64, 140 tokens: 8,960 rows) eight blocks of eight rows make 140 programs for 132 SMs, one program of 4
-warps per SM, and the profile showed 31 us a call against the forward's 10.5 over the same rows. Prints us per
-backward (the kernel, and all its kernels) for each blocking, and each one's largest gradient difference from
-the first. The times are the profiler's kernel records over REPEATS calls: one eager call is ~10x longer on the
-host than on the GPU, so CUDA events around it would time the host.
+each program's share of the weight gradient is one row (added into the gradient with atomics since session 12). At
+the training shape (batch 64, 140 tokens: 8,960 rows) eight blocks of eight rows make 140 programs for 132 SMs, one
+program of 4 warps per SM, and the profile showed 31 us a call against the forward's 10.5 over the same rows. Prints
+us per backward (the kernel, and all its kernels) for each blocking, and each one's largest gradient difference from
+the first. The times are the profiler's kernel records over REPEATS calls: one eager call is ~10x longer on the host
+than on the GPU, so CUDA events around it would time the host.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     args = parser.parse_args()
     print(f"# {torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs")
-    print("| batch | rows per block | blocks per program | warps | programs | kernel us | all kernels us | max rel diff |")
+    print("| batch | rows per block | blocks per program | warps | programs | kernel us | all kernels us "
+          "| max rel diff |")
     print("|---|---|---|---|---|---|---|---|")
     for batch in (int(b) for b in args.batches.split(",")):
         run = backward_of(batch, args.tokens, args.dim)
@@ -85,7 +86,8 @@ def main() -> None:
                        for g, r in zip(grads, reference))
             programs = -(-batch * args.tokens // (rows * blocks))
             kernel, everything = gpu_us(run)
-            print(f"| {batch} | {rows} | {blocks} | {warps} | {programs} | {kernel:.1f} | {everything:.1f} | {diff:.1e} |",
+            print(f"| {batch} | {rows} | {blocks} | {warps} | {programs} | {kernel:.1f} | {everything:.1f} "
+                  f"| {diff:.1e} |",
                   flush=True)
 
 

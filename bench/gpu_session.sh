@@ -257,13 +257,14 @@ print('$cache: the four kernels ready in %.2f s' % (time.perf_counter() - start)
   timeout 60 python3 bench/profile_model.py --rows 90 --out "$OUT" >"$OUT/profile.log" 2>&1
   ;;
 rows-profile-tests)
-  # BWD_VARIANTS=1 / FWD_VARIANTS=1: first the backward / forward scan's builds timed (bench/cuda_scan_bwd_variants.py,
-  # cuda_scan_variants.py; EARLIER_BWD=path: with design 3 built from that copy of scan_bwd.cu beside them). The row of each package in ROW_PACKAGES (folders holding reidcam/ and their own
-  # speed_vs_vit.py) and of this tree, twice each, alternated, into one log, bench/mixer_gemms.py's table after
-  # them, and the bare step's kernel profile with its small kernels by op (NO_PROFILE=1: neither of the two);
-  # CHECKS=1: the backends' checks against the reference (speed_vs_vit.py --checks-only, CHECKS_TIMEOUT s: the
-  # bf16 builds compile after the fp32 table); then the GPU test files of TEST_FILES (default: glue-tests' four;
-  # file:expression selects by pytest -k; none: no tests), each in a process of its own, with the time left.
+  # BWD_VARIANTS=1 / FWD_VARIANTS=1: first the backward / forward scan's builds timed
+  # (bench/cuda_scan_bwd_variants.py, cuda_scan_variants.py; EARLIER_BWD=path: with design 3 built from that copy of
+  # scan_bwd.cu beside them). The row of each package in ROW_PACKAGES (folders holding reidcam/ and their own
+  # speed_vs_vit.py) and of this tree, twice each, alternated, into one log, bench/mixer_gemms.py's table after them,
+  # and the bare step's kernel profile with its small kernels by op (NO_PROFILE=1: neither of the two); CHECKS=1: the
+  # backends' checks against the reference (speed_vs_vit.py --checks-only, CHECKS_TIMEOUT s: the bf16 builds compile
+  # after the fp32 table); then the GPU test files of TEST_FILES (default: glue-tests' four; file:expression selects
+  # by pytest -k; none: no tests), each in a process of its own, with the time left.
   export REIDCAM_SCAN=triton CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 SKIP_TRITON_CACHE=1
   [ -n "${BWD_VARIANTS:-}" ] && timeout 150 python3 bench/cuda_scan_bwd_variants.py --batches 64,256 --no-triton \
     ${EARLIER_BWD:+--earlier-source "$EARLIER_BWD"} >"$OUT/bwd_variants.log" 2>&1

@@ -205,8 +205,7 @@ struct Lane {
     T *dz, *dxc, *ddt;
     const float* dbl_seq;       // dbl's row of the sequence's token 0, from its column R (B)
     float* dbc_seq;             // dbc's row of the sequence's token 0
-    long long seq_row;          // row of token 0 of the sequence in the (2, B*L, .) tensors
-    long long seq_elem;         // seq_row D: element offset of that row in xc, pre, dz, dxc, ddt
+    long long seq_elem;         // element offset of the sequence's token 0 in xc, pre, dz, dxc, ddt
     long long b_row;            // row of token 0 in g's (B*L, D)
     long long z_row;            // element offset of token 0 in z
     long long stride_zl;
@@ -699,7 +698,7 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
     Lane<T> lane;
     lane.xc = xc, lane.pre = pre, lane.z = z, lane.g = g, lane.dz = dz, lane.dxc = dxc, lane.ddt = ddt;
     lane.dbl_seq = dbl + seq_row * (R + 2 * N) + R, lane.dbc_seq = dbc + seq_row * (2 * N);
-    lane.seq_row = seq_row, lane.seq_elem = seq_row * D, lane.b_row = (long long)b * L, lane.z_row = b * stride_zb + dd;
+    lane.seq_elem = seq_row * D, lane.b_row = (long long)b * L, lane.z_row = b * stride_zb + dd;
     lane.stride_zl = stride_zl;
     lane.direction = seq / Bsz, lane.L = L, lane.D = D, lane.R = R, lane.channel = dd, lane.live = d < D;
     lane.z_step = lane.direction == 0 ? stride_zl : -stride_zl;

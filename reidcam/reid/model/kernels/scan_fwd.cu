@@ -448,7 +448,7 @@ struct SplitArgs {
 template <int DIR, int CH, typename T>
 __device__ __forceinline__ void load_ahead(SplitScan<CH>& st, const SplitArgs<T>& g, int r, bool gates) {
     const int ahead = st.i + AHEAD * (DIR == 0 ? g.D : -g.D);
-    if (!StagedInputs<T, CH>::value) {
+    if constexpr (!StagedInputs<T, CH>::value) {
         load(g.xc + ahead, st.u_ring[r]);
         load(g.pre + ahead, st.pre_ring[r]);
     }
@@ -462,7 +462,7 @@ __device__ __forceinline__ void load_ahead(SplitScan<CH>& st, const SplitArgs<T>
 template <int DIR, int CH, typename T>
 __device__ __forceinline__ void prefetch_ahead(const SplitScan<CH>& st, const SplitArgs<T>& g, bool gates) {
     const int ahead = st.i + AHEAD * (DIR == 0 ? g.D : -g.D);
-    if (!StagedInputs<T, CH>::value) {
+    if constexpr (!StagedInputs<T, CH>::value) {
         prefetch_l1(g.xc + ahead);
         prefetch_l1(g.pre + ahead);
     }
@@ -552,7 +552,8 @@ __device__ __forceinline__ void scan_split_direction(const SplitArgs<T>& g, cons
         const bool more = step0 + SPLIT_CHUNK < L;
         if (more) load_bc_split<DIR>(staged, dbl_seq, lane, step0 + SPLIT_CHUNK, L, E, R);
         if constexpr (staging) {
-            if (more) stage_inputs<DIR>(xp[buffer ^ 1], g.xc, g.pre, lane, step0 + SPLIT_CHUNK, L, D, seq_row, channel0);
+            if (more)
+                stage_inputs<DIR>(xp[buffer ^ 1], g.xc, g.pre, lane, step0 + SPLIT_CHUNK, L, D, seq_row, channel0);
         }
         const T* tile = nullptr;  // this thread's u of the chunk's first step (StagedInputs)
         if constexpr (staging) tile = &xp[buffer][0][0][lane];
