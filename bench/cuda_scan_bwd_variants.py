@@ -137,6 +137,12 @@ VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
     "design 3, 128, checkpoints prefetched": _build(128, 6, design=3, prefetch=1),
     "design 3, 128 x 5": _build(128, 5, design=3),
     "design 3, 256 x 2": _build(256, 2, design=3),
+    # design 4: design 3 with two adjacent channels a thread (12 warps per SM of 64-thread blocks at 168 registers;
+    # the designed build prefetches the checkpoints only, REIDCAM_PREFETCH 1)
+    "design 4, 64 threads": _build(64, 6, design=4),
+    "design 4, 64, no prefetch": _build(64, 6, design=4, prefetch=0),
+    "design 4, 64, step inputs prefetched": _build(64, 6, design=4, prefetch=2),
+    "design 4, 128 threads": _build(128, 3, design=4),
 }
 # compiled by --list --all only, to show why they are not timed (the docstring's numbers)
 REJECTED: dict[str, tuple[int, int, dict[str, int]]] = {

@@ -409,7 +409,7 @@ def _backward_scan_times(settings: Settings, fwd: DirectionParams, bwd: Directio
     grad_out = torch.randn(batch, length, dim, device=settings.device, dtype=torch.bfloat16)
     kernels = {"backward scan (Triton)": lambda: triton_scan.scan_backward(xc, z, dbl, tables, grad_out)}
     if cuda_scan.backward_supports(xc, z, dbl, tables):
-        cuda_backward = mixer_core.cuda_scan_backward(xc.dtype)
+        cuda_backward = mixer_core.cuda_scan_backward(xc, z, grad_out)
         kernels["backward scan (CUDA)"] = lambda: cuda_backward.backward(xc, z, dbl, tables, grad_out)
     floor_bytes = 2 * batch * length * dim * 2 * 7  # per direction: xc, pre, z, g read; dz, dxc, ddt written
     lines = []

@@ -31,11 +31,11 @@ C_TYPES = {torch.float32: "float", torch.bfloat16: "bf16_bits", torch.float16: "
 
 
 # scan_bwd.cu's REIDCAM_BWD_DESIGN values (0: loads where they are needed; 1, the default: loads issued ahead;
-# 3: design 1 in 80 registers, pass 2's carries in dynamic shared memory)
-DESIGNS = [0, 1, 3]
+# 3: design 1 in 80 registers, pass 2's carries in dynamic shared memory; 4: design 3, two channels a thread)
+DESIGNS = [0, 1, 3, 4]
 # the builds compiled for sm_90 with each design's own launch bounds: (design, threads, blocks per SM); design 3's
-# two are 24 warps per SM
-BUILDS = [(0, 256, 2), (1, 256, 2), (3, 256, 3), (3, 128, 6)]
+# two are 24 warps per SM, design 4's 12 (of two channels a thread)
+BUILDS = [(0, 256, 2), (1, 256, 2), (3, 256, 3), (3, 128, 6), (4, 64, 6)]
 # sm_90 (H100, H200): shared memory per SM and per block, the 1 KB the driver reserves per block, the static limit
 SHARED_PER_SM, SHARED_PER_BLOCK, RESERVED_PER_BLOCK, STATIC_SHARED = 228 * 1024, 227 * 1024, 1024, 48 * 1024
 
@@ -218,6 +218,12 @@ class EmulatedBackward(cuda_scan.CudaScanBackward):
         cuda_emulation.launch(self.library, function, grid, threads, shared_bytes, args)
 
 
+def even_for_pairs(design: int, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The shape, its channels made even for the designs whose threads run channel pairs (they need an even D)."""
+    bsz, length, dim = shape
+    return bsz, length, dim + dim % cuda_scan.backward_channels_per_thread(design)
+
+
 def run_emulated(emulated, monkeypatch, xc, z, dbl, tables, grad_out) -> triton_scan.ScanGrads:
     monkeypatch.setattr(cuda_scan.torch.cuda, "current_stream", lambda device: type("S", (), {"cuda_stream": 0}))
     monkeypatch.setattr(cuda_scan, "device_index", lambda device: 0)
@@ -228,7 +234,7 @@ def run_emulated(emulated, monkeypatch, xc, z, dbl, tables, grad_out) -> triton_
 def test_the_emulated_kernel_equals_the_float64_definition(emulated, monkeypatch, shape):
     """Each dtype that the design builds (design 3 has no fp16 kernel: cuda_scan.BWD_DESIGN_OF)."""
     for dtype in cuda_scan.backward_dtypes(emulated[0]):
-        xc, z, dbl, tables, grad_out = scan_inputs(*shape, dtype, "cpu")
+        xc, z, dbl, tables, grad_out = scan_inputs(*even_for_pairs(emulated[0], shape), dtype, "cpu")
         got = run_emulated(emulated, monkeypatch, xc, z, dbl, tables, grad_out)
         check_dtypes(got, xc, z)
         errors = relative_errors(got, reference_grads(xc, z, dbl, tables, grad_out))
@@ -363,16 +369,19 @@ def test_the_emulated_backward_writes_dz_into_a_view(emulated, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_emulated_design_3_equals_design_1(emulation_dir, monkeypatch, dtype):
-    """The same arithmetic in other storage: every per-channel gradient bit for bit; dbc's warp sums add the 32
-    channels in another order (a column of 8 per lane, not a rotated row of 16)."""
+@pytest.mark.parametrize("earlier, later", [(1, 3), (3, 4)])
+def test_the_emulated_designs_compute_the_same_per_channel_arithmetic(emulation_dir, monkeypatch, dtype, earlier,
+                                                                      later):
+    """The same arithmetic in other storage: every per-channel gradient bit for bit; dbc's sums add the channels in
+    another order (design 3: a column of 8 per lane, not design 1's rotated row of 16; design 4: a thread's two
+    channels first)."""
     xc, z, dbl, tables, grad_out = scan_inputs(2, 23, 70, dtype, "cpu", seed=4)
-    one, three = (run_emulated((design, emulated_library(design, emulation_dir)), monkeypatch, xc, z, dbl, tables,
-                               grad_out) for design in (1, 3))
+    one, other = (run_emulated((design, emulated_library(design, emulation_dir)), monkeypatch, xc, z, dbl, tables,
+                               grad_out) for design in (earlier, later))
     for name in GRAD_NAMES:
         if name != "dbc":
-            assert torch.equal(getattr(one, name), getattr(three, name)), name
-    torch.testing.assert_close(three.dbc, one.dbc, rtol=1e-5, atol=1e-6)
+            assert torch.equal(getattr(one, name), getattr(other, name)), name
+    torch.testing.assert_close(other.dbc, one.dbc, rtol=1e-5, atol=1e-6)
 
 
 class RecordingDriver:
@@ -394,13 +403,14 @@ class RecordingDriver:
         self.calls.append(("launch", function, grid, threads, shared_bytes))
 
 
-@pytest.mark.parametrize("design, threads", [(1, 256), (3, 256), (3, 128), (1, None), (3, None)])
+@pytest.mark.parametrize("design, threads", [(1, 256), (3, 256), (3, 128), (4, 64), (1, None), (3, None), (4, None)])
 def test_the_launch_passes_the_designs_dynamic_shared_memory(monkeypatch, design, threads):
-    """Design 3's kernels are allowed its shared memory once loaded, and each launch passes it; designs 0 and 1
-    pass none. (The bench's PrecompiledBackward goes the same way: it replaces only compile.) Without a block size
-    the build and the launch take the design's (backward_threads: 128 for design 3)."""
+    """Designs 3's and 4's kernels are allowed their shared memory once loaded, and each launch passes it; designs 0
+    and 1 pass none. (The bench's PrecompiledBackward goes the same way: it replaces only compile.) Without a block
+    size the build and the launch take the design's (backward_threads: 128 for design 3, 64 for design 4, whose
+    blocks are of 128 channels)."""
     scan = cuda_scan.CudaScanBackward(threads=threads, defines={"REIDCAM_BWD_DESIGN": design})
-    threads = threads or {1: 256, 3: 128}[design]
+    threads = threads or {1: 256, 3: 128, 4: 64}[design]
     scan._driver = driver = RecordingDriver()
     monkeypatch.setattr(scan, "compile", lambda arch, d_state: cuda_scan.CompiledSource(cubin=b"", log=""))
     monkeypatch.setattr(cuda_scan.torch.cuda, "get_device_capability", lambda device: (9, 0))
@@ -409,12 +419,14 @@ def test_the_launch_passes_the_designs_dynamic_shared_memory(monkeypatch, design
     xc, z, dbl, tables, grad_out = scan_inputs(2, 9, 300, torch.float32, "cpu")
     launch, _ = scan.launcher(xc, z, dbl, tables, grad_out)
     launch()
-    dynamic = cuda_scan.backward_shared_bytes(threads, 16, cuda_scan.BWD_STEPS, 3) if design == 3 else 0
+    dynamic = cuda_scan.backward_dynamic_bytes(threads, 16, cuda_scan.BWD_STEPS, design)
+    assert (dynamic > 0) == (design in (3, 4))
     names = sorted(cuda_scan.backward_kernel_name(dt) for dt in cuda_scan.backward_dtypes(design))
     allowed = sorted(call for call in driver.calls if call[0] == "allow")
     assert allowed == ([("allow", name, dynamic) for name in names] if dynamic else [])
     launched = cuda_scan.backward_kernel_name(torch.float32)
-    assert driver.calls[-1] == ("launch", launched, (-(-300 // threads), 4), threads, dynamic)
+    channels = threads * (2 if design == 4 else 1)  # a block's
+    assert driver.calls[-1] == ("launch", launched, (-(-300 // channels), 4), threads, dynamic)
 
 
 # ---- on a GPU ---------------------------------------------------------------------------------------------
@@ -466,13 +478,31 @@ def test_cuda_design_3_equals_design_1(dtype, shape, threads):
 
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 131, 300), (3, 140, 768), (1, 7, 34)])
+def test_cuda_design_4_equals_design_3(dtype, shape):
+    """Design 4 (two channels a thread) against design 3 (design 1 for fp16, which design 3 does not build): every
+    per-channel gradient bit for bit, dbc up to the order of its sums; and against the float64 definition."""
+    xc, z, dbl, tables, grad_out = scan_inputs(*shape, dtype, "cuda", seed=5)
+    earlier = cuda_scan.CudaScanBackward(defines={"REIDCAM_BWD_DESIGN": 1 if dtype == torch.float16 else 3})
+    one = earlier.backward(xc, z, dbl, tables, grad_out)
+    four = cuda_scan.CudaScanBackward(defines={"REIDCAM_BWD_DESIGN": 4}).backward(xc, z, dbl, tables, grad_out)
+    for name in GRAD_NAMES:
+        if name != "dbc":
+            assert torch.equal(getattr(one, name), getattr(four, name)), name
+    assert ((four.dbc - one.dbc).abs().max() / one.dbc.abs().max()).item() < 1e-5
+    errors = relative_errors(four, reference_grads(xc, z, dbl, tables, grad_out))
+    assert all(errors[name] < TOLERANCE[dtype][name] for name in GRAD_NAMES), errors
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_backward_leaves_each_sequences_partial_sums_in_one_buffer(monkeypatch, dtype):
-    """Each build's parts (design 3 for bf16 and fp32, design 1 for fp16 as the mixer runs them; design 1 for all)."""
+    """Each build's parts (design 4, as the mixer runs them; design 1, the default build)."""
     from reidcam.reid.model.kernels import mixer_core
 
     xc, z, dbl, tables, grad_out = scan_inputs(3, 37, 300, dtype, "cuda", seed=6)
     made = captured_buffers(monkeypatch)
-    mixer_core.cuda_scan_backward(dtype).backward(xc, z, dbl, tables, grad_out)
+    mixer_core.cuda_scan_backward(xc, z, grad_out).backward(xc, z, dbl, tables, grad_out)
     cuda_scan.CudaScanBackward().backward(xc, z, dbl, tables, grad_out)
     for buffers in made:
         check_parts_layout(buffers.parts, xc, z, dbl, tables, grad_out)
@@ -484,7 +514,7 @@ def test_cuda_backward_writes_dz_into_a_view(dtype):
     from reidcam.reid.model.kernels import mixer_core
 
     xc, z, dbl, tables, grad_out = scan_inputs(2, 131, 300, dtype, "cuda", seed=7)
-    scan = mixer_core.cuda_scan_backward(dtype)
+    scan = mixer_core.cuda_scan_backward(xc, z, grad_out)
     packed = torch.full((2, 131, 600), float("nan"), dtype=dtype, device="cuda")
     fresh = scan.backward(xc, z, dbl, tables, grad_out)
     got = scan.backward(xc, z, dbl, tables, grad_out, packed[..., 300:])
@@ -532,7 +562,7 @@ def test_the_mixer_core_picks_the_backward_by_env(monkeypatch, choice, runs_cuda
         monkeypatch.setenv("REIDCAM_SCAN_BWD", choice)
     ran = []
     monkeypatch.setattr(mixer_core, "scan_backward", lambda *args: ran.append("triton") or triton_scan.scan_backward(*args))
-    kernels = mixer_core.cuda_scan_backward(dtype)
+    kernels = mixer_core.cuda_scan_backward(xc, z, grad_out)
     monkeypatch.setattr(kernels, "backward",
                         lambda *args: ran.append("cuda") or cuda_scan.CudaScanBackward().backward(*args))
     mixer_core._scan_backward(xc, z, dbl, tables, grad_out)
@@ -571,3 +601,17 @@ def test_design_3_tiles_the_checkpoints_by_channel_block():
     assert cuda_scan.checkpoint_shape(2, 131, 16, 300, 128, 4, 3) == (2, 2, 32, 3, 16, 128)
     for design in (0, 1):
         assert cuda_scan.checkpoint_shape(2, 131, 16, 300, 256, 4, design) == (2, 2, 32, 16, 300)
+    # design 4's tiles are its blocks' channels, two a thread
+    assert cuda_scan.checkpoint_shape(64, 140, 16, 768, 64, 4, 4) == (2, 64, 34, 6, 16, 128)
+
+
+def test_the_channel_pairs_run_where_they_fit_else_the_unpaired_design():
+    """Design 4 takes an even D whose pairs are aligned loads (z a view of the packed xz, as the model passes it);
+    an odd D, or a z whose pairs straddle a word, runs the dtype's unpaired design."""
+    for dtype in DTYPES:
+        xc, z, _, _, grad_out = scan_inputs(2, 9, 40, dtype, "cpu")
+        assert cuda_scan.backward_design_for(xc, z, grad_out) == 4
+        xz = torch.zeros(2, 9, 81, dtype=dtype)
+        assert cuda_scan.backward_design_for(xc, xz[..., 41:], grad_out) == cuda_scan.BWD_UNPAIRED_DESIGN_OF[dtype]
+        xc, z, _, _, grad_out = scan_inputs(2, 9, 33, dtype, "cpu")
+        assert cuda_scan.backward_design_for(xc, z, grad_out) == cuda_scan.BWD_UNPAIRED_DESIGN_OF[dtype]

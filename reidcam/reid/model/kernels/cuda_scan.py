@@ -420,21 +420,40 @@ BWD_THREADS = 256  # channels per block, design 1 (and 0)
 # Design 3's block: 128 threads, 6 blocks per SM (the same 24 warps as 3 of 256). On an H200 0.438 ms against 256
 # threads' 0.444 at batch 64 and 1.623 against 1.689 at 256 (session 10); the training step 28.2 -> 28.0 ms, twice
 # each, alternated (session 11, bench/NOTES-speed.md attempt 70).
-BWD_THREADS_OF_DESIGN = {3: 128}
+BWD_THREADS_OF_DESIGN = {3: 128, 4: 64}
 BWD_STEPS = 4  # tokens between the checkpointed states (scan_bwd.cu says why 4)
 BWD_MAX_STATE = 16  # the kernel keeps a[N][threads] and per-state sums in shared memory: 45 KB at 16
 BWD_DESIGN = 1  # REIDCAM_BWD_DESIGN where the defines name none (every build gets it; scan_bwd.cu's default too)
-BWD_SHARED_DESIGNS = (3,)  # the designs whose shared memory is dynamic (over the 48 KB of a static allocation)
+BWD_SHARED_DESIGNS = (3, 4)  # the designs whose shared memory is dynamic (over the 48 KB of a static allocation)
+BWD_PAIR_DESIGNS = (4,)  # the designs whose threads run two adjacent channels each
 # The design that runs each dtype. Design 3 (80 registers: 3 blocks of 256 threads per SM, so that batch 64's 384
 # blocks are one wave) took 0.538 ms against design 1's 0.597 at batch 64 on an H200, 1.952 against 1.907 at
 # batch 256 (session 9, bench/cuda_scan_bwd_variants.py): the training batch is 64. Its fp16 build spills 100 B
 # at 80 registers, so scan_bwd.cu builds no fp16 kernel in design 3 and fp16 runs design 1.
-BWD_DESIGN_OF = {torch.bfloat16: 3, torch.float32: 3, torch.float16: 1}
+BWD_DESIGN_OF = {torch.bfloat16: 4, torch.float32: 4, torch.float16: 4}
+# The design that runs each dtype where design 4's channel pairs do not fit the tensors (backward_pairs_fit).
+BWD_UNPAIRED_DESIGN_OF = {torch.bfloat16: 3, torch.float32: 3, torch.float16: 1}
 
 
 def backward_dtypes(design: int) -> tuple[torch.dtype, ...]:
     """The dtypes that scan_bwd.cu builds a kernel of in this design."""
     return tuple(dt for dt in _DTYPE_NAMES if design != 3 or dt != torch.float16)
+
+
+def backward_pairs_fit(xc: torch.Tensor, z: torch.Tensor, grad_out: torch.Tensor) -> bool:
+    """Whether a design whose threads run channel pairs takes these tensors: D even, and each pair of z and of the
+    output's gradient (xc is contiguous; the kernel's other tensors are buffers of its own) one aligned load."""
+    pair = 2 * xc.element_size()
+    return (xc.shape[-1] % 2 == 0 and all(t.data_ptr() % pair == 0 for t in (xc, z, grad_out))
+            and z.stride(0) % 2 == 0 and z.stride(1) % 2 == 0 and grad_out.is_contiguous())
+
+
+def backward_design_for(xc: torch.Tensor, z: torch.Tensor, grad_out: torch.Tensor) -> int:
+    """The design that runs these tensors: their dtype's (BWD_DESIGN_OF), unless its channel pairs do not fit them."""
+    design = BWD_DESIGN_OF[xc.dtype]
+    if design in BWD_PAIR_DESIGNS and not backward_pairs_fit(xc, z, grad_out):
+        return BWD_UNPAIRED_DESIGN_OF[xc.dtype]
+    return design
 
 
 def backward_kernel_name(dtype: torch.dtype) -> str:
@@ -445,13 +464,18 @@ def backward_design(defines: Mapping[str, int] | None) -> int:
     return int((defines or {}).get("REIDCAM_BWD_DESIGN", BWD_DESIGN))
 
 
+def backward_channels_per_thread(design: int) -> int:
+    return 2 if design in BWD_PAIR_DESIGNS else 1
+
+
 def backward_shared_bytes(threads: int, d_state: int, steps: int, design: int) -> int:
     """sizeof(SharedRows) of scan_bwd.cu, which every build gets as REIDCAM_SHARED_BYTES and asserts equal: the
     count that a launch of a design with dynamic shared memory passes (backward_dynamic_bytes)."""
     warps = threads // 32
-    common = d_state * threads + 2 * 2 * d_state * steps + 2 * warps * 2 * steps * d_state  # a, bc, warp_sums
-    if design in BWD_SHARED_DESIGNS:  # FLUSH 1, the values by column; carry, da and dz_factor by thread
-        own = warps * 2 * steps * (32 + 4) + (2 * d_state + steps) * threads
+    channels = threads * backward_channels_per_thread(design)  # the block's
+    common = d_state * channels + 2 * 2 * d_state * steps + 2 * warps * 2 * steps * d_state  # a, bc, warp_sums
+    if design in BWD_SHARED_DESIGNS:  # FLUSH 1, the values by column; carry, da and dz_factor by channel
+        own = warps * 2 * steps * (32 + 4) + (2 * d_state + steps) * channels
     else:  # FLUSH 2, the values by row
         own = threads * (2 * steps * 2 + 4)
     return 4 * (common + own)
@@ -491,7 +515,8 @@ def checkpoint_shape(bsz: int, length: int, d_state: int, dim: int, threads: int
     (scan_bwd.cu's checkpoint_stride)."""
     count = checkpoint_count(length, steps)
     if design in BWD_SHARED_DESIGNS:
-        return 2, bsz, count, -(-dim // threads), d_state, threads
+        channels = threads * backward_channels_per_thread(design)
+        return 2, bsz, count, -(-dim // channels), d_state, channels
     return 2, bsz, count, d_state, dim
 
 
@@ -551,7 +576,7 @@ class CudaScanBackward(_LazyKernels):
             ctypes.c_longlong(z.stride(0)), ctypes.c_longlong(z.stride(1)),
         ]
         function = kernels[backward_kernel_name(xc.dtype)]
-        grid = (-(-dim // self.threads), 2 * bsz)
+        grid = (-(-dim // (self.threads * backward_channels_per_thread(self.design))), 2 * bsz)
         shared = self.dynamic_shared(d_state)
 
         def launch() -> None:

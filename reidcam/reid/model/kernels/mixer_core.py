@@ -233,13 +233,13 @@ T = TypeVar("T")
 _CUDA_SCAN = cuda_scan.CudaScan()  # compiled kernels per device, like Triton's own cache: built on first use
 _CUDA_CONV = cuda_scan.CudaConv()
 _CUDA_SCAN_BWD = {design: cuda_scan.CudaScanBackward(defines={"REIDCAM_BWD_DESIGN": design})
-                  for design in set(cuda_scan.BWD_DESIGN_OF.values())}  # each dtype's design: BWD_DESIGN_OF
+                  for design in {*cuda_scan.BWD_DESIGN_OF.values(), *cuda_scan.BWD_UNPAIRED_DESIGN_OF.values()}}
 _CUDA_CONV_BWD = cuda_scan.CudaConvBackward()
 
 
-def cuda_scan_backward(dtype: torch.dtype) -> cuda_scan.CudaScanBackward:
-    """The CUDA backward scan of the design that runs ``dtype`` (cuda_scan.BWD_DESIGN_OF)."""
-    return _CUDA_SCAN_BWD[cuda_scan.BWD_DESIGN_OF[dtype]]
+def cuda_scan_backward(xc: torch.Tensor, z: torch.Tensor, grad_out: torch.Tensor) -> cuda_scan.CudaScanBackward:
+    """The CUDA backward scan of the design that runs these tensors (cuda_scan.backward_design_for)."""
+    return _CUDA_SCAN_BWD[cuda_scan.backward_design_for(xc, z, grad_out)]
 
 
 def _cuda_or_triton(choice: str, supports: Callable[[], bool], cuda: Callable[[], T], triton: Callable[[], T]) -> T:
@@ -282,7 +282,7 @@ def _scan_backward(xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables:
     """The CUDA backward scan where it runs (REIDCAM_SCAN_BWD: auto by default, cuda, triton), else the
     Triton one; dz written into ``dz_out`` where given (a view of the packed input gradient)."""
     return _cuda_or_triton(cuda_scan.backward_kernel_choice(), lambda: cuda_scan.backward_supports(xc, z, dbl, tables),
-                           lambda: cuda_scan_backward(xc.dtype).backward(xc, z, dbl, tables, grad_out, dz_out),
+                           lambda: cuda_scan_backward(xc, z, grad_out).backward(xc, z, dbl, tables, grad_out, dz_out),
                            lambda: scan_backward(xc, z, dbl, tables, grad_out, dz_out))
 
 

@@ -104,7 +104,8 @@
 // Blocks per SM that ptxas must fit: 2 of 256 threads leaves 128 registers per thread; design 3 is built for
 // 24 warps per SM (3 blocks of 256 threads, 6 of 128: 80 registers).
 #ifndef REIDCAM_MIN_BLOCKS
-#define REIDCAM_MIN_BLOCKS (REIDCAM_BWD_DESIGN == 3 ? 24 * 32 / REIDCAM_THREADS : 2)
+#define REIDCAM_MIN_BLOCKS \
+    (REIDCAM_BWD_DESIGN == 3 ? 24 * 32 / REIDCAM_THREADS : REIDCAM_BWD_DESIGN == 4 ? 12 * 32 / REIDCAM_THREADS : 2)
 #endif
 
 #define N REIDCAM_N
@@ -116,7 +117,10 @@
 #define STEPS REIDCAM_STEPS
 #define WARPS (THREADS / 32)
 #define LOADS_AHEAD (REIDCAM_BWD_DESIGN != 0)  // designs 1 and 3 issue the global loads ahead
-#define DIET (REIDCAM_BWD_DESIGN == 3)  // design 3's register diet: long-lived values in shared memory
+#define PAIRS (REIDCAM_BWD_DESIGN == 4)  // design 4: two adjacent channels a thread
+#define DIET (REIDCAM_BWD_DESIGN == 3 || PAIRS)  // design 3's register diet: long-lived values in shared memory
+#define CH (PAIRS ? 2 : 1)                // channels a thread
+#define BLOCK_CHANNELS (THREADS * CH)
 #define FLUSH (DIET ? 1 : 2)             // state indices per warp transposition (design 3: smaller rows)
 #define WARP_VALUES (2 * STEPS * FLUSH)  // dB and dC values per thread and transposition: 8, 16 or 32
 #define LANES_PER_VALUE (32 / WARP_VALUES)
@@ -126,7 +130,8 @@
 static_assert(N % 4 == 0, "d_state must be a multiple of 4");
 static_assert(STEPS == 4 || STEPS == 8, "a sub-chunk's B or C of one state is read as float4s");
 static_assert(THREADS % 32 == 0, "whole warps");
-static_assert(REIDCAM_BWD_DESIGN == 0 || REIDCAM_BWD_DESIGN == 1 || REIDCAM_BWD_DESIGN == 3, "designs 0, 1, 3");
+static_assert(REIDCAM_BWD_DESIGN == 0 || REIDCAM_BWD_DESIGN == 1 || REIDCAM_BWD_DESIGN == 3 || REIDCAM_BWD_DESIGN == 4,
+              "designs 0, 1, 3, 4");
 static_assert(AHEAD >= 1 && AHEAD <= N, "checkpoints 1 to N states ahead");
 
 typedef unsigned short bf16_bits;
@@ -174,7 +179,7 @@ __device__ __forceinline__ float softplus(float x) {
 }
 
 struct SharedRows {
-    float a[N][THREADS];                               // the block's A log2(e), a row per state
+    float a[N][BLOCK_CHANNELS];                        // the block's A log2(e), a row per state
     float bc[2][2 * N][STEPS];                         // B then C of a sub-chunk's steps, double-buffered
 #if DIET
     float warp_values[WARPS][WARP_VALUES][32 + 4];     // a warp's dB/dC values by value, a lane per column
@@ -183,9 +188,9 @@ struct SharedRows {
 #endif
     float warp_sums[2][WARPS][BLOCK_VALUES];           // each warp's sums of a sub-chunk, double-buffered
 #if DIET
-    float carry[N][THREADS];                           // pass 2's adjoint carry of each state, a column per thread
-    float da[N][THREADS];                              // and its dA sum
-    float dz_factor[STEPS][THREADS];                   // the sub-chunk's StepInputs::dz_factor, parked
+    float carry[N][BLOCK_CHANNELS];                    // pass 2's adjoint carry of each state, a column per thread
+    float da[N][BLOCK_CHANNELS];                       // and its dA sum
+    float dz_factor[STEPS][BLOCK_CHANNELS];            // the sub-chunk's StepInputs::dz_factor, parked
 #endif
 };
 
@@ -366,7 +371,9 @@ __device__ __forceinline__ void load_xp(T (&x)[STEPS], T (&p)[STEPS], const Lane
 // (2, B, checkpoints, channel blocks, N, THREADS) (cuda_scan.checkpoint_shape), a thread's states THREADS floats
 // apart: immediate offsets from one base register, where the runtime stride D costs a 64-bit add per state and the
 // index (n + AHEAD) D a 64-bit multiply. checkpoint_stride: floats from one checkpoint to the next (design 3).
-__device__ __forceinline__ int checkpoint_stride(int D) { return (unsigned)(D + THREADS - 1) / THREADS * N * THREADS; }
+__device__ __forceinline__ int checkpoint_stride(int D) {
+    return (unsigned)(D + BLOCK_CHANNELS - 1) / BLOCK_CHANNELS * N * BLOCK_CHANNELS;
+}
 
 // A hint that the 128-byte line holding p is read soon: prefetch.global.L2 brings it from HBM into L2 and takes
 // neither a register nor a scoreboard, so the load that needs it later waits for L2, not for HBM.
@@ -379,8 +386,9 @@ __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefe
 // 0.450 / 1.533 and 0.446 / 1.567; the training step 27.3 -> 26.8 ms with 2. Prefetching pass 1's inputs into L2
 // or L1, or loading them two sub-chunks ahead, changed the step by nothing measurable (bench/NOTES-speed.md,
 // attempts 74, 77, 78).
+// Design 4 prefetches the checkpoints only: with the step inputs too its 16-bit builds spill 8 B at 168 registers.
 #ifndef REIDCAM_PREFETCH
-#define REIDCAM_PREFETCH 2
+#define REIDCAM_PREFETCH (PAIRS ? 1 : 2)
 #endif
 #define PREFETCH (DIET ? REIDCAM_PREFETCH : 0)
 
@@ -395,8 +403,8 @@ __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefe
 #define LINE_BYTES 128
 template <typename T>
 __device__ __forceinline__ void prefetch_sub_chunk(const Lane<T>& lane, const float* tile, int k) {
-    constexpr int tile_lines = N * THREADS * 4 / LINE_BYTES;
-    constexpr int row_lines = (THREADS * (int)sizeof(T) + LINE_BYTES - 1) / LINE_BYTES;
+    constexpr int tile_lines = N * BLOCK_CHANNELS * 4 / LINE_BYTES;
+    constexpr int row_lines = (BLOCK_CHANNELS * (int)sizeof(T) + LINE_BYTES - 1) / LINE_BYTES;
     constexpr int lines = tile_lines + (PREFETCH >= 2 && sizeof(T) == 2 ? 4 * STEPS * row_lines : 0);
     // the trip count stated (one at d_state 16): the open loop cost a loop's control and ptxas' copies of its body
 #pragma unroll
@@ -408,7 +416,8 @@ __device__ __forceinline__ void prefetch_sub_chunk(const Lane<T>& lane, const fl
             continue;
         }
         const int j = i - tile_lines, tensor = j / (STEPS * row_lines), s = j / row_lines % STEPS;
-        const int channel = min((int)blockIdx.x * THREADS + j % row_lines * (LINE_BYTES / (int)sizeof(T)), lane.D - 1);
+        const int channel =
+            min((int)blockIdx.x * BLOCK_CHANNELS + j % row_lines * (LINE_BYTES / (int)sizeof(T)), lane.D - 1);
         const int t = lane.token(min(k * STEPS + s, lane.L - 1));
         const long long row = lane.row(t) + (channel - lane.channel);  // xc's and pre's; g's less g_shift
         const T* at = tensor == 0   ? lane.xc + row
@@ -517,9 +526,10 @@ __device__ __forceinline__ void load_steps(StepInputs& in, float bias, float& ds
 
 // Design 1: a sub-chunk's xc, pre, z and g as loaded (steps past the end read the last token), so that
 // the loads are issued together, before load_steps_from turns them into StepInputs.
-template <typename T>
+// W: what one load brings, T itself or (design 4) a pair of T (PairWord).
+template <typename T, typename W = T>
 struct RawSteps {
-    T x[STEPS], p[STEPS], z[STEPS], g[STEPS];
+    W x[STEPS], p[STEPS], z[STEPS], g[STEPS];
 };
 
 template <typename T>
@@ -535,19 +545,22 @@ __device__ __forceinline__ void load_raw_steps(RawSteps<T>& raw, const Lane<T>& 
     }
 }
 
+template <typename W, typename T>
+__device__ __forceinline__ W load_as(const T* p) { return *reinterpret_cast<const W*>(p); }
+
 // Design 3: a sub-chunk's xc, pre, z and g through pointers that move a step at a time in the direction's order
 // (an IMAD.WIDE each; z's 64-bit stride: two adds), staying on the sequence's last token past its end, where
 // Lane::row and the z and g offsets of designs 0 and 1 cost a 64-bit multiply per step and tensor. g's row is xc's
 // less the direction's B L rows (g has no direction axis).
-template <typename T>
-__device__ __forceinline__ void load_raw_steps(RawSteps<T>& raw, const Lane<T>& lane, int k, long long first) {
+template <typename T, typename W>
+__device__ __forceinline__ void load_raw_steps(RawSteps<T, W>& raw, const Lane<T>& lane, int k, long long first) {
     const int t = lane.token(k * STEPS);
     const T *x = lane.xc + first, *p = lane.pre + first, *g = lane.g + (first - lane.g_shift);
     const T* zz = lane.z + (lane.z_row + t * lane.stride_zl);
     const int last = lane.L - 1 - k * STEPS;  // the sub-chunk's last step in the sequence
 #pragma unroll
     for (int s = 0; s < STEPS; ++s) {
-        raw.x[s] = *x, raw.p[s] = *p, raw.z[s] = *zz, raw.g[s] = *g;
+        raw.x[s] = load_as<W>(x), raw.p[s] = load_as<W>(p), raw.z[s] = load_as<W>(zz), raw.g[s] = load_as<W>(g);
         if (s + 1 < STEPS) {
             const bool on = s < last;
             const int row_step = on ? lane.row_step : 0;
@@ -636,15 +649,25 @@ struct StepOutputs {
     T *dz, *dxc, *ddt;
 };
 
+// Step s's gradients of one channel.
+struct StepGrads {
+    float dz, dxc, ddt;
+};
+
+__device__ __forceinline__ StepGrads step_grads(const StepInputs& in, const StepSums& sums, float skip, int s) {
+    return {in.dz_factor[s] * sums.y[s], fmaf(in.delta[s], sums.dh_b[s], skip * in.gy[s]),
+            (sums.ddelta[s] * LN2 + in.u[s] * sums.dh_b[s]) * softplus_slope(in.delta[s])};
+}
+
 // Step s's dz, dxc and ddt, written where out points; returns ddt (for the dt bias's sum).
 template <typename T>
 __device__ __forceinline__ float store_step(const StepInputs& in, const StepSums& sums, float skip, int s,
                                             const StepOutputs<T>& out) {
-    const float ddt = (sums.ddelta[s] * LN2 + in.u[s] * sums.dh_b[s]) * softplus_slope(in.delta[s]);
-    store(out.dz, in.dz_factor[s] * sums.y[s]);
-    store(out.dxc, fmaf(in.delta[s], sums.dh_b[s], skip * in.gy[s]));
-    store(out.ddt, ddt);
-    return ddt;
+    const StepGrads g = step_grads(in, sums, skip, s);
+    store(out.dz, g.dz);
+    store(out.dxc, g.dxc);
+    store(out.ddt, g.ddt);
+    return g.ddt;
 }
 
 // Designs 0 and 1: the outputs of a sub-chunk's steps within the sequence (live channels only), each at Lane::row
@@ -675,6 +698,329 @@ __device__ __forceinline__ void store_sub_chunk(const StepInputs& in, const Step
         out.dz += lane.row_step, out.dxc += lane.row_step, out.ddt += lane.row_step;
     }
 }
+
+#if PAIRS
+// ---- design 4: two adjacent channels a thread ------------------------------------------------------------------
+// Design 3's loads, layouts and arithmetic, each thread running channels 2i and 2i + 1 of its block side by side:
+// a step's xc, pre, z and g of both come in one load (a 32-bit word of two 16-bit values, or a float2), and its
+// dz, dxc and ddt go out in one store each; a state's B, C and checkpoint loads serve both; and the thread adds its
+// two channels' dB and dC values before the warp's transposition (dh0 du0 + dh1 du1 as one FMUL and one FFMA: no
+// more instructions than one channel's), so that the channel sums' shared-memory traffic per channel halves. The two
+// channels' recurrences are independent chains for the scheduler to interleave. A block is BLOCK_CHANNELS = 2
+// THREADS channels; D must be even and z's pairs aligned (cuda_scan.backward_supports).
+template <typename T>
+struct PairWord;  // a pair of adjacent values of T as one load or store moves them
+template <>
+struct PairWord<bf16_bits> { typedef unsigned int type; };
+template <>
+struct PairWord<f16_bits> { typedef unsigned int type; };
+template <>
+struct PairWord<float> { typedef float2 type; };
+
+template <typename T>
+__device__ __forceinline__ typename PairWord<T>::type load_pair(const T* p) {
+    return *reinterpret_cast<const typename PairWord<T>::type*>(p);
+}
+
+// The tag's type says how the word holds its two values (channel 0 in the low half, as memory orders them).
+__device__ __forceinline__ void unpack(unsigned int w, float (&v)[2], bf16_bits) {
+    v[0] = __uint_as_float(w << 16), v[1] = __uint_as_float(w & 0xffff0000u);
+}
+__device__ __forceinline__ void unpack(unsigned int w, float (&v)[2], f16_bits) {
+    v[0] = __nv_half2float((unsigned short)(w & 0xffffu)), v[1] = __nv_half2float((unsigned short)(w >> 16));
+}
+__device__ __forceinline__ void unpack(float2 w, float (&v)[2], float) { v[0] = w.x, v[1] = w.y; }
+
+__device__ __forceinline__ void store_pair(bf16_bits* p, const float (&v)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800  // no bf16 conversion before sm_80: by integer arithmetic
+    store(p, v[0]), store(p + 1, v[1]);
+#else
+    unsigned int r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(v[1]), "f"(v[0]));
+    *reinterpret_cast<unsigned int*>(p) = r;
+#endif
+}
+__device__ __forceinline__ void store_pair(f16_bits* p, const float (&v)[2]) {
+    *reinterpret_cast<unsigned int*>(p) = (unsigned int)__nv_float2half_rn(v[0]) |
+                                          ((unsigned int)__nv_float2half_rn(v[1]) << 16);
+}
+__device__ __forceinline__ void store_pair(float* p, const float (&v)[2]) {
+    *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
+}
+
+__device__ __forceinline__ float2 load_float2(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ void store_float2(float* p, float x, float y) {
+    *reinterpret_cast<float2*>(p) = make_float2(x, y);
+}
+
+// A sub-chunk's xc and pre pairs (not the last sub-chunk: every step is a token), rows from the first by row_step.
+template <typename T>
+__device__ __forceinline__ void load_xp_pairs(typename PairWord<T>::type (&x)[STEPS],
+                                              typename PairWord<T>::type (&p)[STEPS], const Lane<T>& lane, int k) {
+    const long long first = lane.row(lane.token(k * STEPS));
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+        const long long row = first + s * lane.row_step;
+        x[s] = load_pair(lane.xc + row), p[s] = load_pair(lane.pre + row);
+    }
+}
+
+// Pass 1 of design 4: store_checkpoints for the thread's two channels (the checkpoint tile's rows are the block's
+// BLOCK_CHANNELS channels, the thread's two adjacent: one float2 store per state).
+template <typename T>
+__device__ __forceinline__ void store_checkpoints_pairs(SharedRows& shared, float* __restrict__ checkpoints,
+                                                        const float (&bias)[2], const Lane<T>& lane, int sub_chunks) {
+    float h[2][N];
+#pragma unroll
+    for (int n = 0; n < N; ++n) h[0][n] = 0.0f, h[1][n] = 0.0f;
+    float staged[STAGED];
+    load_bc(staged, lane, 0);
+    store_bc(shared.bc[0], staged);
+    typename PairWord<T>::type next_x[STEPS], next_p[STEPS];  // the next sub-chunk's, loaded one sub-chunk ahead
+    if (sub_chunks > 1) load_xp_pairs(next_x, next_p, lane, 0);
+    __syncthreads();
+    for (int k = 0; k + 1 < sub_chunks; ++k) {
+        const int buffer = k & 1;
+        if (k + 2 < sub_chunks) load_bc(staged, lane, k + 1);
+        float delta[2][STEPS], du[2][STEPS];
+#pragma unroll
+        for (int s = 0; s < STEPS; ++s) {
+            float u[2], p[2];
+            unpack(next_x[s], u, T());
+            unpack(next_p[s], p, T());
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                delta[c][s] = softplus(p[c] + bias[c]);
+                du[c][s] = delta[c][s] * (lane.live ? u[c] : 0.0f);
+            }
+        }
+        if (k + 2 < sub_chunks) load_xp_pairs(next_x, next_p, lane, k + 1);
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+            float b[STEPS];
+            read_steps(shared.bc[buffer][n], b);
+            const float2 a = load_float2(&shared.a[n][CH * threadIdx.x]);
+#pragma unroll
+            for (int s = 0; s < STEPS; ++s) {
+                h[0][n] = fmaf(exp2f(delta[0][s] * a.x), h[0][n], du[0][s] * b[s]);
+                h[1][n] = fmaf(exp2f(delta[1][s] * a.y), h[1][n], du[1][s] * b[s]);
+            }
+        }
+        if (lane.live) {
+            float* at = checkpoints + (long long)k * checkpoint_stride(lane.D);
+#pragma unroll
+            for (int n = 0; n < N; ++n) store_float2(at + n * BLOCK_CHANNELS, h[0][n], h[1][n]);
+        }
+        if (k + 2 < sub_chunks) store_bc(shared.bc[buffer ^ 1], staged);
+        __syncthreads();
+    }
+}
+
+// A sub-chunk's step inputs of both channels from their loaded pairs (load_raw_steps with a pair word per load).
+template <typename T>
+__device__ __forceinline__ void load_pairs_from(StepInputs (&in)[2], const RawSteps<T, typename PairWord<T>::type>& raw,
+                                                const float (&bias)[2], float (&dskip_sum)[2], const Lane<T>& lane,
+                                                int k) {
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+        const bool real = lane.live && k * STEPS + s < lane.L;
+        float u[2], p[2], zz[2], gg[2];
+        unpack(raw.x[s], u, T());
+        unpack(raw.p[s], p, T());
+        unpack(raw.z[s], zz, T());
+        unpack(raw.g[s], gg, T());
+#pragma unroll
+        for (int c = 0; c < 2; ++c)
+            set_step(in[c], s, real, real ? u[c] : 0.0f, p[c] + bias[c], real ? zz[c] : 0.0f, real ? gg[c] : 0.0f,
+                     dskip_sum[c]);
+    }
+}
+
+// adjoint_state for the thread's two channels (a, h, carry, da: channel 0 in x, 1 in y; both share the state's B
+// and C), writing the sums of their dB and dC values into the warp's column.
+__device__ __forceinline__ void adjoint_state_pairs(const StepInputs (&in)[2], StepSums (&sums)[2], float2& carry,
+                                                    float2& da, float2 a, float2 h, const float* b_row,
+                                                    const float* c_row, float* warp_row) {
+    float b[STEPS], c[STEPS], decay[2][STEPS], hs[2][STEPS + 1];
+    read_steps(b_row, b);
+    read_steps(c_row, c);
+    const float as[2] = {a.x, a.y};
+    float cr[2] = {carry.x, carry.y}, das[2] = {da.x, da.y};
+    hs[0][0] = h.x, hs[1][0] = h.y;
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+#pragma unroll
+        for (int ch = 0; ch < 2; ++ch) {
+            decay[ch][s] = exp2f(in[ch].delta[s] * as[ch]);
+            hs[ch][s + 1] = fmaf(decay[ch][s], hs[ch][s], in[ch].du[s] * b[s]);
+            sums[ch].y[s] = fmaf(c[s], hs[ch][s + 1], sums[ch].y[s]);
+        }
+    }
+    float db[STEPS], dc[STEPS];
+#pragma unroll
+    for (int s = STEPS - 1; s >= 0; --s) {
+        float dh[2];
+#pragma unroll
+        for (int ch = 0; ch < 2; ++ch) {
+            dh[ch] = fmaf(c[s], in[ch].gy[s], cr[ch]);
+            cr[ch] = decay[ch][s] * dh[ch];
+            const float q = cr[ch] * hs[ch][s];
+            sums[ch].ddelta[s] = fmaf(q, as[ch], sums[ch].ddelta[s]);
+            das[ch] = fmaf(q, in[ch].delta[s], das[ch]);
+            sums[ch].dh_b[s] = fmaf(dh[ch], b[s], sums[ch].dh_b[s]);
+        }
+        db[s] = fmaf(dh[1], in[1].du[s], dh[0] * in[0].du[s]);
+        dc[s] = fmaf(hs[1][s + 1], in[1].gy[s], hs[0][s + 1] * in[0].gy[s]);
+    }
+    carry = make_float2(cr[0], cr[1]), da = make_float2(das[0], das[1]);
+    write_values(warp_row, db);
+    write_values(warp_row + STEPS * VALUE_STRIDE, dc);
+}
+
+// store_sub_chunk for the thread's two channels: one store of a pair per tensor and step.
+template <typename T>
+__device__ __forceinline__ void store_sub_chunk_pairs(const StepInputs (&in)[2], const StepSums (&sums)[2],
+                                                      const float (&skip)[2], float (&dbias_sum)[2],
+                                                      const Lane<T>& lane, int k) {
+    const long long first = lane.row(lane.token(k * STEPS));
+    StepOutputs<T> out{lane.dz + first, lane.dxc + first, lane.ddt + first};
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+        if (k * STEPS + s < lane.L) {
+            float dz[2], dx[2], dt[2];
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const StepGrads g = step_grads(in[c], sums[c], skip[c], s);
+                dz[c] = g.dz, dx[c] = g.dxc, dt[c] = g.ddt;
+                dbias_sum[c] += g.ddt;
+            }
+            store_pair(out.dz, dz), store_pair(out.dxc, dx), store_pair(out.ddt, dt);
+        }
+        out.dz += lane.row_step, out.dxc += lane.row_step, out.ddt += lane.row_step;
+    }
+}
+
+// Design 4's kernel body: scan_bwd's, two channels a thread.
+template <typename T>
+__device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T* __restrict__ z, const T* __restrict__ g,
+                                               const float* __restrict__ dbl, const T* __restrict__ pre,
+                                               const float* __restrict__ dt_bias, const float* __restrict__ a2,
+                                               const float* __restrict__ dskip, T* __restrict__ dz, T* __restrict__ dxc,
+                                               T* __restrict__ ddt, float* __restrict__ dbc, float* __restrict__ parts,
+                                               float* __restrict__ checkpoint_base, int Bsz, int L, int D, int R,
+                                               long long stride_zb, long long stride_zl) {
+    extern __shared__ __align__(16) unsigned char dynamic_shared[];  // over 48 KB: the launch passes its size
+    SharedRows& shared = *reinterpret_cast<SharedRows*>(dynamic_shared);
+    const int seq = blockIdx.y;  // direction * Bsz + b
+    const int b = seq % Bsz;
+    const int d = blockIdx.x * BLOCK_CHANNELS + CH * threadIdx.x;  // the thread's first channel (D is even)
+    const int dd = d < D ? d : 0;
+    const long long seq_row = (long long)seq * L;
+    Lane<T> lane;
+    lane.xc = xc, lane.pre = pre, lane.z = z, lane.g = g, lane.dz = dz, lane.dxc = dxc, lane.ddt = ddt;
+    lane.dbl_seq = dbl + seq_row * (R + 2 * N) + R, lane.dbc_seq = dbc + seq_row * (2 * N);
+    lane.seq_elem = seq_row * D, lane.b_row = (long long)b * L, lane.z_row = b * stride_zb + dd;
+    lane.stride_zl = stride_zl;
+    lane.direction = seq / Bsz, lane.L = L, lane.D = D, lane.R = R, lane.channel = dd, lane.live = d < D;
+    lane.z_step = lane.direction == 0 ? stride_zl : -stride_zl;
+    lane.g_shift = (seq - b) * (long long)L * D;
+    lane.row_step = lane.direction == 0 ? D : -D;
+    const int own = CH * threadIdx.x;  // the thread's first column of the block's BLOCK_CHANNELS
+#pragma unroll
+    for (int n = 0; n < N; ++n)
+        store_float2(&shared.a[n][own], a2[(lane.direction * N + n) * D + dd], a2[(lane.direction * N + n) * D + dd + 1]);
+    float bias[2], skip[2];
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+        bias[c] = lane.live ? dt_bias[lane.direction * D + dd + c] : 0.0f;
+        skip[c] = dskip[lane.direction * D + dd + c];
+    }
+    const int sub_chunks = (L + STEPS - 1) / STEPS;
+    float* checkpoints = checkpoint_base + (long long)seq * (sub_chunks - 1) * checkpoint_stride(D) +
+                         blockIdx.x * N * BLOCK_CHANNELS + own;
+
+    store_checkpoints_pairs(shared, checkpoints, bias, lane, sub_chunks);
+
+    float* const carry = &shared.carry[0][own];
+    float* const da = &shared.da[0][own];
+    float* const parked = &shared.dz_factor[0][own];
+#pragma unroll
+    for (int n = 0; n < N; ++n) store_float2(carry + n * BLOCK_CHANNELS, 0.0f, 0.0f), store_float2(da + n * BLOCK_CHANNELS, 0.0f, 0.0f);
+    float dskip_sum[2] = {0.0f, 0.0f}, dbias_sum[2] = {0.0f, 0.0f};
+    const int warp = threadIdx.x / 32;
+    float* warp_row = &shared.warp_values[warp][0][threadIdx.x % 32];  // the thread's column
+    float staged[STAGED];
+    load_bc(staged, lane, sub_chunks - 1);
+    store_bc(shared.bc[0], staged);
+    __syncthreads();
+    const float* h0 = checkpoints + (long long)(sub_chunks - 2) * checkpoint_stride(D);  // sub-chunk k's, k - 1
+#if PREFETCH
+    if (sub_chunks > 1)
+        prefetch_sub_chunk(lane, sub_chunks > 2 ? h0 - checkpoint_stride(D) - own : nullptr, sub_chunks - 2);
+#endif
+    for (int k = sub_chunks - 1, buffer = 0; k >= 0; --k, buffer ^= 1) {
+        if (k > 0) load_bc(staged, lane, k - 1);
+        StepInputs in[2];
+        {
+            RawSteps<T, typename PairWord<T>::type> raw;
+            load_raw_steps(raw, lane, k, lane.row(lane.token(k * STEPS)));
+            load_pairs_from(in, raw, bias, dskip_sum, lane, k);
+        }
+#pragma unroll
+        for (int s = 0; s < STEPS; ++s) store_float2(parked + s * BLOCK_CHANNELS, in[0].dz_factor[s], in[1].dz_factor[s]);
+        StepSums sums[2];
+#pragma unroll
+        for (int c = 0; c < 2; ++c)
+#pragma unroll
+            for (int s = 0; s < STEPS; ++s)
+                sums[c].y[s] = skip[c] * in[c].u[s], sums[c].ddelta[s] = 0.0f, sums[c].dh_b[s] = 0.0f;
+        const bool from_checkpoint = k > 0 && lane.live;  // the first sub-chunk starts from zero
+        float2 h_ahead[AHEAD];
+#pragma unroll
+        for (int n = 0; n < AHEAD; ++n)
+            h_ahead[n] = from_checkpoint ? load_float2(h0 + n * BLOCK_CHANNELS) : make_float2(0.0f, 0.0f);
+        float* warp_sums = shared.warp_sums[buffer][warp];
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+            const float2 h = h_ahead[n % AHEAD];
+            if (n + AHEAD < N)
+                h_ahead[n % AHEAD] =
+                    from_checkpoint ? load_float2(h0 + (n + AHEAD) * BLOCK_CHANNELS) : make_float2(0.0f, 0.0f);
+            float2 cr = load_float2(carry + n * BLOCK_CHANNELS), dn = load_float2(da + n * BLOCK_CHANNELS);
+            adjoint_state_pairs(in, sums, cr, dn, load_float2(&shared.a[n][own]), h, shared.bc[buffer][n],
+                                shared.bc[buffer][N + n], warp_row);
+            store_float2(carry + n * BLOCK_CHANNELS, cr.x, cr.y), store_float2(da + n * BLOCK_CHANNELS, dn.x, dn.y);
+            const float sum = warp_column_sum(shared.warp_values[warp]);
+            if (threadIdx.x % LANES_PER_VALUE == 0) warp_sums[n * WARP_VALUES + threadIdx.x % 32 / LANES_PER_VALUE] = sum;
+        }
+#pragma unroll
+        for (int s = 0; s < STEPS; ++s) {
+            const float2 f = load_float2(parked + s * BLOCK_CHANNELS);
+            in[0].dz_factor[s] = f.x, in[1].dz_factor[s] = f.y;
+        }
+        if (lane.live) store_sub_chunk_pairs(in, sums, skip, dbias_sum, lane, k);
+        if (k > 0) store_bc(shared.bc[buffer ^ 1], staged);
+        __syncthreads();
+        add_block_sums(shared.warp_sums[buffer], lane, k);
+        h0 -= checkpoint_stride(D);
+#if PREFETCH
+        if (k > 1) prefetch_sub_chunk(lane, k > 2 ? h0 - checkpoint_stride(D) - own : nullptr, k - 2);
+#endif
+    }
+    if (lane.live) {  // the sequence's N + 2 rows of parts, as scan_bwd writes them, both channels at once
+        const long long seq_d = (long long)seq * D;
+        float* part = parts + (seq_d * N + d) + 2 * seq_d;
+        const float* da_column = da;
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+            const float2 v = load_float2(da_column + n * BLOCK_CHANNELS);
+            store_float2(part + (long long)n * D, v.x, v.y);
+        }
+        store_float2(part + (long long)N * D, dskip_sum[0], dskip_sum[1]);
+        store_float2(part + (long long)(N + 1) * D, dbias_sum[0], dbias_sum[1]);
+    }
+}
+#endif
 
 template <typename T>
 __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __restrict__ z, const T* __restrict__ g,
@@ -840,13 +1186,18 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
 // partial sums of dA (rows 0 .. N-1, row n: state n), dD (row N) and the dt bias (row N + 1); checkpoints (2, B,
 // ceil(L / STEPS) - 1, N, D) fp32 scratch (design 3: (2, B, ceil(L / STEPS) - 1, ceil(D / THREADS), N, THREADS),
 // cuda_scan.checkpoint_shape). Grid (ceil(D / THREADS), 2 B).
+#if PAIRS
+#define SCAN_BWD_BODY scan_bwd_pairs
+#else
+#define SCAN_BWD_BODY scan_bwd
+#endif
 #define REIDCAM_SCAN_BWD_KERNEL(NAME, T)                                                                             \
     extern "C" __global__ void __launch_bounds__(THREADS, REIDCAM_MIN_BLOCKS)                                      \
         NAME(const T* xc, const T* z, const T* g, const float* dbl, const T* pre, const float* dt_bias,            \
              const float* a2, const float* dskip, T* dz, T* dxc, T* ddt, float* dbc, float* parts,                 \
              float* checkpoints, int Bsz, int L, int D, int R, long long stride_zb, long long stride_zl) {         \
-        scan_bwd<T>(xc, z, g, dbl, pre, dt_bias, a2, dskip, dz, dxc, ddt, dbc, parts, checkpoints, Bsz, L, D, R,   \
-                    stride_zb, stride_zl);                                                                         \
+        SCAN_BWD_BODY<T>(xc, z, g, dbl, pre, dt_bias, a2, dskip, dz, dxc, ddt, dbc, parts, checkpoints, Bsz, L, D, \
+                         R, stride_zb, stride_zl);                                                                 \
     }
 
 REIDCAM_SCAN_BWD_KERNEL(bimamba_scan_bwd_bf16, bf16_bits)
