@@ -114,11 +114,12 @@ TRITON_TOLERANCE = {name: 4e-3 if name in STORED_IN_COMPUTE_DTYPE else 2e-5 for 
 
 
 def _build(threads: int, min_blocks: int, steps: int = cuda_scan.BWD_STEPS, design: int | None = None,
-           prefetch: int | None = None) -> tuple[int, int, dict]:
-    """(threads, steps, macros); ``design`` and ``prefetch`` None: the source's defaults."""
+           prefetch: int | None = None, **macros: int) -> tuple[int, int, dict]:
+    """(threads, steps, macros); ``design`` and ``prefetch`` None: the source's defaults; ``macros``: more of
+    scan_bwd.cu's, by name."""
     designs = {} if design is None else {"REIDCAM_BWD_DESIGN": design}
     prefetches = {} if prefetch is None else {"REIDCAM_PREFETCH": prefetch}
-    return threads, steps, {"REIDCAM_MIN_BLOCKS": min_blocks, **designs, **prefetches}
+    return threads, steps, {"REIDCAM_MIN_BLOCKS": min_blocks, **designs, **prefetches, **macros}
 
 
 # name: (threads per block, steps, macros). "default" passes nothing: the source's own defaults (256 / 2 / 4).
@@ -139,10 +140,12 @@ VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
     "design 3, 256 x 2": _build(256, 2, design=3),
     # design 4: design 3 with two adjacent channels a thread (12 warps per SM of 64-thread blocks at 168 registers;
     # the designed build prefetches the checkpoints only, REIDCAM_PREFETCH 1)
+    "design 4": _build(128, 3, design=4),
     "design 4, 64 threads": _build(64, 6, design=4),
-    "design 4, 64, no prefetch": _build(64, 6, design=4, prefetch=0),
-    "design 4, 64, step inputs prefetched": _build(64, 6, design=4, prefetch=2),
-    "design 4, 128 threads": _build(128, 3, design=4),
+    "design 4, step inputs prefetched": _build(128, 3, design=4, prefetch=2),
+    # pass 1's decays: all by exp2f (MUFU), or 3 state indices of 16 by exp2_fma (the designed build: 2)
+    "design 4, pass 1 by exp2f": _build(128, 3, design=4, REIDCAM_POLY_STATES=0),
+    "design 4, 3 states by exp2_fma": _build(128, 3, design=4, REIDCAM_POLY_STATES=3),
 }
 # compiled by --list --all only, to show why they are not timed (the docstring's numbers)
 REJECTED: dict[str, tuple[int, int, dict[str, int]]] = {
@@ -318,7 +321,7 @@ def main(argv: list[str]) -> int:
             del grads
             call_ms = median_ms(lambda: scan.backward(*data[batch]), args.reps)
             kernel_ms = median_ms(scan.launcher(*data[batch])[0], args.reps)
-            blocks = -(-DIM // scan.threads) * 2 * batch
+            blocks = -(-DIM // (scan.threads * cuda_scan.backward_channels_per_thread(scan.design))) * 2 * batch
             print(f"| {name} | {batch} | {blocks} | {call_ms:.3f} | {kernel_ms:.3f} | {check} |", flush=True)
     if not args.no_triton:
         for batch in batches:  # after the CUDA rows: the first call autotunes (compiles) Triton's kernel

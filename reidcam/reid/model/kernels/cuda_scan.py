@@ -420,7 +420,7 @@ BWD_THREADS = 256  # channels per block, design 1 (and 0)
 # Design 3's block: 128 threads, 6 blocks per SM (the same 24 warps as 3 of 256). On an H200 0.438 ms against 256
 # threads' 0.444 at batch 64 and 1.623 against 1.689 at 256 (session 10); the training step 28.2 -> 28.0 ms, twice
 # each, alternated (session 11, bench/NOTES-speed.md attempt 70).
-BWD_THREADS_OF_DESIGN = {3: 128, 4: 64}
+BWD_THREADS_OF_DESIGN = {3: 128, 4: 128}
 BWD_STEPS = 4  # tokens between the checkpointed states (scan_bwd.cu says why 4)
 BWD_MAX_STATE = 16  # the kernel keeps a[N][threads] and per-state sums in shared memory: 45 KB at 16
 BWD_DESIGN = 1  # REIDCAM_BWD_DESIGN where the defines name none (every build gets it; scan_bwd.cu's default too)
