@@ -143,9 +143,8 @@ VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
     "design 4": _build(128, 3, design=4),
     "design 4, 64 threads": _build(64, 6, design=4),
     "design 4, step inputs prefetched": _build(128, 3, design=4, prefetch=2),
-    # pass 1's decays: all by exp2f (MUFU), or 3 state indices of 16 by exp2_fma (the designed build: 2)
-    "design 4, pass 1 by exp2f": _build(128, 3, design=4, REIDCAM_POLY_STATES=0),
-    "design 4, 3 states by exp2_fma": _build(128, 3, design=4, REIDCAM_POLY_STATES=3),
+    "design 4, ahead 1": _build(128, 3, design=4, REIDCAM_AHEAD=1),
+    "design 4, ahead 4": _build(128, 3, design=4, REIDCAM_AHEAD=4),
 }
 # compiled by --list --all only, to show why they are not timed (the docstring's numbers)
 REJECTED: dict[str, tuple[int, int, dict[str, int]]] = {

@@ -182,16 +182,14 @@ def emulation_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("emulated")
 
 
-def emulated_library(design: int, workdir, **macros: int) -> ctypes.CDLL:
-    """The design's kernels built for the emulation, with more of scan_bwd.cu's macros where given
-    (cuda_emulation.build keeps each build in workdir)."""
+def emulated_library(design: int, workdir) -> ctypes.CDLL:
+    """The design's kernels built for the emulation (cuda_emulation.build keeps each build in workdir)."""
     kernels = {cuda_scan.backward_kernel_name(dt): KERNEL_PARAMS.format(T=C_TYPES[dt])
                for dt in cuda_scan.backward_dtypes(design)}
     d_state, steps = 16, cuda_scan.BWD_STEPS
     defines = {"REIDCAM_N": d_state, "REIDCAM_THREADS": EMULATED_THREADS, "REIDCAM_STEPS": steps,
                "REIDCAM_BWD_DESIGN": design,
-               "REIDCAM_SHARED_BYTES": cuda_scan.backward_shared_bytes(EMULATED_THREADS, d_state, steps, design),
-               **macros}
+               "REIDCAM_SHARED_BYTES": cuda_scan.backward_shared_bytes(EMULATED_THREADS, d_state, steps, design)}
     return cuda_emulation.build(cuda_scan.BWD_SOURCE, kernels, defines, workdir)
 
 
@@ -204,8 +202,8 @@ class EmulatedBackward(cuda_scan.CudaScanBackward):
     """CudaScanBackward with its launch replaced by the CPU emulation of the same kernel (the launch's dynamic
     shared memory included)."""
 
-    def __init__(self, design: int, library: ctypes.CDLL, **macros: int) -> None:
-        super().__init__(threads=EMULATED_THREADS, defines={"REIDCAM_BWD_DESIGN": design, **macros})
+    def __init__(self, design: int, library: ctypes.CDLL) -> None:
+        super().__init__(threads=EMULATED_THREADS, defines={"REIDCAM_BWD_DESIGN": design})
         self.library = library
         self._driver = self
 
@@ -226,24 +224,10 @@ def even_for_pairs(design: int, shape: tuple[int, int, int]) -> tuple[int, int, 
     return bsz, length, dim + dim % cuda_scan.backward_channels_per_thread(design)
 
 
-def run_emulated(emulated, monkeypatch, xc, z, dbl, tables, grad_out, **macros: int) -> triton_scan.ScanGrads:
+def run_emulated(emulated, monkeypatch, xc, z, dbl, tables, grad_out) -> triton_scan.ScanGrads:
     monkeypatch.setattr(cuda_scan.torch.cuda, "current_stream", lambda device: type("S", (), {"cuda_stream": 0}))
     monkeypatch.setattr(cuda_scan, "device_index", lambda device: 0)
-    return EmulatedBackward(*emulated, **macros).backward(xc, z, dbl, tables, grad_out)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_emulated_pass_1_decays_by_exp2_fma_change_only_the_last_bits(emulation_dir, monkeypatch, dtype):
-    """Design 4's pass 1 with every state's decay by exp2_fma (its polynomial) against every one by exp2f: the
-    checkpoints differ by the two approximations' last bits, and so do the gradients (in bf16 an output may round
-    the other way: within one of its ulps)."""
-    xc, z, dbl, tables, grad_out = scan_inputs(2, 23, 70, dtype, "cpu", seed=9)
-    grads = [run_emulated((4, emulated_library(4, emulation_dir, REIDCAM_POLY_STATES=states)), monkeypatch, xc, z,
-                          dbl, tables, grad_out, REIDCAM_POLY_STATES=states) for states in (0, 16)]
-    errors = relative_errors(grads[1], {name: getattr(grads[0], name) for name in GRAD_NAMES})
-    limit = {name: 4e-3 if dtype == torch.bfloat16 and name in STORED_IN_COMPUTE_DTYPE else 2e-6 for name in GRAD_NAMES}
-    assert all(errors[name] < limit[name] for name in GRAD_NAMES), errors
-    assert any(not torch.equal(getattr(grads[0], name), getattr(grads[1], name)) for name in GRAD_NAMES)
+    return EmulatedBackward(*emulated).backward(xc, z, dbl, tables, grad_out)
 
 
 @pytest.mark.parametrize("shape", [(2, 23, 70), (1, 5, 40), (2, 1, 33), (1, 6, 260)])
@@ -390,12 +374,10 @@ def test_the_emulated_designs_compute_the_same_per_channel_arithmetic(emulation_
                                                                       later):
     """The same arithmetic in other storage: every per-channel gradient bit for bit; dbc's sums add the channels in
     another order (design 3: a column of 8 per lane, not design 1's rotated row of 16; design 4: a thread's two
-    channels first). Design 4 built with its pass 1's decays all by exp2f, as the others compute them."""
+    channels first)."""
     xc, z, dbl, tables, grad_out = scan_inputs(2, 23, 70, dtype, "cpu", seed=4)
-    macros = {"REIDCAM_POLY_STATES": 0} if later == 4 else {}
-    one = run_emulated((earlier, emulated_library(earlier, emulation_dir)), monkeypatch, xc, z, dbl, tables, grad_out)
-    other = run_emulated((later, emulated_library(later, emulation_dir, **macros)), monkeypatch, xc, z, dbl, tables,
-                         grad_out, **macros)
+    one, other = (run_emulated((design, emulated_library(design, emulation_dir)), monkeypatch, xc, z, dbl, tables,
+                               grad_out) for design in (earlier, later))
     for name in GRAD_NAMES:
         if name != "dbc":
             assert torch.equal(getattr(one, name), getattr(other, name)), name
@@ -498,19 +480,16 @@ def test_cuda_design_3_equals_design_1(dtype, shape, threads):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(2, 131, 300), (3, 140, 768), (1, 7, 34)])
 def test_cuda_design_4_equals_design_3(dtype, shape):
-    """Design 4 (two channels a thread) against design 3 (design 1 for fp16, which design 3 does not build), built
-    with its pass 1's decays by exp2f as theirs: every per-channel gradient bit for bit, dbc up to the order of its
-    sums; and as the mixer builds it (exp2_fma in pass 1) against the float64 definition."""
+    """Design 4 (two channels a thread) against design 3 (design 1 for fp16, which design 3 does not build): every
+    per-channel gradient bit for bit, dbc up to the order of its sums; and against the float64 definition."""
     xc, z, dbl, tables, grad_out = scan_inputs(*shape, dtype, "cuda", seed=5)
     earlier = cuda_scan.CudaScanBackward(defines={"REIDCAM_BWD_DESIGN": 1 if dtype == torch.float16 else 3})
     one = earlier.backward(xc, z, dbl, tables, grad_out)
-    exp2f_only = cuda_scan.CudaScanBackward(defines={"REIDCAM_BWD_DESIGN": 4, "REIDCAM_POLY_STATES": 0})
-    four = exp2f_only.backward(xc, z, dbl, tables, grad_out)
+    four = cuda_scan.CudaScanBackward(defines={"REIDCAM_BWD_DESIGN": 4}).backward(xc, z, dbl, tables, grad_out)
     for name in GRAD_NAMES:
         if name != "dbc":
             assert torch.equal(getattr(one, name), getattr(four, name)), name
     assert ((four.dbc - one.dbc).abs().max() / one.dbc.abs().max()).item() < 1e-5
-    four = cuda_scan.CudaScanBackward(defines={"REIDCAM_BWD_DESIGN": 4}).backward(xc, z, dbl, tables, grad_out)
     errors = relative_errors(four, reference_grads(xc, z, dbl, tables, grad_out))
     assert all(errors[name] < TOLERANCE[dtype][name] for name in GRAD_NAMES), errors
 

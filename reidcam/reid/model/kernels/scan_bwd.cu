@@ -754,36 +754,6 @@ __device__ __forceinline__ void store_float2(float* p, float x, float y) {
 }
 
 // A sub-chunk's xc and pre pairs (not the last sub-chunk: every step is a token), rows from the first by row_step.
-// exp2(x) for x <= 0 on the FMA pipe, where exp2f is one MUFU instruction: 2^round(x) times a degree-5 polynomial
-// of 2^f, f = x - round(x) in [-0.5, 0.5] (a minimax fit of the relative error: at most 1.9e-7 in fp32, as
-// ex2.approx's 2 ulp), the integer part added to the result's exponent. Below -126 it gives 2^-126 times the
-// polynomial's mantissa read as a subnormal (< 1.2e-38) where ex2.approx.ftz gives 0: a decay of nothing either way.
-// Why (design 4's pass 1, REIDCAM_POLY_STATES): a sub-chunk there is 144 MUFU instructions a warp (8 cycles each on
-// a quadrant's 4 SFUs: 1,152 cycles) against ~800 issued, so the states that take this path trade 8 MUFU cycles for
-// ~10 issue slots each.
-__device__ __forceinline__ float exp2_fma(float x) {
-    const float shifter = 12582912.0f;  // 1.5 2^23: the sum's low mantissa bits hold round(x), two's complement
-    const float t = fmaxf(x, -126.0f) + shifter;
-    const float f = fmaxf(x, -126.0f) - (t - shifter);
-    float p = 1.326472731307149e-3f;
-    p = fmaf(p, f, 9.671512991189957e-3f);
-    p = fmaf(p, f, 5.550733581185341e-2f);
-    p = fmaf(p, f, 2.4022242426872253e-1f);
-    p = fmaf(p, f, 6.931470036506653e-1f);
-    p = fmaf(p, f, 1.0f);
-    return __uint_as_float(__float_as_uint(p) + (__float_as_uint(t) << 23));
-}
-
-// Design 4's pass 1 computes the decays of its first POLY_STATES state indices by exp2_fma (pass 2 and the forward
-// by exp2f: the two approximations differ in the last bits).
-#ifndef REIDCAM_POLY_STATES
-#define REIDCAM_POLY_STATES 2
-#endif
-#define POLY_STATES REIDCAM_POLY_STATES
-static_assert(POLY_STATES >= 0 && POLY_STATES <= N, "0 to N states by exp2_fma");
-
-__device__ __forceinline__ float pass1_decay(float x, int n) { return n < POLY_STATES ? exp2_fma(x) : exp2f(x); }
-
 template <typename T>
 __device__ __forceinline__ void load_xp_pairs(typename PairWord<T>::type (&x)[STEPS],
                                               typename PairWord<T>::type (&p)[STEPS], const Lane<T>& lane, int k) {
@@ -832,8 +802,8 @@ __device__ __forceinline__ void store_checkpoints_pairs(SharedRows& shared, floa
             const float2 a = load_float2(&shared.a[n][CH * threadIdx.x]);
 #pragma unroll
             for (int s = 0; s < STEPS; ++s) {
-                h[0][n] = fmaf(pass1_decay(delta[0][s] * a.x, n), h[0][n], du[0][s] * b[s]);
-                h[1][n] = fmaf(pass1_decay(delta[1][s] * a.y, n), h[1][n], du[1][s] * b[s]);
+                h[0][n] = fmaf(exp2f(delta[0][s] * a.x), h[0][n], du[0][s] * b[s]);
+                h[1][n] = fmaf(exp2f(delta[1][s] * a.y), h[1][n], du[1][s] * b[s]);
             }
         }
         if (lane.live) {
