@@ -143,8 +143,9 @@ VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
     "design 4": _build(128, 3, design=4),
     "design 4, 64 threads": _build(64, 6, design=4),
     "design 4, step inputs prefetched": _build(128, 3, design=4, prefetch=2),
-    "design 4, ahead 1": _build(128, 3, design=4, REIDCAM_AHEAD=1),
-    "design 4, ahead 4": _build(128, 3, design=4, REIDCAM_AHEAD=4),
+    "design 4, ahead 2": _build(128, 3, design=4, REIDCAM_AHEAD=2),
+    "design 4, ahead 6": _build(128, 3, design=4, REIDCAM_AHEAD=6),
+    "design 4, ahead 8": _build(128, 3, design=4, REIDCAM_AHEAD=8),
 }
 # compiled by --list --all only, to show why they are not timed (the docstring's numbers)
 REJECTED: dict[str, tuple[int, int, dict[str, int]]] = {
@@ -207,8 +208,9 @@ def spills(text: str) -> bool:
 
 def describe(build: tuple[int, int, dict[str, int]]) -> str:
     threads, steps, defines = build[:3]
+    design = defines.get("REIDCAM_BWD_DESIGN", 1)
     return (f"threads {threads}, min blocks {defines.get('REIDCAM_MIN_BLOCKS', 2)}, steps {steps}, "
-            f"design {defines.get('REIDCAM_BWD_DESIGN', 1)}, ahead {defines.get('REIDCAM_AHEAD', 2)}")
+            f"design {design}, ahead {defines.get('REIDCAM_AHEAD', 4 if design == 4 else 2)}")
 
 
 class PrecompiledBackward(cuda_scan.CudaScanBackward):
