@@ -9,8 +9,9 @@
 //   gy = g z sigmoid(z) / 2 (this direction's share of the gated average),
 //   dh_s = C_s gy_s + exp2(delta_{s+1} a2) dh_{s+1} (the adjoint state), q = dh_s exp2(delta_s a2) h_{s-1}.
 //
-// A block is (THREADS channels, one sequence, one direction), a thread one channel; grid (channel blocks,
-// 2 * batch), the direction-major sequence index as in the forward's tensors.
+// A block is (THREADS channels, one sequence, one direction), a thread one channel (design 4: 2 THREADS channels, a
+// thread two adjacent ones); grid (channel blocks, 2 * batch), the direction-major sequence index as in the forward's
+// tensors.
 // Pass 1 walks the direction forward with the N states in registers and keeps the state every STEPS tokens
 // in a scratch (checkpoint k = the state before step (k + 1) STEPS; fp32, (2, B, checkpoints, N, D), so a
 // warp's stores and loads are coalesced over channels; design 3 tiles it by channel block: checkpoint_stride);
@@ -93,16 +94,31 @@
 //      sub-chunk's work around the recurrence (the bf16 stores by cvt, softplus without a branch around it, the
 //      outputs' pointers moved unconditionally, offsets within a sequence in 32 bits, the prefetch's trip count):
 //      pass 2 as compiled 2,206 -> 1,964 (bf16), 0.437 -> 0.419 ms at batch 64, 1.554 -> 1.444 at 256 (H200).
+//   4: design 3 with two adjacent channels a thread (scan_bwd_pairs, below), for the work that design 3 does once
+//      per thread and token or state, not per channel: a step's xc, pre, z and g of both channels come in one load
+//      (a 32-bit word of two 16-bit values, or a float2) and its dz, dxc and ddt go out in one store each; a state's
+//      B and C reads, its a, carry and dA columns (float2) and its checkpoint load serve both channels; and the
+//      thread adds its two channels' dB and dC values before the warp's transposition (as an FMUL and an FFMA, no
+//      more than one channel's two FMULs), so the channel sums' shared-memory stores and loads per channel halve.
+//      The two recurrences are independent chains for the scheduler. Pass 2's loop, SASS per sub-chunk of the bf16
+//      kernel at 128 threads: 2,850 for two channels (1,425 a channel, against design 3's 1,964); pass 1 791 (396,
+//      against 469). 168 registers, 12 warps per SM (3 blocks of 128 threads: their 62,976 B of shared memory
+//      leave no room for a fourth), as many channels in flight per SM as design 3's 24 warps; at batch 64, 384
+//      blocks of 256 channels in one wave of 396 slots. It needs D even and z's pairs aligned
+//      (cuda_scan.backward_pairs_fit; the mixer runs design 3 where they are not). Every per-channel gradient is
+//      design 3's bit for bit; dbc adds the channels in another order. Measured (session 14, H200, the kernel
+//      alone, batch 64 / 256): 0.372 / 1.404 ms against design 3's 0.418 / 1.442; 64-thread blocks 0.408 / 1.539;
+//      the step 24.9 -> 23.8 ms.
 // Design 1 (session 8, H200): 0.570 ms against design 0's 0.956 at batch 64, 1.883 against 2.866 at batch 256,
 // with the same gradients (bench/cuda_scan_bwd_variants.py). Design 3 (session 9, H200): 0.538 ms against design
-// 1's 0.597 at batch 64 (one wave), 1.952 against 1.907 at batch 256. The mixer runs design 3 for bf16 and fp32
-// and design 1 for fp16 (cuda_scan.BWD_DESIGN_OF): design 3's fp16 build spills 100 B at 80 registers, so this
-// file builds none. The macro's default stays 1, the design that builds every dtype.
+// 1's 0.597 at batch 64 (one wave), 1.952 against 1.907 at batch 256. The mixer runs design 4 for every dtype
+// (cuda_scan.BWD_DESIGN_OF), and where its pairs do not fit the tensors design 3 for bf16 and fp32 and design 1 for
+// fp16: design 3's fp16 build spills 100 B at 80 registers, so this file builds none. The macro's default stays 1.
 #ifndef REIDCAM_BWD_DESIGN
 #define REIDCAM_BWD_DESIGN 1
 #endif
 // Blocks per SM that ptxas must fit: 2 of 256 threads leaves 128 registers per thread; design 3 is built for
-// 24 warps per SM (3 blocks of 256 threads, 6 of 128: 80 registers).
+// 24 warps per SM (3 blocks of 256 threads, 6 of 128: 80 registers), design 4 for 12 (3 of 128: 168 registers).
 #ifndef REIDCAM_MIN_BLOCKS
 #define REIDCAM_MIN_BLOCKS \
     (REIDCAM_BWD_DESIGN == 3 ? 24 * 32 / REIDCAM_THREADS : REIDCAM_BWD_DESIGN == 4 ? 12 * 32 / REIDCAM_THREADS : 2)
@@ -702,14 +718,10 @@ __device__ __forceinline__ void store_sub_chunk(const StepInputs& in, const Step
 }
 
 #if PAIRS
-// ---- design 4: two adjacent channels a thread ------------------------------------------------------------------
-// Design 3's loads, layouts and arithmetic, each thread running channels 2i and 2i + 1 of its block side by side:
-// a step's xc, pre, z and g of both come in one load (a 32-bit word of two 16-bit values, or a float2), and its
-// dz, dxc and ddt go out in one store each; a state's B, C and checkpoint loads serve both; and the thread adds its
-// two channels' dB and dC values before the warp's transposition (dh0 du0 + dh1 du1 as one FMUL and one FFMA: no
-// more instructions than one channel's), so that the channel sums' shared-memory traffic per channel halves. The two
-// channels' recurrences are independent chains for the scheduler to interleave. A block is BLOCK_CHANNELS = 2
-// THREADS channels; D must be even and z's pairs aligned (cuda_scan.backward_supports).
+// ---- design 4: two adjacent channels a thread (the file's header says why) --------------------------------------
+// Design 3's loads, layouts and arithmetic, each thread running channels 2i and 2i + 1 of its block's BLOCK_CHANNELS
+// side by side (channel 0 of a pair in a float2's x, 1 in its y). D must be even and z's and g's pairs aligned
+// (cuda_scan.backward_pairs_fit).
 template <typename T>
 struct PairWord;  // a pair of adjacent values of T as one load or store moves them
 template <>
@@ -904,11 +916,12 @@ __device__ __forceinline__ void store_sub_chunk_pairs(const StepInputs (&in)[2],
 
 // Design 4's kernel body: scan_bwd's, two channels a thread.
 template <typename T>
-__device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T* __restrict__ z, const T* __restrict__ g,
-                                               const float* __restrict__ dbl, const T* __restrict__ pre,
-                                               const float* __restrict__ dt_bias, const float* __restrict__ a2,
-                                               const float* __restrict__ dskip, T* __restrict__ dz, T* __restrict__ dxc,
-                                               T* __restrict__ ddt, float* __restrict__ dbc, float* __restrict__ parts,
+__device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T* __restrict__ z,
+                                               const T* __restrict__ g, const float* __restrict__ dbl,
+                                               const T* __restrict__ pre, const float* __restrict__ dt_bias,
+                                               const float* __restrict__ a2, const float* __restrict__ dskip,
+                                               T* __restrict__ dz, T* __restrict__ dxc, T* __restrict__ ddt,
+                                               float* __restrict__ dbc, float* __restrict__ parts,
                                                float* __restrict__ checkpoint_base, int Bsz, int L, int D, int R,
                                                long long stride_zb, long long stride_zl) {
     extern __shared__ __align__(16) unsigned char dynamic_shared[];  // over 48 KB: the launch passes its size
@@ -929,8 +942,10 @@ __device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T
     lane.row_step = lane.direction == 0 ? D : -D;
     const int own = CH * threadIdx.x;  // the thread's first column of the block's BLOCK_CHANNELS
 #pragma unroll
-    for (int n = 0; n < N; ++n)
-        store_float2(&shared.a[n][own], a2[(lane.direction * N + n) * D + dd], a2[(lane.direction * N + n) * D + dd + 1]);
+    for (int n = 0; n < N; ++n) {
+        const float* a_row = a2 + (lane.direction * N + n) * D + dd;
+        store_float2(&shared.a[n][own], a_row[0], a_row[1]);
+    }
     float bias[2], skip[2];
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
@@ -947,7 +962,10 @@ __device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T
     float* const da = &shared.da[0][own];
     float* const parked = &shared.dz_factor[0][own];
 #pragma unroll
-    for (int n = 0; n < N; ++n) store_float2(carry + n * BLOCK_CHANNELS, 0.0f, 0.0f), store_float2(da + n * BLOCK_CHANNELS, 0.0f, 0.0f);
+    for (int n = 0; n < N; ++n) {
+        store_float2(carry + n * BLOCK_CHANNELS, 0.0f, 0.0f);
+        store_float2(da + n * BLOCK_CHANNELS, 0.0f, 0.0f);
+    }
     float dskip_sum[2] = {0.0f, 0.0f}, dbias_sum[2] = {0.0f, 0.0f};
     const int warp = threadIdx.x / 32;
     float* warp_row = &shared.warp_values[warp][0][threadIdx.x % 32];  // the thread's column
@@ -968,8 +986,10 @@ __device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T
             load_raw_steps(raw, lane, k, lane.row(lane.token(k * STEPS)));
             load_pairs_from(in, raw, bias, dskip_sum, lane, k);
         }
+        // dz_factor parked while the states run, as design 3 does
 #pragma unroll
-        for (int s = 0; s < STEPS; ++s) store_float2(parked + s * BLOCK_CHANNELS, in[0].dz_factor[s], in[1].dz_factor[s]);
+        for (int s = 0; s < STEPS; ++s)
+            store_float2(parked + s * BLOCK_CHANNELS, in[0].dz_factor[s], in[1].dz_factor[s]);
         StepSums sums[2];
 #pragma unroll
         for (int c = 0; c < 2; ++c)
@@ -993,7 +1013,8 @@ __device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T
                                 shared.bc[buffer][N + n], warp_row);
             store_float2(carry + n * BLOCK_CHANNELS, cr.x, cr.y), store_float2(da + n * BLOCK_CHANNELS, dn.x, dn.y);
             const float sum = warp_column_sum(shared.warp_values[warp]);
-            if (threadIdx.x % LANES_PER_VALUE == 0) warp_sums[n * WARP_VALUES + threadIdx.x % 32 / LANES_PER_VALUE] = sum;
+            if (threadIdx.x % LANES_PER_VALUE == 0)
+                warp_sums[n * WARP_VALUES + threadIdx.x % 32 / LANES_PER_VALUE] = sum;
         }
 #pragma unroll
         for (int s = 0; s < STEPS; ++s) {
