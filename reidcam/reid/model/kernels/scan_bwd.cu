@@ -247,6 +247,26 @@ struct Lane {
     __device__ float* dbc_row(int t, int column) const { return dbc_seq + (unsigned)(t * (2 * N) + column); }
 };
 
+// The Lane of the block's sequence seq (direction * Bsz + b) and the thread's channel d (its first, design 4).
+template <typename T>
+__device__ __forceinline__ Lane<T> make_lane(const T* xc, const T* z, const T* g, const T* pre, T* dz, T* dxc, T* ddt,
+                                             const float* dbl, float* dbc, int Bsz, int L, int D, int R,
+                                             long long stride_zb, long long stride_zl, int seq, int d) {
+    const int b = seq % Bsz;
+    const int dd = d < D ? d : 0;
+    const long long seq_row = (long long)seq * L;
+    Lane<T> lane;
+    lane.xc = xc, lane.pre = pre, lane.z = z, lane.g = g, lane.dz = dz, lane.dxc = dxc, lane.ddt = ddt;
+    lane.dbl_seq = dbl + seq_row * (R + 2 * N) + R, lane.dbc_seq = dbc + seq_row * (2 * N);
+    lane.seq_elem = seq_row * D, lane.b_row = (long long)b * L, lane.z_row = b * stride_zb + dd;
+    lane.stride_zl = stride_zl;
+    lane.direction = seq / Bsz, lane.L = L, lane.D = D, lane.R = R, lane.channel = dd, lane.live = d < D;
+    lane.z_step = lane.direction == 0 ? stride_zl : -stride_zl;
+    lane.g_shift = (seq - b) * (long long)L * D;
+    lane.row_step = lane.direction == 0 ? D : -D;
+    return lane;
+}
+
 // B and C of sub-chunk k's steps: thread i < 2 N STEPS reads column i % 2N of step i / 2N (zero past the end).
 #define STAGED ((2 * N * STEPS + THREADS - 1) / THREADS)
 
@@ -927,19 +947,9 @@ __device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T
     extern __shared__ __align__(16) unsigned char dynamic_shared[];  // over 48 KB: the launch passes its size
     SharedRows& shared = *reinterpret_cast<SharedRows*>(dynamic_shared);
     const int seq = blockIdx.y;  // direction * Bsz + b
-    const int b = seq % Bsz;
     const int d = blockIdx.x * BLOCK_CHANNELS + CH * threadIdx.x;  // the thread's first channel (D is even)
     const int dd = d < D ? d : 0;
-    const long long seq_row = (long long)seq * L;
-    Lane<T> lane;
-    lane.xc = xc, lane.pre = pre, lane.z = z, lane.g = g, lane.dz = dz, lane.dxc = dxc, lane.ddt = ddt;
-    lane.dbl_seq = dbl + seq_row * (R + 2 * N) + R, lane.dbc_seq = dbc + seq_row * (2 * N);
-    lane.seq_elem = seq_row * D, lane.b_row = (long long)b * L, lane.z_row = b * stride_zb + dd;
-    lane.stride_zl = stride_zl;
-    lane.direction = seq / Bsz, lane.L = L, lane.D = D, lane.R = R, lane.channel = dd, lane.live = d < D;
-    lane.z_step = lane.direction == 0 ? stride_zl : -stride_zl;
-    lane.g_shift = (seq - b) * (long long)L * D;
-    lane.row_step = lane.direction == 0 ? D : -D;
+    const Lane<T> lane = make_lane(xc, z, g, pre, dz, dxc, ddt, dbl, dbc, Bsz, L, D, R, stride_zb, stride_zl, seq, d);
     const int own = CH * threadIdx.x;  // the thread's first column of the block's BLOCK_CHANNELS
 #pragma unroll
     for (int n = 0; n < N; ++n) {
@@ -1060,19 +1070,9 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
     __shared__ __align__(16) SharedRows shared;
 #endif
     const int seq = blockIdx.y;  // direction * Bsz + b
-    const int b = seq % Bsz;
     const int d = blockIdx.x * THREADS + threadIdx.x;
     const int dd = d < D ? d : 0;
-    const long long seq_row = (long long)seq * L;
-    Lane<T> lane;
-    lane.xc = xc, lane.pre = pre, lane.z = z, lane.g = g, lane.dz = dz, lane.dxc = dxc, lane.ddt = ddt;
-    lane.dbl_seq = dbl + seq_row * (R + 2 * N) + R, lane.dbc_seq = dbc + seq_row * (2 * N);
-    lane.seq_elem = seq_row * D, lane.b_row = (long long)b * L, lane.z_row = b * stride_zb + dd;
-    lane.stride_zl = stride_zl;
-    lane.direction = seq / Bsz, lane.L = L, lane.D = D, lane.R = R, lane.channel = dd, lane.live = d < D;
-    lane.z_step = lane.direction == 0 ? stride_zl : -stride_zl;
-    lane.g_shift = (seq - b) * (long long)L * D;
-    lane.row_step = lane.direction == 0 ? D : -D;
+    const Lane<T> lane = make_lane(xc, z, g, pre, dz, dxc, ddt, dbl, dbc, Bsz, L, D, R, stride_zb, stride_zl, seq, d);
 #pragma unroll
     for (int n = 0; n < N; ++n) shared.a[n][threadIdx.x] = a2[(lane.direction * N + n) * D + dd];
     const float bias = lane.live ? dt_bias[lane.direction * D + dd] : 0.0f;
