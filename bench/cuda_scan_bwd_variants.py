@@ -71,6 +71,13 @@ so its loads wait for L2, and in the 16-bit kernels its step inputs' rows too. M
 batch 64 / 256): none 0.478 / 1.637 and 0.474 / 1.679 ms, checkpoints 0.444 / 1.582 and 0.465 / 1.635, checkpoints
 and step inputs 0.450 / 1.533 and 0.446 / 1.567; the training step 27.3 -> 26.8 ms.
 
+Design 4 (session 14, scan_bwd.cu's comment): design 3 with two adjacent channels a thread, so that the loads and
+stores of a step, a state's B/C reads and checkpoint load and the dB/dC transposition serve two channels. Pass 2's
+loop (bf16) 1,964 -> 1,425 instructions a sub-chunk and channel; 168 registers, 12 warps per SM. Measured (H200, the
+kernel alone, batch 64 / 256, call 4): 0.372 / 1.404 ms against design 3's 0.418 / 1.442; 64-thread blocks 0.408 /
+1.539; the checkpoints 2, 6 or 8 states ahead instead of 4: 0.377-0.380 / 1.413-1.432; the step inputs prefetched
+too: 0.389 / 1.492. The training step 24.9 -> 23.8 ms.
+
 Rejected (``--list --all`` compiles them; design 1 with AHEAD 4 spills 40 B): every tighter register cap spills
 design 1: 256 threads at 3 blocks/SM (80 registers) 556 B (632 with NVRTC 13.0), 128 at 5 (96) 356 B, 128 at 6
 (80) 556 B, 64 at 10 (96) 432 B, 64 at 12 (80) 664 B; no cap (1 block/SM, 255 registers) spills too (256 threads:
@@ -138,8 +145,8 @@ VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
     "design 3, 128, checkpoints prefetched": _build(128, 6, design=3, prefetch=1),
     "design 3, 128 x 5": _build(128, 5, design=3),
     "design 3, 256 x 2": _build(256, 2, design=3),
-    # design 4: design 3 with two adjacent channels a thread (12 warps per SM of 64-thread blocks at 168 registers;
-    # the designed build prefetches the checkpoints only, REIDCAM_PREFETCH 1)
+    # design 4: design 3 with two adjacent channels a thread (168 registers, 3 blocks of 128 threads per SM: 12 warps;
+    # the designed build prefetches the checkpoints only, REIDCAM_PREFETCH 1, and loads them 4 states ahead)
     "design 4": _build(128, 3, design=4),
     "design 4, 64 threads": _build(64, 6, design=4),
     "design 4, step inputs prefetched": _build(128, 3, design=4, prefetch=2),

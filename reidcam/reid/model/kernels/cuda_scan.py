@@ -419,7 +419,8 @@ BWD_SOURCE = Path(__file__).with_name("scan_bwd.cu")
 BWD_THREADS = 256  # channels per block, design 1 (and 0)
 # Design 3's block: 128 threads, 6 blocks per SM (the same 24 warps as 3 of 256). On an H200 0.438 ms against 256
 # threads' 0.444 at batch 64 and 1.623 against 1.689 at 256 (session 10); the training step 28.2 -> 28.0 ms, twice
-# each, alternated (session 11, bench/NOTES-speed.md attempt 70).
+# each, alternated (session 11, bench/NOTES-speed.md attempt 70). Design 4's: 128 threads (256 channels), 3 blocks per
+# SM: 0.378 ms against 64 threads' 0.416 at batch 64 and 1.403 against 1.517 at 256 (session 14, attempt 94).
 BWD_THREADS_OF_DESIGN = {3: 128, 4: 128}
 BWD_STEPS = 4  # tokens between the checkpointed states (scan_bwd.cu says why 4)
 BWD_MAX_STATE = 16  # the kernel keeps a[N][threads] and per-state sums in shared memory: 45 KB at 16
@@ -429,7 +430,10 @@ BWD_PAIR_DESIGNS = (4,)  # the designs whose threads run two adjacent channels e
 # The design that runs each dtype. Design 3 (80 registers: 3 blocks of 256 threads per SM, so that batch 64's 384
 # blocks are one wave) took 0.538 ms against design 1's 0.597 at batch 64 on an H200, 1.952 against 1.907 at
 # batch 256 (session 9, bench/cuda_scan_bwd_variants.py): the training batch is 64. Its fp16 build spills 100 B
-# at 80 registers, so scan_bwd.cu builds no fp16 kernel in design 3 and fp16 runs design 1.
+# at 80 registers, so scan_bwd.cu builds no fp16 kernel in design 3 and fp16 runs design 1. Design 4 (design 3 with
+# two adjacent channels a thread, 168 registers, every dtype) took 0.372 ms against design 3's 0.418 at batch 64 and
+# 1.404 against 1.442 at 256 on an H200, the training step 24.9 -> 23.8 ms (session 14, bench/NOTES-speed.md
+# attempts 93-96).
 BWD_DESIGN_OF = {torch.bfloat16: 4, torch.float32: 4, torch.float16: 4}
 # The design that runs each dtype where design 4's channel pairs do not fit the tensors (backward_pairs_fit).
 BWD_UNPAIRED_DESIGN_OF = {torch.bfloat16: 3, torch.float32: 3, torch.float16: 1}
@@ -465,6 +469,7 @@ def backward_design(defines: Mapping[str, int] | None) -> int:
 
 
 def backward_channels_per_thread(design: int) -> int:
+    """Channels a thread of the design runs: its blocks are threads times as many channels."""
     return 2 if design in BWD_PAIR_DESIGNS else 1
 
 
