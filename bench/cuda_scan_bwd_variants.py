@@ -153,6 +153,7 @@ VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
     "design 4, ahead 2": _build(128, 3, design=4, REIDCAM_AHEAD=2),
     "design 4, ahead 6": _build(128, 3, design=4, REIDCAM_AHEAD=6),
     "design 4, ahead 8": _build(128, 3, design=4, REIDCAM_AHEAD=8),
+    "design 4, two states a transposition": _build(128, 3, design=4, REIDCAM_FLUSH=2),
 }
 # compiled by --list --all only, to show why they are not timed (the docstring's numbers)
 REJECTED: dict[str, tuple[int, int, dict[str, int]]] = {
@@ -191,7 +192,8 @@ def compile_variant(build: tuple[int, int, dict[str, int]], arch: int) -> tuple[
         return None, f"does not compile: {reason.group(1) if reason else str(error)[:160]}"
     reports = kernel_reports(compiled.log)
     static = max((int(x) for x in re.findall(r"(\d+) bytes smem", compiled.log)), default=0)
-    dynamic = cuda_scan.backward_dynamic_bytes(threads, D_STATE, steps, cuda_scan.backward_design(defines))
+    dynamic = cuda_scan.backward_dynamic_bytes(threads, D_STATE, steps, cuda_scan.backward_design(defines),
+                                               cuda_scan.backward_flush(defines))
     bf16 = reports[cuda_scan.backward_kernel_name(torch.bfloat16)]
     f32 = reports[cuda_scan.backward_kernel_name(torch.float32)]
     blocks = blocks_per_sm(threads, max(bf16[0], f32[0]), static + dynamic)

@@ -182,14 +182,16 @@ def emulation_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("emulated")
 
 
-def emulated_library(design: int, workdir) -> ctypes.CDLL:
-    """The design's kernels built for the emulation (cuda_emulation.build keeps each build in workdir)."""
+def emulated_library(design: int, workdir, **macros: int) -> ctypes.CDLL:
+    """The design's kernels built for the emulation, with more of scan_bwd.cu's macros where given
+    (cuda_emulation.build keeps each build in workdir)."""
     kernels = {cuda_scan.backward_kernel_name(dt): KERNEL_PARAMS.format(T=C_TYPES[dt])
                for dt in cuda_scan.backward_dtypes(design)}
     d_state, steps = 16, cuda_scan.BWD_STEPS
+    flush = cuda_scan.backward_flush({"REIDCAM_BWD_DESIGN": design, **macros})
     defines = {"REIDCAM_N": d_state, "REIDCAM_THREADS": EMULATED_THREADS, "REIDCAM_STEPS": steps,
-               "REIDCAM_BWD_DESIGN": design,
-               "REIDCAM_SHARED_BYTES": cuda_scan.backward_shared_bytes(EMULATED_THREADS, d_state, steps, design)}
+               "REIDCAM_BWD_DESIGN": design, **macros,
+               "REIDCAM_SHARED_BYTES": cuda_scan.backward_shared_bytes(EMULATED_THREADS, d_state, steps, design, flush)}
     return cuda_emulation.build(cuda_scan.BWD_SOURCE, kernels, defines, workdir)
 
 
@@ -202,8 +204,8 @@ class EmulatedBackward(cuda_scan.CudaScanBackward):
     """CudaScanBackward with its launch replaced by the CPU emulation of the same kernel (the launch's dynamic
     shared memory included)."""
 
-    def __init__(self, design: int, library: ctypes.CDLL) -> None:
-        super().__init__(threads=EMULATED_THREADS, defines={"REIDCAM_BWD_DESIGN": design})
+    def __init__(self, design: int, library: ctypes.CDLL, **macros: int) -> None:
+        super().__init__(threads=EMULATED_THREADS, defines={"REIDCAM_BWD_DESIGN": design, **macros})
         self.library = library
         self._driver = self
 
@@ -224,10 +226,10 @@ def even_for_pairs(design: int, shape: tuple[int, int, int]) -> tuple[int, int, 
     return bsz, length, dim + dim % cuda_scan.backward_channels_per_thread(design)
 
 
-def run_emulated(emulated, monkeypatch, xc, z, dbl, tables, grad_out) -> triton_scan.ScanGrads:
+def run_emulated(emulated, monkeypatch, xc, z, dbl, tables, grad_out, **macros: int) -> triton_scan.ScanGrads:
     monkeypatch.setattr(cuda_scan.torch.cuda, "current_stream", lambda device: type("S", (), {"cuda_stream": 0}))
     monkeypatch.setattr(cuda_scan, "device_index", lambda device: 0)
-    return EmulatedBackward(*emulated).backward(xc, z, dbl, tables, grad_out)
+    return EmulatedBackward(*emulated, **macros).backward(xc, z, dbl, tables, grad_out)
 
 
 @pytest.mark.parametrize("shape", [(2, 23, 70), (1, 5, 40), (2, 1, 33), (1, 6, 260)])
@@ -382,6 +384,21 @@ def test_the_emulated_designs_compute_the_same_per_channel_arithmetic(emulation_
         if name != "dbc":
             assert torch.equal(getattr(one, name), getattr(other, name)), name
     torch.testing.assert_close(other.dbc, one.dbc, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_emulated_design_4_transposes_two_states_at_once_to_the_same_sums(emulation_dir, monkeypatch, dtype):
+    """Design 4 with REIDCAM_FLUSH 2 (a bench variant: the dB/dC transposition every second state, on twice the
+    rows): every per-channel gradient bit for bit, dbc the same sums in another order, the launch's shared memory
+    as the build counts it (the emulation gives the kernel exactly that many bytes)."""
+    xc, z, dbl, tables, grad_out = scan_inputs(2, 23, 70, dtype, "cpu", seed=11)
+    one = run_emulated((4, emulated_library(4, emulation_dir)), monkeypatch, xc, z, dbl, tables, grad_out)
+    two = run_emulated((4, emulated_library(4, emulation_dir, REIDCAM_FLUSH=2)), monkeypatch, xc, z, dbl, tables,
+                       grad_out, REIDCAM_FLUSH=2)
+    for name in GRAD_NAMES:
+        if name != "dbc":
+            assert torch.equal(getattr(one, name), getattr(two, name)), name
+    torch.testing.assert_close(two.dbc, one.dbc, rtol=1e-5, atol=1e-6)
 
 
 class RecordingDriver:

@@ -473,22 +473,30 @@ def backward_channels_per_thread(design: int) -> int:
     return 2 if design in BWD_PAIR_DESIGNS else 1
 
 
-def backward_shared_bytes(threads: int, d_state: int, steps: int, design: int) -> int:
+def backward_flush(defines: Mapping[str, int] | None) -> int:
+    """State indices per warp transposition of a build (scan_bwd.cu's FLUSH): REIDCAM_FLUSH where the defines name
+    it (design 4's bench variant), else the design's own (1 in designs 3 and 4, 2 in 0 and 1)."""
+    design = backward_design(defines)
+    return int((defines or {}).get("REIDCAM_FLUSH", 1 if design in BWD_SHARED_DESIGNS else 2))
+
+
+def backward_shared_bytes(threads: int, d_state: int, steps: int, design: int, flush: int | None = None) -> int:
     """sizeof(SharedRows) of scan_bwd.cu, which every build gets as REIDCAM_SHARED_BYTES and asserts equal: the
-    count that a launch of a design with dynamic shared memory passes (backward_dynamic_bytes)."""
+    count that a launch of a design with dynamic shared memory passes (backward_dynamic_bytes). ``flush``: the
+    build's FLUSH where it is not the design's own (backward_flush)."""
     warps = threads // 32
     channels = threads * backward_channels_per_thread(design)  # the block's
     common = d_state * channels + 2 * 2 * d_state * steps + 2 * warps * 2 * steps * d_state  # a, bc, warp_sums
-    if design in BWD_SHARED_DESIGNS:  # FLUSH 1, the values by column; carry, da and dz_factor by channel
-        own = warps * 2 * steps * (32 + 4) + (2 * d_state + steps) * channels
-    else:  # FLUSH 2, the values by row
-        own = threads * (2 * steps * 2 + 4)
+    if design in BWD_SHARED_DESIGNS:  # the values by column; carry, da and dz_factor by channel
+        own = warps * 2 * steps * (flush or 1) * (32 + 4) + (2 * d_state + steps) * channels
+    else:  # the values by row
+        own = threads * (2 * steps * (flush or 2) + 4)
     return 4 * (common + own)
 
 
-def backward_dynamic_bytes(threads: int, d_state: int, steps: int, design: int) -> int:
+def backward_dynamic_bytes(threads: int, d_state: int, steps: int, design: int, flush: int | None = None) -> int:
     """The dynamic shared memory a launch of the design passes: 0 where it is static."""
-    return backward_shared_bytes(threads, d_state, steps, design) if design in BWD_SHARED_DESIGNS else 0
+    return backward_shared_bytes(threads, d_state, steps, design, flush) if design in BWD_SHARED_DESIGNS else 0
 
 
 def backward_threads(design: int) -> int:
@@ -505,7 +513,8 @@ def compile_scan_backward(arch: int, d_state: int, threads: int | None = None, s
     threads = threads or backward_threads(design)
     return compile_source(source, arch, {
         "REIDCAM_N": d_state, "REIDCAM_THREADS": threads, "REIDCAM_STEPS": steps, "REIDCAM_BWD_DESIGN": design,
-        "REIDCAM_SHARED_BYTES": backward_shared_bytes(threads, d_state, steps, design), **(defines or {})})
+        "REIDCAM_SHARED_BYTES": backward_shared_bytes(threads, d_state, steps, design, backward_flush(defines)),
+        **(defines or {})})
 
 
 def checkpoint_count(length: int, steps: int = BWD_STEPS) -> int:
@@ -542,7 +551,7 @@ class CudaScanBackward(_LazyKernels):
 
     def dynamic_shared(self, d_state: int) -> int:
         """The dynamic shared memory of this build's launches: 0 where the design's is static."""
-        return backward_dynamic_bytes(self.threads, d_state, self.steps, self.design)
+        return backward_dynamic_bytes(self.threads, d_state, self.steps, self.design, backward_flush(self.defines))
 
     def compile(self, arch: int, d_state: int) -> CompiledSource:
         return compile_scan_backward(arch, d_state, self.threads, self.steps, self.defines, self.source)

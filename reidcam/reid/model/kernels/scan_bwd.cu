@@ -139,7 +139,15 @@
 #define DIET (REIDCAM_BWD_DESIGN == 3 || PAIRS)  // design 3's register diet: long-lived values in shared memory
 #define CH (PAIRS ? 2 : 1)                // channels a thread
 #define BLOCK_CHANNELS (THREADS * CH)
-#define FLUSH (DIET ? 1 : 2)             // state indices per warp transposition (design 3: smaller rows)
+// State indices per warp transposition (design 3: smaller rows). Design 4 may take 2 (REIDCAM_FLUSH, a bench
+// variant, untimed): its 3 blocks an SM leave room for the rows (4.6 KB more a block); pass 2's loop 2,850 -> 2,813
+// instructions a sub-chunk (bf16).
+#ifndef REIDCAM_FLUSH
+#define REIDCAM_FLUSH (DIET ? 1 : 2)
+#endif
+#define FLUSH REIDCAM_FLUSH
+static_assert(FLUSH == 1 || FLUSH == 2 || FLUSH == 4, "a transposition's values fill whole float4 reads");
+static_assert(!DIET || PAIRS || FLUSH == 1, "design 3's transposition goes one state at a time (its 80 registers)");
 #define WARP_VALUES (2 * STEPS * FLUSH)  // dB and dC values per thread and transposition: 8, 16 or 32
 #define LANES_PER_VALUE (32 / WARP_VALUES)
 #define BLOCK_VALUES (2 * STEPS * N)     // dB and dC values of one sub-chunk
@@ -1020,11 +1028,13 @@ __device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T
                     from_checkpoint ? load_float2(h0 + (n + AHEAD) * BLOCK_CHANNELS) : make_float2(0.0f, 0.0f);
             float2 cr = load_float2(carry + n * BLOCK_CHANNELS), dn = load_float2(da + n * BLOCK_CHANNELS);
             adjoint_state_pairs(in, sums, cr, dn, load_float2(&shared.a[n][own]), h, shared.bc[buffer][n],
-                                shared.bc[buffer][N + n], warp_row);
+                                shared.bc[buffer][N + n], warp_row + (n % FLUSH) * 2 * STEPS * VALUE_STRIDE);
             store_float2(carry + n * BLOCK_CHANNELS, cr.x, cr.y), store_float2(da + n * BLOCK_CHANNELS, dn.x, dn.y);
-            const float sum = warp_column_sum(shared.warp_values[warp]);
-            if (threadIdx.x % LANES_PER_VALUE == 0)
-                warp_sums[n * WARP_VALUES + threadIdx.x % 32 / LANES_PER_VALUE] = sum;
+            if (n % FLUSH == FLUSH - 1) {
+                const float sum = warp_column_sum(shared.warp_values[warp]);
+                if (threadIdx.x % LANES_PER_VALUE == 0)
+                    warp_sums[n / FLUSH * WARP_VALUES + threadIdx.x % 32 / LANES_PER_VALUE] = sum;
+            }
         }
 #pragma unroll
         for (int s = 0; s < STEPS; ++s) {
