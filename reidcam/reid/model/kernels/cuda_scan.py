@@ -485,12 +485,13 @@ def backward_shared_bytes(threads: int, d_state: int, steps: int, design: int, f
     count that a launch of a design with dynamic shared memory passes (backward_dynamic_bytes). ``flush``: the
     build's FLUSH where it is not the design's own (backward_flush)."""
     warps = threads // 32
+    flush = flush or backward_flush({"REIDCAM_BWD_DESIGN": design})
     channels = threads * backward_channels_per_thread(design)  # the block's
     common = d_state * channels + 2 * 2 * d_state * steps + 2 * warps * 2 * steps * d_state  # a, bc, warp_sums
     if design in BWD_SHARED_DESIGNS:  # the values by column; carry, da and dz_factor by channel
-        own = warps * 2 * steps * (flush or 1) * (32 + 4) + (2 * d_state + steps) * channels
+        own = warps * 2 * steps * flush * (32 + 4) + (2 * d_state + steps) * channels
     else:  # the values by row
-        own = threads * (2 * steps * (flush or 2) + 4)
+        own = threads * (2 * steps * flush + 4)
     return 4 * (common + own)
 
 

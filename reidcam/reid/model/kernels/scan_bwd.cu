@@ -393,15 +393,20 @@ __device__ __forceinline__ void add_block_sums(float (*warp_sums)[BLOCK_VALUES],
 #endif
 }
 
-// xc and pre of sub-chunk k (not the last: every step is a token), unconditional loads (past D: channel 0).
-template <typename T>
-__device__ __forceinline__ void load_xp(T (&x)[STEPS], T (&p)[STEPS], const Lane<T>& lane, int k) {
+// What a load at p brings as W: the T itself, or (design 4) a pair of adjacent Ts (PairWord).
+template <typename W, typename T>
+__device__ __forceinline__ W load_as(const T* p) { return *reinterpret_cast<const W*>(p); }
+
+// xc and pre of sub-chunk k (not the last: every step is a token), unconditional loads (past D: channel 0); W as
+// load_as's (design 4: the thread's pair of channels).
+template <typename T, typename W = T>
+__device__ __forceinline__ void load_xp(W (&x)[STEPS], W (&p)[STEPS], const Lane<T>& lane, int k) {
 #if DIET  // the steps' rows from the first's by row_step: one 64-bit multiply per sub-chunk, not per step
     const long long first = lane.row(lane.token(k * STEPS));
 #pragma unroll
     for (int s = 0; s < STEPS; ++s) {
         const long long row = first + s * lane.row_step;
-        x[s] = lane.xc[row], p[s] = lane.pre[row];
+        x[s] = load_as<W>(lane.xc + row), p[s] = load_as<W>(lane.pre + row);
     }
 #else
 #pragma unroll
@@ -591,9 +596,6 @@ __device__ __forceinline__ void load_raw_steps(RawSteps<T>& raw, const Lane<T>& 
     }
 }
 
-template <typename W, typename T>
-__device__ __forceinline__ W load_as(const T* p) { return *reinterpret_cast<const W*>(p); }
-
 // Design 3: a sub-chunk's xc, pre, z and g through pointers that move a step at a time in the direction's order
 // (an IMAD.WIDE each; z's 64-bit stride: two adds), staying on the sequence's last token past its end, where
 // Lane::row and the z and g offsets of designs 0 and 1 cost a 64-bit multiply per step and tensor. g's row is xc's
@@ -759,9 +761,9 @@ struct PairWord<f16_bits> { typedef unsigned int type; };
 template <>
 struct PairWord<float> { typedef float2 type; };
 
-template <typename T>
-__device__ __forceinline__ typename PairWord<T>::type load_pair(const T* p) {
-    return *reinterpret_cast<const typename PairWord<T>::type*>(p);
+__device__ __forceinline__ float2 load_float2(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ void store_float2(float* p, float x, float y) {
+    *reinterpret_cast<float2*>(p) = make_float2(x, y);
 }
 
 // The tag's type says how the word holds its two values (channel 0 in the low half, as memory orders them).
@@ -786,26 +788,7 @@ __device__ __forceinline__ void store_pair(f16_bits* p, const float (&v)[2]) {
     *reinterpret_cast<unsigned int*>(p) = (unsigned int)__nv_float2half_rn(v[0]) |
                                           ((unsigned int)__nv_float2half_rn(v[1]) << 16);
 }
-__device__ __forceinline__ void store_pair(float* p, const float (&v)[2]) {
-    *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
-}
-
-__device__ __forceinline__ float2 load_float2(const float* p) { return *reinterpret_cast<const float2*>(p); }
-__device__ __forceinline__ void store_float2(float* p, float x, float y) {
-    *reinterpret_cast<float2*>(p) = make_float2(x, y);
-}
-
-// A sub-chunk's xc and pre pairs (not the last sub-chunk: every step is a token), rows from the first by row_step.
-template <typename T>
-__device__ __forceinline__ void load_xp_pairs(typename PairWord<T>::type (&x)[STEPS],
-                                              typename PairWord<T>::type (&p)[STEPS], const Lane<T>& lane, int k) {
-    const long long first = lane.row(lane.token(k * STEPS));
-#pragma unroll
-    for (int s = 0; s < STEPS; ++s) {
-        const long long row = first + s * lane.row_step;
-        x[s] = load_pair(lane.xc + row), p[s] = load_pair(lane.pre + row);
-    }
-}
+__device__ __forceinline__ void store_pair(float* p, const float (&v)[2]) { store_float2(p, v[0], v[1]); }
 
 // Pass 1 of design 4: store_checkpoints for the thread's two channels (the checkpoint tile's rows are the block's
 // BLOCK_CHANNELS channels, the thread's two adjacent: one float2 store per state).
@@ -819,7 +802,7 @@ __device__ __forceinline__ void store_checkpoints_pairs(SharedRows& shared, floa
     load_bc(staged, lane, 0);
     store_bc(shared.bc[0], staged);
     typename PairWord<T>::type next_x[STEPS], next_p[STEPS];  // the next sub-chunk's, loaded one sub-chunk ahead
-    if (sub_chunks > 1) load_xp_pairs(next_x, next_p, lane, 0);
+    if (sub_chunks > 1) load_xp(next_x, next_p, lane, 0);
     __syncthreads();
     for (int k = 0; k + 1 < sub_chunks; ++k) {
         const int buffer = k & 1;
@@ -836,7 +819,7 @@ __device__ __forceinline__ void store_checkpoints_pairs(SharedRows& shared, floa
                 du[c][s] = delta[c][s] * (lane.live ? u[c] : 0.0f);
             }
         }
-        if (k + 2 < sub_chunks) load_xp_pairs(next_x, next_p, lane, k + 1);
+        if (k + 2 < sub_chunks) load_xp(next_x, next_p, lane, k + 1);
 #pragma unroll
         for (int n = 0; n < N; ++n) {
             float b[STEPS];
