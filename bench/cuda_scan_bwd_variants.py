@@ -78,6 +78,12 @@ kernel alone, batch 64 / 256, call 4): 0.372 / 1.404 ms against design 3's 0.418
 1.539; the checkpoints 2, 6 or 8 states ahead instead of 4: 0.377-0.380 / 1.413-1.432; the step inputs prefetched
 too: 0.389 / 1.492. The training step 24.9 -> 23.8 ms.
 
+Design 4 since session 15: pass 1 of the 16-bit kernels as a kernel of its own (80 registers, 6 blocks an SM, the a
+and bc rows of shared memory alone), and the dB/dC transposition every second state (FLUSH 2). Measured (H200, call 2,
+batch 64 / 256): session 14's build 0.385 / 1.426 ms; FLUSH 2 0.378 / 1.376; pass 1 apart 0.392 / 1.390; both
+0.374 / 1.300; pass 1 apart at 8 blocks (64 registers: it spills) 0.454 / 1.497. In the step's profile pass 1's
+kernel took 87.7 us and pass 2's 250.2 (the two in one kernel 349). The training step 23.7, 23.8 -> 23.4, 23.5 ms.
+
 Rejected (``--list --all`` compiles them; design 1 with AHEAD 4 spills 40 B): every tighter register cap spills
 design 1: 256 threads at 3 blocks/SM (80 registers) 556 B (632 with NVRTC 13.0), 128 at 5 (96) 356 B, 128 at 6
 (80) 556 B, 64 at 10 (96) 432 B, 64 at 12 (80) 664 B; no cap (1 block/SM, 255 registers) spills too (256 threads:
@@ -146,14 +152,18 @@ VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
     "design 3, 128 x 5": _build(128, 5, design=3),
     "design 3, 256 x 2": _build(256, 2, design=3),
     # design 4: design 3 with two adjacent channels a thread (168 registers, 3 blocks of 128 threads per SM: 12 warps;
-    # the designed build prefetches the checkpoints only, REIDCAM_PREFETCH 1, and loads them 4 states ahead)
+    # the designed build prefetches the checkpoints only, REIDCAM_PREFETCH 1, and loads them 4 states ahead; since
+    # session 15 its 16-bit pass 1 runs as a kernel of its own, and it transposes dB/dC every second state)
     "design 4": _build(128, 3, design=4),
+    "design 4, pass 1 inside": _build(128, 3, design=4, REIDCAM_SPLIT=0),
+    "design 4, one state a transposition": _build(128, 3, design=4, REIDCAM_FLUSH=1),
+    "design 4 of session 14": _build(128, 3, design=4, REIDCAM_SPLIT=0, REIDCAM_FLUSH=1),
+    "design 4, pass 1 apart at 8 blocks": _build(128, 3, design=4, REIDCAM_CKPT_MIN_BLOCKS=8),
     "design 4, 64 threads": _build(64, 6, design=4),
     "design 4, step inputs prefetched": _build(128, 3, design=4, prefetch=2),
     "design 4, ahead 2": _build(128, 3, design=4, REIDCAM_AHEAD=2),
     "design 4, ahead 6": _build(128, 3, design=4, REIDCAM_AHEAD=6),
     "design 4, ahead 8": _build(128, 3, design=4, REIDCAM_AHEAD=8),
-    "design 4, two states a transposition": _build(128, 3, design=4, REIDCAM_FLUSH=2),
 }
 # compiled by --list --all only, to show why they are not timed (the docstring's numbers)
 REJECTED: dict[str, tuple[int, int, dict[str, int]]] = {

@@ -51,11 +51,21 @@ def test_the_kernels_compile_for_sm90_without_spilling(sm90):
     """No spills, and no more registers than the launch bounds' blocks per SM leave (ptxas allocates by 8)."""
     (design, threads, blocks), compiled = sm90
     reports = kernel_reports(compiled.log)
-    assert set(reports) == {cuda_scan.backward_kernel_name(dt) for dt in cuda_scan.backward_dtypes(design)}
+    pass_two = {cuda_scan.backward_kernel_name(dt) for dt in cuda_scan.backward_dtypes(design)}
+    assert set(reports) == pass_two | set(pass_one_kernel_names(design))
     for name, (registers, spills) in reports.items():
         print(f"{name}: {registers} registers, {spills} bytes of spill (sm_90, d_state 16)")
         assert spills == 0, (name, reports)
         assert registers <= 65536 // (threads * blocks) // 8 * 8, (name, reports)
+    for name in pass_one_kernel_names(design):
+        registers = reports[name][0]
+        assert registers <= 65536 // (threads * cuda_scan.BWD_CHECKPOINT_BLOCKS) // 8 * 8, (name, reports)
+
+
+def pass_one_kernel_names(design: int) -> list[str]:
+    """The kernels of pass 1 alone that the design's default build holds."""
+    return [cuda_scan.backward_checkpoint_kernel_name(dt)
+            for dt in cuda_scan.backward_checkpoint_dtypes({"REIDCAM_BWD_DESIGN": design})]
 
 
 def test_the_shared_memory_fits_the_blocks_per_sm(sm90):
@@ -172,6 +182,8 @@ SHAPES = [(2, 131, 300), (1, 140, 256), (3, 7, 33), (2, 1, 130)]
 KERNEL_PARAMS = ("const {T}* xc, const {T}* z, const {T}* g, const float* dbl, const {T}* pre, const float* dt_bias, "
                  "const float* a2, const float* dskip, {T}* dz, {T}* dxc, {T}* ddt, float* dbc, float* parts, "
                  "float* checkpoints, int Bsz, int L, int D, int R, long long stride_zb, long long stride_zl")
+CHECKPOINT_KERNEL_PARAMS = ("const {T}* xc, const {T}* pre, const float* dbl, const float* dt_bias, const float* a2, "
+                            "float* checkpoints, int Bsz, int L, int D, int R")
 EMULATED_THREADS = 64  # two warps per block: the cross-warp sums and several blocks per sequence, at CPU speed
 
 
@@ -187,6 +199,8 @@ def emulated_library(design: int, workdir, **macros: int) -> ctypes.CDLL:
     (cuda_emulation.build keeps each build in workdir)."""
     kernels = {cuda_scan.backward_kernel_name(dt): KERNEL_PARAMS.format(T=C_TYPES[dt])
                for dt in cuda_scan.backward_dtypes(design)}
+    kernels.update({cuda_scan.backward_checkpoint_kernel_name(dt): CHECKPOINT_KERNEL_PARAMS.format(T=C_TYPES[dt])
+                    for dt in cuda_scan.backward_checkpoint_dtypes({"REIDCAM_BWD_DESIGN": design, **macros})})
     d_state, steps = 16, cuda_scan.BWD_STEPS
     flush = cuda_scan.backward_flush({"REIDCAM_BWD_DESIGN": design, **macros})
     defines = {"REIDCAM_N": d_state, "REIDCAM_THREADS": EMULATED_THREADS, "REIDCAM_STEPS": steps,
@@ -210,8 +224,9 @@ class EmulatedBackward(cuda_scan.CudaScanBackward):
         self._driver = self
 
     def kernels(self, device, d_state):
-        return {cuda_scan.backward_kernel_name(dt): f"emu_{cuda_scan.backward_kernel_name(dt)}"
-                for dt in cuda_scan.backward_dtypes(self.design)}
+        names = [namer(dt) for dt in cuda_scan.backward_dtypes(self.design)
+                 for namer in (cuda_scan.backward_kernel_name, cuda_scan.backward_checkpoint_kernel_name)]
+        return {name: f"emu_{name}" for name in names}
 
     def ensure_context(self, device: int) -> None:
         pass
@@ -388,17 +403,34 @@ def test_the_emulated_designs_compute_the_same_per_channel_arithmetic(emulation_
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_emulated_design_4_transposes_two_states_at_once_to_the_same_sums(emulation_dir, monkeypatch, dtype):
-    """Design 4 with REIDCAM_FLUSH 2 (a bench variant: the dB/dC transposition every second state, on twice the
-    rows): every per-channel gradient bit for bit, dbc the same sums in another order, the launch's shared memory
-    as the build counts it (the emulation gives the kernel exactly that many bytes)."""
+    """Design 4 transposes dB/dC every second state (FLUSH 2, on twice the rows), where REIDCAM_FLUSH 1 (a bench
+    variant) does at every state: every per-channel gradient bit for bit, dbc the same sums in another order, the
+    launch's shared memory as each build counts it (the emulation gives the kernel exactly that many bytes)."""
     xc, z, dbl, tables, grad_out = scan_inputs(2, 23, 70, dtype, "cpu", seed=11)
-    one = run_emulated((4, emulated_library(4, emulation_dir)), monkeypatch, xc, z, dbl, tables, grad_out)
-    two = run_emulated((4, emulated_library(4, emulation_dir, REIDCAM_FLUSH=2)), monkeypatch, xc, z, dbl, tables,
-                       grad_out, REIDCAM_FLUSH=2)
+    assert cuda_scan.backward_flush({"REIDCAM_BWD_DESIGN": 4}) == 2
+    one = run_emulated((4, emulated_library(4, emulation_dir, REIDCAM_FLUSH=1)), monkeypatch, xc, z, dbl, tables,
+                       grad_out, REIDCAM_FLUSH=1)
+    two = run_emulated((4, emulated_library(4, emulation_dir)), monkeypatch, xc, z, dbl, tables, grad_out)
     for name in GRAD_NAMES:
         if name != "dbc":
             assert torch.equal(getattr(one, name), getattr(two, name)), name
     torch.testing.assert_close(two.dbc, one.dbc, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_emulated_design_4_with_pass_1_apart_gives_the_same_gradients(emulation_dir, monkeypatch, dtype):
+    """Design 4's 16-bit pass 1 runs as a kernel of its own, launched first with the a and bc rows of shared memory
+    alone; with REIDCAM_SPLIT 0 (a bench variant) pass 2's kernel runs it: every gradient bit for bit, dbc the same
+    sums in another order."""
+    xc, z, dbl, tables, grad_out = scan_inputs(2, 23, 70, dtype, "cpu", seed=12)
+    assert dtype in cuda_scan.backward_checkpoint_dtypes({"REIDCAM_BWD_DESIGN": 4})
+    inside = run_emulated((4, emulated_library(4, emulation_dir, REIDCAM_SPLIT=0)), monkeypatch, xc, z, dbl, tables,
+                          grad_out, REIDCAM_SPLIT=0)
+    apart = run_emulated((4, emulated_library(4, emulation_dir)), monkeypatch, xc, z, dbl, tables, grad_out)
+    for name in GRAD_NAMES:
+        if name != "dbc":
+            assert torch.equal(getattr(inside, name), getattr(apart, name)), name
+    torch.testing.assert_close(apart.dbc, inside.dbc, rtol=1e-5, atol=1e-6)
 
 
 class RecordingDriver:
@@ -438,12 +470,38 @@ def test_the_launch_passes_the_designs_dynamic_shared_memory(monkeypatch, design
     launch()
     dynamic = cuda_scan.backward_dynamic_bytes(threads, 16, cuda_scan.BWD_STEPS, design)
     assert (dynamic > 0) == (design in (3, 4))
-    names = sorted(cuda_scan.backward_kernel_name(dt) for dt in cuda_scan.backward_dtypes(design))
+    names = sorted([cuda_scan.backward_kernel_name(dt) for dt in cuda_scan.backward_dtypes(design)]
+                   + pass_one_kernel_names(design))
     allowed = sorted(call for call in driver.calls if call[0] == "allow")
     assert allowed == ([("allow", name, dynamic) for name in names] if dynamic else [])
     launched = cuda_scan.backward_kernel_name(torch.float32)
     channels = threads * (2 if design == 4 else 1)  # a block's
     assert driver.calls[-1] == ("launch", launched, (-(-300 // channels), 4), threads, dynamic)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_design_4_launches_pass_1_first_in_16_bits(monkeypatch, dtype):
+    """Design 4's 16-bit backward is two launches on the same grid: pass 1's kernel with the a and bc rows of shared
+    memory (17 KB at 256 channels and d_state 16), then pass 2's with all of it; fp32's is one."""
+    scan = cuda_scan.CudaScanBackward(defines={"REIDCAM_BWD_DESIGN": 4})
+    scan._driver = driver = RecordingDriver()
+    monkeypatch.setattr(scan, "compile", lambda arch, d_state: cuda_scan.CompiledSource(cubin=b"", log=""))
+    monkeypatch.setattr(cuda_scan.torch.cuda, "get_device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(cuda_scan.torch.cuda, "current_stream", lambda device: type("S", (), {"cuda_stream": 0}))
+    monkeypatch.setattr(cuda_scan, "device_index", lambda device: 0)
+    xc, z, dbl, tables, grad_out = scan_inputs(2, 9, 300, dtype, "cpu")
+    launch, _ = scan.launcher(xc, z, dbl, tables, grad_out)
+    launch()
+    grid, shared = (2, 4), cuda_scan.backward_dynamic_bytes(128, 16, cuda_scan.BWD_STEPS, 4)
+    launches = [call for call in driver.calls if call[0] == "launch"]
+    pass_two = ("launch", cuda_scan.backward_kernel_name(dtype), grid, 128, shared)
+    if dtype == torch.float32:
+        assert launches == [pass_two]
+    else:
+        pass_one_shared = cuda_scan.backward_checkpoint_shared_bytes(128, 16, cuda_scan.BWD_STEPS, 4)
+        assert pass_one_shared == 4 * (16 * 256 + 2 * 2 * 16 * cuda_scan.BWD_STEPS)
+        assert launches == [("launch", cuda_scan.backward_checkpoint_kernel_name(dtype), grid, 128, pass_one_shared),
+                            pass_two]
 
 
 # ---- on a GPU ---------------------------------------------------------------------------------------------

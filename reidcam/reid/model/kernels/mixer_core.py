@@ -17,7 +17,7 @@ at every forward, or, inside ``with weight_memo(memo):``, once per mixer for wei
 owner keeps frozen (WeightTableMemo; the Embedder does this).
 Backward takes xc as the forward kept it (27.5 MB a block at batch 64, 140 tokens, d_inner 768 in bf16: 770 MB
 for ReIDMamba-S's 28 blocks, where recomputing it cost a conv launch of 14.5 us a block), runs the scan
-backward kernel (the CUDA kernel of scan_bwd.cu, or Triton's scan_backward where NVRTC is missing or with
+backward (the CUDA kernels of scan_bwd.cu: in 16 bits, pass 1's then pass 2's; or Triton's scan_backward where NVRTC is missing or with
 REIDCAM_SCAN_BWD=triton; either writes its per-sequence partial sums of dA, dD and the dt bias into one buffer,
 triton_scan.GradBuffers), does the x_proj / dt_proj weight and input gradients as
 batched matmuls, then the conv backward: the CUDA kernel of conv_bwd.cu (cuda_scan.CudaConvBackward)

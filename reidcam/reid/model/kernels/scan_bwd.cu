@@ -125,6 +125,22 @@
 #endif
 
 #define N REIDCAM_N
+// Design 4: pass 1 as a kernel of its own for the 16-bit dtypes (bimamba_scan_ckpt_bf16 and _f16, launched before
+// the kernel of pass 2, which then skips it). Apart, pass 1 runs in 80 registers and the a and bc rows of shared
+// memory alone (17 KB a block), 6 blocks an SM (24 warps) where inside pass 2's kernel it had pass 2's 12. On an
+// H200 (session 15) it took 87.7 us of the step's 338 (pass 2 250.2), against 349 for the two passes in one kernel;
+// with 8 blocks (64 registers) it spills and is slower. Its fp32 build spills at 80 registers, so fp32 keeps pass 1
+// inside. cuda_scan.backward_checkpoint_dtypes names the dtypes.
+#ifndef REIDCAM_SPLIT
+#define REIDCAM_SPLIT (REIDCAM_BWD_DESIGN == 4)
+#endif
+#ifndef REIDCAM_CKPT_MIN_BLOCKS
+#define REIDCAM_CKPT_MIN_BLOCKS 6
+#endif
+template <typename T>
+struct PassOneApart {  // whether pass 1 of T's kernel runs in a kernel of its own
+    enum { value = REIDCAM_SPLIT && sizeof(T) == 2 };
+};
 // Designs 1, 3 and 4: how many states ahead pass 2 loads a checkpoint. Design 4: 4 (its 168 registers hold them;
 // on an H200, batch 64 / 256: 2 0.383 / 1.441 ms, 1 0.390 / 1.516, 4 0.369 / 1.400; session 14).
 #ifndef REIDCAM_AHEAD
@@ -139,14 +155,15 @@
 #define DIET (REIDCAM_BWD_DESIGN == 3 || PAIRS)  // design 3's register diet: long-lived values in shared memory
 #define CH (PAIRS ? 2 : 1)                // channels a thread
 #define BLOCK_CHANNELS (THREADS * CH)
-// State indices per warp transposition (design 3: smaller rows). Design 4 may take 2 (REIDCAM_FLUSH, a bench
-// variant, untimed): its 3 blocks an SM leave room for the rows (4.6 KB more a block); pass 2's loop 2,850 -> 2,813
-// instructions a sub-chunk (bf16).
+// State indices per warp transposition (design 3: 1, smaller rows). Design 4: 2, its 3 blocks an SM leave room for
+// the rows (4.6 KB more a block); pass 2's loop 2,850 -> 2,813 instructions a sub-chunk (bf16), fewer shuffles and
+// FADDs; on an H200 the kernel 0.385 -> 0.378 ms at batch 64, 1.426 -> 1.376 at 256 (session 15).
 #ifndef REIDCAM_FLUSH
-#define REIDCAM_FLUSH (DIET ? 1 : 2)
+#define REIDCAM_FLUSH (PAIRS ? 2 : DIET ? 1 : 2)
 #endif
 #define FLUSH REIDCAM_FLUSH
 static_assert(FLUSH == 1 || FLUSH == 2 || FLUSH == 4, "a transposition's values fill whole float4 reads");
+static_assert(!REIDCAM_SPLIT || PAIRS, "pass 1 as a kernel of its own: design 4");
 static_assert(!DIET || PAIRS || FLUSH == 1, "design 3's transposition goes one state at a time (its 80 registers)");
 #define WARP_VALUES (2 * STEPS * FLUSH)  // dB and dC values per thread and transposition: 8, 16 or 32
 #define LANES_PER_VALUE (32 / WARP_VALUES)
@@ -957,7 +974,7 @@ __device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T
     float* checkpoints = checkpoint_base + (long long)seq * (sub_chunks - 1) * checkpoint_stride(D) +
                          blockIdx.x * N * BLOCK_CHANNELS + own;
 
-    store_checkpoints_pairs(shared, checkpoints, bias, lane, sub_chunks);
+    if (!PassOneApart<T>::value) store_checkpoints_pairs(shared, checkpoints, bias, lane, sub_chunks);
 
     float* const carry = &shared.carry[0][own];
     float* const da = &shared.da[0][own];
@@ -1046,6 +1063,47 @@ __device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T
         store_float2(part + (long long)(N + 1) * D, dbias_sum[0], dbias_sum[1]);
     }
 }
+#endif
+
+#if REIDCAM_SPLIT
+// Pass 1 of design 4 as a kernel of its own: the checkpoints of the block's sequence and 256 channels. Its shared
+// memory is SharedRows' first two members (a and bc), all that store_checkpoints_pairs reads
+// (cuda_scan.backward_checkpoint_shared_bytes).
+template <typename T>
+__device__ __forceinline__ void scan_ckpt_pairs(const T* __restrict__ xc, const T* __restrict__ pre,
+                                                const float* __restrict__ dbl, const float* __restrict__ dt_bias,
+                                                const float* __restrict__ a2, float* __restrict__ checkpoint_base,
+                                                int Bsz, int L, int D, int R) {
+    extern __shared__ __align__(16) unsigned char dynamic_shared[];
+    SharedRows& shared = *reinterpret_cast<SharedRows*>(dynamic_shared);
+    const int seq = blockIdx.y;
+    const int d = blockIdx.x * BLOCK_CHANNELS + CH * threadIdx.x;
+    const int dd = d < D ? d : 0;
+    const Lane<T> lane = make_lane<T>(xc, nullptr, nullptr, pre, nullptr, nullptr, nullptr, dbl, nullptr, Bsz, L, D,
+                                      R, 0, 0, seq, d);
+    const int own = CH * threadIdx.x;
+#pragma unroll
+    for (int n = 0; n < N; ++n) {
+        const float* a_row = a2 + (lane.direction * N + n) * D + dd;
+        store_float2(&shared.a[n][own], a_row[0], a_row[1]);
+    }
+    float bias[2];
+#pragma unroll
+    for (int c = 0; c < 2; ++c) bias[c] = lane.live ? dt_bias[lane.direction * D + dd + c] : 0.0f;
+    const int sub_chunks = (L + STEPS - 1) / STEPS;
+    float* checkpoints = checkpoint_base + (long long)seq * (sub_chunks - 1) * checkpoint_stride(D) +
+                         blockIdx.x * N * BLOCK_CHANNELS + own;
+    store_checkpoints_pairs(shared, checkpoints, bias, lane, sub_chunks);
+}
+
+#define REIDCAM_SCAN_CKPT_KERNEL(NAME, T)                                                                            \
+    extern "C" __global__ void __launch_bounds__(THREADS, REIDCAM_CKPT_MIN_BLOCKS)                                 \
+        NAME(const T* xc, const T* pre, const float* dbl, const float* dt_bias, const float* a2,                   \
+             float* checkpoints, int Bsz, int L, int D, int R) {                                                   \
+        scan_ckpt_pairs<T>(xc, pre, dbl, dt_bias, a2, checkpoints, Bsz, L, D, R);                                  \
+    }
+REIDCAM_SCAN_CKPT_KERNEL(bimamba_scan_ckpt_bf16, bf16_bits)
+REIDCAM_SCAN_CKPT_KERNEL(bimamba_scan_ckpt_f16, f16_bits)
 #endif
 
 template <typename T>
