@@ -78,11 +78,14 @@ kernel alone, batch 64 / 256, call 4): 0.372 / 1.404 ms against design 3's 0.418
 1.539; the checkpoints 2, 6 or 8 states ahead instead of 4: 0.377-0.380 / 1.413-1.432; the step inputs prefetched
 too: 0.389 / 1.492. The training step 24.9 -> 23.8 ms.
 
-Design 4 since session 15: pass 1 of the 16-bit kernels as a kernel of its own (80 registers, 6 blocks an SM, the a
-and bc rows of shared memory alone), and the dB/dC transposition every second state (FLUSH 2). Measured (H200, call 2,
-batch 64 / 256): session 14's build 0.385 / 1.426 ms; FLUSH 2 0.378 / 1.376; pass 1 apart 0.392 / 1.390; both
-0.374 / 1.300; pass 1 apart at 8 blocks (64 registers: it spills) 0.454 / 1.497. In the step's profile pass 1's
-kernel took 87.7 us and pass 2's 250.2 (the two in one kernel 349). The training step 23.7, 23.8 -> 23.4, 23.5 ms.
+Design 4 since session 15: pass 1 as a kernel of its own, and the dB/dC transposition every second state (FLUSH 2).
+First form (pass 1 apart in design 4's pairs, 128 threads, 80 registers, 6 blocks an SM allowed), measured (H200,
+call 2, batch 64 / 256): session 14's build 0.385 / 1.426 ms; FLUSH 2 0.378 / 1.376; pass 1 apart 0.392 / 1.390;
+both 0.374 / 1.300; at 8 blocks (64 registers: it spills) 0.454 / 1.497. In the step's profile pass 1's kernel took
+87.7 us and pass 2's 250.2 (the two in one kernel 349); the training step 23.7, 23.8 -> 23.4, 23.5 ms. Nsight Compute
+on that pass 1: 2.6 active warps a scheduler, not the 6 blocks' 12: batch 64's grid is 384 blocks, 2.9 an SM. So pass
+1 now runs a thread per channel (256 threads a block: twice the warps), its A in registers, 64 registers (4 blocks an
+SM); "pass 1 apart at 3 blocks" is that kernel at 80 registers.
 
 Rejected (``--list --all`` compiles them; design 1 with AHEAD 4 spills 40 B): every tighter register cap spills
 design 1: 256 threads at 3 blocks/SM (80 registers) 556 B (632 with NVRTC 13.0), 128 at 5 (96) 356 B, 128 at 6
@@ -158,7 +161,7 @@ VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
     "design 4, pass 1 inside": _build(128, 3, design=4, REIDCAM_SPLIT=0),
     "design 4, one state a transposition": _build(128, 3, design=4, REIDCAM_FLUSH=1),
     "design 4 of session 14": _build(128, 3, design=4, REIDCAM_SPLIT=0, REIDCAM_FLUSH=1),
-    "design 4, pass 1 apart at 8 blocks": _build(128, 3, design=4, REIDCAM_CKPT_MIN_BLOCKS=8),
+    "design 4, pass 1 apart at 3 blocks": _build(128, 3, design=4, REIDCAM_CKPT_MIN_BLOCKS=3),
     "design 4, 64 threads": _build(64, 6, design=4),
     "design 4, step inputs prefetched": _build(128, 3, design=4, prefetch=2),
     "design 4, ahead 2": _build(128, 3, design=4, REIDCAM_AHEAD=2),

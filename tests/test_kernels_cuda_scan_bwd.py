@@ -57,25 +57,37 @@ def test_the_kernels_compile_for_sm90_without_spilling(sm90):
         print(f"{name}: {registers} registers, {spills} bytes of spill (sm_90, d_state 16)")
         assert spills == 0, (name, reports)
         assert registers <= 65536 // (threads * blocks) // 8 * 8, (name, reports)
+    pass_one_threads = cuda_scan.backward_checkpoint_threads(threads, design)
     for name in pass_one_kernel_names(design):
         registers = reports[name][0]
-        assert registers <= 65536 // (threads * cuda_scan.BWD_CHECKPOINT_BLOCKS) // 8 * 8, (name, reports)
+        assert registers <= 65536 // (pass_one_threads * cuda_scan.BWD_CHECKPOINT_BLOCKS) // 8 * 8, (name, reports)
 
 
 def pass_one_kernel_names(design: int) -> list[str]:
     """The kernels of pass 1 alone that the design's default build holds."""
-    return [cuda_scan.backward_checkpoint_kernel_name(dt)
-            for dt in cuda_scan.backward_checkpoint_dtypes({"REIDCAM_BWD_DESIGN": design})]
+    apart = cuda_scan.backward_pass_one_apart({"REIDCAM_BWD_DESIGN": design})
+    return [cuda_scan.backward_checkpoint_kernel_name(dt) for dt in cuda_scan.backward_dtypes(design) if apart]
+
+
+def static_shared(log: str) -> dict[str, int]:
+    """Each kernel's static shared memory, from ptxas' report in the NVRTC log."""
+    import re
+
+    return {name: int(re.search(r"(\d+) bytes smem", body).group(1)) if "bytes smem" in body else 0
+            for name, body in re.findall(r"Compiling entry function '(\w+)'(.*?)(?=Compiling entry|\Z)", log, re.S)}
 
 
 def test_the_shared_memory_fits_the_blocks_per_sm(sm90):
-    """Designs 0 and 1: static shared memory, at most 48 KB, and no dynamic. Design 3: all dynamic, as much as
+    """Designs 0 and 1: static shared memory, at most 48 KB, and no dynamic. Designs 3 and 4: all dynamic, as much as
     cuda_scan.backward_dynamic_bytes says (the source asserts it equal to its SharedRows), and the launch bounds'
-    blocks fit an SM with the driver's reserve."""
-    import re
-
+    blocks fit an SM with the driver's reserve. Design 4's pass 1 apart: its B rows, static, for its blocks."""
     (design, threads, blocks), compiled = sm90
-    static = max((int(x) for x in re.findall(r"(\d+) bytes smem", compiled.log)), default=0)
+    shared = static_shared(compiled.log)
+    pass_one = pass_one_kernel_names(design)
+    for name in pass_one:
+        assert shared[name] == 4 * 2 * 2 * 16 * cuda_scan.BWD_STEPS, shared
+        assert cuda_scan.BWD_CHECKPOINT_BLOCKS * (shared[name] + RESERVED_PER_BLOCK) <= SHARED_PER_SM
+    static = max((v for name, v in shared.items() if name not in pass_one), default=0)
     dynamic = cuda_scan.backward_dynamic_bytes(threads, 16, cuda_scan.BWD_STEPS, design)
     if design in cuda_scan.BWD_SHARED_DESIGNS:
         assert static == 0 and dynamic == cuda_scan.backward_shared_bytes(threads, 16, cuda_scan.BWD_STEPS, design)
@@ -199,8 +211,9 @@ def emulated_library(design: int, workdir, **macros: int) -> ctypes.CDLL:
     (cuda_emulation.build keeps each build in workdir)."""
     kernels = {cuda_scan.backward_kernel_name(dt): KERNEL_PARAMS.format(T=C_TYPES[dt])
                for dt in cuda_scan.backward_dtypes(design)}
-    kernels.update({cuda_scan.backward_checkpoint_kernel_name(dt): CHECKPOINT_KERNEL_PARAMS.format(T=C_TYPES[dt])
-                    for dt in cuda_scan.backward_checkpoint_dtypes({"REIDCAM_BWD_DESIGN": design, **macros})})
+    if cuda_scan.backward_pass_one_apart({"REIDCAM_BWD_DESIGN": design, **macros}):
+        kernels.update({cuda_scan.backward_checkpoint_kernel_name(dt): CHECKPOINT_KERNEL_PARAMS.format(T=C_TYPES[dt])
+                        for dt in cuda_scan.backward_dtypes(design)})
     d_state, steps = 16, cuda_scan.BWD_STEPS
     flush = cuda_scan.backward_flush({"REIDCAM_BWD_DESIGN": design, **macros})
     defines = {"REIDCAM_N": d_state, "REIDCAM_THREADS": EMULATED_THREADS, "REIDCAM_STEPS": steps,
@@ -417,13 +430,13 @@ def test_the_emulated_design_4_transposes_two_states_at_once_to_the_same_sums(em
     torch.testing.assert_close(two.dbc, one.dbc, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_the_emulated_design_4_with_pass_1_apart_gives_the_same_gradients(emulation_dir, monkeypatch, dtype):
-    """Design 4's 16-bit pass 1 runs as a kernel of its own, launched first with the a and bc rows of shared memory
-    alone; with REIDCAM_SPLIT 0 (a bench variant) pass 2's kernel runs it: every gradient bit for bit, dbc the same
-    sums in another order."""
+    """Design 4's pass 1 runs as a kernel of its own, a thread per channel, launched first; with REIDCAM_SPLIT 0 (a
+    bench variant) pass 2's kernel runs it, two channels a thread: every gradient bit for bit, dbc the same sums in
+    another order."""
     xc, z, dbl, tables, grad_out = scan_inputs(2, 23, 70, dtype, "cpu", seed=12)
-    assert dtype in cuda_scan.backward_checkpoint_dtypes({"REIDCAM_BWD_DESIGN": 4})
+    assert cuda_scan.backward_pass_one_apart({"REIDCAM_BWD_DESIGN": 4})
     inside = run_emulated((4, emulated_library(4, emulation_dir, REIDCAM_SPLIT=0)), monkeypatch, xc, z, dbl, tables,
                           grad_out, REIDCAM_SPLIT=0)
     apart = run_emulated((4, emulated_library(4, emulation_dir)), monkeypatch, xc, z, dbl, tables, grad_out)
@@ -479,10 +492,10 @@ def test_the_launch_passes_the_designs_dynamic_shared_memory(monkeypatch, design
     assert driver.calls[-1] == ("launch", launched, (-(-300 // channels), 4), threads, dynamic)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_design_4_launches_pass_1_first_in_16_bits(monkeypatch, dtype):
-    """Design 4's 16-bit backward is two launches on the same grid: pass 1's kernel with the a and bc rows of shared
-    memory (17 KB at 256 channels and d_state 16), then pass 2's with all of it; fp32's is one."""
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_design_4_launches_pass_1_first(monkeypatch, dtype):
+    """Design 4's backward is two launches on the same grid: pass 1's kernel, a thread per channel of pass 2's blocks
+    and no dynamic shared memory, then pass 2's with all of its own."""
     scan = cuda_scan.CudaScanBackward(defines={"REIDCAM_BWD_DESIGN": 4})
     scan._driver = driver = RecordingDriver()
     monkeypatch.setattr(scan, "compile", lambda arch, d_state: cuda_scan.CompiledSource(cubin=b"", log=""))
@@ -493,15 +506,9 @@ def test_design_4_launches_pass_1_first_in_16_bits(monkeypatch, dtype):
     launch, _ = scan.launcher(xc, z, dbl, tables, grad_out)
     launch()
     grid, shared = (2, 4), cuda_scan.backward_dynamic_bytes(128, 16, cuda_scan.BWD_STEPS, 4)
-    launches = [call for call in driver.calls if call[0] == "launch"]
-    pass_two = ("launch", cuda_scan.backward_kernel_name(dtype), grid, 128, shared)
-    if dtype == torch.float32:
-        assert launches == [pass_two]
-    else:
-        pass_one_shared = cuda_scan.backward_checkpoint_shared_bytes(128, 16, cuda_scan.BWD_STEPS, 4)
-        assert pass_one_shared == 4 * (16 * 256 + 2 * 2 * 16 * cuda_scan.BWD_STEPS)
-        assert launches == [("launch", cuda_scan.backward_checkpoint_kernel_name(dtype), grid, 128, pass_one_shared),
-                            pass_two]
+    assert [call for call in driver.calls if call[0] == "launch"] == [
+        ("launch", cuda_scan.backward_checkpoint_kernel_name(dtype), grid, 256, 0),
+        ("launch", cuda_scan.backward_kernel_name(dtype), grid, 128, shared)]
 
 
 # ---- on a GPU ---------------------------------------------------------------------------------------------

@@ -433,7 +433,7 @@ BWD_PAIR_DESIGNS = (4,)  # the designs whose threads run two adjacent channels e
 # at 80 registers, so scan_bwd.cu builds no fp16 kernel in design 3 and fp16 runs design 1. Design 4 (design 3 with
 # two adjacent channels a thread, 168 registers, every dtype) took 0.372 ms against design 3's 0.418 at batch 64 and
 # 1.404 against 1.442 at 256 on an H200, the training step 24.9 -> 23.8 ms (session 14, bench/NOTES-speed.md
-# attempts 93-96). Since session 15 its 16-bit pass 1 runs as a kernel of its own (backward_checkpoint_dtypes) and it
+# attempts 93-96). Since session 15 its pass 1 runs as a kernel of its own (backward_pass_one_apart) and it
 # transposes dB/dC every second state (backward_flush): 0.374 / 1.300 ms, the step 23.7 -> 23.4 ms (attempt 97).
 BWD_DESIGN_OF = {torch.bfloat16: 4, torch.float32: 4, torch.float16: 4}
 # The design that runs each dtype where design 4's channel pairs do not fit the tensors (backward_pairs_fit).
@@ -466,23 +466,22 @@ def backward_kernel_name(dtype: torch.dtype) -> str:
 
 
 def backward_checkpoint_kernel_name(dtype: torch.dtype) -> str:
-    """The kernel of pass 1 alone (design 4's 16-bit dtypes: backward_checkpoint_dtypes)."""
+    """The kernel of pass 1 alone (design 4: backward_pass_one_apart)."""
     return f"bimamba_scan_ckpt_{_DTYPE_NAMES[dtype]}"
 
 
-BWD_CHECKPOINT_BLOCKS = 6  # pass 1's kernel: blocks per SM that ptxas must fit (scan_bwd.cu's REIDCAM_CKPT_MIN_BLOCKS)
+BWD_CHECKPOINT_BLOCKS = 4  # pass 1's kernel: blocks per SM that ptxas must fit (scan_bwd.cu's REIDCAM_CKPT_MIN_BLOCKS)
 
 
-def backward_checkpoint_dtypes(defines: Mapping[str, int] | None) -> tuple[torch.dtype, ...]:
-    """The dtypes whose pass 1 a build runs as a kernel of its own before pass 2's (scan_bwd.cu's PassOneApart):
-    design 4's 16-bit ones, unless the defines set REIDCAM_SPLIT 0; none in the other designs."""
-    split = int((defines or {}).get("REIDCAM_SPLIT", backward_design(defines) == 4))
-    return (torch.bfloat16, torch.float16) if split else ()
+def backward_pass_one_apart(defines: Mapping[str, int] | None) -> bool:
+    """Whether a build runs pass 1 as a kernel of its own before pass 2's (scan_bwd.cu's REIDCAM_SPLIT): design 4's
+    builds, unless the defines set REIDCAM_SPLIT 0."""
+    return bool(int((defines or {}).get("REIDCAM_SPLIT", backward_design(defines) == 4)))
 
 
-def backward_checkpoint_shared_bytes(threads: int, d_state: int, steps: int, design: int) -> int:
-    """The dynamic shared memory of pass 1's kernel: SharedRows' a and bc rows, the two it reads."""
-    return 4 * d_state * (threads * backward_channels_per_thread(design) + 2 * 2 * steps)
+def backward_checkpoint_threads(threads: int, design: int) -> int:
+    """The block size of pass 1's kernel: a thread per channel of pass 2's blocks."""
+    return threads * backward_channels_per_thread(design)
 
 
 def backward_design(defines: Mapping[str, int] | None) -> int:
@@ -570,7 +569,7 @@ class CudaScanBackward(_LazyKernels):
         self.source = source
         self.design = backward_design(self.defines)
         self.threads = threads or backward_threads(self.design)
-        self.checkpoint_dtypes = backward_checkpoint_dtypes(self.defines)  # pass 1 as a kernel of its own
+        self.pass_one_apart = backward_pass_one_apart(self.defines)
 
     def dynamic_shared(self, d_state: int) -> int:
         """The dynamic shared memory of this build's launches: 0 where the design's is static."""
@@ -582,7 +581,8 @@ class CudaScanBackward(_LazyKernels):
     def kernels(self, device: torch.device, d_state: int) -> dict[str, ctypes.c_void_p]:
         index = device_index(device)
         names = [backward_kernel_name(dt) for dt in backward_dtypes(self.design)]
-        names += [backward_checkpoint_kernel_name(dt) for dt in self.checkpoint_dtypes]
+        if self.pass_one_apart:
+            names += [backward_checkpoint_kernel_name(dt) for dt in backward_dtypes(self.design)]
         return self._cached((index, d_state), lambda: self._load(
             index, lambda arch: self.compile(arch, d_state), names, f", d_state {d_state}",
             dynamic_shared=self.dynamic_shared(d_state)))
@@ -598,7 +598,7 @@ class CudaScanBackward(_LazyKernels):
     def launcher(self, xc: torch.Tensor, z: torch.Tensor, dbl: torch.Tensor, tables: ScanTables,
                  grad_out: torch.Tensor) -> tuple[Callable[[], None], GradBuffers]:
         """The kernel's launch on buffers made once (pass 1's kernel first where it runs apart:
-        backward_checkpoint_dtypes), and those buffers (for backward, and for benches that time the kernels alone: a
+        backward_pass_one_apart), and those buffers (for backward, and for benches that time the kernels alone: a
         second launch adds into dbc again, which only the values notice)."""
         _, bsz, length, dim = xc.shape
         d_state = tables.a.shape[-1]
@@ -619,16 +619,16 @@ class CudaScanBackward(_LazyKernels):
         shared = self.dynamic_shared(d_state)
 
         # pass 1's kernel where it runs apart, on xc, pre, dbl, dt_bias, a2, checkpoints, Bsz, L, D, R
-        pass_one = kernels[backward_checkpoint_kernel_name(xc.dtype)] if xc.dtype in self.checkpoint_dtypes else None
+        pass_one = kernels[backward_checkpoint_kernel_name(xc.dtype)] if self.pass_one_apart else None
         pass_one_args = [args[i] for i in (0, 4, 3, 5, 6, 13, 14, 15, 16, 17)]
-        pass_one_shared = backward_checkpoint_shared_bytes(self.threads, d_state, self.steps, self.design)
+        pass_one_threads = backward_checkpoint_threads(self.threads, self.design)
 
         def launch() -> None:
             _ = tensors  # the launch reads them: kept alive with it
             self._driver.ensure_context(device_index(dev))
             stream = torch.cuda.current_stream(dev).cuda_stream
             if pass_one is not None:
-                self._driver.launch(pass_one, grid, self.threads, pass_one_args, stream, pass_one_shared)
+                self._driver.launch(pass_one, grid, pass_one_threads, pass_one_args, stream)
             self._driver.launch(function, grid, self.threads, args, stream, shared)
 
         return launch, out

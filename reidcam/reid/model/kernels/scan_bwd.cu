@@ -125,22 +125,18 @@
 #endif
 
 #define N REIDCAM_N
-// Design 4: pass 1 as a kernel of its own for the 16-bit dtypes (bimamba_scan_ckpt_bf16 and _f16, launched before
-// the kernel of pass 2, which then skips it). Apart, pass 1 runs in 80 registers and the a and bc rows of shared
-// memory alone (17 KB a block), 6 blocks an SM (24 warps) where inside pass 2's kernel it had pass 2's 12. On an
-// H200 (session 15) it took 87.7 us of the step's 338 (pass 2 250.2), against 349 for the two passes in one kernel;
-// with 8 blocks (64 registers) it spills and is slower. Its fp32 build spills at 80 registers, so fp32 keeps pass 1
-// inside. cuda_scan.backward_checkpoint_dtypes names the dtypes.
+// Design 4: pass 1 as a kernel of its own (bimamba_scan_ckpt_*, launched before the kernel of pass 2, which then
+// skips it; REIDCAM_SPLIT 0 keeps it inside, a bench variant). Inside pass 2's kernel it ran in pass 2's 12 warps an SM
+// (at batch 64 the grid is one wave: 384 blocks); apart it runs a thread per channel, 256 threads a block, in 64
+// registers (4 blocks an SM: 24 warps at batch 64, 32 at 256) with its A in registers. Measured (H200, session 15):
+// as design 4's pairs apart, at 80 registers, 87.7 us a call of the step's 338 (pass 2's kernel 250.2; the two passes
+// in one kernel 349): the same warps, the grid being the limit (ncu: 2.6 active warps a scheduler).
 #ifndef REIDCAM_SPLIT
 #define REIDCAM_SPLIT (REIDCAM_BWD_DESIGN == 4)
 #endif
 #ifndef REIDCAM_CKPT_MIN_BLOCKS
-#define REIDCAM_CKPT_MIN_BLOCKS 6
+#define REIDCAM_CKPT_MIN_BLOCKS 4
 #endif
-template <typename T>
-struct PassOneApart {  // whether pass 1 of T's kernel runs in a kernel of its own
-    enum { value = REIDCAM_SPLIT && sizeof(T) == 2 };
-};
 // Designs 1, 3 and 4: how many states ahead pass 2 loads a checkpoint. Design 4: 4 (its 168 registers hold them;
 // on an H200, batch 64 / 256: 2 0.383 / 1.441 ms, 1 0.390 / 1.516, 4 0.369 / 1.400; session 14).
 #ifndef REIDCAM_AHEAD
@@ -497,16 +493,18 @@ __device__ __forceinline__ void prefetch_sub_chunk(const Lane<T>& lane, const fl
 }
 #endif
 
-// Pass 1: the states at every sub-chunk boundary but the last, into the checkpoints (this thread's channel).
-template <typename T>
-__device__ __forceinline__ void store_checkpoints(SharedRows& shared, float* __restrict__ checkpoints, float bias,
-                                                  const Lane<T>& lane, int sub_chunks) {
+// Pass 1: the states at every sub-chunk boundary but the last, into the checkpoints (this thread's channel), with B
+// staged through bc and state n's A log2(e) from a_of(n) (designs 1 and 3: their shared a rows; design 4's pass 1
+// apart: registers).
+template <typename T, typename AOf>
+__device__ __forceinline__ void store_checkpoints(float (*bc)[2 * N][STEPS], float* __restrict__ checkpoints,
+                                                  float bias, AOf a_of, const Lane<T>& lane, int sub_chunks) {
     float h[N];
 #pragma unroll
     for (int n = 0; n < N; ++n) h[n] = 0.0f;
     float staged[STAGED];
     load_bc(staged, lane, 0);
-    store_bc(shared.bc[0], staged);
+    store_bc(bc[0], staged);
 #if LOADS_AHEAD
     T next_x[STEPS], next_p[STEPS];  // the next sub-chunk's xc and pre, loaded one sub-chunk ahead
     if (sub_chunks > 1) load_xp(next_x, next_p, lane, 0);
@@ -536,8 +534,8 @@ __device__ __forceinline__ void store_checkpoints(SharedRows& shared, float* __r
 #pragma unroll
         for (int n = 0; n < N; ++n) {
             float b[STEPS];
-            read_steps(shared.bc[buffer][n], b);
-            const float a = shared.a[n][threadIdx.x];
+            read_steps(bc[buffer][n], b);
+            const float a = a_of(n);
 #pragma unroll
             for (int s = 0; s < STEPS; ++s) h[n] = fmaf(exp2f(delta[s] * a), h[n], du[s] * b[s]);
         }
@@ -545,13 +543,13 @@ __device__ __forceinline__ void store_checkpoints(SharedRows& shared, float* __r
 #if DIET
             float* at = checkpoints + (long long)k * checkpoint_stride(lane.D);
 #pragma unroll
-            for (int n = 0; n < N; ++n) at[n * THREADS] = h[n];
+            for (int n = 0; n < N; ++n) at[n * BLOCK_CHANNELS] = h[n];
 #else
 #pragma unroll
             for (int n = 0; n < N; ++n) checkpoints[((long long)k * N + n) * lane.D] = h[n];
 #endif
         }
-        if (k + 2 < sub_chunks) store_bc(shared.bc[buffer ^ 1], staged);
+        if (k + 2 < sub_chunks) store_bc(bc[buffer ^ 1], staged);
         __syncthreads();
     }
 }
@@ -974,7 +972,9 @@ __device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T
     float* checkpoints = checkpoint_base + (long long)seq * (sub_chunks - 1) * checkpoint_stride(D) +
                          blockIdx.x * N * BLOCK_CHANNELS + own;
 
-    if (!PassOneApart<T>::value) store_checkpoints_pairs(shared, checkpoints, bias, lane, sub_chunks);
+#if !REIDCAM_SPLIT
+    store_checkpoints_pairs(shared, checkpoints, bias, lane, sub_chunks);
+#endif
 
     float* const carry = &shared.carry[0][own];
     float* const da = &shared.da[0][own];
@@ -1066,44 +1066,38 @@ __device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T
 #endif
 
 #if REIDCAM_SPLIT
-// Pass 1 of design 4 as a kernel of its own: the checkpoints of the block's sequence and 256 channels. Its shared
-// memory is SharedRows' first two members (a and bc), all that store_checkpoints_pairs reads
-// (cuda_scan.backward_checkpoint_shared_bytes).
+// Pass 1 of design 4 as a kernel of its own: the checkpoints of the block's sequence and BLOCK_CHANNELS channels, a
+// thread per channel (twice the warps of pass 2's pairs), its A log2(e) in registers, B staged through shared memory.
 template <typename T>
-__device__ __forceinline__ void scan_ckpt_pairs(const T* __restrict__ xc, const T* __restrict__ pre,
-                                                const float* __restrict__ dbl, const float* __restrict__ dt_bias,
-                                                const float* __restrict__ a2, float* __restrict__ checkpoint_base,
-                                                int Bsz, int L, int D, int R) {
-    extern __shared__ __align__(16) unsigned char dynamic_shared[];
-    SharedRows& shared = *reinterpret_cast<SharedRows*>(dynamic_shared);
+__device__ __forceinline__ void scan_ckpt(const T* __restrict__ xc, const T* __restrict__ pre,
+                                          const float* __restrict__ dbl, const float* __restrict__ dt_bias,
+                                          const float* __restrict__ a2, float* __restrict__ checkpoint_base, int Bsz,
+                                          int L, int D, int R) {
+    __shared__ __align__(16) float bc[2][2 * N][STEPS];
     const int seq = blockIdx.y;
-    const int d = blockIdx.x * BLOCK_CHANNELS + CH * threadIdx.x;
+    const int d = blockIdx.x * BLOCK_CHANNELS + threadIdx.x;
     const int dd = d < D ? d : 0;
     const Lane<T> lane = make_lane<T>(xc, nullptr, nullptr, pre, nullptr, nullptr, nullptr, dbl, nullptr, Bsz, L, D,
                                       R, 0, 0, seq, d);
-    const int own = CH * threadIdx.x;
+    float a[N];
 #pragma unroll
-    for (int n = 0; n < N; ++n) {
-        const float* a_row = a2 + (lane.direction * N + n) * D + dd;
-        store_float2(&shared.a[n][own], a_row[0], a_row[1]);
-    }
-    float bias[2];
-#pragma unroll
-    for (int c = 0; c < 2; ++c) bias[c] = lane.live ? dt_bias[lane.direction * D + dd + c] : 0.0f;
+    for (int n = 0; n < N; ++n) a[n] = a2[(lane.direction * N + n) * D + dd];
+    const float bias = lane.live ? dt_bias[lane.direction * D + dd] : 0.0f;
     const int sub_chunks = (L + STEPS - 1) / STEPS;
     float* checkpoints = checkpoint_base + (long long)seq * (sub_chunks - 1) * checkpoint_stride(D) +
-                         blockIdx.x * N * BLOCK_CHANNELS + own;
-    store_checkpoints_pairs(shared, checkpoints, bias, lane, sub_chunks);
+                         blockIdx.x * N * BLOCK_CHANNELS + threadIdx.x;
+    store_checkpoints(bc, checkpoints, bias, [&](int n) { return a[n]; }, lane, sub_chunks);
 }
 
 #define REIDCAM_SCAN_CKPT_KERNEL(NAME, T)                                                                            \
-    extern "C" __global__ void __launch_bounds__(THREADS, REIDCAM_CKPT_MIN_BLOCKS)                                 \
+    extern "C" __global__ void __launch_bounds__(BLOCK_CHANNELS, REIDCAM_CKPT_MIN_BLOCKS)                         \
         NAME(const T* xc, const T* pre, const float* dbl, const float* dt_bias, const float* a2,                   \
              float* checkpoints, int Bsz, int L, int D, int R) {                                                   \
-        scan_ckpt_pairs<T>(xc, pre, dbl, dt_bias, a2, checkpoints, Bsz, L, D, R);                                  \
+        scan_ckpt<T>(xc, pre, dbl, dt_bias, a2, checkpoints, Bsz, L, D, R);                                        \
     }
 REIDCAM_SCAN_CKPT_KERNEL(bimamba_scan_ckpt_bf16, bf16_bits)
 REIDCAM_SCAN_CKPT_KERNEL(bimamba_scan_ckpt_f16, f16_bits)
+REIDCAM_SCAN_CKPT_KERNEL(bimamba_scan_ckpt_f32, float)
 #endif
 
 template <typename T>
@@ -1136,7 +1130,7 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
     float* checkpoints = checkpoint_base + (long long)seq * (sub_chunks - 1) * N * D + dd;
 #endif
 
-    store_checkpoints(shared, checkpoints, bias, lane, sub_chunks);
+    store_checkpoints(shared.bc, checkpoints, bias, [&](int n) { return shared.a[n][threadIdx.x]; }, lane, sub_chunks);
 
 #if DIET
     const Column carry{&shared.carry[0][threadIdx.x]}, da{&shared.da[0][threadIdx.x]};
