@@ -434,7 +434,8 @@ BWD_PAIR_DESIGNS = (4,)  # the designs whose threads run two adjacent channels e
 # two adjacent channels a thread, 168 registers, every dtype) took 0.372 ms against design 3's 0.418 at batch 64 and
 # 1.404 against 1.442 at 256 on an H200, the training step 24.9 -> 23.8 ms (session 14, bench/NOTES-speed.md
 # attempts 93-96). Since session 15 its pass 1 runs as a kernel of its own (backward_pass_one_apart) and it
-# transposes dB/dC every second state (backward_flush): 0.374 / 1.300 ms, the step 23.7 -> 23.4 ms (attempt 97).
+# transposes dB/dC every second state (backward_flush): 0.383 / 1.427 -> 0.372 / 1.337 ms at batch 64 / 256, the
+# step 23.9, 24.0 -> 23.7, 23.7 ms (session 15, attempts 97-98).
 BWD_DESIGN_OF = {torch.bfloat16: 4, torch.float32: 4, torch.float16: 4}
 # The design that runs each dtype where design 4's channel pairs do not fit the tensors (backward_pairs_fit).
 BWD_UNPAIRED_DESIGN_OF = {torch.bfloat16: 3, torch.float32: 3, torch.float16: 1}

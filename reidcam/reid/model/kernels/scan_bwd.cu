@@ -108,7 +108,8 @@
 //      (cuda_scan.backward_pairs_fit; the mixer runs design 3 where they are not). Every per-channel gradient is
 //      design 3's bit for bit; dbc adds the channels in another order. Measured (session 14, H200, the kernel
 //      alone, batch 64 / 256): 0.372 / 1.404 ms against design 3's 0.418 / 1.442; 64-thread blocks 0.408 / 1.539;
-//      the step 24.9 -> 23.8 ms.
+//      the step 24.9 -> 23.8 ms. Since session 15 its pass 1 runs as a kernel of its own (REIDCAM_SPLIT) and it
+//      transposes dB/dC every second state (FLUSH 2): 0.383 / 1.427 -> 0.372 / 1.337 ms, the step 23.9 -> 23.7.
 // Design 1 (session 8, H200): 0.570 ms against design 0's 0.956 at batch 64, 1.883 against 2.866 at batch 256,
 // with the same gradients (bench/cuda_scan_bwd_variants.py). Design 3 (session 9, H200): 0.538 ms against design
 // 1's 0.597 at batch 64 (one wave), 1.952 against 1.907 at batch 256. The mixer runs design 4 for every dtype
@@ -126,11 +127,13 @@
 
 #define N REIDCAM_N
 // Design 4: pass 1 as a kernel of its own (bimamba_scan_ckpt_*, launched before the kernel of pass 2, which then
-// skips it; REIDCAM_SPLIT 0 keeps it inside, a bench variant). Inside pass 2's kernel it ran in pass 2's 12 warps an SM
-// (at batch 64 the grid is one wave: 384 blocks); apart it runs a thread per channel, 256 threads a block, in 64
-// registers (4 blocks an SM: 24 warps at batch 64, 32 at 256) with its A in registers. Measured (H200, session 15):
-// as design 4's pairs apart, at 80 registers, 87.7 us a call of the step's 338 (pass 2's kernel 250.2; the two passes
-// in one kernel 349): the same warps, the grid being the limit (ncu: 2.6 active warps a scheduler).
+// skips it; REIDCAM_SPLIT 0 keeps it inside, a bench variant). A thread per channel, 256 threads a block, its A in
+// registers, 64 registers (4 blocks an SM), B staged through 1 KB of static shared memory. Measured (H200, session
+// 15, bench/NOTES-speed.md attempt 98): pass 1 89.6 us a call of the training step, pass 2 252.1, where the two in
+// one kernel took 349 (the kernel alone at batch 64 / 256, with FLUSH 2: 0.372 / 1.337 ms against 0.377 / 1.404
+// inside). Its first form, design 4's pairs apart (128 threads, 80 registers), took 87.7: Nsight Compute showed it at
+// 2.6 active warps a scheduler (batch 64's 384 blocks are 2.9 an SM), but twice the warps did not make it faster
+// (XU pipe 65 %, DRAM 56 % writing the checkpoints). This form stays for reusing store_checkpoints.
 #ifndef REIDCAM_SPLIT
 #define REIDCAM_SPLIT (REIDCAM_BWD_DESIGN == 4)
 #endif
