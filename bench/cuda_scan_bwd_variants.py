@@ -158,9 +158,7 @@ VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
     # the designed build prefetches the checkpoints only, REIDCAM_PREFETCH 1, and loads them 4 states ahead; since
     # session 15 its 16-bit pass 1 runs as a kernel of its own, and it transposes dB/dC every second state)
     "design 4": _build(128, 3, design=4),
-    "design 4, pass 1 inside": _build(128, 3, design=4, REIDCAM_SPLIT=0),
     "design 4, one state a transposition": _build(128, 3, design=4, REIDCAM_FLUSH=1),
-    "design 4 of session 14": _build(128, 3, design=4, REIDCAM_SPLIT=0, REIDCAM_FLUSH=1),
     "design 4, pass 1 apart at 3 blocks": _build(128, 3, design=4, REIDCAM_CKPT_MIN_BLOCKS=3),
     "design 4, 64 threads": _build(64, 6, design=4),
     "design 4, step inputs prefetched": _build(128, 3, design=4, prefetch=2),

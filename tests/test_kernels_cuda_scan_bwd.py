@@ -65,7 +65,7 @@ def test_the_kernels_compile_for_sm90_without_spilling(sm90):
 
 def pass_one_kernel_names(design: int) -> list[str]:
     """The kernels of pass 1 alone that the design's default build holds."""
-    apart = cuda_scan.backward_pass_one_apart({"REIDCAM_BWD_DESIGN": design})
+    apart = cuda_scan.backward_pass_one_apart(design)
     return [cuda_scan.backward_checkpoint_kernel_name(dt) for dt in cuda_scan.backward_dtypes(design) if apart]
 
 
@@ -211,7 +211,7 @@ def emulated_library(design: int, workdir, **macros: int) -> ctypes.CDLL:
     (cuda_emulation.build keeps each build in workdir)."""
     kernels = {cuda_scan.backward_kernel_name(dt): KERNEL_PARAMS.format(T=C_TYPES[dt])
                for dt in cuda_scan.backward_dtypes(design)}
-    if cuda_scan.backward_pass_one_apart({"REIDCAM_BWD_DESIGN": design, **macros}):
+    if cuda_scan.backward_pass_one_apart(design):
         kernels.update({cuda_scan.backward_checkpoint_kernel_name(dt): CHECKPOINT_KERNEL_PARAMS.format(T=C_TYPES[dt])
                         for dt in cuda_scan.backward_dtypes(design)})
     d_state, steps = 16, cuda_scan.BWD_STEPS
@@ -430,19 +430,6 @@ def test_the_emulated_design_4_transposes_two_states_at_once_to_the_same_sums(em
                        grad_out, REIDCAM_FLUSH=1)
     two = run_emulated((4, emulated_library(4, emulation_dir)), monkeypatch, xc, z, dbl, tables, grad_out)
     assert_same_sums(one, two)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_the_emulated_design_4_with_pass_1_apart_gives_the_same_gradients(emulation_dir, monkeypatch, dtype):
-    """Design 4's pass 1 runs as a kernel of its own, a thread per channel, launched first; with REIDCAM_SPLIT 0 (a
-    bench variant) pass 2's kernel runs it, two channels a thread: every gradient bit for bit, dbc the same sums in
-    another order."""
-    xc, z, dbl, tables, grad_out = scan_inputs(2, 23, 70, dtype, "cpu", seed=12)
-    assert cuda_scan.backward_pass_one_apart({"REIDCAM_BWD_DESIGN": 4})
-    inside = run_emulated((4, emulated_library(4, emulation_dir, REIDCAM_SPLIT=0)), monkeypatch, xc, z, dbl, tables,
-                          grad_out, REIDCAM_SPLIT=0)
-    apart = run_emulated((4, emulated_library(4, emulation_dir)), monkeypatch, xc, z, dbl, tables, grad_out)
-    assert_same_sums(inside, apart)
 
 
 class RecordingDriver:

@@ -474,10 +474,9 @@ def backward_checkpoint_kernel_name(dtype: torch.dtype) -> str:
 BWD_CHECKPOINT_BLOCKS = 4  # pass 1's kernel: blocks per SM that ptxas must fit (scan_bwd.cu's REIDCAM_CKPT_MIN_BLOCKS)
 
 
-def backward_pass_one_apart(defines: Mapping[str, int] | None) -> bool:
-    """Whether a build runs pass 1 as a kernel of its own before pass 2's (scan_bwd.cu's REIDCAM_SPLIT): design 4's
-    builds, unless the defines set REIDCAM_SPLIT 0."""
-    return bool(int((defines or {}).get("REIDCAM_SPLIT", backward_design(defines) == 4)))
+def backward_pass_one_apart(design: int) -> bool:
+    """Whether the design runs pass 1 as a kernel of its own before pass 2's (design 4, since session 15)."""
+    return design in BWD_PAIR_DESIGNS
 
 
 def backward_checkpoint_threads(threads: int, design: int) -> int:
@@ -570,7 +569,7 @@ class CudaScanBackward(_LazyKernels):
         self.source = source
         self.design = backward_design(self.defines)
         self.threads = threads or backward_threads(self.design)
-        self.pass_one_apart = backward_pass_one_apart(self.defines)
+        self.pass_one_apart = backward_pass_one_apart(self.design)
 
     def dynamic_shared(self, d_state: int) -> int:
         """The dynamic shared memory of this build's launches: 0 where the design's is static."""

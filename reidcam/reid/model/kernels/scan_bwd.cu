@@ -108,7 +108,7 @@
 //      (cuda_scan.backward_pairs_fit; the mixer runs design 3 where they are not). Every per-channel gradient is
 //      design 3's bit for bit; dbc adds the channels in another order. Measured (session 14, H200, the kernel
 //      alone, batch 64 / 256): 0.372 / 1.404 ms against design 3's 0.418 / 1.442; 64-thread blocks 0.408 / 1.539;
-//      the step 24.9 -> 23.8 ms. Since session 15 its pass 1 runs as a kernel of its own (REIDCAM_SPLIT) and it
+//      the step 24.9 -> 23.8 ms. Since session 15 its pass 1 runs as a kernel of its own (scan_ckpt) and it
 //      transposes dB/dC every second state (FLUSH 2): 0.383 / 1.427 -> 0.372 / 1.337 ms, the step 23.9 -> 23.7.
 // Design 1 (session 8, H200): 0.570 ms against design 0's 0.956 at batch 64, 1.883 against 2.866 at batch 256,
 // with the same gradients (bench/cuda_scan_bwd_variants.py). Design 3 (session 9, H200): 0.538 ms against design
@@ -127,16 +127,13 @@
 
 #define N REIDCAM_N
 // Design 4: pass 1 as a kernel of its own (bimamba_scan_ckpt_*, launched before the kernel of pass 2, which then
-// skips it; REIDCAM_SPLIT 0 keeps it inside, a bench variant). A thread per channel, 256 threads a block, its A in
-// registers, 64 registers (4 blocks an SM), B staged through 1 KB of static shared memory. Measured (H200, session
-// 15, bench/NOTES-speed.md attempt 98): pass 1 89.6 us a call of the training step, pass 2 252.1, where the two in
-// one kernel took 349 (the kernel alone at batch 64 / 256, with FLUSH 2: 0.372 / 1.337 ms against 0.377 / 1.404
-// inside). Its first form, design 4's pairs apart (128 threads, 80 registers), took 87.7: Nsight Compute showed it at
-// 2.6 active warps a scheduler (batch 64's 384 blocks are 2.9 an SM), but twice the warps did not make it faster
-// (XU pipe 65 %, DRAM 56 % writing the checkpoints). This form stays for reusing store_checkpoints.
-#ifndef REIDCAM_SPLIT
-#define REIDCAM_SPLIT (REIDCAM_BWD_DESIGN == 4)
-#endif
+// skips it; until session 15 pass 2's kernel ran it, two channels a thread). A thread per channel, 256 threads a
+// block, its A in registers, 64 registers (4 blocks an SM), B staged through 1 KB of static shared memory. Measured
+// (H200, session 15, bench/NOTES-speed.md attempt 98): pass 1 89.6 us a call of the training step, pass 2 252.1,
+// where the two in one kernel took 349 (the kernel alone at batch 64 / 256, with FLUSH 2: 0.372 / 1.337 ms against
+// 0.377 / 1.404 inside). Its first form, design 4's pairs apart (128 threads, 80 registers), took 87.7: Nsight Compute
+// showed it at 2.6 active warps a scheduler (batch 64's 384 blocks are 2.9 an SM), but twice the warps did not make
+// it faster (XU pipe 65 %, DRAM 56 % writing the checkpoints). This form stays for reusing store_checkpoints.
 #ifndef REIDCAM_CKPT_MIN_BLOCKS
 #define REIDCAM_CKPT_MIN_BLOCKS 4
 #endif
@@ -162,7 +159,6 @@
 #endif
 #define FLUSH REIDCAM_FLUSH
 static_assert(FLUSH == 1 || FLUSH == 2 || FLUSH == 4, "a transposition's values fill whole float4 reads");
-static_assert(!REIDCAM_SPLIT || PAIRS, "pass 1 as a kernel of its own: design 4");
 static_assert(!DIET || PAIRS || FLUSH == 1, "design 3's transposition goes one state at a time (its 80 registers)");
 #define WARP_VALUES (2 * STEPS * FLUSH)  // dB and dC values per thread and transposition: 8, 16 or 32
 #define LANES_PER_VALUE (32 / WARP_VALUES)
@@ -808,57 +804,6 @@ __device__ __forceinline__ void store_pair(f16_bits* p, const float (&v)[2]) {
 }
 __device__ __forceinline__ void store_pair(float* p, const float (&v)[2]) { store_float2(p, v[0], v[1]); }
 
-// Pass 1 of design 4: store_checkpoints for the thread's two channels (the checkpoint tile's rows are the block's
-// BLOCK_CHANNELS channels, the thread's two adjacent: one float2 store per state).
-template <typename T>
-__device__ __forceinline__ void store_checkpoints_pairs(SharedRows& shared, float* __restrict__ checkpoints,
-                                                        const float (&bias)[2], const Lane<T>& lane, int sub_chunks) {
-    float h[2][N];
-#pragma unroll
-    for (int n = 0; n < N; ++n) h[0][n] = 0.0f, h[1][n] = 0.0f;
-    float staged[STAGED];
-    load_bc(staged, lane, 0);
-    store_bc(shared.bc[0], staged);
-    typename PairWord<T>::type next_x[STEPS], next_p[STEPS];  // the next sub-chunk's, loaded one sub-chunk ahead
-    if (sub_chunks > 1) load_xp(next_x, next_p, lane, 0);
-    __syncthreads();
-    for (int k = 0; k + 1 < sub_chunks; ++k) {
-        const int buffer = k & 1;
-        if (k + 2 < sub_chunks) load_bc(staged, lane, k + 1);
-        float delta[2][STEPS], du[2][STEPS];
-#pragma unroll
-        for (int s = 0; s < STEPS; ++s) {
-            float u[2], p[2];
-            unpack(next_x[s], u, T());
-            unpack(next_p[s], p, T());
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                delta[c][s] = softplus(p[c] + bias[c]);
-                du[c][s] = delta[c][s] * (lane.live ? u[c] : 0.0f);
-            }
-        }
-        if (k + 2 < sub_chunks) load_xp(next_x, next_p, lane, k + 1);
-#pragma unroll
-        for (int n = 0; n < N; ++n) {
-            float b[STEPS];
-            read_steps(shared.bc[buffer][n], b);
-            const float2 a = load_float2(&shared.a[n][CH * threadIdx.x]);
-#pragma unroll
-            for (int s = 0; s < STEPS; ++s) {
-                h[0][n] = fmaf(exp2f(delta[0][s] * a.x), h[0][n], du[0][s] * b[s]);
-                h[1][n] = fmaf(exp2f(delta[1][s] * a.y), h[1][n], du[1][s] * b[s]);
-            }
-        }
-        if (lane.live) {
-            float* at = checkpoints + (long long)k * checkpoint_stride(lane.D);
-#pragma unroll
-            for (int n = 0; n < N; ++n) store_float2(at + n * BLOCK_CHANNELS, h[0][n], h[1][n]);
-        }
-        if (k + 2 < sub_chunks) store_bc(shared.bc[buffer ^ 1], staged);
-        __syncthreads();
-    }
-}
-
 // A sub-chunk's step inputs of both channels from their loaded pairs (load_raw_steps with a pair word per load).
 template <typename T>
 __device__ __forceinline__ void load_pairs_from(StepInputs (&in)[2], const RawSteps<T, typename PairWord<T>::type>& raw,
@@ -975,9 +920,6 @@ __device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T
     float* checkpoints = checkpoint_base + (long long)seq * (sub_chunks - 1) * checkpoint_stride(D) +
                          blockIdx.x * N * BLOCK_CHANNELS + own;
 
-#if !REIDCAM_SPLIT
-    store_checkpoints_pairs(shared, checkpoints, bias, lane, sub_chunks);
-#endif
 
     float* const carry = &shared.carry[0][own];
     float* const da = &shared.da[0][own];
@@ -1068,7 +1010,7 @@ __device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T
 }
 #endif
 
-#if REIDCAM_SPLIT
+#if PAIRS
 // Pass 1 of design 4 as a kernel of its own: the checkpoints of the block's sequence and BLOCK_CHANNELS channels, a
 // thread per channel (twice the warps of pass 2's pairs), its A log2(e) in registers, B staged through shared memory.
 template <typename T>
