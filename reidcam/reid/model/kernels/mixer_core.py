@@ -15,17 +15,17 @@ The conv kernels read each direction's parameters where they are; the x_proj wei
 tables are stacked (one kernel, triton_tables, on the GPU) for the batched matmuls and the scan kernels:
 at every forward, or, inside ``with weight_memo(memo):``, once per mixer for weights that the scope's
 owner keeps frozen (WeightTableMemo; the Embedder does this).
-Backward takes xc as the forward kept it (27.5 MB a block at batch 64, 140 tokens, d_inner 768 in bf16: 770 MB
-for ReIDMamba-S's 28 blocks, where recomputing it cost a conv launch of 14.5 us a block), runs the scan
-backward (the CUDA kernels of scan_bwd.cu: in 16 bits, pass 1's then pass 2's; or Triton's scan_backward where NVRTC is missing or with
+Backward takes xc as the forward kept it (27.5 MB a block at batch 64, 140 tokens, d_inner 768 in bf16: 770 MB for
+ReIDMamba-S's 28 blocks, where recomputing it cost a conv launch of 14.5 us a block), runs the scan backward (the
+CUDA kernels of scan_bwd.cu, pass 1's then pass 2's; or Triton's scan_backward where NVRTC is missing or with
 REIDCAM_SCAN_BWD=triton; either writes its per-sequence partial sums of dA, dD and the dt bias into one buffer,
-triton_scan.GradBuffers), does the x_proj / dt_proj weight and input gradients as
-batched matmuls, then the conv backward: the CUDA kernel of conv_bwd.cu (cuda_scan.CudaConvBackward)
-where it compiles, else Triton's biconv_backward (REIDCAM_CONV_BWD chooses: auto, cuda, triton). For packed
-input the gradient of xz is one tensor: the conv backward writes dx into its first half (row stride 2D) and the
-two directions' dz shares are added into its second, where autograd's backward of ``xz.chunk(2, -1)``
-concatenated a dx and a dz (_BiMambaCoreFn). Last, one launch (triton_param_grads) sums the scan's per-sequence
-partial sums and the weight gradients' token-chunk products into the parameters' gradients.
+triton_scan.GradBuffers), does the x_proj / dt_proj weight and input gradients as batched matmuls, then the conv
+backward: the CUDA kernel of conv_bwd.cu (cuda_scan.CudaConvBackward) where it compiles, else Triton's
+biconv_backward (REIDCAM_CONV_BWD chooses: auto, cuda, triton). For packed input the gradient of xz is one tensor:
+the conv backward writes dx into its first half (row stride 2D) and the two directions' dz shares are added into its
+second, where autograd's backward of ``xz.chunk(2, -1)`` concatenated a dx and a dz (_BiMambaCoreFn). Last, one
+launch (triton_param_grads) sums the scan's per-sequence partial sums and the weight gradients' token-chunk products
+into the parameters' gradients.
 Only the input (x and z, or xz), xc, the small x_proj output (fp32), the scan tables and the parameters are kept
 for backward.
 """

@@ -409,16 +409,15 @@ __device__ __forceinline__ void add_block_sums(float (*warp_sums)[BLOCK_VALUES],
 template <typename W, typename T>
 __device__ __forceinline__ W load_as(const T* p) { return *reinterpret_cast<const W*>(p); }
 
-// xc and pre of sub-chunk k (not the last: every step is a token), unconditional loads (past D: channel 0); W as
-// load_as's (design 4: the thread's pair of channels).
-template <typename T, typename W = T>
-__device__ __forceinline__ void load_xp(W (&x)[STEPS], W (&p)[STEPS], const Lane<T>& lane, int k) {
+// xc and pre of sub-chunk k (not the last: every step is a token), unconditional loads (past D: channel 0).
+template <typename T>
+__device__ __forceinline__ void load_xp(T (&x)[STEPS], T (&p)[STEPS], const Lane<T>& lane, int k) {
 #if DIET  // the steps' rows from the first's by row_step: one 64-bit multiply per sub-chunk, not per step
     const long long first = lane.row(lane.token(k * STEPS));
 #pragma unroll
     for (int s = 0; s < STEPS; ++s) {
         const long long row = first + s * lane.row_step;
-        x[s] = load_as<W>(lane.xc + row), p[s] = load_as<W>(lane.pre + row);
+        x[s] = lane.xc[row], p[s] = lane.pre[row];
     }
 #else
 #pragma unroll
@@ -918,8 +917,7 @@ __device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T
     }
     const int sub_chunks = (L + STEPS - 1) / STEPS;
     float* checkpoints = checkpoint_base + (long long)seq * (sub_chunks - 1) * checkpoint_stride(D) +
-                         blockIdx.x * N * BLOCK_CHANNELS + own;
-
+                         blockIdx.x * N * BLOCK_CHANNELS + own;  // pass 1's kernel wrote them (scan_ckpt)
 
     float* const carry = &shared.carry[0][own];
     float* const da = &shared.da[0][own];
@@ -1012,7 +1010,7 @@ __device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T
 
 #if PAIRS
 // Pass 1 of design 4 as a kernel of its own: the checkpoints of the block's sequence and BLOCK_CHANNELS channels, a
-// thread per channel (twice the warps of pass 2's pairs), its A log2(e) in registers, B staged through shared memory.
+// thread per channel (pass 2's blocks hold two a thread), its A log2(e) in registers, B staged through shared memory.
 template <typename T>
 __device__ __forceinline__ void scan_ckpt(const T* __restrict__ xc, const T* __restrict__ pre,
                                           const float* __restrict__ dbl, const float* __restrict__ dt_bias,
