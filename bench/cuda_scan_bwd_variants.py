@@ -116,7 +116,7 @@ import torch
 from reidcam.reid.model.kernels import cuda_scan, triton_scan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from cubin_tools import kernel_reports  # noqa: E402  (tests/cubin_tools.py: ptxas' registers and spills)
+from cubin_tools import kernel_reports, kernel_static_shared  # noqa: E402  (tests/cubin_tools.py: ptxas' report)
 from cuda_scan_variants import inputs as forward_inputs  # noqa: E402  (sibling bench scripts)
 from cuda_scan_variants import median_ms  # noqa: E402
 from speed_vs_vit import HBM_BYTES_PER_S  # noqa: E402
@@ -156,7 +156,7 @@ VARIANTS: dict[str, tuple[int, int, dict[str, int]]] = {
     "design 3, 256 x 2": _build(256, 2, design=3),
     # design 4: design 3 with two adjacent channels a thread (168 registers, 3 blocks of 128 threads per SM: 12 warps;
     # the designed build prefetches the checkpoints only, REIDCAM_PREFETCH 1, and loads them 4 states ahead; since
-    # session 15 its 16-bit pass 1 runs as a kernel of its own, and it transposes dB/dC every second state)
+    # session 15 its pass 1 runs as a kernel of its own, and it transposes dB/dC every second state)
     "design 4": _build(128, 3, design=4),
     "design 4, one state a transposition": _build(128, 3, design=4, REIDCAM_FLUSH=1),
     "design 4, pass 1 apart at 3 blocks": _build(128, 3, design=4, REIDCAM_CKPT_MIN_BLOCKS=3),
@@ -202,10 +202,10 @@ def compile_variant(build: tuple[int, int, dict[str, int]], arch: int) -> tuple[
         reason = re.search(r"(too much shared data \([^)]*\)|static assertion failed[^\n]*)", str(error))
         return None, f"does not compile: {reason.group(1) if reason else str(error)[:160]}"
     reports = kernel_reports(compiled.log)
-    static = max((int(x) for x in re.findall(r"(\d+) bytes smem", compiled.log)), default=0)
     dynamic = cuda_scan.backward_dynamic_bytes(threads, D_STATE, steps, cuda_scan.backward_design(defines),
                                                cuda_scan.backward_flush(defines))
     bf16 = reports[cuda_scan.backward_kernel_name(torch.bfloat16)]
+    static = kernel_static_shared(compiled.log)[cuda_scan.backward_kernel_name(torch.bfloat16)]  # pass 2's kernel
     f32 = reports[cuda_scan.backward_kernel_name(torch.float32)]
     blocks = blocks_per_sm(threads, max(bf16[0], f32[0]), static + dynamic)
     text = (f"{bf16[0]} registers, {bf16[1]} B spill, {static} B smem"
@@ -342,7 +342,7 @@ def main(argv: list[str]) -> int:
             del grads
             call_ms = median_ms(lambda: scan.backward(*data[batch]), args.reps)
             kernel_ms = median_ms(scan.launcher(*data[batch])[0], args.reps)
-            blocks = -(-DIM // (scan.threads * cuda_scan.backward_channels_per_thread(scan.design))) * 2 * batch
+            blocks = -(-DIM // cuda_scan.backward_block_channels(scan.threads, scan.design)) * 2 * batch
             print(f"| {name} | {batch} | {blocks} | {call_ms:.3f} | {kernel_ms:.3f} | {check} |", flush=True)
     if not args.no_triton:
         for batch in batches:  # after the CUDA rows: the first call autotunes (compiles) Triton's kernel

@@ -36,14 +36,25 @@ def compiled_or_skip(compile_source: Callable[[], cuda_scan.CompiledSource]) -> 
         raise
 
 
+def _entries(log: str) -> list[tuple[str, str]]:
+    """(kernel name, its part of ptxas' verbose report) for each kernel in the NVRTC log."""
+    return re.findall(r"Compiling entry function '(\w+)'(.*?)(?=Compiling entry|\Z)", log, re.S)
+
+
 def kernel_reports(log: str) -> dict[str, tuple[int, int]]:
     """(registers, spill bytes) of each kernel, from ptxas' verbose report in the NVRTC log."""
     reports = {}
-    for name, body in re.findall(r"Compiling entry function '(\w+)'(.*?)(?=Compiling entry|\Z)", log, re.S):
+    for name, body in _entries(log):
         registers = int(re.search(r"Used (\d+) registers", body).group(1))
         spills = sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", body))
         reports[name] = (registers, spills)
     return reports
+
+
+def kernel_static_shared(log: str) -> dict[str, int]:
+    """Each kernel's static shared memory in bytes (0 where ptxas reports none), from the NVRTC log."""
+    return {name: int(found.group(1)) if (found := re.search(r"(\d+) bytes smem", body)) else 0
+            for name, body in _entries(log)}
 
 
 def kernel_sass(cubin: bytes, tmp_path: Path) -> dict[str, list[str]]:

@@ -20,7 +20,7 @@ from reidcam.reid.model.kernels import cuda_scan
 pytest.importorskip("triton")
 
 import cuda_emulation  # noqa: E402
-from cubin_tools import compiled_or_skip, kernel_reports  # noqa: E402
+from cubin_tools import compiled_or_skip, kernel_reports, kernel_static_shared  # noqa: E402
 
 from reidcam.reid.model.kernels import triton_scan  # noqa: E402
 
@@ -57,7 +57,7 @@ def test_the_kernels_compile_for_sm90_without_spilling(sm90):
         print(f"{name}: {registers} registers, {spills} bytes of spill (sm_90, d_state 16)")
         assert spills == 0, (name, reports)
         assert registers <= 65536 // (threads * blocks) // 8 * 8, (name, reports)
-    pass_one_threads = cuda_scan.backward_checkpoint_threads(threads, design)
+    pass_one_threads = cuda_scan.backward_block_channels(threads, design)
     for name in pass_one_kernel_names(design):
         registers = reports[name][0]
         assert registers <= 65536 // (pass_one_threads * cuda_scan.BWD_CHECKPOINT_BLOCKS) // 8 * 8, (name, reports)
@@ -69,20 +69,12 @@ def pass_one_kernel_names(design: int) -> list[str]:
     return [cuda_scan.backward_checkpoint_kernel_name(dt) for dt in cuda_scan.backward_dtypes(design) if apart]
 
 
-def static_shared(log: str) -> dict[str, int]:
-    """Each kernel's static shared memory, from ptxas' report in the NVRTC log."""
-    import re
-
-    return {name: int(re.search(r"(\d+) bytes smem", body).group(1)) if "bytes smem" in body else 0
-            for name, body in re.findall(r"Compiling entry function '(\w+)'(.*?)(?=Compiling entry|\Z)", log, re.S)}
-
-
 def test_the_shared_memory_fits_the_blocks_per_sm(sm90):
     """Designs 0 and 1: static shared memory, at most 48 KB, and no dynamic. Designs 3 and 4: all dynamic, as much as
     cuda_scan.backward_dynamic_bytes says (the source asserts it equal to its SharedRows), and the launch bounds'
     blocks fit an SM with the driver's reserve. Design 4's pass 1 apart: its B rows, static, for its blocks."""
     (design, threads, blocks), compiled = sm90
-    shared = static_shared(compiled.log)
+    shared = kernel_static_shared(compiled.log)
     pass_one = pass_one_kernel_names(design)
     for name in pass_one:
         assert shared[name] == 4 * 2 * 2 * 16 * cuda_scan.BWD_STEPS, shared
@@ -237,9 +229,8 @@ class EmulatedBackward(cuda_scan.CudaScanBackward):
         self._driver = self
 
     def kernels(self, device, d_state):
-        names = [namer(dt) for dt in cuda_scan.backward_dtypes(self.design)
-                 for namer in (cuda_scan.backward_kernel_name, cuda_scan.backward_checkpoint_kernel_name)]
-        return {name: f"emu_{name}" for name in names}
+        names = [cuda_scan.backward_kernel_name(dt) for dt in cuda_scan.backward_dtypes(self.design)]
+        return {name: f"emu_{name}" for name in names + pass_one_kernel_names(self.design)}
 
     def ensure_context(self, device: int) -> None:
         pass

@@ -479,8 +479,9 @@ def backward_pass_one_apart(design: int) -> bool:
     return design in BWD_PAIR_DESIGNS
 
 
-def backward_checkpoint_threads(threads: int, design: int) -> int:
-    """The block size of pass 1's kernel: a thread per channel of pass 2's blocks."""
+def backward_block_channels(threads: int, design: int) -> int:
+    """The channels of a block of ``threads`` in the design (scan_bwd.cu's BLOCK_CHANNELS): the width of its grid's
+    channel blocks and checkpoint tiles, and the block size of pass 1's kernel, a thread per channel."""
     return threads * backward_channels_per_thread(design)
 
 
@@ -506,7 +507,7 @@ def backward_shared_bytes(threads: int, d_state: int, steps: int, design: int, f
     build's FLUSH where it is not the design's own (backward_flush)."""
     warps = threads // 32
     flush = flush or backward_flush({"REIDCAM_BWD_DESIGN": design})
-    channels = threads * backward_channels_per_thread(design)  # the block's
+    channels = backward_block_channels(threads, design)
     common = d_state * channels + 2 * 2 * d_state * steps + 2 * warps * 2 * steps * d_state  # a, bc, warp_sums
     if design in BWD_SHARED_DESIGNS:  # the values by column; carry, da and dz_factor by channel
         own = warps * 2 * steps * flush * (32 + 4) + (2 * d_state + steps) * channels
@@ -545,12 +546,12 @@ def checkpoint_count(length: int, steps: int = BWD_STEPS) -> int:
 
 def checkpoint_shape(bsz: int, length: int, d_state: int, dim: int, threads: int, steps: int,
                      design: int) -> tuple[int, ...]:
-    """The backward's checkpoint scratch (fp32): (2, B, checkpoints, d_state, dim); design 3's is tiled by channel
-    block, (2, B, checkpoints, blocks, d_state, threads), so that a thread's states are a compile-time stride apart
-    (scan_bwd.cu's checkpoint_stride)."""
+    """The backward's checkpoint scratch (fp32): (2, B, checkpoints, d_state, dim); designs 3's and 4's are tiled by
+    channel block, (2, B, checkpoints, blocks, d_state, block channels), so that a thread's states are a compile-time
+    stride apart (scan_bwd.cu's checkpoint_stride)."""
     count = checkpoint_count(length, steps)
     if design in BWD_SHARED_DESIGNS:
-        channels = threads * backward_channels_per_thread(design)
+        channels = backward_block_channels(threads, design)
         return 2, bsz, count, -(-dim // channels), d_state, channels
     return 2, bsz, count, d_state, dim
 
@@ -608,27 +609,27 @@ class CudaScanBackward(_LazyKernels):
         out = GradBuffers.for_inputs(xc, d_state)
         checkpoints = torch.empty(checkpoint_shape(bsz, length, d_state, dim, self.threads, self.steps, self.design),
                                   device=dev, dtype=torch.float32)
-        tensors = [xc, z, grad_out, dbl, tables.dt_projection(), tables.dt_bias, tables.a2, tables.d_skip,
+        pre = tables.dt_projection()
+        tensors = [xc, z, grad_out, dbl, pre, tables.dt_bias, tables.a2, tables.d_skip,
                    out.dz, out.dxc, out.ddt, out.dbc, out.parts, checkpoints]
-        args = [ctypes.c_void_p(t.data_ptr()) for t in tensors] + [
-            ctypes.c_int(bsz), ctypes.c_int(length), ctypes.c_int(dim), ctypes.c_int(tables.dt.shape[-1]),
-            ctypes.c_longlong(z.stride(0)), ctypes.c_longlong(z.stride(1)),
-        ]
+        sizes = [ctypes.c_int(bsz), ctypes.c_int(length), ctypes.c_int(dim), ctypes.c_int(tables.dt.shape[-1])]
+        args = [ctypes.c_void_p(t.data_ptr()) for t in tensors] + sizes + [
+            ctypes.c_longlong(z.stride(0)), ctypes.c_longlong(z.stride(1))]
         function = kernels[backward_kernel_name(xc.dtype)]
-        grid = (-(-dim // (self.threads * backward_channels_per_thread(self.design))), 2 * bsz)
+        channels = backward_block_channels(self.threads, self.design)
+        grid = (-(-dim // channels), 2 * bsz)
         shared = self.dynamic_shared(d_state)
 
-        # pass 1's kernel where it runs apart, on xc, pre, dbl, dt_bias, a2, checkpoints, Bsz, L, D, R
         pass_one = kernels[backward_checkpoint_kernel_name(xc.dtype)] if self.pass_one_apart else None
-        pass_one_args = [args[i] for i in (0, 4, 3, 5, 6, 13, 14, 15, 16, 17)]
-        pass_one_threads = backward_checkpoint_threads(self.threads, self.design)
+        pass_one_args = [ctypes.c_void_p(t.data_ptr())
+                         for t in (xc, pre, dbl, tables.dt_bias, tables.a2, checkpoints)] + sizes
 
         def launch() -> None:
             _ = tensors  # the launch reads them: kept alive with it
             self._driver.ensure_context(device_index(dev))
             stream = torch.cuda.current_stream(dev).cuda_stream
             if pass_one is not None:
-                self._driver.launch(pass_one, grid, pass_one_threads, pass_one_args, stream)
+                self._driver.launch(pass_one, grid, channels, pass_one_args, stream)  # a thread per channel
             self._driver.launch(function, grid, self.threads, args, stream, shared)
 
         return launch, out

@@ -1006,9 +1006,7 @@ __device__ __forceinline__ void scan_bwd_pairs(const T* __restrict__ xc, const T
         store_float2(part + (long long)(N + 1) * D, dbias_sum[0], dbias_sum[1]);
     }
 }
-#endif
 
-#if PAIRS
 // Pass 1 of design 4 as a kernel of its own: the checkpoints of the block's sequence and BLOCK_CHANNELS channels, a
 // thread per channel (pass 2's blocks hold two a thread), its A log2(e) in registers, B staged through shared memory.
 template <typename T>
@@ -1195,8 +1193,9 @@ __device__ __forceinline__ void scan_bwd(const T* __restrict__ xc, const T* __re
 // g (B, L, D) contiguous in it; dbl (2, B*L, R + 2N), dt_bias (2, D), a2 (2, N, D) = A log2(e), dskip (2, D)
 // fp32; dbc (2, B*L, 2N) fp32, zeroed by the caller; parts (2, B, N + 2, D) fp32, per (direction, sequence) the
 // partial sums of dA (rows 0 .. N-1, row n: state n), dD (row N) and the dt bias (row N + 1); checkpoints (2, B,
-// ceil(L / STEPS) - 1, N, D) fp32 scratch (design 3: (2, B, ceil(L / STEPS) - 1, ceil(D / THREADS), N, THREADS),
-// cuda_scan.checkpoint_shape). Grid (ceil(D / THREADS), 2 B).
+// ceil(L / STEPS) - 1, N, D) fp32 scratch (designs 3 and 4: (2, B, ceil(L / STEPS) - 1, ceil(D / BLOCK_CHANNELS), N,
+// BLOCK_CHANNELS), cuda_scan.checkpoint_shape), written by pass 1 (design 4: by scan_ckpt's kernel, launched first).
+// Grid (ceil(D / BLOCK_CHANNELS), 2 B).
 #if PAIRS
 #define SCAN_BWD_BODY scan_bwd_pairs
 #else
