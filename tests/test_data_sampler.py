@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import numpy as np
 import pytest
+from torch.utils.data import DataLoader
 
 from reidcam.errors import ConfigError
-from reidcam.reid.data import PKSampler
+from reidcam.reid.data import EpochStream, PKSampler
 
 # 12 identities with 1..12 images each (dataset index -> pid)
 PIDS = [pid for pid in range(12) for _ in range(pid + 1)]
@@ -93,3 +95,32 @@ def test_epoch_length_on_a_market_sized_identity_distribution():
     sampler = PKSampler(pids, p=16, k=4)
     chunks = sum(max(s, 4) // 4 for s in sizes)
     assert chunks // 16 - 40 <= sampler.batches_per_epoch <= chunks // 16
+
+
+def epoch_batches(sampler: PKSampler, epoch: int) -> list[list[int]]:
+    sampler.set_epoch(epoch)
+    return batches(sampler)
+
+
+def test_a_stream_of_epochs_yields_each_epoch_cut_to_its_batches():
+    sampler = PKSampler(PIDS, p=4, k=2, seed=4)
+    cap = {2: 1, 3: 99}  # epoch 2 cut to its first batch; epoch 3's cap above its count
+    stream = EpochStream(sampler, range(2, 5), lambda e: min(sampler.batches_in(e), cap.get(e, 99)))
+    expected = [epoch_batches(sampler, 2)[:1], epoch_batches(sampler, 3), epoch_batches(sampler, 4)]
+    assert len(expected[1]) > 1 and expected[1] != expected[2]
+    indices = list(stream)
+    assert indices == [i for epoch in expected for batch in epoch for i in batch]
+    assert len(stream) == len(indices)
+
+
+def test_a_loader_over_the_stream_gives_each_epoch_its_batches_from_one_iterator():
+    """Two worker processes fetch ahead across the epochs' boundaries; each epoch still gets exactly its batches."""
+    sampler = PKSampler(PIDS, p=4, k=2, seed=8)
+    epochs = range(0, 3)
+    loader = DataLoader(list(range(len(PIDS))), batch_size=sampler.local_batch_size, num_workers=2,
+                        sampler=EpochStream(sampler, epochs, sampler.batches_in), drop_last=True)
+    iterator = iter(loader)
+    for epoch in epochs:
+        got = [batch.tolist() for batch in itertools.islice(iterator, sampler.batches_in(epoch))]
+        assert got == epoch_batches(sampler, epoch)
+    assert next(iterator, None) is None

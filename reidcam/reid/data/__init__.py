@@ -9,7 +9,7 @@ from reidcam.reid.data.datasets import (
     load_market_layout,
 )
 from reidcam.reid.data.image_dataset import ImageDataset
-from reidcam.reid.data.sampler import PKSampler
+from reidcam.reid.data.sampler import EpochStream, PKSampler
 from reidcam.reid.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -21,6 +21,7 @@ from reidcam.reid.data.transforms import (
 __all__ = [
     "CameraLook",
     "DATASETS",
+    "EpochStream",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageDataset",

@@ -14,8 +14,9 @@ identities; rank r takes share r, so one process yields exactly what the plain s
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -52,6 +53,7 @@ class PKSampler(Sampler[int]):
             raise ConfigError(f"the training set has {len(self.groups)} identities, fewer than P={p}")
         self.p, self.k, self.seed = p, k, seed
         self.rank, self.world_size = rank, world_size
+        self._batch_counts: dict[int, int] = {}
         self.set_epoch(0)
 
     @property
@@ -61,15 +63,27 @@ class PKSampler(Sampler[int]):
 
     @property
     def batches_per_epoch(self) -> int:
-        return self._length // self.local_batch_size
+        return self.batches_in(self.epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order ``__iter__`` yields (the count of batches may vary slightly)."""
         self.epoch = epoch
-        self._length = len(self._global_batches(self._rng())) * self.local_batch_size
 
-    def _rng(self) -> np.random.Generator:
-        return np.random.default_rng((self.seed, self.epoch))
+    def batches_in(self, epoch: int) -> int:
+        """Batches of ``epoch`` (this rank's as every rank's: each takes its share of every batch)."""
+        if epoch not in self._batch_counts:
+            self._batch_counts[epoch] = len(self._global_batches(self._rng(epoch)))
+        return self._batch_counts[epoch]
+
+    def indices(self, epoch: int) -> Iterator[int]:
+        """This rank's dataset indices of ``epoch``, batch after batch."""
+        share = self.p // self.world_size
+        for batch in self._global_batches(self._rng(epoch)):
+            for chunk in batch[self.rank * share:(self.rank + 1) * share]:
+                yield from (int(i) for i in chunk)
+
+    def _rng(self, epoch: int) -> np.random.Generator:
+        return np.random.default_rng((self.seed, epoch))
 
     def _chunks(self, rng: np.random.Generator) -> dict[int, list[np.ndarray]]:
         chunks = {}
@@ -97,11 +111,27 @@ class PKSampler(Sampler[int]):
         return batches
 
     def __iter__(self) -> Iterator[int]:
-        rng = self._rng()
-        share = self.p // self.world_size
-        for batch in self._global_batches(rng):
-            for chunk in batch[self.rank * share:(self.rank + 1) * share]:
-                yield from (int(i) for i in chunk)
+        return self.indices(self.epoch)
 
     def __len__(self) -> int:
-        return self._length
+        return self.batches_in(self.epoch) * self.local_batch_size
+
+
+class EpochStream(Sampler[int]):
+    """The indices of several epochs of a ``PKSampler`` back to back, each cut to its first ``batches(epoch)`` batches.
+
+    Why one stream: a DataLoader makes batches ahead only within one iterator, so with an iterator per epoch the
+    GPU waited at every epoch's start while the workers made its first batches (~190 ms on an H200, 7 % of a
+    64-step epoch: BENCHMARKS.md, session 17). Over one stream the workers make the next epoch's first batches
+    while this epoch's last ones train.
+    """
+
+    def __init__(self, sampler: PKSampler, epochs: range, batches: Callable[[int], int]) -> None:
+        self.sampler, self.epochs, self.batches = sampler, epochs, batches
+
+    def __iter__(self) -> Iterator[int]:
+        for epoch in self.epochs:
+            yield from itertools.islice(self.sampler.indices(epoch), self.batches(epoch) * self.sampler.local_batch_size)
+
+    def __len__(self) -> int:
+        return sum(self.batches(epoch) for epoch in self.epochs) * self.sampler.local_batch_size

@@ -16,11 +16,12 @@ rank 0 writes files. Outputs in OUT/:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from reidcam.errors import ConfigError, ReidcamError
-from reidcam.reid.data import CameraLook, ImageDataset, PKSampler, ReIDDataset, build_train_transform, load_dataset
+from reidcam.reid.data import (
+    CameraLook, EpochStream, ImageDataset, PKSampler, ReIDDataset, build_train_transform, load_dataset,
+)
 from reidcam.reid.engine.config import Recipe, load_recipe
 from reidcam.reid.engine.distributed import (
     DistributedContext,
@@ -164,7 +167,6 @@ class Trainer:
             [s.pid for s in self.dataset.train], recipe.data.p, recipe.data.k, recipe.train.seed,
             context.rank, context.world_size,
         )
-        self.loader = self._train_loader()
         self.optimizer = build_optimizer(self.model, recipe.optim)
         self.schedule = build_schedule(self.optimizer, recipe.optim, recipe.train.epochs, self._iterations(0))
         self.amp_dtype = resolve_amp(recipe.train.amp, device)
@@ -178,12 +180,15 @@ class Trainer:
             id_weight=recipe.loss.id_weight,
         )
         self.start_epoch = self._resume() if resume else 0
+        # one loader over the epochs still to run, its iterator made at the first epoch's start (_epoch_batches)
+        self._batch_iterator: Iterator | None = None
+        self._next_epoch: int | None = None
         self.network = self._wrap(self.model)
         self.forward_backward = self._graphed_step()
         self.run_log = RunLog(output) if context.is_main else None
         self.last_eval: dict[str, float] | None = None
 
-    def _train_loader(self) -> DataLoader:
+    def _train_loader(self, epochs: range) -> DataLoader:
         section = self.recipe.data
         look = CameraLook(jitter=section.look_jitter, blur_p=section.look_blur_p, lowres_p=section.look_lowres_p)
         transform = build_train_transform(
@@ -192,19 +197,23 @@ class Trainer:
         return DataLoader(
             ImageDataset(self.dataset.train, transform),
             batch_size=self.sampler.local_batch_size,
-            sampler=self.sampler,
+            sampler=EpochStream(self.sampler, epochs, self._iterations),
             num_workers=section.num_workers,
             drop_last=True,
             pin_memory=self.device.type == "cuda",
-            # the workers live through all epochs: each epoch's fresh start of num_workers processes was time the
-            # GPU waited (the sampler still reorders every epoch: it runs in this process)
-            persistent_workers=section.num_workers > 0,
         )
 
+    def _epoch_batches(self, epoch: int) -> Iterator:
+        """The batches of ``epoch``: the next ones of the stream made for the epochs from the first trained on."""
+        if self._batch_iterator is None or epoch != self._next_epoch:
+            self._batch_iterator = iter(self._train_loader(range(epoch, self.recipe.train.epochs)))
+        self._next_epoch = epoch + 1
+        return itertools.islice(self._batch_iterator, self._iterations(epoch))
+
     def _iterations(self, epoch: int) -> int:
-        self.sampler.set_epoch(epoch)
         cap = self.recipe.train.max_iters_per_epoch
-        return min(self.sampler.batches_per_epoch, cap) if cap else self.sampler.batches_per_epoch
+        batches = self.sampler.batches_in(epoch)
+        return min(batches, cap) if cap else batches
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if not self.context.enabled:
@@ -263,6 +272,8 @@ class Trainer:
     def train_epoch(self, epoch: int, progress: EpochProgress) -> dict[str, float]:
         """One epoch; returns the mean loss components (over iterations and ranks) and throughput."""
         iterations = self._iterations(epoch)
+        # before the seed: making a loader's iterator draws from torch's generator, which only the first epoch does
+        batches = self._epoch_batches(epoch)
         torch.manual_seed(epoch_seed(self.recipe.train.seed, epoch, self.context.rank))
         self.network.train()
         if self.device.type == "cuda":
@@ -270,9 +281,7 @@ class Trainer:
         progress.start_epoch(epoch + 1, self.recipe.train.epochs, iterations)
         sums = torch.zeros(len(LOSS_KEYS), device=self.device)
         images_seen, started = 0, time.perf_counter()
-        for step, (images, labels, camids) in enumerate(self.loader, start=1):
-            if step > iterations:
-                break
+        for step, (images, labels, camids) in enumerate(batches, start=1):
             sums += self.train_step(images, labels, camids)
             images_seen += images.shape[0] * self.context.world_size
             if progress.wants_values(step):
