@@ -89,6 +89,31 @@ def test_weight_decay_groups():
     groups = {len(g["params"]): g["weight_decay"] for g in optimizer.param_groups}
     assert groups == {1: 1e-4, 6: 0.0}
     assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["lr"] == 0.008
+    assert not optimizer.defaults["fused"]  # the fused kernel is the GPU's
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_fused_gpu_optimizer_steps_as_the_multi_tensor_one():
+    torch.manual_seed(0)
+    fused_model = Toy().cuda()
+    plain_model = Toy().cuda()
+    plain_model.load_state_dict(fused_model.state_dict())
+    section = OptimSection(weight_decay=1e-4)
+    fused = build_optimizer(fused_model, section)
+    plain = torch.optim.SGD(
+        [{"params": [plain_model.proj.weight], "weight_decay": 1e-4},
+         {"params": [p for n, p in plain_model.named_parameters() if n != "proj.weight"], "weight_decay": 0.0}],
+        lr=section.lr, momentum=section.momentum, nesterov=section.nesterov, foreach=True,
+    )
+    assert fused.defaults["fused"]
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in fused_model.parameters()]
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            for parameter, grad in zip(model.parameters(), grads):
+                parameter.grad = grad.clone()
+            optimizer.step()
+    for (name, a), (_, b) in zip(fused_model.named_parameters(), plain_model.named_parameters()):
+        torch.testing.assert_close(a, b, msg=name)
 
 
 def test_schedule_reproduces_the_logged_learning_rates():

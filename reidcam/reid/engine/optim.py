@@ -31,11 +31,16 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 
 
 def build_optimizer(model: nn.Module, section: OptimSection) -> torch.optim.SGD:
+    """SGD; on the GPU its fused kernel, one pass over the parameters, gradients and momenta where the multi-tensor
+    form makes four (GradScaler supports it, clipping first included)."""
+    groups = parameter_groups(model, section.weight_decay)
+    on_gpu = all(parameter.is_cuda for group in groups for parameter in group["params"])
     return torch.optim.SGD(
-        parameter_groups(model, section.weight_decay),
+        groups,
         lr=section.lr,
         momentum=section.momentum,
         nesterov=section.nesterov,
+        fused=on_gpu or None,
     )
 
 
