@@ -12,7 +12,9 @@ from torch import nn
 from reidcam.errors import ConfigError
 from reidcam.reid.data import canonical_dataset_name
 from reidcam.reid.engine.config import OptimSection, load_recipe
-from reidcam.reid.engine.optim import WarmupCosineSchedule, build_optimizer, cosine_period, uses_weight_decay
+from reidcam.reid.engine.optim import (
+    WarmupCosineSchedule, build_optimizer, cosine_period, parameter_groups, uses_weight_decay,
+)
 
 RECIPES = sorted((REPO_ROOT / "configs" / "reid").glob("*.yaml"))
 
@@ -100,11 +102,8 @@ def test_the_fused_gpu_optimizer_steps_as_the_multi_tensor_one():
     plain_model.load_state_dict(fused_model.state_dict())
     section = OptimSection(weight_decay=1e-4)
     fused = build_optimizer(fused_model, section)
-    plain = torch.optim.SGD(
-        [{"params": [plain_model.proj.weight], "weight_decay": 1e-4},
-         {"params": [p for n, p in plain_model.named_parameters() if n != "proj.weight"], "weight_decay": 0.0}],
-        lr=section.lr, momentum=section.momentum, nesterov=section.nesterov, foreach=True,
-    )
+    plain = torch.optim.SGD(parameter_groups(plain_model, section.weight_decay), lr=section.lr,
+                            momentum=section.momentum, nesterov=section.nesterov, foreach=True)
     assert fused.defaults["fused"]
     for _ in range(3):
         grads = [torch.randn_like(p) for p in fused_model.parameters()]

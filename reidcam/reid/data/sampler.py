@@ -122,7 +122,7 @@ class EpochStream(Sampler[int]):
 
     Why one stream: a DataLoader makes batches ahead only within one iterator, so with an iterator per epoch the
     GPU waited at every epoch's start while the workers made its first batches (~190 ms on an H200, 7 % of a
-    64-step epoch: BENCHMARKS.md, session 17). Over one stream the workers make the next epoch's first batches
+    63-step epoch: BENCHMARKS.md, session 17). Over one stream the workers make the next epoch's first batches
     while this epoch's last ones train.
     """
 

@@ -203,12 +203,13 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
 
-    def _epoch_batches(self, epoch: int) -> Iterator:
-        """The batches of ``epoch``: the next ones of the stream made for the epochs from the first trained on."""
+    def _epoch_batches(self, epoch: int, iterations: int) -> Iterator:
+        """The ``iterations`` batches of ``epoch``: the next ones of the stream made for the epochs from the first
+        trained on."""
         if self._batch_iterator is None or epoch != self._next_epoch:
             self._batch_iterator = iter(self._train_loader(range(epoch, self.recipe.train.epochs)))
         self._next_epoch = epoch + 1
-        return itertools.islice(self._batch_iterator, self._iterations(epoch))
+        return itertools.islice(self._batch_iterator, iterations)
 
     def _iterations(self, epoch: int) -> int:
         cap = self.recipe.train.max_iters_per_epoch
@@ -273,7 +274,7 @@ class Trainer:
         """One epoch; returns the mean loss components (over iterations and ranks) and throughput."""
         iterations = self._iterations(epoch)
         # before the seed: making a loader's iterator draws from torch's generator, which only the first epoch does
-        batches = self._epoch_batches(epoch)
+        batches = self._epoch_batches(epoch, iterations)
         torch.manual_seed(epoch_seed(self.recipe.train.seed, epoch, self.context.rank))
         self.network.train()
         if self.device.type == "cuda":
